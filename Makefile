@@ -1,0 +1,46 @@
+# connectflow: the developer's entry points. `make run` and `make test` work
+# on a fresh Debian machine: `make services` installs and starts what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# SQL is compile-checked against the committed .sqlx/ data: no build needs a
+# live database. `make sqlx-prepare` refreshes that data after a query change.
+export SQLX_OFFLINE ?= true
+
+LOCAL_DATABASE_URL := postgres://connectflow:connectflow@127.0.0.1:5432/connectflow
+LOCAL_KAFKA_BROKERS := 127.0.0.1:9092
+
+# Development-only credentials for `make run`. Never use them anywhere else.
+DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
+DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
+
+.PHONY: help services services-down run test lint sqlx-prepare
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+services: ## Install (if needed) and start local PostgreSQL and Kafka
+	@bash deploy/services.sh up
+
+services-down: ## Stop what `make services` started
+	@bash deploy/services.sh down
+
+run: services ## Run `connectflow all` locally with development credentials
+	@echo "connectflow (development only): partner secret '$(DEV_PARTNER_SECRET)', API token '$(DEV_API_TOKEN)'"
+	@echo "  webhooks:  POST http://127.0.0.1:8080/webhooks/finicity/connect"
+	@echo "  readiness: GET  http://127.0.0.1:8080/readyz"
+	cargo build --bin connectflow
+	FINICITY_PARTNER_SECRETS='$(DEV_PARTNER_SECRET)' CONNECTFLOW_API_TOKENS='$(DEV_API_TOKEN)' \
+	DATABASE_URL='$(LOCAL_DATABASE_URL)' KAFKA_BROKERS='$(LOCAL_KAFKA_BROKERS)' \
+	exec ./target/debug/connectflow all
+
+test: services ## Unit and integration tests on the real local Postgres and Kafka
+	CONNECTFLOW_TEST_DATABASE_URL='$(LOCAL_DATABASE_URL)' CONNECTFLOW_TEST_KAFKA_BROKERS='$(LOCAL_KAFKA_BROKERS)' \
+	cargo test --all-targets
+
+lint: ## rustfmt and clippy, as CI runs them
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+sqlx-prepare: services ## Refresh .sqlx/ (the offline query data) from the local database
+	bash deploy/sqlx-prepare.sh '$(LOCAL_DATABASE_URL)'

@@ -1,0 +1,495 @@
+//! Configuration: one clap definition, each option with an environment
+//! fallback and a doc comment that `--help` shows.
+//!
+//! The environment variable names are a fixed contract (README, deploy/).
+//! Secrets (partner secrets, API tokens, the database URL, extra Kafka
+//! properties) are wrapped so that neither `Debug` nor `--help` prints them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
+
+/// connectflow: Finicity Connect webhooks -> Kafka -> consent and
+/// authentication lifecycle in Postgres, with a query API.
+#[derive(Debug, Parser)]
+#[command(name = "connectflow", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: `pretty` for people, `json` for log pipelines. Defaults to
+    /// `pretty` on a terminal, else `json`. `RUST_LOG` filters (default `info`).
+    #[arg(long, env = "CONNECTFLOW_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The HTTP side: webhook receiver, query API, health and metrics on one listener.
+    Serve(ServeArgs),
+    /// The Kafka consumer that maintains the lifecycle in Postgres.
+    Consume(ConsumeArgs),
+    /// `serve` and `consume` in one process (the default for local use).
+    All(AllArgs),
+    /// Apply the database migrations and create the Kafka topics when missing.
+    Migrate(MigrateArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Postgres connection.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL. Default: the local development database,
+    /// `postgres://connectflow:<development password>@127.0.0.1:5432/connectflow`.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://connectflow:connectflow@127.0.0.1:5432/connectflow",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub url: Secret,
+
+    /// Largest number of Postgres connections this process opens.
+    #[arg(long = "database-max-connections", env = "CONNECTFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub max_connections: u32,
+}
+
+/// Kafka connection and topics.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated `host:port`.
+    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Topic of the normalised connect events.
+    #[arg(long = "events-topic", env = "CONNECTFLOW_EVENTS_TOPIC", default_value = "finicity.connect.events.v1")]
+    pub events_topic: String,
+
+    /// Topic where records the consumer cannot read are parked.
+    #[arg(long = "dlq-topic", env = "CONNECTFLOW_DLQ_TOPIC", default_value = "finicity.connect.events.v1.dlq")]
+    pub dlq_topic: String,
+
+    /// Extra librdkafka properties, `key=value;key=value` (TLS, SASL for
+    /// managed Kafka). Applied to every Kafka client after connectflow's own.
+    #[arg(
+        long = "kafka-properties",
+        env = "CONNECTFLOW_KAFKA_PROPERTIES",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub properties: KafkaProperties,
+}
+
+/// What `migrate` does and whether the long-running commands do it at start.
+#[derive(Debug, Clone, Args)]
+pub struct MigrationArgs {
+    /// Partition count of topics created when missing. The consumer scales
+    /// up to this many instances.
+    #[arg(long = "topic-partitions", env = "CONNECTFLOW_TOPIC_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
+    pub topic_partitions: i32,
+
+    /// Replication factor of topics created when missing; -1 takes the
+    /// broker's `default.replication.factor`.
+    #[arg(long = "topic-replication-factor", env = "CONNECTFLOW_TOPIC_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
+    pub topic_replication_factor: i32,
+
+    /// Do not migrate at start (`serve`, `consume`, `all`); run
+    /// `connectflow migrate` separately instead.
+    #[arg(long = "no-migrate", env = "CONNECTFLOW_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+/// The HTTP side.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// HTTP listen address (webhooks, query API, health, metrics).
+    #[arg(long = "listen", env = "CONNECTFLOW_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Finicity partner secrets, comma-separated, current first. A webhook
+    /// verifies when its signature matches any of them (rotation).
+    #[arg(long = "partner-secrets", env = "FINICITY_PARTNER_SECRETS", hide_env_values = true)]
+    pub partner_secrets: Option<SecretList>,
+
+    /// Bearer tokens accepted by the query API, comma-separated (rotation:
+    /// keep the old and the new one until clients have moved).
+    #[arg(long = "api-tokens", env = "CONNECTFLOW_API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<SecretList>,
+
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    #[arg(long = "max-body-bytes", env = "CONNECTFLOW_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long a webhook waits for Kafka to confirm the write before it is
+    /// answered 503 (and so retried by Finicity), in milliseconds.
+    #[arg(long = "publish-timeout-ms", env = "CONNECTFLOW_PUBLISH_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub publish_timeout_ms: u64,
+
+    /// How long shutdown waits for in-flight requests, in milliseconds.
+    #[arg(long = "shutdown-grace-ms", env = "CONNECTFLOW_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// The consumer side.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerArgs {
+    /// Kafka consumer group id of the lifecycle consumers.
+    #[arg(long = "consumer-group", env = "CONNECTFLOW_CONSUMER_GROUP", default_value = "connectflow-lifecycle")]
+    pub group: String,
+
+    /// Most records applied in one Postgres transaction.
+    #[arg(long = "consumer-batch", env = "CONNECTFLOW_CONSUMER_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+
+    /// Longest wait for a batch to fill before it is applied, in milliseconds.
+    #[arg(long = "consumer-linger-ms", env = "CONNECTFLOW_CONSUMER_LINGER_MS", default_value_t = 20)]
+    pub linger_ms: u64,
+}
+
+/// `connectflow serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub migration: MigrationArgs,
+}
+
+/// `connectflow consume`.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub migration: MigrationArgs,
+}
+
+/// `connectflow all`.
+#[derive(Debug, Clone, Args)]
+pub struct AllArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub migration: MigrationArgs,
+}
+
+/// `connectflow migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub migration: MigrationArgs,
+}
+
+/// A configuration value that is missing or malformed, named by its
+/// environment variable. Reported as one line, exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable (the flag says the same).
+    pub variable: &'static str,
+    /// What is wrong, never the value itself.
+    pub problem: String,
+}
+
+/// The HTTP settings once required values are known to be present.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Partner secrets, current first; never empty.
+    pub partner_secrets: SecretList,
+    /// API bearer tokens; never empty.
+    pub api_tokens: SecretList,
+    /// Largest webhook body.
+    pub max_body_bytes: usize,
+    /// How long to wait for Kafka to confirm a write.
+    pub publish_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl HttpArgs {
+    /// Checks the values `serve` and `all` require.
+    pub fn settings(&self) -> Result<HttpSettings, ConfigError> {
+        let partner_secrets = self.partner_secrets.clone().ok_or(ConfigError {
+            variable: "FINICITY_PARTNER_SECRETS",
+            problem: "required by serve and all (set --partner-secrets or the variable)".into(),
+        })?;
+        let api_tokens = self.api_tokens.clone().ok_or(ConfigError {
+            variable: "CONNECTFLOW_API_TOKENS",
+            problem: "required by serve and all (set --api-tokens or the variable)".into(),
+        })?;
+        Ok(HttpSettings {
+            listen: self.listen,
+            partner_secrets,
+            api_tokens,
+            max_body_bytes: self.max_body_bytes,
+            publish_timeout: Duration::from_millis(self.publish_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        })
+    }
+}
+
+/// A single secret string that never prints.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// The secret value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(SecretString::from(value))
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::from(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A comma-separated list of secrets (partner secrets, API tokens).
+#[derive(Clone)]
+pub struct SecretList(Vec<Secret>);
+
+impl SecretList {
+    /// Builds a list; `None` when it would be empty.
+    pub fn new<I, S>(values: I) -> Option<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let list: Vec<Secret> = values.into_iter().map(|s| Secret::from(s.into())).collect();
+        (!list.is_empty()).then_some(Self(list))
+    }
+
+    /// The secrets, in configured order.
+    pub fn iter(&self) -> impl Iterator<Item = &Secret> {
+        self.0.iter()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true for a parsed list; here for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for SecretList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err("expected a comma-separated list of non-empty values".into());
+        }
+        Self::new(parts.into_iter().map(str::to_owned)).ok_or_else(|| "expected at least one value".into())
+    }
+}
+
+impl fmt::Debug for SecretList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretList([{} redacted])", self.0.len())
+    }
+}
+
+/// Extra librdkafka properties. Values may hold SASL passwords, so `Debug`
+/// shows the keys only.
+#[derive(Clone, Default)]
+pub struct KafkaProperties(Vec<(String, String)>);
+
+impl KafkaProperties {
+    /// The `(key, value)` pairs, in configured order.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+impl FromStr for KafkaProperties {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut pairs = Vec::new();
+        for item in s.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, value) = item.split_once('=').ok_or_else(|| "expected `key=value;key=value`".to_owned())?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err("a property has an empty key".into());
+            }
+            pairs.push((key.to_owned(), value.trim().to_owned()));
+        }
+        Ok(Self(pairs))
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| format!("{k}=[redacted]"))).finish()
+    }
+}
+
+/// Renders a clap parse error as the one line the contract asks for, naming
+/// the environment variable behind the flag when there is one.
+pub fn one_line_error(err: &clap::Error) -> String {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+
+    let rendered = err.to_string();
+    let first = rendered.lines().next().unwrap_or("error: invalid configuration").trim();
+    let flag = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    let long = flag
+        .as_deref()
+        .and_then(|f| f.strip_prefix("--"))
+        .map(|f| f.split([' ', '=', '<']).next().unwrap_or(f).to_owned());
+    let env = long.and_then(|long| env_of_flag(&Cli::command(), &long));
+    match env {
+        Some(env) => format!("{first} [env: {env}]"),
+        None => first.to_owned(),
+    }
+}
+
+fn env_of_flag(cmd: &clap::Command, long: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .or_else(|| cmd.get_subcommands().find_map(|sub| env_of_flag(sub, long)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("connectflow").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let list: SecretList = "s3cr3t-one,s3cr3t-two".parse().expect("valid list");
+        let props: KafkaProperties = "sasl.password=hunter2;security.protocol=SASL_SSL".parse().expect("valid");
+        let text = format!("{list:?} {props:?} {:?}", Secret::from("pg-pass".to_owned()));
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("pg-pass"), "{text}");
+        assert!(text.contains("sasl.password"), "keys stay visible: {text}");
+    }
+
+    #[test]
+    fn secret_lists_reject_empty_entries() {
+        assert!("a,,b".parse::<SecretList>().is_err());
+        assert!("".parse::<SecretList>().is_err());
+        let list: SecretList = " a , b ".parse().expect("valid");
+        assert_eq!(list.iter().map(Secret::expose).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn kafka_properties_parse_pairs_and_reject_garbage() {
+        let props: KafkaProperties = "a=1; b = two ;".parse().expect("valid");
+        assert_eq!(props.pairs(), [("a".into(), "1".into()), ("b".into(), "two".into())]);
+        assert!("novalue".parse::<KafkaProperties>().is_err());
+        assert!("=x".parse::<KafkaProperties>().is_err());
+        assert!("".parse::<KafkaProperties>().expect("empty is fine").pairs().is_empty());
+    }
+
+    #[test]
+    fn missing_partner_secret_is_named() {
+        let cli = parse(&["serve", "--api-tokens", "t"]).expect("parses");
+        let Command::Serve(args) = cli.command else { panic!("serve expected") };
+        let err = args.http.settings().expect_err("secret is required");
+        assert_eq!(err.variable, "FINICITY_PARTNER_SECRETS");
+    }
+
+    #[test]
+    fn malformed_value_names_the_variable_on_one_line() {
+        let err = parse(&["serve", "--listen", "not-an-address"]).expect_err("bad address");
+        let line = one_line_error(&err);
+        assert!(line.contains("CONNECTFLOW_LISTEN"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = parse(&["all"]).expect("parses");
+        let Command::All(args) = cli.command else { panic!("all expected") };
+        assert_eq!(args.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.database.url.expose(), "postgres://connectflow:connectflow@127.0.0.1:5432/connectflow");
+        assert_eq!(args.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(args.kafka.events_topic, "finicity.connect.events.v1");
+        assert_eq!(args.kafka.dlq_topic, "finicity.connect.events.v1.dlq");
+        assert_eq!(args.consumer.group, "connectflow-lifecycle");
+        assert_eq!(args.consumer.batch, 500);
+        assert_eq!(args.consumer.linger_ms, 20);
+        assert_eq!(args.http.max_body_bytes, 1 << 20);
+        assert_eq!(args.http.publish_timeout_ms, 5000);
+        assert_eq!(args.migration.topic_partitions, 6);
+    }
+}

@@ -1,0 +1,110 @@
+//! The one error shape of every HTTP answer:
+//! `{"error":{"code":"...","message":"..."}}`.
+//!
+//! Handlers return [`ApiError`]; its single status table lives in
+//! [`ApiError::status_and_code`]. Internal causes are logged here and never
+//! sent to the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Everything an HTTP handler can answer with instead of success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401 on the query API: missing or invalid bearer token.
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    /// 401 on the webhook: missing, malformed or wrong signature.
+    #[error("{0}")]
+    BadSignature(#[from] crate::receive::signature::SignatureError),
+    /// 404: the customer is not known.
+    #[error("{0}")]
+    NotFound(String),
+    /// 413: body over the configured limit.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 415: not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
+    /// 503: a dependency (Kafka, Postgres) cannot take the request now.
+    #[error("{message}")]
+    Unavailable {
+        /// Client-facing explanation (no internal detail).
+        message: &'static str,
+        /// Seconds for `Retry-After`.
+        retry_after_s: u32,
+    },
+    /// 500: anything else. The cause is logged, never returned.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    /// The status and machine-readable code of each variant.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Internal(err)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+        }
+        let mut response = (status, Json(Body { error: Detail { code, message: self.to_string() } })).into_response();
+        match &self {
+            Self::Unauthorized => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unavailable { retry_after_s, .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Builds the JSON error body for places that are not handlers (fallbacks,
+/// middleware rejections).
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(Body { error: Detail { code, message: message.into() } })).into_response()
+}

@@ -1,0 +1,102 @@
+//! The normalised connect event: connectflow's own versioned schema.
+//!
+//! This is the value published on `CONNECTFLOW_EVENTS_TOPIC` and the record
+//! kept in the event history. Topic subscribers are built against it, so its
+//! field names and types are a fixed contract (`docs/event-schema.md`).
+//! It carries only what the lifecycle needs: never a full account number, a
+//! balance, the raw body or the signature.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The value of the `schema` field and header of every published record.
+pub const SCHEMA_V1: &str = "connectflow.connect_event.v1";
+
+/// One Finicity Connect event, normalised and minimised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectEvent {
+    /// Always [`SCHEMA_V1`].
+    pub schema: String,
+    /// Finicity's `eventId`, or `sha256:<hex of the raw body>` when absent.
+    pub event_id: String,
+    /// Finicity's `eventType`, verbatim (unknown types included).
+    pub event_type: String,
+    /// Finicity's `customerId`.
+    pub customer_id: String,
+    /// Finicity's `consumerId`, when sent.
+    pub consumer_id: Option<String>,
+    /// `payload.institutionId`, else the accounts' `institutionId`.
+    pub institution_id: Option<String>,
+    /// The accounts' `institutionLoginId` (a number on the wire) or the payload's.
+    pub institution_login_id: Option<String>,
+    /// `payload.oauth`.
+    pub oauth: Option<bool>,
+    /// `payload.mfa`.
+    pub mfa: Option<bool>,
+    /// Accounts listed by `added` / `discovered`; empty otherwise.
+    pub accounts: Vec<AccountRef>,
+    /// Account ids listed by `accountsDeleted`; empty otherwise.
+    pub deleted_account_ids: Vec<String>,
+    /// `payload.code` (for `unableToConnect`).
+    pub error_code: Option<i64>,
+    /// `payload.query` (for `institutionNotFound`).
+    pub query: Option<String>,
+    /// When the event happened: from the epoch-ms prefix of `eventId` when
+    /// plausible, else `received_at`.
+    #[serde(with = "rfc3339_ms")]
+    pub occurred_at: DateTime<Utc>,
+    /// When connectflow received it.
+    #[serde(with = "rfc3339_ms")]
+    pub received_at: DateTime<Utc>,
+    /// `webhookData` as the partner set it.
+    pub webhook_data: Option<serde_json::Value>,
+}
+
+/// A minimised account: identifiers and display data only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AccountRef {
+    /// Finicity's account `id`.
+    pub account_id: Option<String>,
+    /// The account's `institutionLoginId`, as a string.
+    pub institution_login_id: Option<String>,
+    /// `checking`, `savings`, `creditCard`, ...
+    #[serde(rename = "type")]
+    pub account_type: Option<String>,
+    /// Finicity's account `status`, e.g. `active`.
+    pub status: Option<String>,
+    /// The last four characters of the account number, never more.
+    pub last4: Option<String>,
+    /// The account's display name.
+    pub name: Option<String>,
+    /// Finicity's `aggregationStatusCode`.
+    pub aggregation_status_code: Option<i64>,
+}
+
+impl ConnectEvent {
+    /// The key events are folded by: `(occurred_at, event_id)`.
+    pub fn order_key(&self) -> (DateTime<Utc>, &str) {
+        (self.occurred_at, self.event_id.as_str())
+    }
+}
+
+/// Timestamps as RFC 3339, UTC, millisecond precision (`2026-11-20T10:15:02.123Z`).
+pub mod rfc3339_ms {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Formats a timestamp the way every connectflow document does.
+    pub fn format(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    /// Serde serialiser.
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(at))
+    }
+
+    /// Serde deserialiser: any RFC 3339 timestamp.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text).map(|at| at.with_timezone(&Utc)).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,25 @@
+//! connectflow: Finicity Connect webhooks made into a reliable, queryable
+//! record of each customer's consent and authentication lifecycle.
+//!
+//! The modules follow the data's journey: [`receive`] (HTTP, signature,
+//! normalise) -> [`publish`] (Kafka producer) -> [`consume`] (Kafka consumer)
+//! -> [`lifecycle`] (the pure state machine) -> [`store`] (Postgres) ->
+//! [`query`] (the HTTP API).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod consume;
+pub mod error;
+pub mod event;
+pub mod health;
+pub mod kafka;
+pub mod metrics;
+pub mod publish;
+pub mod query;
+pub mod receive;
+pub mod store;
+pub mod telemetry;

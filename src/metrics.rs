@@ -1,0 +1,127 @@
+//! Prometheus metrics, served on `GET /metrics`.
+//!
+//! One [`Metrics`] per process (not a global), so tests can start several
+//! apps side by side and read each one's figures.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the webhook counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// A known Finicity event type, `other` for unknown ones (bounded
+    /// cardinality), `unknown` when the request never got that far.
+    pub event_type: &'static str,
+    /// `accepted`, `pong`, or the error code answered.
+    pub outcome: &'static str,
+}
+
+/// Labels per Kafka partition.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+/// Every metric connectflow exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Webhooks answered, by event type and outcome.
+    pub webhooks: Family<WebhookLabels, Counter>,
+    /// Webhooks whose signature was missing, malformed or wrong.
+    pub signature_failures: Counter,
+    /// Seconds from sending a record to Kafka's confirmation.
+    pub publish_seconds: Histogram,
+    /// Webhook requests being handled now.
+    pub webhooks_in_flight: Gauge,
+    /// Events recorded and applied by the consumer.
+    pub events_applied: Counter,
+    /// Events skipped because their id was already recorded.
+    pub duplicates_skipped: Counter,
+    /// Customers recomputed from their whole history (late events, reproject).
+    pub recomputations: Counter,
+    /// Records sent to the dead-letter topic.
+    pub dead_letters: Counter,
+    /// Records per applied batch.
+    pub batch_size: Histogram,
+    /// Seconds to apply one batch (transaction included).
+    pub batch_seconds: Histogram,
+    /// Consumer lag per partition (high watermark minus next offset).
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("connectflow");
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register("webhooks", "Webhooks answered, by event type and outcome", webhooks.clone());
+        let signature_failures = Counter::default();
+        registry.register(
+            "webhook_signature_failures",
+            "Webhooks with a missing, malformed or wrong signature",
+            signature_failures.clone(),
+        );
+        let publish_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "publish_seconds",
+            "Time from sending a record to Kafka's confirmation",
+            publish_seconds.clone(),
+        );
+        let webhooks_in_flight = Gauge::default();
+        registry.register("webhooks_in_flight", "Webhook requests being handled", webhooks_in_flight.clone());
+        let events_applied = Counter::default();
+        registry.register("events_applied", "Events recorded and applied to the lifecycle", events_applied.clone());
+        let duplicates_skipped = Counter::default();
+        registry.register(
+            "duplicates_skipped",
+            "Events skipped because their id was already recorded",
+            duplicates_skipped.clone(),
+        );
+        let recomputations = Counter::default();
+        registry.register(
+            "recomputations",
+            "Customers recomputed from their whole event history",
+            recomputations.clone(),
+        );
+        let dead_letters = Counter::default();
+        registry.register("dead_letters", "Records sent to the dead-letter topic", dead_letters.clone());
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register("consumer_batch_size", "Records per applied batch", batch_size.clone());
+        let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("consumer_batch_seconds", "Time to apply one batch", batch_seconds.clone());
+        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register("consumer_lag", "Records behind the high watermark, per partition", consumer_lag.clone());
+        Arc::new(Self {
+            registry,
+            webhooks,
+            signature_failures,
+            publish_seconds,
+            webhooks_in_flight,
+            events_applied,
+            duplicates_skipped,
+            recomputations,
+            dead_letters,
+            batch_size,
+            batch_seconds,
+            consumer_lag,
+        })
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

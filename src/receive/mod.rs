@@ -1,0 +1,192 @@
+//! The webhook receiver: `POST /webhooks/finicity/connect`.
+//!
+//! Checks run in the order of the contract: size (413), content type (415),
+//! signature over the raw bytes (401), parse (400); then `ping` is answered
+//! and every other event is normalised, published, and acknowledged only
+//! once Kafka has confirmed the write (else 503, so Finicity retries).
+
+pub mod normalise;
+pub mod signature;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use http_body_util::LengthLimitError;
+use serde_json::json;
+use tracing::{Instrument, field};
+
+use crate::error::ApiError;
+use crate::metrics::{Metrics, WebhookLabels};
+use crate::publish::Publisher;
+use normalise::{Webhook, event_type_label};
+use signature::SignatureVerifier;
+
+/// The header Finicity signs with (header names match case-insensitively).
+pub const SIGNATURE_HEADER: &str = "x-finicity-signature";
+
+/// What the receiver needs.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    /// Verifies signatures.
+    pub verifier: Arc<SignatureVerifier>,
+    /// Publishes events.
+    pub publisher: Publisher,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// Decrements the in-flight gauge however the request ends.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.webhooks_in_flight.dec();
+    }
+}
+
+/// The axum handler.
+pub async fn handle(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
+    let span =
+        tracing::info_span!("webhook", event_type = field::Empty, event_id = field::Empty, customer_id = field::Empty);
+    async move {
+        let metrics = &receiver.metrics;
+        metrics.webhooks_in_flight.inc();
+        let _in_flight = InFlight(metrics);
+        let (label, result) = receive(&receiver, &headers, body).await;
+        let outcome = match &result {
+            Ok(Accepted::Pong) => "pong",
+            Ok(Accepted::Event(_)) => "accepted",
+            Err(err) => err.status_and_code().1,
+        };
+        metrics.webhooks.get_or_create(&WebhookLabels { event_type: label, outcome }).inc();
+        match result {
+            Ok(Accepted::Pong) => Json(json!({"status": "pong"})).into_response(),
+            Ok(Accepted::Event(event_id)) => Json(json!({"status": "accepted", "event_id": event_id})).into_response(),
+            Err(err) => {
+                if !matches!(err, ApiError::Internal(_) | ApiError::Unavailable { .. }) {
+                    tracing::info!(outcome, reason = %err, "webhook rejected");
+                }
+                err.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+enum Accepted {
+    Pong,
+    Event(String),
+}
+
+async fn receive(receiver: &Receiver, headers: &HeaderMap, body: Body) -> (&'static str, Result<Accepted, ApiError>) {
+    let max = receiver.max_body_bytes;
+    // A declared length over the limit is refused before reading anything;
+    // an undeclared one is read only up to the limit.
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return ("unknown", Err(ApiError::PayloadTooLarge(max)));
+    }
+    let raw = match axum::body::to_bytes(body, max).await {
+        Ok(raw) => raw,
+        Err(err) => {
+            let too_large = std::error::Error::source(&err).is_some_and(|s| s.is::<LengthLimitError>())
+                || err.to_string().contains("length limit");
+            return if too_large {
+                ("unknown", Err(ApiError::PayloadTooLarge(max)))
+            } else {
+                ("unknown", Err(ApiError::BadRequest("could not read the request body".into())))
+            };
+        }
+    };
+    if !is_json(headers) {
+        return (
+            "unknown",
+            Err(ApiError::UnsupportedMediaType(
+                "Content-Type must be application/json (XML webhooks are not supported yet)",
+            )),
+        );
+    }
+    let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
+    if let Err(err) = receiver.verifier.verify(signature, &raw) {
+        receiver.metrics.signature_failures.inc();
+        return ("unknown", Err(err.into()));
+    }
+    let webhook = match normalise::normalise(&raw, Utc::now()) {
+        Ok(webhook) => webhook,
+        Err(err) => return ("unknown", Err(ApiError::BadRequest(err.to_string()))),
+    };
+    let event = match webhook {
+        Webhook::Ping => return ("ping", Ok(Accepted::Pong)),
+        Webhook::Event(event) => event,
+    };
+    let label = event_type_label(&event.event_type);
+    let span = tracing::Span::current();
+    span.record("event_type", event.event_type.as_str());
+    span.record("event_id", event.event_id.as_str());
+    span.record("customer_id", event.customer_id.as_str());
+
+    let started = Instant::now();
+    let result = receiver.publisher.publish(&event).await;
+    receiver.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(_) => {
+            tracing::debug!("webhook accepted");
+            (label, Ok(Accepted::Event(event.event_id)))
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "publish failed; answering 503 so Finicity retries");
+            (
+                label,
+                Err(ApiError::Unavailable {
+                    message: "the event could not be recorded now; retry later",
+                    retry_after_s: 5,
+                }),
+            )
+        }
+    }
+}
+
+/// `application/json` with any parameters, or no Content-Type at all.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn with_type(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).expect("valid header"));
+        headers
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json(&HeaderMap::new()), "missing header is JSON");
+        assert!(is_json(&with_type("application/json")));
+        assert!(is_json(&with_type("Application/JSON; charset=utf-8")));
+        assert!(!is_json(&with_type("application/xml")));
+        assert!(!is_json(&with_type("text/plain")));
+        assert!(!is_json(&with_type("application/jsonp")));
+    }
+}

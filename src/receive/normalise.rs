@@ -1,0 +1,190 @@
+//! From Finicity's wire format to [`ConnectEvent`], keeping only what the
+//! lifecycle needs (data minimisation: no full account number, no balance,
+//! no `detail`, nothing unknown).
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::event::{AccountRef, ConnectEvent, SCHEMA_V1};
+
+/// Why a verified body cannot be accepted. Each is a 400 naming the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not valid JSON.
+    #[error("body is not valid JSON")]
+    NotJson,
+    /// Valid JSON, but not an object.
+    #[error("body must be a JSON object")]
+    NotObject,
+    /// No string `eventType`.
+    #[error("eventType is missing or not a string")]
+    NoEventType,
+    /// No string `customerId` (every event but `ping` needs one).
+    #[error("customerId is missing or not a string")]
+    NoCustomerId,
+}
+
+/// A parsed webhook: either Finicity's reachability check or an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Webhook {
+    /// `ping`: answered 200 and not published.
+    Ping,
+    /// Any other event type, known or not.
+    Event(Box<ConnectEvent>),
+}
+
+/// The event types of Finicity's Connect catalogue (metrics label them by
+/// name; any other type is labelled `other`).
+pub const KNOWN_EVENT_TYPES: &[&str] = &[
+    "ping",
+    "started",
+    "adding",
+    "credentialsUpdated",
+    "discovered",
+    "added",
+    "accountsDeleted",
+    "institutionNotFound",
+    "institutionNotSupported",
+    "unableToConnect",
+    "done",
+    "invalidCredentials",
+    "institutionSupported",
+    "mfa",
+    "cancel",
+];
+
+/// The metrics label of an event type: its name when known, else `other`.
+pub fn event_type_label(event_type: &str) -> &'static str {
+    KNOWN_EVENT_TYPES.iter().copied().find(|known| *known == event_type).unwrap_or("other")
+}
+
+/// Parses and normalises a verified webhook body received at `received_at`.
+pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, ParseError> {
+    let value: Value = serde_json::from_slice(raw).map_err(|_| ParseError::NotJson)?;
+    let Value::Object(envelope) = value else {
+        return Err(ParseError::NotObject);
+    };
+    let event_type = match envelope.get("eventType") {
+        Some(Value::String(t)) => t.clone(),
+        _ => return Err(ParseError::NoEventType),
+    };
+    if event_type == "ping" {
+        return Ok(Webhook::Ping);
+    }
+    let customer_id = match envelope.get("customerId") {
+        Some(Value::String(c)) => c.clone(),
+        _ => return Err(ParseError::NoCustomerId),
+    };
+    let received_at = truncate_to_millis(received_at);
+    let event_id = id_text(envelope.get("eventId"))
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(raw))));
+    let occurred_at = occurred_at_from_event_id(&event_id, received_at).unwrap_or(received_at);
+
+    let empty = Map::new();
+    let payload = match envelope.get("payload") {
+        Some(Value::Object(p)) => p,
+        _ => &empty,
+    };
+    let wire_accounts: &[Value] = match payload.get("accounts") {
+        Some(Value::Array(a)) => a,
+        _ => &[],
+    };
+    let account_objects = || wire_accounts.iter().filter_map(Value::as_object);
+
+    let accounts = if event_type == "added" || event_type == "discovered" {
+        account_objects().map(account_ref).collect()
+    } else {
+        Vec::new()
+    };
+    let deleted_account_ids = if event_type == "accountsDeleted" {
+        wire_accounts.iter().filter_map(|id| id_text(Some(id))).collect()
+    } else {
+        Vec::new()
+    };
+    let institution_id = id_text(payload.get("institutionId"))
+        .or_else(|| account_objects().find_map(|a| id_text(a.get("institutionId"))));
+    let institution_login_id = account_objects()
+        .find_map(|a| id_text(a.get("institutionLoginId")))
+        .or_else(|| id_text(payload.get("institutionLoginId")));
+
+    Ok(Webhook::Event(Box::new(ConnectEvent {
+        schema: SCHEMA_V1.to_owned(),
+        event_id,
+        event_type,
+        customer_id,
+        consumer_id: id_text(envelope.get("consumerId")),
+        institution_id,
+        institution_login_id,
+        oauth: payload.get("oauth").and_then(Value::as_bool),
+        mfa: payload.get("mfa").and_then(Value::as_bool),
+        accounts,
+        deleted_account_ids,
+        error_code: payload.get("code").and_then(Value::as_i64),
+        query: payload.get("query").and_then(Value::as_str).map(str::to_owned),
+        occurred_at,
+        received_at,
+        webhook_data: envelope.get("webhookData").filter(|d| d.is_object()).cloned(),
+    })))
+}
+
+/// The minimised account: identifiers, type, status, display name and the
+/// last four characters of the number. `number`, `balance`, `detail` and
+/// everything else are dropped here.
+fn account_ref(account: &Map<String, Value>) -> AccountRef {
+    let last4 = account
+        .get("realAccountNumberLast4")
+        .and_then(Value::as_str)
+        .or_else(|| account.get("accountNumberDisplay").and_then(Value::as_str))
+        .map(last_four);
+    AccountRef {
+        account_id: id_text(account.get("id")),
+        institution_login_id: id_text(account.get("institutionLoginId")),
+        account_type: account.get("type").and_then(Value::as_str).map(str::to_owned),
+        status: account.get("status").and_then(Value::as_str).map(str::to_owned),
+        last4,
+        name: account.get("name").and_then(Value::as_str).map(str::to_owned),
+        aggregation_status_code: account.get("aggregationStatusCode").and_then(Value::as_i64),
+    }
+}
+
+/// An identifier as text: Finicity sends most ids as strings but some (the
+/// institution login id) as JSON numbers.
+fn id_text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The last four characters, so even a full number sent by mistake in a
+/// display field is cut down to what a receipt shows.
+fn last_four(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    chars[chars.len().saturating_sub(4)..].iter().collect()
+}
+
+fn truncate_to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(at.timestamp_millis()).single().unwrap_or(at)
+}
+
+/// Finicity's event ids start with the epoch milliseconds of the event
+/// (`1611877956869-28ebb24c...`). The shape is observed, not promised, so the
+/// prefix is used only when it is 13 digits standing alone and plausible:
+/// after 2000 and at most a day ahead of our clock.
+pub fn occurred_at_from_event_id(event_id: &str, received_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let bytes = event_id.as_bytes();
+    let prefix = bytes.get(..13)?;
+    if !prefix.iter().all(u8::is_ascii_digit) || bytes.get(13).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let millis: i64 = std::str::from_utf8(prefix).ok()?.parse().ok()?;
+    let at = Utc.timestamp_millis_opt(millis).single()?;
+    let earliest = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single()?;
+    (at >= earliest && at <= received_at + Duration::days(1)).then_some(at)
+}
+
+#[cfg(test)]
+mod tests;

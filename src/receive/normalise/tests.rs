@@ -1,0 +1,207 @@
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).single().expect("valid time")
+}
+
+const EVENT_ID: &str = "1764000000123-28ebb24c66699bf3c77f04b1";
+
+fn envelope(event_type: &str, payload: Value) -> Value {
+    json!({
+        "customerId": "1005061234",
+        "consumerId": "0bf46322c167b562e6cbed9d40e19a4c",
+        "eventType": event_type,
+        "eventId": EVENT_ID,
+        "payload": payload,
+    })
+}
+
+fn event(body: &Value) -> ConnectEvent {
+    let raw = serde_json::to_vec(body).expect("serialises");
+    match normalise(&raw, now()).expect("normalises") {
+        Webhook::Event(e) => *e,
+        Webhook::Ping => panic!("unexpected ping"),
+    }
+}
+
+/// An account as Finicity sends it, full number and balance included.
+fn wire_account(id: &str) -> Value {
+    json!({
+        "id": id,
+        "number": "4111111111111111",
+        "realAccountNumberLast4": "1111",
+        "accountNumberDisplay": "...1111",
+        "name": "Checking",
+        "balance": 1234.56,
+        "type": "checking",
+        "aggregationStatusCode": 0,
+        "status": "active",
+        "customerId": "1005061234",
+        "institutionId": "101732",
+        "institutionLoginId": 1022599285_i64,
+        "balanceDate": 1611877956,
+        "createdDate": 1611877956,
+        "currency": "USD",
+        "detail": {"availableBalanceAmount": 1000.0, "interestYtdAmount": 1.5},
+        "displayPosition": 1
+    })
+}
+
+#[test]
+fn ping_is_recognised_without_customer() {
+    let raw = br#"{"eventType":"ping","payload":{}}"#;
+    assert_eq!(normalise(raw, now()), Ok(Webhook::Ping));
+}
+
+#[test]
+fn parse_errors_name_the_problem() {
+    assert_eq!(normalise(b"{not json", now()), Err(ParseError::NotJson));
+    assert_eq!(normalise(b"[1,2]", now()), Err(ParseError::NotObject));
+    assert_eq!(normalise(br#"{"customerId":"1"}"#, now()), Err(ParseError::NoEventType));
+    assert_eq!(normalise(br#"{"eventType":7,"customerId":"1"}"#, now()), Err(ParseError::NoEventType));
+    assert_eq!(normalise(br#"{"eventType":"added"}"#, now()), Err(ParseError::NoCustomerId));
+    assert_eq!(normalise(br#"{"eventType":"added","customerId":12}"#, now()), Err(ParseError::NoCustomerId));
+}
+
+#[test]
+fn envelope_fields_are_carried() {
+    let e = event(&envelope("started", json!({})));
+    assert_eq!(e.schema, "connectflow.connect_event.v1");
+    assert_eq!(e.event_id, EVENT_ID);
+    assert_eq!(e.event_type, "started");
+    assert_eq!(e.customer_id, "1005061234");
+    assert_eq!(e.consumer_id.as_deref(), Some("0bf46322c167b562e6cbed9d40e19a4c"));
+    assert_eq!(e.received_at, now());
+    assert_eq!(e.occurred_at, Utc.timestamp_millis_opt(1764000000123).single().expect("valid"));
+    assert!(e.accounts.is_empty() && e.deleted_account_ids.is_empty());
+    assert_eq!(e.webhook_data, None);
+}
+
+#[test]
+fn adding_records_institution_and_oauth() {
+    let e = event(&envelope("adding", json!({"institutionId": "101732", "oauth": true})));
+    assert_eq!(e.institution_id.as_deref(), Some("101732"));
+    assert_eq!(e.oauth, Some(true));
+    assert_eq!(e.mfa, None);
+}
+
+#[test]
+fn credentials_updated_carries_mfa() {
+    let e = event(&envelope("credentialsUpdated", json!({"mfa": true})));
+    assert_eq!(e.mfa, Some(true));
+}
+
+#[test]
+fn added_and_discovered_carry_minimised_accounts() {
+    for event_type in ["added", "discovered"] {
+        let e = event(&envelope(
+            event_type,
+            json!({"institutionId": "101732", "oauth": false, "accounts": [wire_account("1045121390")]}),
+        ));
+        assert_eq!(e.institution_id.as_deref(), Some("101732"));
+        assert_eq!(e.institution_login_id.as_deref(), Some("1022599285"), "number on the wire, text here");
+        assert_eq!(e.oauth, Some(false));
+        assert_eq!(
+            e.accounts,
+            vec![AccountRef {
+                account_id: Some("1045121390".into()),
+                institution_login_id: Some("1022599285".into()),
+                account_type: Some("checking".into()),
+                status: Some("active".into()),
+                last4: Some("1111".into()),
+                name: Some("Checking".into()),
+                aggregation_status_code: Some(0),
+            }]
+        );
+    }
+}
+
+#[test]
+fn institution_comes_from_accounts_when_payload_lacks_it() {
+    let e = event(&envelope("added", json!({"accounts": [wire_account("1")]})));
+    assert_eq!(e.institution_id.as_deref(), Some("101732"));
+}
+
+#[test]
+fn accounts_deleted_lists_ids() {
+    let e = event(&envelope("accountsDeleted", json!({"accounts": ["1045121390", 1045121391_i64]})));
+    assert_eq!(e.deleted_account_ids, ["1045121390", "1045121391"]);
+    assert!(e.accounts.is_empty());
+}
+
+#[test]
+fn failures_carry_their_details() {
+    let e = event(&envelope("unableToConnect", json!({"institutionId": "101732", "code": 102})));
+    assert_eq!(e.error_code, Some(102));
+    assert_eq!(e.institution_id.as_deref(), Some("101732"));
+    let e = event(&envelope("institutionNotFound", json!({"query": "first bank of nowhere"})));
+    assert_eq!(e.query.as_deref(), Some("first bank of nowhere"));
+    let e = event(&envelope("institutionNotSupported", json!({"institutionId": "5"})));
+    assert_eq!(e.institution_id.as_deref(), Some("5"));
+    for event_type in ["invalidCredentials", "institutionSupported", "done", "mfa", "cancel"] {
+        let e = event(&envelope(event_type, json!({"institutionId": "101732"})));
+        assert_eq!(e.event_type, event_type);
+        assert_eq!(e.institution_id.as_deref(), Some("101732"));
+    }
+}
+
+#[test]
+fn unknown_types_are_normalised_verbatim() {
+    let e = event(&envelope("somethingNew", json!({"accounts": [wire_account("1")], "x": 1})));
+    assert_eq!(e.event_type, "somethingNew");
+    assert!(e.accounts.is_empty(), "accounts are kept for added/discovered only");
+    assert_eq!(event_type_label("somethingNew"), "other");
+    assert_eq!(event_type_label("added"), "added");
+}
+
+#[test]
+fn minimisation_drops_numbers_balances_and_detail() {
+    let mut body = envelope("added", json!({"accounts": [wire_account("1")]}));
+    body["webhookData"] = json!({"partnerRef": "abc"});
+    let e = event(&body);
+    let published = serde_json::to_string(&e).expect("serialises");
+    for forbidden in ["4111111111111111", "1234.56", "balance", "detail", "availableBalanceAmount", "number"] {
+        assert!(!published.contains(forbidden), "{forbidden} leaked: {published}");
+    }
+    assert_eq!(e.webhook_data, Some(json!({"partnerRef": "abc"})));
+}
+
+#[test]
+fn last4_falls_back_to_the_display_number() {
+    let mut account = wire_account("1");
+    account.as_object_mut().expect("object").remove("realAccountNumberLast4");
+    account["accountNumberDisplay"] = json!("xxxx-9876");
+    let e = event(&envelope("added", json!({"accounts": [account]})));
+    assert_eq!(e.accounts[0].last4.as_deref(), Some("9876"));
+    let mut account = wire_account("1");
+    account["realAccountNumberLast4"] = json!("4111111111111111");
+    let e = event(&envelope("added", json!({"accounts": [account]})));
+    assert_eq!(e.accounts[0].last4.as_deref(), Some("1111"), "never more than four characters");
+}
+
+#[test]
+fn event_id_is_derived_from_the_body_when_absent() {
+    let raw = br#"{"eventType":"started","customerId":"1"}"#;
+    let Ok(Webhook::Event(e)) = normalise(raw, now()) else { panic!("event expected") };
+    assert_eq!(e.event_id, format!("sha256:{}", hex::encode(Sha256::digest(raw))));
+    assert_eq!(e.occurred_at, now(), "no epoch prefix: received_at");
+    let Ok(Webhook::Event(again)) = normalise(raw, now()) else { panic!("event expected") };
+    assert_eq!(again.event_id, e.event_id, "a redelivery gets the same id");
+}
+
+#[test]
+fn occurred_at_needs_a_plausible_thirteen_digit_prefix() {
+    let at = |id: &str| occurred_at_from_event_id(id, now());
+    assert_eq!(at("1764000000123-28ebb24c66699bf3c77f04b1").map(|t| t.timestamp_millis()), Some(1764000000123));
+    assert_eq!(at("1764000000123").map(|t| t.timestamp_millis()), Some(1764000000123));
+    assert_eq!(at("0946684799999-aa"), None, "before 2000");
+    assert_eq!(at("0946684800000-aa").map(|t| t.timestamp_millis()), Some(946684800000));
+    let tomorrow_plus = (now() + chrono::Duration::days(1) + chrono::Duration::seconds(1)).timestamp_millis();
+    assert_eq!(at(&format!("{tomorrow_plus}-aa")), None, "more than a day ahead");
+    assert_eq!(at("17640000001234-aa"), None, "fourteen digits is not the shape");
+    assert_eq!(at("176400000012x-aa"), None);
+    assert_eq!(at("abc"), None);
+}

@@ -1,0 +1,102 @@
+//! The binary's configuration contract: exit status 2 and one line naming
+//! the variable; secrets never printed.
+
+use std::process::{Command, Output};
+
+fn connectflow(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_connectflow"));
+    cmd.args(args);
+    for var in [
+        "FINICITY_PARTNER_SECRETS",
+        "CONNECTFLOW_API_TOKENS",
+        "DATABASE_URL",
+        "KAFKA_BROKERS",
+        "CONNECTFLOW_LISTEN",
+        "CONNECTFLOW_KAFKA_PROPERTIES",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd.output().expect("running connectflow")
+}
+
+fn stderr_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn missing_partner_secret_exits_2_naming_the_variable() {
+    for command in ["serve", "all"] {
+        let output = connectflow(&[command], &[("CONNECTFLOW_API_TOKENS", "t")]);
+        assert_eq!(output.status.code(), Some(2), "{command}");
+        let lines = stderr_lines(&output);
+        assert_eq!(lines.len(), 1, "one line: {lines:?}");
+        assert!(lines[0].contains("FINICITY_PARTNER_SECRETS"), "{lines:?}");
+    }
+}
+
+#[test]
+fn missing_api_tokens_exits_2_naming_the_variable() {
+    let output = connectflow(&["serve"], &[("FINICITY_PARTNER_SECRETS", "s")]);
+    assert_eq!(output.status.code(), Some(2));
+    let lines = stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("CONNECTFLOW_API_TOKENS"), "{lines:?}");
+}
+
+#[test]
+fn malformed_values_exit_2_naming_the_variable() {
+    let cases = [
+        ("CONNECTFLOW_LISTEN", "not-an-address"),
+        ("FINICITY_PARTNER_SECRETS", "a,,b"),
+        ("CONNECTFLOW_KAFKA_PROPERTIES", "no-equals-sign"),
+        ("CONNECTFLOW_PUBLISH_TIMEOUT_MS", "soon"),
+        ("CONNECTFLOW_LOG_FORMAT", "xml"),
+    ];
+    for (variable, value) in cases {
+        let output = connectflow(&["serve"], &[(variable, value), ("CONNECTFLOW_API_TOKENS", "t")]);
+        assert_eq!(output.status.code(), Some(2), "{variable}");
+        let lines = stderr_lines(&output);
+        assert_eq!(lines.len(), 1, "{variable}: {lines:?}");
+        assert!(lines[0].contains(variable), "{variable}: {lines:?}");
+    }
+}
+
+#[test]
+fn secrets_are_not_printed_in_errors_or_help() {
+    let secret = "very-secret-partner-key";
+    let env = [
+        ("FINICITY_PARTNER_SECRETS", secret),
+        ("CONNECTFLOW_API_TOKENS", "very-secret-token"),
+        ("DATABASE_URL", "postgres://u:very-secret-pw@127.0.0.1:1/x"),
+        ("CONNECTFLOW_KAFKA_PROPERTIES", "sasl.password=very-secret-sasl"),
+    ];
+    for args in [&["serve", "--help"][..], &["all", "--help"], &["serve", "--listen", "bad"]] {
+        let output = connectflow(args, &env);
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(!text.contains("very-secret"), "{args:?} printed a secret: {text}");
+    }
+}
+
+#[test]
+fn help_documents_every_option() {
+    let top = connectflow(&["--help"], &[]);
+    assert_eq!(top.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&top.stdout);
+    for sub in ["serve", "consume", "all", "migrate"] {
+        assert!(text.contains(sub), "{sub} missing from --help");
+        let output = connectflow(&[sub, "--help"], &[]);
+        assert_eq!(output.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&output.stdout);
+        // Every option line is followed by a description: no bare flags.
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim_start().starts_with("--") && !line.contains("--help") && !line.contains("--version") {
+                let next = lines.get(i + 1).map_or("", |l| l.trim());
+                assert!(!next.is_empty() && !next.starts_with("--"), "{sub}: `{line}` has no description");
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Health, readiness, metrics and migrations on real services.
+
+use serde_json::Value;
+
+use crate::helpers::{
+    AppOptions, database_args, fresh_database, http_settings, services, spawn_app, spawn_app_with, unique_kafka_args,
+};
+
+#[tokio::test]
+async fn livez_answers_while_serving() {
+    let app = spawn_app().await;
+    let response = app.get("/livez").await;
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_is_200_when_postgres_and_kafka_answer() {
+    let app = spawn_app().await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_kafka_when_the_broker_is_unreachable() {
+    let mut kafka = unique_kafka_args("127.0.0.1:1");
+    kafka.brokers = "127.0.0.1:1".into();
+    let app = spawn_app_with(AppOptions { http: http_settings(), kafka, create_topics: false }).await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_ready");
+    assert_eq!(body["failing"], serde_json::json!(["kafka"]), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("kafka")), "{body}");
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_kafka_when_the_events_topic_is_missing() {
+    let services = services().await;
+    let kafka = unique_kafka_args(&services.kafka_brokers);
+    let app = spawn_app_with(AppOptions { http: http_settings(), kafka, create_topics: false }).await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["failing"], serde_json::json!(["kafka"]), "{body}");
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_postgres_when_the_database_is_unreachable() {
+    let app = spawn_app().await;
+    // Point a second server at a closed Postgres port, same healthy Kafka.
+    let pool =
+        connectflow::store::pool(&database_args("postgres://connectflow:x@127.0.0.1:1/none")).expect("lazy pool");
+    let server =
+        connectflow::app::HttpServer::bind(http_settings(), &app.kafka, pool, connectflow::metrics::Metrics::new())
+            .await
+            .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let token = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(server.run(token.clone()));
+    let response = reqwest::get(format!("http://{addr}/readyz")).await.expect("request");
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["failing"], serde_json::json!(["postgres"]), "{body}");
+    token.cancel();
+    handle.await.expect("join").expect("clean stop");
+}
+
+#[tokio::test]
+async fn migrations_apply_to_an_empty_database_twice() {
+    let url = fresh_database().await;
+    let pool = connectflow::store::pool(&database_args(&url)).expect("pool");
+    connectflow::store::migrate(&pool).await.expect("first run");
+    connectflow::store::migrate(&pool).await.expect("second run is a no-op");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("list tables");
+    for table in ["accounts", "connect_events", "customers", "institution_logins"] {
+        assert!(tables.iter().any(|t| t == table), "{table} missing: {tables:?}");
+    }
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.expect("count");
+    assert_eq!(applied, connectflow::store::MIGRATOR.iter().count() as i64);
+}
+
+#[tokio::test]
+async fn topic_creation_is_idempotent() {
+    let services = services().await;
+    let kafka = unique_kafka_args(&services.kafka_brokers);
+    let migration = crate::helpers::migration_args();
+    connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("first run creates");
+    connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("second run keeps");
+}
+
+#[tokio::test]
+async fn metrics_are_exposed() {
+    let app = spawn_app().await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("text");
+    assert!(text.contains("connectflow_webhook_signature_failures"), "{text}");
+    assert!(text.contains("connectflow_webhooks_in_flight"), "{text}");
+}
+
+#[tokio::test]
+async fn unknown_routes_answer_the_json_error_shape() {
+    let app = spawn_app().await;
+    let response = app.get("/nope").await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_found");
+    let response = app.get("/webhooks/finicity/connect").await;
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
