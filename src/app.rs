@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
+use axum::{Json, Router};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::{HttpSettings, KafkaArgs};
 use crate::error::error_response;
@@ -33,21 +36,70 @@ pub struct AppState {
     pub api: query::ApiAuth,
 }
 
-/// Builds the router.
-pub fn router(state: Arc<AppState>) -> Router {
-    let webhooks =
-        Router::new().route("/webhooks/finicity/connect", post(receive::handle)).with_state(state.receiver.clone());
-    Router::new()
-        .route("/livez", get(health::livez))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .merge(query::routes(state.clone()))
+/// The OpenAPI document's frame; the paths come from the routes themselves.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "connectflow", description = "Finicity Connect webhooks, consent and authentication lifecycle"),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` security scheme the query routes refer to.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route and the OpenAPI document generated from them, so the
+/// document cannot miss a route.
+pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
+    let authenticated = OpenApiRouter::new()
+        .routes(routes!(query::get_lifecycle))
+        .routes(routes!(query::get_events))
+        .routes(routes!(query::list_customers))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), query::require_token));
+    let webhooks = OpenApiRouter::new().routes(routes!(receive::handle)).with_state(state.receiver.clone());
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::livez))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .merge(authenticated)
         .with_state(state)
         .merge(webhooks)
+        .split_for_parts();
+    openapi.paths.add_path_operation(
+        OPENAPI_PATH,
+        vec![utoipa::openapi::HttpMethod::Get],
+        utoipa::openapi::path::OperationBuilder::new()
+            .summary(Some("This OpenAPI 3.1 document"))
+            .tag("operations")
+            .response("200", utoipa::openapi::ResponseBuilder::new().description("The OpenAPI document"))
+            .build(),
+    );
+    let document = Arc::new(openapi.clone());
+    let router = router
+        .route(OPENAPI_PATH, get(move || async move { Json(document.as_ref().clone()) }))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
-        })
+        });
+    (router, openapi)
+}
+
+/// Where the OpenAPI document is served (no authentication).
+pub const OPENAPI_PATH: &str = "/v1/openapi.json";
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    routes(state).0
 }
 
 /// The HTTP server, bound and ready to run.

@@ -44,15 +44,27 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: String,
+/// The error itself.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `invalid_request`, `unauthorized`, `not_found`.
+    #[schema(example = "invalid_request")]
+    pub code: String,
+    /// Human-readable explanation (never internal detail).
+    pub message: String,
+}
+
+impl ErrorBody {
+    fn new(code: &str, message: String) -> Self {
+        Self { error: ErrorDetail { code: code.to_owned(), message } }
+    }
 }
 
 impl ApiError {
@@ -89,7 +101,7 @@ impl IntoResponse for ApiError {
         if let Self::Internal(cause) = &self {
             tracing::error!(error = format!("{cause:#}"), "internal error");
         }
-        let mut response = (status, Json(Body { error: Detail { code, message: self.to_string() } })).into_response();
+        let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
         match &self {
             Self::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -106,5 +118,5 @@ impl IntoResponse for ApiError {
 /// Builds the JSON error body for places that are not handlers (fallbacks,
 /// middleware rejections).
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(Body { error: Detail { code, message: message.into() } })).into_response()
+    (status, Json(ErrorBody::new(code, message.into()))).into_response()
 }

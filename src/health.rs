@@ -15,12 +15,17 @@ use crate::app::AppState;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /livez`: 200 while the process serves.
+#[utoipa::path(get, path = "/livez", tag = "operations", responses((status = 200, description = "The process serves")))]
 pub async fn livez() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
 /// `GET /readyz`: 200 when Postgres answers and the events topic's metadata
 /// can be fetched from Kafka; else 503 naming each failing dependency.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Postgres and Kafka answer"),
+    (status = 503, description = "A dependency is unavailable; `failing` names it", body = crate::error::ErrorBody),
+))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let postgres = async {
         let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
@@ -51,6 +56,9 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text"),
+))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
         .into_response()

@@ -1,18 +1,31 @@
-//! The query API under `/v1`: bearer-token authentication and the lifecycle
-//! routes.
+//! The query API under `/v1`: "where is this customer in the connect
+//! lifecycle?", with the history behind the answer and a filtered listing.
+//!
+//! Every `/v1` route but the OpenAPI document needs `Authorization: Bearer`
+//! with one of `CONNECTFLOW_API_TOKENS`. Listings use keyset pagination with
+//! opaque cursors, so pages stay stable while rows are being updated.
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::Json;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::config::SecretList;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::event::rfc3339_ms;
+use crate::lifecycle::{AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent, Lifecycle};
+use crate::store::read;
 
 /// The accepted bearer tokens. Every token is compared, in constant time,
-/// so timing tells nothing about which (or how much of one) matched.
+/// so timing tells nothing about which one (or how much of one) matched.
 #[derive(Clone)]
 pub struct ApiAuth {
     tokens: Vec<Vec<u8>>,
@@ -47,7 +60,316 @@ impl ApiAuth {
     }
 }
 
-/// The `/v1` routes.
-pub fn routes(_state: Arc<AppState>) -> Router<Arc<AppState>> {
-    Router::new()
+/// Middleware: rejects requests without a valid bearer token.
+pub async fn require_token(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match state.api.check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(err) => axum::response::IntoResponse::into_response(err),
+    }
+}
+
+/// Largest page.
+pub const MAX_LIMIT: i64 = 500;
+/// Page size when none is asked for.
+pub const DEFAULT_LIMIT: i64 = 50;
+
+/// A customer's lifecycle.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerLifecycle {
+    /// Finicity's customer id.
+    #[schema(example = "1005061234")]
+    pub customer_id: String,
+    /// Consent state and since when.
+    pub consent: Consent,
+    /// Authentication state, since when, and why when failed or abandoned.
+    pub authentication: Authentication,
+    /// Shared accounts grouped by institution login.
+    pub institution_logins: Vec<InstitutionLogin>,
+    /// The latest event by `(occurred_at, event_id)`.
+    pub last_event: Option<LastEvent>,
+    /// How many distinct events are recorded.
+    pub event_count: u64,
+    /// When connectflow last changed this record.
+    #[serde(with = "rfc3339_ms")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One page of a customer's recorded events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    /// Normalised events as published (`connectflow.connect_event.v1`) plus
+    /// `recorded_at`, in `(occurred_at, event_id)` order.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// A customer in a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerSummary {
+    /// Finicity's customer id.
+    pub customer_id: String,
+    /// Consent state and since when.
+    pub consent: Consent,
+    /// Authentication state, since when, and why.
+    pub authentication: Authentication,
+    /// The latest event.
+    pub last_event: Option<LastEvent>,
+    /// When connectflow last changed this record.
+    #[serde(with = "rfc3339_ms")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One page of customers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerPage {
+    /// Ordered by `updated_at`, then `customer_id`.
+    pub customers: Vec<CustomerSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Paging parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Listing filters and paging.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only customers in this consent state (`none`, `granted`, `revoked`).
+    consent: Option<String>,
+    /// Only customers in this authentication state (`not_started`,
+    /// `in_progress`, `mfa_challenge`, `authenticated`, `failed`, `abandoned`).
+    authentication: Option<String>,
+    /// Only customers updated at or after this RFC 3339 time.
+    updated_since: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A cursor is the last row's sort key, `(timestamp, id)`, made opaque.
+/// Microsecond precision: Postgres keeps microseconds, and the cursor must
+/// compare exactly with the stored key.
+fn encode_cursor((at, id): &(DateTime<Utc>, String)) -> String {
+    hex::encode(format!("1:{}:{id}", at.timestamp_micros()))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, String), ApiError> {
+    let malformed = || ApiError::BadRequest("malformed cursor".into());
+    let bytes = hex::decode(cursor).map_err(|_| malformed())?;
+    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
+    let mut parts = text.splitn(3, ':');
+    let (Some("1"), Some(micros), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(malformed());
+    };
+    let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(malformed)?;
+    Ok((at, id.to_owned()))
+}
+
+/// `customer_id` must be 1 to 22 digits (Finicity's customer ids).
+fn valid_customer_id(customer_id: &str) -> Result<(), ApiError> {
+    if (1..=22).contains(&customer_id.len()) && customer_id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest("customer_id must be 1 to 22 digits".into()))
+    }
+}
+
+fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit must be an integer from 1 to {MAX_LIMIT}"))),
+    }
+}
+
+fn parse_state<T: for<'de> Deserialize<'de>>(name: &str, value: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(value) = value else { return Ok(None) };
+    serde_json::from_value::<T>(serde_json::Value::String(value.to_owned()))
+        .map(|_| Some(value.to_owned()))
+        .map_err(|_| ApiError::BadRequest(format!("{name} is not a known state: {value:?}")))
+}
+
+/// A customer's lifecycle.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}/lifecycle",
+    tag = "query",
+    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The customer's lifecycle", body = CustomerLifecycle),
+        (status = 400, description = "Invalid customer id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 404, description = "Customer not found", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
+pub async fn get_lifecycle(
+    State(state): State<Arc<AppState>>,
+    Path(customer_id): Path<String>,
+) -> Result<Json<CustomerLifecycle>, ApiError> {
+    valid_customer_id(&customer_id)?;
+    let (lifecycle, updated_at) = read::lifecycle(&state.pool, &customer_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
+    let Lifecycle { consent, authentication, institution_logins, last_event, event_count, .. } = lifecycle;
+    Ok(Json(CustomerLifecycle {
+        customer_id,
+        consent,
+        authentication,
+        institution_logins,
+        last_event,
+        event_count,
+        updated_at,
+    }))
+}
+
+/// A customer's recorded events.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}/events",
+    tag = "query",
+    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits"), PageParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of events", body = EventPage),
+        (status = 400, description = "Invalid customer id, limit or cursor", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 404, description = "Customer not found", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
+pub async fn get_events(
+    State(state): State<Arc<AppState>>,
+    Path(customer_id): Path<String>,
+    query: Result<axum::extract::Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EventPage>, ApiError> {
+    valid_customer_id(&customer_id)?;
+    let axum::extract::Query(params) = query.map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    if !read::customer_exists(&state.pool, &customer_id).await? {
+        return Err(ApiError::NotFound(format!("customer {customer_id} not found")));
+    }
+    let (events, next) = read::events(&state.pool, &customer_id, after.as_ref(), limit).await?;
+    Ok(Json(EventPage { events, next_cursor: next.as_ref().map(encode_cursor) }))
+}
+
+/// Customers, filtered by state and update time.
+#[utoipa::path(
+    get,
+    path = "/v1/customers",
+    tag = "query",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of customers", body = CustomerPage),
+        (status = 400, description = "Unknown state name, invalid time, limit or cursor", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
+pub async fn list_customers(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CustomerPage>, ApiError> {
+    let axum::extract::Query(params) = query.map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
+    let filter = read::CustomerFilter {
+        consent: parse_state::<ConsentState>("consent", params.consent.as_deref())?,
+        authentication: parse_state::<AuthState>("authentication", params.authentication.as_deref())?,
+        updated_since: params
+            .updated_since
+            .as_deref()
+            .map(|text| {
+                DateTime::parse_from_rfc3339(text)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| ApiError::BadRequest("updated_since must be an RFC 3339 time".into()))
+            })
+            .transpose()?,
+    };
+    let limit = parse_limit(params.limit.as_deref())?;
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let (rows, next) = read::customers(&state.pool, &filter, after.as_ref(), limit).await?;
+    let customers = rows
+        .into_iter()
+        .map(|(customer_id, lifecycle, updated_at)| CustomerSummary {
+            customer_id,
+            consent: lifecycle.consent,
+            authentication: lifecycle.authentication,
+            last_event: lifecycle.last_event,
+            updated_at,
+        })
+        .collect();
+    Ok(Json(CustomerPage { customers, next_cursor: next.as_ref().map(encode_cursor) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customer_ids_are_digits() {
+        assert!(valid_customer_id("1005061234").is_ok());
+        assert!(valid_customer_id("1234567890123456789012").is_ok());
+        assert!(valid_customer_id("12345678901234567890123").is_err());
+        assert!(valid_customer_id("").is_err());
+        assert!(valid_customer_id("12a").is_err());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let key = (DateTime::from_timestamp_micros(1_764_000_000_123_456).expect("time"), "10:05".to_owned());
+        assert_eq!(decode_cursor(&encode_cursor(&key)).ok(), Some(key));
+        assert!(decode_cursor("zz").is_err());
+        assert!(decode_cursor(&hex::encode("2:1:x")).is_err());
+        assert!(decode_cursor(&hex::encode("1:abc:x")).is_err());
+        assert!(decode_cursor("").is_err());
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        assert_eq!(parse_limit(None).ok(), Some(50));
+        assert_eq!(parse_limit(Some("500")).ok(), Some(500));
+        assert!(parse_limit(Some("0")).is_err());
+        assert!(parse_limit(Some("501")).is_err());
+        assert!(parse_limit(Some("ten")).is_err());
+    }
+
+    #[test]
+    fn state_names_are_checked() {
+        assert_eq!(parse_state::<ConsentState>("consent", Some("granted")).ok(), Some(Some("granted".into())));
+        assert!(parse_state::<ConsentState>("consent", Some("maybe")).is_err());
+        assert!(parse_state::<AuthState>("authentication", Some("mfa_challenge")).is_ok());
+        assert!(parse_state::<AuthState>("authentication", Some("granted")).is_err());
+    }
+
+    #[test]
+    fn bearer_tokens_are_checked() {
+        let auth = ApiAuth::new(&SecretList::new(["one", "two"]).expect("tokens"));
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().expect("header"));
+            headers
+        };
+        assert!(auth.check(&with("Bearer one")).is_ok());
+        assert!(auth.check(&with("bearer two")).is_ok());
+        assert!(auth.check(&with("Bearer three")).is_err());
+        assert!(auth.check(&with("Bearer on")).is_err());
+        assert!(auth.check(&with("Basic one")).is_err());
+        assert!(auth.check(&HeaderMap::new()).is_err());
+    }
 }

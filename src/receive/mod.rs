@@ -21,7 +21,7 @@ use http_body_util::LengthLimitError;
 use serde_json::json;
 use tracing::{Instrument, field};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::publish::Publisher;
 use normalise::{Webhook, event_type_label};
@@ -52,7 +52,32 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Accepted, with the event id (also for a repeated delivery).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AcceptedBody {
+    /// `accepted`, or `pong` for a ping.
+    #[schema(example = "accepted")]
+    pub status: String,
+    /// The event id (absent for a ping).
+    pub event_id: Option<String>,
+}
+
 /// The axum handler.
+#[utoipa::path(
+    post,
+    path = "/webhooks/finicity/connect",
+    tag = "webhooks",
+    request_body(content = Object, description = "A Finicity Connect event, signed", content_type = "application/json"),
+    params(("X-Finicity-Signature" = String, Header, description = "Hex HMAC-SHA256 of the raw body with the partner secret")),
+    responses(
+        (status = 200, description = "Accepted (published to Kafka), or pong for a ping", body = AcceptedBody),
+        (status = 400, description = "Not JSON, not an object, no eventType or customerId", body = ErrorBody),
+        (status = 401, description = "Missing, malformed or wrong signature", body = ErrorBody),
+        (status = 413, description = "Body over CONNECTFLOW_MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "Not JSON (XML is not supported yet)", body = ErrorBody),
+        (status = 503, description = "Kafka did not confirm the write; retry (Retry-After)", body = ErrorBody),
+    )
+)]
 pub async fn handle(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
     let span =
         tracing::info_span!("webhook", event_type = field::Empty, event_id = field::Empty, customer_id = field::Empty);

@@ -28,7 +28,7 @@ async fn readyz_is_200_when_postgres_and_kafka_answer() {
 async fn readyz_is_503_naming_kafka_when_the_broker_is_unreachable() {
     let mut kafka = unique_kafka_args("127.0.0.1:1");
     kafka.brokers = "127.0.0.1:1".into();
-    let app = spawn_app_with(AppOptions { http: http_settings(), kafka, create_topics: false }).await;
+    let app = spawn_app_with(AppOptions { http: http_settings(), kafka, create_topics: false, consumer: false }).await;
     let response = app.get("/readyz").await;
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.expect("json");
@@ -41,7 +41,7 @@ async fn readyz_is_503_naming_kafka_when_the_broker_is_unreachable() {
 async fn readyz_is_503_naming_kafka_when_the_events_topic_is_missing() {
     let services = services().await;
     let kafka = unique_kafka_args(&services.kafka_brokers);
-    let app = spawn_app_with(AppOptions { http: http_settings(), kafka, create_topics: false }).await;
+    let app = spawn_app_with(AppOptions { http: http_settings(), kafka, create_topics: false, consumer: false }).await;
     let response = app.get("/readyz").await;
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.expect("json");

@@ -37,7 +37,6 @@ pub const OTHER_API_TOKEN: &str = "test-api-token-two";
 /// Where the shared services are.
 pub struct Services {
     /// A Postgres URL whose role may create databases.
-    pub database_url: String,
     /// Kafka bootstrap servers.
     pub kafka_brokers: String,
     // Containers live as long as the test process when testcontainers started them.
@@ -178,6 +177,8 @@ pub struct AppOptions {
     pub kafka: KafkaArgs,
     /// Whether to create the topics (false when Kafka is meant to be down).
     pub create_topics: bool,
+    /// Whether to run the lifecycle consumer in the same process.
+    pub consumer: bool,
 }
 
 /// A running connectflow HTTP side on its own database and topics.
@@ -188,14 +189,13 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The app's own database.
     pub pool: PgPool,
-    /// Its database URL.
-    pub database_url: String,
     /// Its Kafka settings.
     pub kafka: KafkaArgs,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    consumer: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 /// Starts the HTTP side against real services with defaults.
@@ -205,8 +205,36 @@ pub async fn spawn_app() -> TestApp {
         http: http_settings(),
         kafka: unique_kafka_args(&services.kafka_brokers),
         create_topics: true,
+        consumer: false,
     })
     .await
+}
+
+/// Starts the whole pipeline in-process: HTTP side and lifecycle consumer.
+pub async fn spawn_pipeline() -> TestApp {
+    let services = services().await;
+    spawn_app_with(AppOptions {
+        http: http_settings(),
+        kafka: unique_kafka_args(&services.kafka_brokers),
+        create_topics: true,
+        consumer: true,
+    })
+    .await
+}
+
+/// Starts a lifecycle consumer on `app`'s database and topics in `group`.
+pub fn spawn_consumer(app: &TestApp, group: &str) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
+    let token = CancellationToken::new();
+    let mut args = consumer_args();
+    args.group = group.to_owned();
+    let handle = tokio::spawn(connectflow::consume::run_owned(
+        args,
+        app.kafka.clone(),
+        app.pool.clone(),
+        Metrics::new(),
+        token.clone(),
+    ));
+    (token, handle)
 }
 
 /// Starts the HTTP side with the given options.
@@ -225,15 +253,24 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let addr = server.local_addr().expect("bound address");
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(server.run(shutdown.clone()));
+    let consumer = options.consumer.then(|| {
+        tokio::spawn(connectflow::consume::run_owned(
+            consumer_args(),
+            options.kafka.clone(),
+            pool.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ))
+    });
     TestApp {
         base_url: format!("http://{addr}"),
         client: reqwest::Client::new(),
         pool,
-        database_url,
         kafka: options.kafka,
         metrics,
         shutdown,
         server: Some(handle),
+        consumer,
     }
 }
 
@@ -255,6 +292,11 @@ impl TestApp {
         self.post_webhook_signed(body, PARTNER_SECRET).await
     }
 
+    /// GET a query API path with a valid bearer token.
+    pub async fn api_get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.base_url)).bearer_auth(API_TOKEN).send().await.expect("API request")
+    }
+
     /// GET a path.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(format!("{}{path}", self.base_url)).send().await.expect("GET request")
@@ -265,6 +307,9 @@ impl TestApp {
         self.shutdown.cancel();
         if let Some(handle) = self.server.take() {
             handle.await.expect("server task").expect("server stopped cleanly");
+        }
+        if let Some(handle) = self.consumer.take() {
+            handle.await.expect("consumer task").expect("consumer stopped cleanly");
         }
     }
 }

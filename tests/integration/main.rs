@@ -4,4 +4,6 @@ mod config;
 mod foundations;
 mod helpers;
 mod kafka_util;
+mod lifecycle;
+mod query;
 mod receive;

@@ -148,7 +148,7 @@ async fn an_unreachable_broker_means_503_with_retry_after() {
     let mut http = http_settings();
     http.publish_timeout = std::time::Duration::from_millis(500);
     let kafka = unique_kafka_args("127.0.0.1:1");
-    let app = spawn_app_with(AppOptions { http, kafka, create_topics: false }).await;
+    let app = spawn_app_with(AppOptions { http, kafka, create_topics: false, consumer: false }).await;
     let response = app.post_webhook(&added_body("1764000000123-dddddddddddddddddddddddd")).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));

@@ -27,3 +27,6 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("applying database migrations")?;
     Ok(())
 }
+
+pub mod apply;
+pub mod read;

@@ -1,0 +1,96 @@
+//! The lifecycle: the pure state machine from a customer's events to their
+//! consent and authentication state (`docs/lifecycle.md`).
+//!
+//! A customer's [`Lifecycle`] is a function of the *set* of their distinct
+//! events: they are folded in `(occurred_at, event_id)` order
+//! ([`ConnectEvent::order_key`]) and a repeated `event_id` counts once, so
+//! neither delivery order nor retries change the result. Finicity retries for
+//! days, so an older event can arrive after newer ones: the consumer applies
+//! new events to the stored state while they sort after its
+//! [`last_event`](Lifecycle::last_event) ([`advance`]) and otherwise
+//! recomputes the customer with [`fold`].
+//!
+//! No I/O here: the consumer and any re-projection share this code.
+
+mod state;
+mod transition;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+
+pub use state::{
+    Account, AccountStatus, AuthReason, AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent,
+    Lifecycle, LifecycleView, PendingAdding, rfc3339_ms_option,
+};
+pub use transition::apply;
+
+use crate::event::ConnectEvent;
+
+/// The lifecycle of a customer with these events, in any order, duplicates
+/// included.
+///
+/// Of several copies of one `event_id` the first by order key wins (then the
+/// first received), which is the copy the event history keeps.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a ConnectEvent>) -> Lifecycle {
+    let mut state = Lifecycle::default();
+    for event in distinct_in_order(events) {
+        apply(&mut state, event);
+    }
+    state
+}
+
+/// Whether `event` sorts after every event folded into `state`, so that
+/// [`apply`] gives what [`fold`] of all of them would.
+///
+/// False for the latest event itself: an event is never after itself.
+pub fn is_in_order(state: &Lifecycle, event: &ConnectEvent) -> bool {
+    state.last_event.as_ref().is_none_or(|last| event.order_key() > last.order_key())
+}
+
+/// What [`advance`] did.
+#[must_use = "on `Recompute` the state is unchanged: recompute it with `fold` of all the customer's events"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advance {
+    /// Every new event sorted after the state's last event: the state now
+    /// includes them.
+    Applied,
+    /// A new event sorts before the state's last event: the state was left
+    /// untouched and must be recomputed with [`fold`] of all the customer's
+    /// events, old and new.
+    Recompute,
+}
+
+/// Folds a batch of events the state has never seen into it, when they all
+/// sort after its last event.
+///
+/// The events must be new to `state` (the consumer has deduplicated them
+/// against the event history): a repeated id cannot be detected here and
+/// would be counted twice. Repeats *within* the batch are dropped as
+/// [`fold`] does. Either the whole batch is applied or nothing is.
+pub fn advance<'a>(state: &mut Lifecycle, new_events: impl IntoIterator<Item = &'a ConnectEvent>) -> Advance {
+    let batch = distinct_in_order(new_events);
+    if let Some(first) = batch.first()
+        && !is_in_order(state, first)
+    {
+        return Advance::Recompute;
+    }
+    for event in batch {
+        apply(state, event);
+    }
+    Advance::Applied
+}
+
+/// The events in fold order, one per `event_id`.
+fn distinct_in_order<'a>(events: impl IntoIterator<Item = &'a ConnectEvent>) -> Vec<&'a ConnectEvent> {
+    let mut sorted: Vec<&ConnectEvent> = events.into_iter().collect();
+    // received_at breaks the tie between copies of one id so that the first
+    // delivery wins whatever order the copies come in.
+    sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()).then_with(|| a.received_at.cmp(&b.received_at)));
+    let mut seen = HashSet::with_capacity(sorted.len());
+    sorted.retain(|&event| seen.insert(event.event_id.as_str()));
+    sorted
+}

@@ -1,0 +1,275 @@
+//! Property tests: the lifecycle is a function of the set of distinct events.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+use proptest::sample::{Index, select};
+
+use super::*;
+use crate::event::{AccountRef, SCHEMA_V1};
+
+/// Every type the transition table names, one it records only, and one it
+/// has never heard of.
+const EVENT_TYPES: &[&str] = &[
+    "started",
+    "adding",
+    "credentialsUpdated",
+    "mfa",
+    "discovered",
+    "added",
+    "invalidCredentials",
+    "unableToConnect",
+    "institutionNotFound",
+    "institutionNotSupported",
+    "cancel",
+    "done",
+    "accountsDeleted",
+    "institutionSupported",
+    "somethingNew",
+];
+const ACCOUNT_IDS: &[&str] = &["a1", "a2", "a3"];
+const LOGIN_IDS: &[&str] = &["L1", "L2"];
+const INSTITUTION_IDS: &[&str] = &["i1", "i2"];
+
+fn base() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 20, 10, 0, 0).single().expect("valid date")
+}
+
+fn some_of(values: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {
+    option::of(select(values).prop_map(str::to_owned))
+}
+
+fn arb_account() -> impl Strategy<Value = AccountRef> {
+    (
+        option::weighted(0.9, select(ACCOUNT_IDS).prop_map(str::to_owned)),
+        some_of(LOGIN_IDS),
+        some_of(&["checking", "savings"]),
+        some_of(&["1111", "2222"]),
+        some_of(&["Checking", "Savings"]),
+    )
+        .prop_map(|(account_id, institution_login_id, account_type, last4, name)| AccountRef {
+            account_id,
+            institution_login_id,
+            account_type,
+            status: Some("active".to_owned()),
+            last4,
+            name,
+            aggregation_status_code: None,
+        })
+}
+
+/// One event; its `event_id` is only a random prefix until [`arb_history`]
+/// makes it unique.
+fn arb_event() -> impl Strategy<Value = ConnectEvent> {
+    let payload = (
+        some_of(INSTITUTION_IDS),
+        some_of(LOGIN_IDS),
+        any::<Option<bool>>(),
+        any::<Option<bool>>(),
+        vec(arb_account(), 0..3),
+        // `a9` is never added.
+        vec(select(&["a1", "a2", "a3", "a9"][..]).prop_map(str::to_owned), 0..4),
+        option::of(100i64..103),
+    );
+    // Eight possible instants for up to 24 events: ties on occurred_at are
+    // common, and the event id decides them.
+    // Extra weight on the account events, so that revoked consent and
+    // re-added accounts are common too.
+    let event_type = prop_oneof![3 => select(EVENT_TYPES), 1 => select(&["added", "accountsDeleted"][..])];
+    (event_type, 0i64..8, 0u8..100, 0i64..3000, payload).prop_map(
+        |(event_type, second, id_prefix, delay_ms, payload)| {
+            let (institution_id, institution_login_id, oauth, mfa, accounts, deleted, error_code) = payload;
+            let occurred_at = base() + Duration::seconds(second);
+            // As `normalise` does: accounts only on added/discovered, ids only on accountsDeleted.
+            let lists_accounts = matches!(event_type, "added" | "discovered");
+            let accounts = if lists_accounts { accounts } else { vec![] };
+            // As `normalise` does: the first account's login id, else the payload's.
+            let institution_login_id =
+                accounts.iter().find_map(|a| a.institution_login_id.clone()).or(institution_login_id);
+            ConnectEvent {
+                schema: SCHEMA_V1.to_owned(),
+                event_id: format!("{id_prefix:02}"),
+                event_type: event_type.to_owned(),
+                customer_id: "c1".to_owned(),
+                consumer_id: None,
+                institution_id,
+                institution_login_id,
+                oauth,
+                mfa,
+                accounts,
+                deleted_account_ids: if event_type == "accountsDeleted" { deleted } else { vec![] },
+                error_code,
+                query: None,
+                occurred_at,
+                received_at: occurred_at + Duration::milliseconds(delay_ms),
+                webhook_data: None,
+            }
+        },
+    )
+}
+
+/// The distinct events of one customer.
+fn arb_history() -> impl Strategy<Value = Vec<ConnectEvent>> {
+    vec(arb_event(), 0..24).prop_map(|events| {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(n, event)| ConnectEvent { event_id: format!("{}-{n:02}", event.event_id), ..event })
+            .collect()
+    })
+}
+
+/// A history and how it was delivered: shuffled, some events several times.
+fn arb_delivery() -> impl Strategy<Value = (Vec<ConnectEvent>, Vec<ConnectEvent>)> {
+    (arb_history(), vec(any::<Index>(), 0..8)).prop_flat_map(|(history, repeats)| {
+        let mut delivered = history.clone();
+        if !history.is_empty() {
+            delivered.extend(repeats.iter().map(|i| history[i.index(history.len())].clone()));
+        }
+        (Just(history), Just(delivered).prop_shuffle())
+    })
+}
+
+/// What the consumer does, one event at a time, with the state persisted and
+/// reloaded between events: apply when in order, else recompute. Checks the
+/// invariants after every step.
+fn consume_one_by_one(delivered: &[ConnectEvent]) -> Result<Lifecycle, TestCaseError> {
+    let mut recorded: Vec<ConnectEvent> = vec![];
+    let mut state = Lifecycle::default();
+    for event in delivered {
+        if recorded.iter().any(|seen| seen.event_id == event.event_id) {
+            continue;
+        }
+        recorded.push(event.clone());
+        if is_in_order(&state, event) {
+            apply(&mut state, event);
+        } else {
+            state = fold(&recorded);
+        }
+        check_invariants(&state, &recorded)?;
+        state = reload(&state)?;
+    }
+    Ok(state)
+}
+
+fn reload(state: &Lifecycle) -> Result<Lifecycle, TestCaseError> {
+    let persisted = serde_json::to_string(state).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    serde_json::from_str(&persisted).map_err(|e| TestCaseError::fail(e.to_string()))
+}
+
+/// What must hold of the fold of `events` (distinct ids).
+fn check_invariants(state: &Lifecycle, events: &[ConnectEvent]) -> Result<(), TestCaseError> {
+    // (c) consent is the accounts' consent.
+    let accounts: Vec<&Account> = state.institution_logins.iter().flat_map(|l| &l.accounts).collect();
+    let consent = if accounts.is_empty() {
+        ConsentState::None
+    } else if accounts.iter().any(|a| a.status == AccountStatus::Active) {
+        ConsentState::Granted
+    } else {
+        ConsentState::Revoked
+    };
+    prop_assert_eq!(state.consent.state, consent);
+    prop_assert_eq!(state.consent.since.is_none(), consent == ConsentState::None);
+
+    // (d) one count per distinct id; the last event is the greatest key.
+    prop_assert_eq!(state.event_count, events.len() as u64);
+    let greatest = events.iter().map(ConnectEvent::order_key).max();
+    prop_assert_eq!(state.last_event.as_ref().map(LastEvent::order_key), greatest);
+
+    // Deterministic shape: strictly sorted, each account once, no empty login.
+    let logins: Vec<_> = state.institution_logins.iter().map(|l| &l.institution_login_id).collect();
+    prop_assert!(logins.windows(2).all(|w| w[0] < w[1]), "logins not sorted: {:?}", logins);
+    for login in &state.institution_logins {
+        prop_assert!(!login.accounts.is_empty());
+        prop_assert!(login.accounts.windows(2).all(|w| w[0].account_id < w[1].account_id));
+    }
+    let distinct: HashSet<&str> = accounts.iter().map(|a| a.account_id.as_str()).collect();
+    prop_assert_eq!(distinct.len(), accounts.len());
+
+    // Only accounts some `added` shared; a `discovered` one is never shared.
+    let added: HashSet<&str> = events
+        .iter()
+        .filter(|e| e.event_type == "added")
+        .flat_map(|e| e.accounts.iter().filter_map(|a| a.account_id.as_deref()))
+        .collect();
+    prop_assert!(distinct.is_subset(&added));
+
+    let auth = &state.authentication;
+    prop_assert_eq!(auth.since.is_none(), auth.state == AuthState::NotStarted);
+    prop_assert_eq!(auth.reason.is_some(), matches!(auth.state, AuthState::Failed | AuthState::Abandoned));
+    prop_assert!(auth.error_code.is_none() || auth.reason == Some(AuthReason::UnableToConnect));
+    Ok(())
+}
+
+proptest! {
+    /// (a) Neither delivery order nor repeats change the fold.
+    #[test]
+    fn fold_ignores_order_and_repeats((history, delivered) in arb_delivery()) {
+        prop_assert_eq!(fold(&delivered), fold(&history));
+    }
+
+    /// (b) The consumer's incremental path ends where the fold of the set does.
+    #[test]
+    fn applying_as_delivered_equals_the_fold((history, delivered) in arb_delivery()) {
+        prop_assert_eq!(consume_one_by_one(&delivered)?, fold(&history));
+    }
+
+    /// (b) The same in batches, through `advance`.
+    #[test]
+    fn advancing_by_batches_equals_the_fold(
+        (history, delivered) in arb_delivery(),
+        cuts in vec(any::<Index>(), 0..6),
+    ) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(delivered.len() + 1)).collect();
+        cuts.extend([0, delivered.len()]);
+        cuts.sort_unstable();
+        let mut recorded: Vec<ConnectEvent> = vec![];
+        let mut state = Lifecycle::default();
+        for window in cuts.windows(2) {
+            // The consumer records each batch's new ids, then advances or recomputes.
+            let mut batch = vec![];
+            for event in &delivered[window[0]..window[1]] {
+                if !recorded.iter().any(|seen| seen.event_id == event.event_id) {
+                    recorded.push(event.clone());
+                    batch.push(event.clone());
+                }
+            }
+            if advance(&mut state, &batch) == Advance::Recompute {
+                state = fold(&recorded);
+            }
+            state = reload(&state)?;
+        }
+        prop_assert_eq!(state, fold(&history));
+    }
+
+    /// (c), (d) and the shape invariants hold of every fold.
+    #[test]
+    fn every_fold_is_consistent(history in arb_history()) {
+        check_invariants(&fold(&history), &history)?;
+    }
+
+    /// A retry dated later (a body dated by reception) changes nothing.
+    #[test]
+    fn a_later_copy_of_an_event_changes_nothing(history in arb_history(), pick in any::<Index>(), ms in 1i64..10_000) {
+        prop_assume!(!history.is_empty());
+        let original = &history[pick.index(history.len())];
+        let retry = ConnectEvent {
+            occurred_at: original.occurred_at + Duration::milliseconds(ms),
+            received_at: original.received_at + Duration::milliseconds(ms),
+            ..original.clone()
+        };
+        let mut with_retry = history.clone();
+        with_retry.push(retry);
+        prop_assert_eq!(fold(&with_retry), fold(&history));
+    }
+
+    /// The persisted form rebuilds exactly the state.
+    #[test]
+    fn persisted_state_round_trips(history in arb_history()) {
+        let state = fold(&history);
+        prop_assert_eq!(reload(&state)?, state);
+    }
+}

@@ -1,0 +1,236 @@
+//! The lifecycle's types: what the store persists and the query API serialises.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::event::rfc3339_ms;
+
+/// A customer's consent and authentication lifecycle, folded from their
+/// distinct events.
+///
+/// Its serde form is the *persisted* form: the API's shape plus
+/// [`pending_adding`](Self::pending_adding), which a later `added` may still
+/// need. Dropping that field would make a state reloaded from the store
+/// differ from the fold of the same events. The API shows
+/// [`Lifecycle::view`] (or the same fields) instead.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct Lifecycle {
+    /// Whether the customer shares accounts now.
+    pub consent: Consent,
+    /// Where the customer is in the Connect authentication flow.
+    pub authentication: Authentication,
+    /// The shared accounts grouped by login, sorted by login id (the login
+    /// without an id first), each login's accounts sorted by account id, so
+    /// two states with the same content compare equal.
+    pub institution_logins: Vec<InstitutionLogin>,
+    /// The latest event folded in, by `(occurred_at, event_id)`; null before any.
+    pub last_event: Option<LastEvent>,
+    /// How many distinct events were folded in.
+    pub event_count: u64,
+    /// The institution and `oauth` of the latest `adding` that no `added` or
+    /// `started` has followed yet: `added` falls back on it when its own
+    /// payload lacks them.
+    #[serde(default)]
+    pub pending_adding: Option<PendingAdding>,
+}
+
+impl Lifecycle {
+    /// The state in the query API's shape (everything but the bookkeeping).
+    pub fn view(&self) -> LifecycleView<'_> {
+        LifecycleView {
+            consent: &self.consent,
+            authentication: &self.authentication,
+            institution_logins: &self.institution_logins,
+            last_event: self.last_event.as_ref(),
+            event_count: self.event_count,
+        }
+    }
+}
+
+/// A [`Lifecycle`] as the query API shows it: `consent`, `authentication`,
+/// `institution_logins`, `last_event` and `event_count`, nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LifecycleView<'a> {
+    /// See [`Lifecycle::consent`].
+    pub consent: &'a Consent,
+    /// See [`Lifecycle::authentication`].
+    pub authentication: &'a Authentication,
+    /// See [`Lifecycle::institution_logins`].
+    pub institution_logins: &'a [InstitutionLogin],
+    /// See [`Lifecycle::last_event`].
+    pub last_event: Option<&'a LastEvent>,
+    /// See [`Lifecycle::event_count`].
+    pub event_count: u64,
+}
+
+/// The consent dimension.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct Consent {
+    /// Derived from the accounts after every event.
+    pub state: ConsentState,
+    /// When the event that last changed `state` occurred; null while it
+    /// never changed.
+    #[serde(with = "rfc3339_ms_option")]
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Whether the customer shares accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentState {
+    /// No account was ever shared.
+    #[default]
+    None,
+    /// At least one shared account is active.
+    Granted,
+    /// Accounts were shared and none is active now.
+    Revoked,
+}
+
+/// The authentication dimension.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct Authentication {
+    /// Where the customer is in the Connect flow.
+    pub state: AuthState,
+    /// When the event that last changed `state`, `reason` or `error_code`
+    /// occurred; null while none of them ever changed.
+    #[serde(with = "rfc3339_ms_option")]
+    pub since: Option<DateTime<Utc>>,
+    /// Why, when `state` is `failed` or `abandoned`; else null.
+    pub reason: Option<AuthReason>,
+    /// Finicity's `code` when `reason` is `unable_to_connect` (if it sent one).
+    pub error_code: Option<i64>,
+}
+
+/// The state of the customer's Connect flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthState {
+    /// No event has moved the flow yet.
+    #[default]
+    NotStarted,
+    /// The customer is signing in or choosing accounts.
+    InProgress,
+    /// The institution asked for a second factor.
+    MfaChallenge,
+    /// The customer signed in (`discovered`) or shared accounts (`added`).
+    Authenticated,
+    /// The connection failed: see the reason.
+    Failed,
+    /// The customer left the flow unfinished.
+    Abandoned,
+}
+
+/// Why the flow is `failed` or `abandoned`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthReason {
+    /// `invalidCredentials`.
+    InvalidCredentials,
+    /// `unableToConnect` (see `error_code`).
+    UnableToConnect,
+    /// `institutionNotFound`.
+    InstitutionNotFound,
+    /// `institutionNotSupported`.
+    InstitutionNotSupported,
+    /// `cancel`: the customer cancelled.
+    Cancelled,
+    /// `done` while the flow was still unfinished.
+    Abandoned,
+}
+
+/// One institution login and the accounts shared through it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstitutionLogin {
+    /// Finicity's `institutionLoginId` as text; null groups the accounts
+    /// that arrived without one.
+    pub institution_login_id: Option<String>,
+    /// The institution, from the latest `added` that listed accounts of this
+    /// login (or its pending `adding`).
+    pub institution_id: Option<String>,
+    /// Whether the login is OAuth, from the latest `added` (or its pending
+    /// `adding`) that said so.
+    pub oauth: Option<bool>,
+    /// Never empty; sorted by account id.
+    pub accounts: Vec<Account>,
+}
+
+/// A shared account. Its login and institution are those of the
+/// institution login that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Account {
+    /// Finicity's account id.
+    pub account_id: String,
+    /// `checking`, `savings`, `creditCard`, ...
+    #[serde(rename = "type")]
+    pub account_type: Option<String>,
+    /// Whether the account is shared now.
+    pub status: AccountStatus,
+    /// The last four characters of the account number.
+    pub last4: Option<String>,
+    /// The account's display name.
+    pub name: Option<String>,
+}
+
+/// Whether a shared account is still shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    /// Listed by an `added` and not deleted since.
+    Active,
+    /// Listed by an `accountsDeleted` after its latest `added`.
+    Deleted,
+}
+
+/// The latest event folded in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LastEvent {
+    /// Its `event_id`.
+    pub event_id: String,
+    /// Its `event_type`, verbatim.
+    pub event_type: String,
+    /// Its `occurred_at`.
+    #[serde(with = "rfc3339_ms")]
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl LastEvent {
+    /// The fold key, comparable with [`ConnectEvent::order_key`](crate::event::ConnectEvent::order_key).
+    pub fn order_key(&self) -> (DateTime<Utc>, &str) {
+        (self.occurred_at, self.event_id.as_str())
+    }
+}
+
+/// What an `adding` said, kept until an `added` uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct PendingAdding {
+    /// The `adding` event's `institutionId`.
+    pub institution_id: Option<String>,
+    /// The `adding` event's `oauth`.
+    pub oauth: Option<bool>,
+}
+
+/// [`rfc3339_ms`] for an optional timestamp: `null` when absent.
+pub mod rfc3339_ms_option {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::event::rfc3339_ms;
+
+    /// Serde serialiser.
+    pub fn serialize<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => rfc3339_ms::serialize(at, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Serde deserialiser: `null` or any RFC 3339 timestamp.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        // Reuses the non-optional parser so both accept exactly the same text.
+        #[derive(Deserialize)]
+        struct Timestamp(#[serde(with = "rfc3339_ms")] DateTime<Utc>);
+        Ok(Option::<Timestamp>::deserialize(d)?.map(|Timestamp(at)| at))
+    }
+}

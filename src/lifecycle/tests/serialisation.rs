@@ -1,0 +1,187 @@
+//! The API view and the persisted form.
+
+use serde_json::json;
+use utoipa::PartialSchema;
+
+use super::*;
+
+#[test]
+fn no_events_is_the_default_state() {
+    let state = fold([]);
+
+    assert_eq!(state, Lifecycle::default());
+    assert_eq!(
+        serde_json::to_value(state.view()).expect("serialisable"),
+        json!({
+            "consent": {"state": "none", "since": null},
+            "authentication": {"state": "not_started", "since": null, "reason": null, "error_code": null},
+            "institution_logins": [],
+            "last_event": null,
+            "event_count": 0
+        })
+    );
+}
+
+/// The example of the query API's contract, reproduced from events.
+#[test]
+fn view_serialises_to_the_api_contract() {
+    let added_at = Utc.with_ymd_and_hms(2026, 11, 20, 10, 15, 2).single().expect("valid") + Duration::milliseconds(123);
+    let events = vec![
+        event("started", -30),
+        event("institutionSupported", -20),
+        ConnectEvent { institution_id: Some(INSTITUTION.to_owned()), oauth: Some(true), ..event("adding", -10) },
+        event("connectWindowResized", -5),
+        ConnectEvent {
+            event_id: "1611877956869-28ebb24c66699bf3c77f04b1".to_owned(),
+            institution_id: Some(INSTITUTION.to_owned()),
+            institution_login_id: Some("1022599285".to_owned()),
+            oauth: Some(true),
+            accounts: vec![AccountRef {
+                account_id: Some("1045121390".to_owned()),
+                institution_login_id: Some("1022599285".to_owned()),
+                account_type: Some("checking".to_owned()),
+                status: Some("active".to_owned()),
+                last4: Some("1111".to_owned()),
+                name: Some("Checking".to_owned()),
+                aggregation_status_code: Some(0),
+            }],
+            occurred_at: added_at,
+            ..event("added", 0)
+        },
+    ];
+
+    let state = fold(&events);
+    let text = serde_json::to_string(&state.view()).expect("serialisable");
+
+    let contract = r#"{ "consent": {"state": "granted", "since": "2026-11-20T10:15:02.123Z"},
+  "authentication": {"state": "authenticated", "since": "2026-11-20T10:15:02.123Z", "reason": null, "error_code": null},
+  "institution_logins": [
+    {"institution_login_id": "1022599285", "institution_id": "101732", "oauth": true,
+     "accounts": [{"account_id": "1045121390", "type": "checking", "status": "active", "last4": "1111", "name": "Checking"}]}],
+  "last_event": {"event_id": "1611877956869-28ebb24c66699bf3c77f04b1", "event_type": "added", "occurred_at": "2026-11-20T10:15:02.123Z"},
+  "event_count": 5 }"#;
+    let contract: serde_json::Value = serde_json::from_str(contract).expect("valid JSON");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&text).expect("valid JSON"), contract);
+    // Field order as in the contract, for readers of the raw JSON.
+    assert!(text.starts_with(r#"{"consent":{"state":"granted","since":"2026-11-20T10:15:02.123Z"},"authentication":{"state":"authenticated","since""#));
+    assert!(text.contains(
+        r#"{"account_id":"1045121390","type":"checking","status":"active","last4":"1111","name":"Checking"}"#
+    ));
+}
+
+#[test]
+fn failed_and_abandoned_serialise_their_reason() {
+    let failed = fold(&[event("started", 0), unable(1, 103)]);
+    let abandoned = fold(&[event("started", 0), event("done", 1)]);
+
+    assert_eq!(
+        serde_json::to_value(&failed.authentication).expect("serialisable"),
+        json!({"state": "failed", "since": "2026-11-20T10:15:01.000Z", "reason": "unable_to_connect", "error_code": 103})
+    );
+    assert_eq!(serde_json::to_value(&abandoned.authentication).expect("serialisable")["reason"], json!("abandoned"));
+    let names: Vec<_> = [
+        AuthReason::InvalidCredentials,
+        AuthReason::UnableToConnect,
+        AuthReason::InstitutionNotFound,
+        AuthReason::InstitutionNotSupported,
+        AuthReason::Cancelled,
+        AuthReason::Abandoned,
+    ]
+    .iter()
+    .map(|reason| serde_json::to_value(reason).expect("serialisable"))
+    .collect();
+    assert_eq!(
+        names,
+        [
+            "invalid_credentials",
+            "unable_to_connect",
+            "institution_not_found",
+            "institution_not_supported",
+            "cancelled",
+            "abandoned"
+        ]
+    );
+    let states: Vec<_> = [
+        AuthState::NotStarted,
+        AuthState::InProgress,
+        AuthState::MfaChallenge,
+        AuthState::Authenticated,
+        AuthState::Failed,
+        AuthState::Abandoned,
+    ]
+    .iter()
+    .map(|state| serde_json::to_value(state).expect("serialisable"))
+    .collect();
+    assert_eq!(states, ["not_started", "in_progress", "mfa_challenge", "authenticated", "failed", "abandoned"]);
+    let consents: Vec<_> = [ConsentState::None, ConsentState::Granted, ConsentState::Revoked]
+        .iter()
+        .map(|state| serde_json::to_value(state).expect("serialisable"))
+        .collect();
+    assert_eq!(consents, ["none", "granted", "revoked"]);
+}
+
+#[test]
+fn the_persisted_form_rebuilds_the_same_state() {
+    let mut events = shared();
+    events.push(deleted(3, &["a1"]));
+    events.push(ConnectEvent {
+        accounts: vec![account("a3", None)],
+        institution_login_id: None,
+        ..added(4, "unused", &[])
+    });
+    events.push(unable(5, 187));
+    events.push(ConnectEvent { institution_id: Some("999".to_owned()), oauth: Some(true), ..event("adding", 6) });
+    let state = fold(&events);
+
+    let persisted = serde_json::to_string(&state).expect("serialisable");
+    let rebuilt: Lifecycle = serde_json::from_str(&persisted).expect("deserialisable");
+
+    assert_eq!(rebuilt, state);
+    assert!(persisted.contains(r#""pending_adding":{"institution_id":"999","oauth":true}"#));
+    assert!(!serde_json::to_string(&state.view()).expect("serialisable").contains("pending_adding"));
+}
+
+/// The query API documents these types with their OpenAPI schema: it must
+/// name exactly the fields and values serde writes.
+#[test]
+fn openapi_schemas_name_the_serialised_fields() {
+    fn schema_of<T: PartialSchema>() -> serde_json::Value {
+        serde_json::to_value(T::schema()).expect("serialisable")
+    }
+    fn keys(value: &serde_json::Value) -> Vec<String> {
+        let mut keys: Vec<String> = value.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        keys.sort();
+        keys
+    }
+    let state = fold(&[event("started", 0), unable(1, 103), added(2, "L1", &["a1"])]);
+    let login = &state.institution_logins[0];
+    let pairs = [
+        (schema_of::<Consent>(), serde_json::to_value(&state.consent)),
+        (schema_of::<Authentication>(), serde_json::to_value(&state.authentication)),
+        (schema_of::<InstitutionLogin>(), serde_json::to_value(login)),
+        (schema_of::<Account>(), serde_json::to_value(&login.accounts[0])),
+        (schema_of::<LastEvent>(), serde_json::to_value(&state.last_event)),
+        (schema_of::<Lifecycle>(), serde_json::to_value(&state)),
+    ];
+    for (schema, value) in pairs {
+        let value = value.expect("serialisable");
+        assert_eq!(keys(&schema["properties"]), keys(&value), "{schema}");
+    }
+    assert_eq!(
+        schema_of::<AuthState>()["enum"],
+        json!(["not_started", "in_progress", "mfa_challenge", "authenticated", "failed", "abandoned"])
+    );
+    assert_eq!(schema_of::<ConsentState>()["enum"], json!(["none", "granted", "revoked"]));
+    assert_eq!(schema_of::<AccountStatus>()["enum"], json!(["active", "deleted"]));
+    assert_eq!(
+        schema_of::<AuthReason>()["enum"],
+        json!([
+            "invalid_credentials",
+            "unable_to_connect",
+            "institution_not_found",
+            "institution_not_supported",
+            "cancelled",
+            "abandoned"
+        ])
+    );
+}

@@ -1,0 +1,230 @@
+//! Realistic Finicity Connect flows: the webhook bodies Finicity sends for a
+//! customer going through Connect, and the states each flow should end in.
+//! Used by `connectflow simulate` and by the tests.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// A named flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The `--flow` name.
+    pub name: &'static str,
+    /// What it rehearses.
+    pub description: &'static str,
+    /// Consent state it should end in.
+    pub expected_consent: &'static str,
+    /// Authentication state it should end in.
+    pub expected_authentication: &'static str,
+}
+
+/// Every flow, in `--list-flows` order.
+pub const FLOWS: &[Flow] = &[
+    Flow {
+        name: "legacy-success",
+        description: "credentials, accounts discovered, accounts added, done",
+        expected_consent: "granted",
+        expected_authentication: "authenticated",
+    },
+    Flow {
+        name: "oauth-success",
+        description: "OAuth institution, accounts added, done",
+        expected_consent: "granted",
+        expected_authentication: "authenticated",
+    },
+    Flow {
+        name: "mfa-success",
+        description: "credentials, MFA challenge, accounts discovered and added, done",
+        expected_consent: "granted",
+        expected_authentication: "authenticated",
+    },
+    Flow {
+        name: "invalid-credentials",
+        description: "wrong sign-in details, then done",
+        expected_consent: "none",
+        expected_authentication: "failed",
+    },
+    Flow {
+        name: "unable-to-connect",
+        description: "the institution connection fails (code 102), then done",
+        expected_consent: "none",
+        expected_authentication: "failed",
+    },
+    Flow {
+        name: "institution-not-found",
+        description: "the institution search finds nothing, then done",
+        expected_consent: "none",
+        expected_authentication: "failed",
+    },
+    Flow {
+        name: "institution-not-supported",
+        description: "the chosen institution is not supported, then done",
+        expected_consent: "none",
+        expected_authentication: "failed",
+    },
+    Flow {
+        name: "abandoned",
+        description: "the customer starts, picks an institution and leaves",
+        expected_consent: "none",
+        expected_authentication: "abandoned",
+    },
+    Flow {
+        name: "revoked",
+        description: "a legacy success, then accountsDeleted for every account",
+        expected_consent: "revoked",
+        expected_authentication: "authenticated",
+    },
+];
+
+/// Looks a flow up by name.
+pub fn flow(name: &str) -> Option<&'static Flow> {
+    FLOWS.iter().find(|f| f.name == name)
+}
+
+const INSTITUTION: &str = "101732";
+
+/// 24 hex characters derived from the inputs: ids look like Finicity's and
+/// are the same for the same customer, step and seed.
+fn hex24(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..12])
+}
+
+fn digits(seed: &str, len: usize) -> String {
+    let hash = Sha256::digest(seed.as_bytes());
+    hash.iter().cycle().take(len).map(|b| char::from(b'0' + b % 10)).collect()
+}
+
+/// An account object as Finicity sends it: full number and balance
+/// included, so the receiver's minimisation is exercised.
+fn account(customer_id: &str, index: usize, login_id: i64, oauth: bool) -> Value {
+    let number = digits(&format!("{customer_id}/number/{index}"), 16);
+    let last4 = &number[12..];
+    let kind = if index == 0 { "checking" } else { "savings" };
+    json!({
+        "id": digits(&format!("{customer_id}/account/{index}"), 10).trim_start_matches('0').to_owned() + "1",
+        "number": number,
+        "realAccountNumberLast4": last4,
+        "accountNumberDisplay": format!("...{last4}"),
+        "name": if index == 0 { "Checking" } else { "Savings" },
+        "balance": 1000.0 + index as f64 * 250.75,
+        "type": kind,
+        "aggregationStatusCode": 0,
+        "status": "active",
+        "customerId": customer_id,
+        "institutionId": INSTITUTION,
+        "institutionLoginId": login_id,
+        "balanceDate": 1_764_000_000,
+        "createdDate": 1_764_000_000,
+        "currency": "USD",
+        "detail": {"availableBalanceAmount": 999.5, "interestYtdAmount": 1.25, "oauth": oauth},
+        "displayPosition": index + 1
+    })
+}
+
+/// The webhook bodies of `flow` for one customer, in the order Finicity
+/// sends them; event `i` occurs at `start + i` seconds.
+pub fn bodies(flow: &Flow, customer_id: &str, start: DateTime<Utc>, seed: u64) -> Vec<Value> {
+    let seed_text = seed.to_string();
+    let login_id: i64 = digits(&format!("{customer_id}/login/{seed}"), 9).parse::<i64>().unwrap_or(1) + 1_000_000_000;
+    let oauth = flow.name == "oauth-success";
+    let accounts = json!([account(customer_id, 0, login_id, oauth), account(customer_id, 1, login_id, oauth)]);
+    let account_ids: Vec<Value> =
+        accounts.as_array().into_iter().flatten().filter_map(|a| a.get("id").cloned()).collect();
+    let adding = ("adding", json!({"institutionId": INSTITUTION, "oauth": oauth}));
+    let discovered = ("discovered", json!({"institutionId": INSTITUTION, "accounts": accounts}));
+    let added = ("added", json!({"institutionId": INSTITUTION, "oauth": oauth, "accounts": accounts}));
+    let started = ("started", json!({}));
+    let done = ("done", json!({}));
+    let steps: Vec<(&str, Value)> = match flow.name {
+        "legacy-success" => vec![started, adding, discovered, added, done],
+        "oauth-success" => vec![started, adding, added, done],
+        "mfa-success" => vec![
+            started,
+            adding,
+            ("credentialsUpdated", json!({"mfa": true})),
+            ("mfa", json!({})),
+            discovered,
+            added,
+            done,
+        ],
+        "invalid-credentials" => {
+            vec![started, adding, ("invalidCredentials", json!({"institutionId": INSTITUTION})), done]
+        }
+        "unable-to-connect" => {
+            vec![started, adding, ("unableToConnect", json!({"institutionId": INSTITUTION, "code": 102})), done]
+        }
+        "institution-not-found" => {
+            vec![started, ("institutionNotFound", json!({"query": "first bank of nowhere"})), done]
+        }
+        "institution-not-supported" => {
+            vec![started, ("institutionNotSupported", json!({"institutionId": "999999"})), done]
+        }
+        "abandoned" => vec![started, adding, done],
+        "revoked" => vec![
+            started,
+            adding,
+            discovered,
+            added,
+            done,
+            ("accountsDeleted", json!({"accounts": account_ids, "institutionId": INSTITUTION})),
+        ],
+        _ => Vec::new(),
+    };
+    let consumer_id = hex24(&[customer_id, "consumer", &seed_text]) + "00000000";
+    steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, (event_type, payload))| {
+            let at = start + chrono::Duration::seconds(i as i64);
+            let event_id =
+                format!("{}-{}", at.timestamp_millis(), hex24(&[customer_id, event_type, &i.to_string(), &seed_text]));
+            json!({
+                "customerId": customer_id,
+                "consumerId": consumer_id,
+                "eventType": event_type,
+                "eventId": event_id,
+                "payload": payload,
+                "webhookData": {"simulated": true}
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flow_has_events_with_finicity_shaped_ids() {
+        let start = DateTime::from_timestamp_millis(1_764_000_000_000).expect("time");
+        for flow in FLOWS {
+            let bodies = bodies(flow, "1005061234", start, 7);
+            assert!(bodies.len() >= 3, "{}", flow.name);
+            for body in &bodies {
+                let id = body["eventId"].as_str().expect("event id");
+                let (millis, hex) = id.split_once('-').expect("shape");
+                assert_eq!(millis.len(), 13);
+                assert_eq!(hex.len(), 24);
+                assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+            assert_eq!(bodies, super::bodies(flow, "1005061234", start, 7), "deterministic");
+        }
+    }
+
+    #[test]
+    fn accounts_carry_full_numbers_to_exercise_minimisation() {
+        let start = DateTime::from_timestamp_millis(1_764_000_000_000).expect("time");
+        let bodies = bodies(flow("legacy-success").expect("flow"), "1", start, 1);
+        let added = bodies.iter().find(|b| b["eventType"] == "added").expect("added");
+        let account = &added["payload"]["accounts"][0];
+        assert_eq!(account["number"].as_str().map(str::len), Some(16));
+        assert!(account["balance"].is_number());
+        assert!(account["institutionLoginId"].is_i64());
+    }
+}

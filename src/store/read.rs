@@ -1,0 +1,134 @@
+//! Reads for the query API. Listings use keyset pagination: the position is
+//! the last row's sort key, so rows that do not change keep their place
+//! between pages whatever is written meanwhile.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::event::rfc3339_ms;
+use crate::lifecycle::Lifecycle;
+
+/// One customer's stored lifecycle and when it was last updated.
+pub async fn lifecycle(pool: &PgPool, customer_id: &str) -> anyhow::Result<Option<(Lifecycle, DateTime<Utc>)>> {
+    let row = sqlx::query!("SELECT lifecycle, updated_at FROM customers WHERE customer_id = $1", customer_id)
+        .fetch_optional(pool)
+        .await
+        .context("reading a lifecycle")?;
+    row.map(|row| {
+        let lifecycle = serde_json::from_value(row.lifecycle).context("decoding a stored lifecycle")?;
+        Ok((lifecycle, row.updated_at))
+    })
+    .transpose()
+}
+
+/// Whether any event of this customer was applied.
+pub async fn customer_exists(pool: &PgPool, customer_id: &str) -> anyhow::Result<bool> {
+    let found = sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM customers WHERE customer_id = $1)", customer_id)
+        .fetch_one(pool)
+        .await
+        .context("looking up a customer")?;
+    Ok(found.unwrap_or(false))
+}
+
+/// A page of a customer's events after `after` (`(occurred_at, event_id)`),
+/// each the published record plus `recorded_at`; and the key of the last
+/// one when more follow.
+pub async fn events(
+    pool: &PgPool,
+    customer_id: &str,
+    after: Option<&(DateTime<Utc>, String)>,
+    limit: i64,
+) -> anyhow::Result<(Vec<serde_json::Value>, Option<(DateTime<Utc>, String)>)> {
+    let (after_at, after_id) = match after {
+        Some((at, id)) => (Some(*at), Some(id.as_str())),
+        None => (None, None),
+    };
+    let mut rows = sqlx::query!(
+        r#"
+        SELECT event_id, occurred_at, recorded_at, record
+        FROM connect_events
+        WHERE customer_id = $1
+          AND ($2::timestamptz IS NULL OR (occurred_at, event_id) > ($2, $3::text))
+        ORDER BY occurred_at, event_id
+        LIMIT $4
+        "#,
+        customer_id,
+        after_at,
+        after_id,
+        limit + 1,
+    )
+    .fetch_all(pool)
+    .await
+    .context("reading events")?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = if more { rows.last().map(|r| (r.occurred_at, r.event_id.clone())) } else { None };
+    let events = rows
+        .into_iter()
+        .map(|row| {
+            let mut record = row.record;
+            if let serde_json::Value::Object(fields) = &mut record {
+                fields.insert("recorded_at".into(), rfc3339_ms::format(&row.recorded_at).into());
+            }
+            record
+        })
+        .collect();
+    Ok((events, next))
+}
+
+/// Filters of the customer listing; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerFilter {
+    /// Consent state name.
+    pub consent: Option<String>,
+    /// Authentication state name.
+    pub authentication: Option<String>,
+    /// Updated at or after.
+    pub updated_since: Option<DateTime<Utc>>,
+}
+
+/// A page of customers after `after` (`(updated_at, customer_id)`).
+pub async fn customers(
+    pool: &PgPool,
+    filter: &CustomerFilter,
+    after: Option<&(DateTime<Utc>, String)>,
+    limit: i64,
+) -> anyhow::Result<(Vec<(String, Lifecycle, DateTime<Utc>)>, Option<(DateTime<Utc>, String)>)> {
+    let (after_at, after_id) = match after {
+        Some((at, id)) => (Some(*at), Some(id.as_str())),
+        None => (None, None),
+    };
+    let mut rows = sqlx::query!(
+        r#"
+        SELECT customer_id, lifecycle, updated_at
+        FROM customers
+        WHERE ($1::text IS NULL OR consent_state = $1)
+          AND ($2::text IS NULL OR auth_state = $2)
+          AND ($3::timestamptz IS NULL OR updated_at >= $3)
+          AND ($4::timestamptz IS NULL OR (updated_at, customer_id) > ($4, $5::text))
+        ORDER BY updated_at, customer_id
+        LIMIT $6
+        "#,
+        filter.consent.as_deref(),
+        filter.authentication.as_deref(),
+        filter.updated_since,
+        after_at,
+        after_id,
+        limit + 1,
+    )
+    .fetch_all(pool)
+    .await
+    .context("listing customers")?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = if more { rows.last().map(|r| (r.updated_at, r.customer_id.clone())) } else { None };
+    let customers = rows
+        .into_iter()
+        .map(|row| {
+            let lifecycle: Lifecycle = serde_json::from_value(row.lifecycle).context("decoding a stored lifecycle")?;
+            Ok((row.customer_id, lifecycle, row.updated_at))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok((customers, next))
+}

@@ -1,0 +1,196 @@
+//! The lifecycle consumer on real Kafka and Postgres: complete flows,
+//! shuffles and duplicates, poison records, restarts and shared groups.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use connectflow::simulate::flows::{FLOWS, bodies, flow};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, eventually, spawn_app, spawn_consumer, spawn_pipeline};
+use crate::kafka_util::{count_records, read_all};
+
+fn start() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(1_764_000_000_000).expect("valid time")
+}
+
+async fn send_all(app: &TestApp, bodies: &[Value]) {
+    for body in bodies {
+        let raw = serde_json::to_vec(body).expect("serialises");
+        let response = app.post_webhook(&raw).await;
+        assert_eq!(response.status(), 200, "{body}");
+    }
+}
+
+/// Waits until the customer's lifecycle shows `event_count` events.
+async fn lifecycle_with(app: &TestApp, customer_id: &str, event_count: u64) -> Value {
+    let path = format!("/v1/customers/{customer_id}/lifecycle");
+    eventually(Duration::from_secs(30), || async {
+        let response = app.api_get(&path).await;
+        if response.status() != 200 {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        (body["event_count"].as_u64() == Some(event_count)).then_some(body)
+    })
+    .await
+    .unwrap_or_else(|| panic!("customer {customer_id} never reached {event_count} events"))
+}
+
+async fn recorded_events(app: &TestApp, customer_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM connect_events WHERE customer_id = $1")
+        .bind(customer_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn every_flow_ends_in_its_expected_states() {
+    let app = spawn_pipeline().await;
+    for (i, flow) in FLOWS.iter().enumerate() {
+        let customer = format!("10050612{i:02}");
+        let bodies = bodies(flow, &customer, start(), 1);
+        send_all(&app, &bodies).await;
+        let state = lifecycle_with(&app, &customer, bodies.len() as u64).await;
+        assert_eq!(state["consent"]["state"], flow.expected_consent, "{}: {state}", flow.name);
+        assert_eq!(state["authentication"]["state"], flow.expected_authentication, "{}: {state}", flow.name);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failures_carry_reasons_and_oauth_is_recorded() {
+    let app = spawn_pipeline().await;
+    let cases = [
+        ("invalid-credentials", "invalid_credentials"),
+        ("unable-to-connect", "unable_to_connect"),
+        ("institution-not-found", "institution_not_found"),
+        ("institution-not-supported", "institution_not_supported"),
+        ("abandoned", "abandoned"),
+    ];
+    for (i, (name, reason)) in cases.into_iter().enumerate() {
+        let customer = format!("20050612{i:02}");
+        let bodies = bodies(flow(name).expect("flow"), &customer, start(), 1);
+        send_all(&app, &bodies).await;
+        let state = lifecycle_with(&app, &customer, bodies.len() as u64).await;
+        assert_eq!(state["authentication"]["reason"], reason, "{name}: {state}");
+        if name == "unable-to-connect" {
+            assert_eq!(state["authentication"]["error_code"], 102);
+        }
+    }
+    let bodies = bodies(flow("oauth-success").expect("flow"), "3005061234", start(), 1);
+    send_all(&app, &bodies).await;
+    let state = lifecycle_with(&app, "3005061234", bodies.len() as u64).await;
+    let login = &state["institution_logins"][0];
+    assert_eq!(login["oauth"], true, "{state}");
+    assert_eq!(login["institution_id"], "101732");
+    assert_eq!(login["accounts"].as_array().map(Vec::len), Some(2));
+    assert!(login["accounts"][0]["last4"].as_str().is_some_and(|l| l.len() == 4));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shuffled_flows_sent_three_times_end_the_same_with_each_event_once() {
+    let app = spawn_pipeline().await;
+    for (i, flow) in FLOWS.iter().enumerate() {
+        let customer = format!("40050612{i:02}");
+        let mut bodies = bodies(flow, &customer, start(), 2);
+        let distinct = bodies.len();
+        let mut all: Vec<Value> = bodies.drain(..).flat_map(|b| [b.clone(), b.clone(), b]).collect();
+        // A deterministic shuffle that puts the last events first.
+        all.reverse();
+        all.rotate_left(i % 3 + 1);
+        send_all(&app, &all).await;
+        let state = lifecycle_with(&app, &customer, distinct as u64).await;
+        assert_eq!(state["consent"]["state"], flow.expected_consent, "{}: {state}", flow.name);
+        assert_eq!(state["authentication"]["state"], flow.expected_authentication, "{}: {state}", flow.name);
+        assert_eq!(recorded_events(&app, &customer).await, distinct as i64, "{}", flow.name);
+    }
+    let recomputations = app.metrics.recomputations.get();
+    assert!(recomputations > 0, "out-of-order events must trigger recomputation");
+    assert!(app.metrics.duplicates_skipped.get() > 0);
+    app.stop().await;
+}
+
+async fn produce_raw(app: &TestApp, key: &str, value: &[u8]) {
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &app.kafka.brokers).create().expect("producer");
+    producer
+        .send(
+            FutureRecord::to(&app.kafka.events_topic).key(key).payload(value),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .expect("produced");
+}
+
+#[tokio::test]
+async fn a_garbage_record_is_dead_lettered_and_the_consumer_continues() {
+    let app = spawn_pipeline().await;
+    produce_raw(&app, "5005061234", b"this is not an event").await;
+    let bodies = bodies(flow("legacy-success").expect("flow"), "5005061234", start(), 3);
+    send_all(&app, &bodies).await;
+    lifecycle_with(&app, "5005061234", bodies.len() as u64).await;
+    let dead = eventually(Duration::from_secs(20), || async {
+        let records = read_all(&app.kafka.brokers, &app.kafka.dlq_topic);
+        (!records.is_empty()).then_some(records)
+    })
+    .await
+    .expect("a dead letter");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value, b"this is not an event");
+    assert!(dead[0].header("dlq_reason").is_some_and(|r| !r.is_empty()));
+    assert_eq!(dead[0].header("dlq_source_topic"), Some(app.kafka.events_topic.as_str()));
+    assert!(dead[0].header("dlq_source_partition").is_some_and(|p| p.parse::<i32>().is_ok()));
+    assert!(dead[0].header("dlq_source_offset").is_some_and(|o| o.parse::<i64>().is_ok()));
+    assert_eq!(app.metrics.dead_letters.get(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_consumer_and_a_shared_group_lose_nothing_and_apply_nothing_twice() {
+    // Receiver only: events pile up on the topic first.
+    let app = spawn_app().await;
+    let customers: Vec<String> = (0..60).map(|i| format!("6005061{i:03}")).collect();
+    let mut expected = Vec::new();
+    let mut total = 0;
+    for (i, customer) in customers.iter().enumerate() {
+        let flow = &FLOWS[i % FLOWS.len()];
+        let bodies = bodies(flow, customer, start(), 4);
+        total += bodies.len();
+        send_all(&app, &bodies).await;
+        expected.push((customer.clone(), flow, bodies.len()));
+    }
+    assert_eq!(count_records(&app.kafka.brokers, &app.kafka.events_topic), total as i64);
+    let group = format!("cf-test-restart-{}", uuid::Uuid::new_v4().simple());
+
+    // A first consumer is stopped part-way.
+    let (token, handle) = spawn_consumer(&app, &group);
+    eventually(Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM connect_events").fetch_one(&app.pool).await.ok()?;
+        (n > 0).then_some(())
+    })
+    .await
+    .expect("the first consumer applied something");
+    token.cancel();
+    handle.await.expect("join").expect("clean stop");
+
+    // Two consumers share the group for the rest.
+    let (token_a, handle_a) = spawn_consumer(&app, &group);
+    let (token_b, handle_b) = spawn_consumer(&app, &group);
+    for (customer, flow, count) in &expected {
+        let state = lifecycle_with(&app, customer, *count as u64).await;
+        assert_eq!(state["consent"]["state"], flow.expected_consent, "{customer}");
+        assert_eq!(state["authentication"]["state"], flow.expected_authentication, "{customer}");
+    }
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM connect_events").fetch_one(&app.pool).await.expect("count");
+    assert_eq!(recorded, total as i64, "every event recorded exactly once");
+    token_a.cancel();
+    token_b.cancel();
+    handle_a.await.expect("join").expect("clean stop");
+    handle_b.await.expect("join").expect("clean stop");
+}
