@@ -19,6 +19,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let pool = store::pool(&args.database)?;
             migrate(&pool, &args.kafka, &args.migration).await
         }
+        Command::Reproject(args) => {
+            let pool = store::pool(&args.database)?;
+            store::migrate(&pool).await?;
+            let outcome = store::reproject::reproject(&pool, args.customer.as_deref(), args.batch_size).await?;
+            tracing::info!(customers = outcome.customers, changed = outcome.changed, "re-projection done");
+            println!("re-projected {} customers, {} changed", outcome.customers, outcome.changed);
+            Ok(())
+        }
         Command::Serve(args) => {
             let settings = args.http.settings()?;
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;

@@ -39,6 +39,9 @@ pub enum Command {
     All(AllArgs),
     /// Apply the database migrations and create the Kafka topics when missing.
     Migrate(MigrateArgs),
+    /// Recompute lifecycle state from the recorded events (after a change to
+    /// the state machine), in bounded batches, while the service runs.
+    Reproject(ReprojectArgs),
 }
 
 /// Log output format.
@@ -228,6 +231,22 @@ pub struct MigrateArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub migration: MigrationArgs,
+}
+
+/// `connectflow reproject`.
+#[derive(Debug, Clone, Args)]
+pub struct ReprojectArgs {
+    /// Only this customer (default: everyone).
+    #[arg(long = "customer")]
+    pub customer: Option<String>,
+
+    /// Customers recomputed per transaction.
+    #[arg(long = "batch-size", env = "CONNECTFLOW_REPROJECT_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub batch_size: i64,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
 }
 
 /// A configuration value that is missing or malformed, named by its

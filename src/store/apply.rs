@@ -127,7 +127,7 @@ async fn insert_events(
 
 /// Serialises writers of the same customers (transaction-scoped advisory
 /// locks, taken in sorted order so two batches cannot deadlock on them).
-async fn lock_customers(tx: &mut Transaction<'_, Postgres>, sorted_ids: &[String]) -> anyhow::Result<()> {
+pub async fn lock_customers(tx: &mut Transaction<'_, Postgres>, sorted_ids: &[String]) -> anyhow::Result<()> {
     sqlx::query!(
         "SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n",
         sorted_ids

@@ -30,3 +30,4 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 pub mod apply;
 pub mod read;
+pub mod reproject;

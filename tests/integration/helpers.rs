@@ -37,6 +37,7 @@ pub const OTHER_API_TOKEN: &str = "test-api-token-two";
 /// Where the shared services are.
 pub struct Services {
     /// A Postgres URL whose role may create databases.
+    pub database_url: String,
     /// Kafka bootstrap servers.
     pub kafka_brokers: String,
     // Containers live as long as the test process when testcontainers started them.

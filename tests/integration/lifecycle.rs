@@ -194,3 +194,40 @@ async fn a_restarted_consumer_and_a_shared_group_lose_nothing_and_apply_nothing_
     handle_a.await.expect("join").expect("clean stop");
     handle_b.await.expect("join").expect("clean stop");
 }
+
+#[tokio::test]
+async fn reproject_restores_state_from_the_recorded_events() {
+    let app = spawn_app().await;
+    let events: Vec<connectflow::event::ConnectEvent> =
+        bodies(flow("revoked").expect("flow"), "8005061234", start(), 5)
+            .iter()
+            .filter_map(|body| {
+                let raw = serde_json::to_vec(body).ok()?;
+                match connectflow::receive::normalise::normalise(&raw, Utc::now()).ok()? {
+                    connectflow::receive::normalise::Webhook::Event(event) => Some(*event),
+                    connectflow::receive::normalise::Webhook::Ping => None,
+                }
+            })
+            .collect();
+    connectflow::store::apply::apply_batch(&app.pool, &events).await.expect("seed");
+    let good = lifecycle_with(&app, "8005061234", events.len() as u64).await;
+    // Simulate a stale projection (as after a state-machine change).
+    sqlx::query(
+        "UPDATE customers SET consent_state = 'none', lifecycle = jsonb_set(lifecycle, '{consent,state}', '\"none\"') \
+         WHERE customer_id = '8005061234'",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("tamper");
+    sqlx::query("DELETE FROM accounts").execute(&app.pool).await.expect("tamper");
+    let outcome = connectflow::store::reproject::reproject(&app.pool, None, 2).await.expect("reproject");
+    assert_eq!(outcome.customers, 1);
+    assert_eq!(outcome.changed, 1);
+    let restored = lifecycle_with(&app, "8005061234", events.len() as u64).await;
+    assert_eq!(restored["consent"], good["consent"]);
+    assert_eq!(restored["institution_logins"], good["institution_logins"]);
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&app.pool).await.expect("count");
+    assert_eq!(accounts, 2, "the accounts projection is rewritten");
+    let again = connectflow::store::reproject::reproject(&app.pool, Some("8005061234"), 10).await.expect("reproject");
+    assert_eq!((again.customers, again.changed), (1, 0), "nothing left to change");
+}

@@ -95,7 +95,9 @@ async fn rejected_requests_leave_the_topic_untouched() {
     let no_type = br#"{"customerId":"1"}"#.to_vec();
     let no_customer = br#"{"eventType":"added","eventId":"1"}"#.to_vec();
     let sign = |b: &[u8]| connectflow::receive::signature::sign(crate::helpers::PARTNER_SECRET, b);
-    let cases: Vec<(&str, Vec<u8>, Option<String>, &str, u16, &str)> = vec![
+    // (name, body, signature, content type, status, error code)
+    type Case<'a> = (&'a str, Vec<u8>, Option<String>, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("too large", oversized, Some(oversized_sig), "application/json", 413, "payload_too_large"),
         ("xml", good.clone(), Some(sig.clone()), "application/xml", 415, "unsupported_media_type"),
         ("no signature", good.clone(), None, "application/json", 401, "invalid_signature"),
