@@ -19,6 +19,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let pool = store::pool(&args.database)?;
             migrate(&pool, &args.kafka, &args.migration).await
         }
+        Command::Simulate(args) => crate::simulate::run(args, shutdown).await,
         Command::Reproject(args) => {
             let pool = store::pool(&args.database)?;
             store::migrate(&pool).await?;

@@ -42,6 +42,9 @@ pub enum Command {
     /// Recompute lifecycle state from the recorded events (after a change to
     /// the state machine), in bounded batches, while the service runs.
     Reproject(ReprojectArgs),
+    /// Send realistic, signed Finicity Connect webhooks to a receiver, as
+    /// Finicity would, and optionally verify the states they end in.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// Log output format.

@@ -7,3 +7,4 @@ mod kafka_util;
 mod lifecycle;
 mod query;
 mod receive;
+mod simulate;

@@ -1,0 +1,1 @@
+//! `connectflow simulate` against the in-process pipeline.
