@@ -14,7 +14,7 @@ LOCAL_KAFKA_BROKERS := 127.0.0.1:9092
 DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
 DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
 
-.PHONY: help services services-down run test lint sqlx-prepare
+.PHONY: help services services-down run test lint sqlx-prepare bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -44,3 +44,7 @@ lint: ## rustfmt and clippy, as CI runs them
 
 sqlx-prepare: services ## Refresh .sqlx/ (the offline query data) from the local database
 	bash deploy/sqlx-prepare.sh '$(LOCAL_DATABASE_URL)'
+
+bench: services ## Build release and measure receiver, consumer, query API and end to end (about 5 minutes)
+	cargo build --release --bin connectflow --example bench
+	./target/release/examples/bench all

@@ -1,0 +1,753 @@
+#!/usr/bin/env bash
+# Local PostgreSQL and Apache Kafka for development and CI, without Docker.
+#
+#   bash deploy/services.sh up      install (if needed), start and wait for both
+#   bash deploy/services.sh down    stop what `up` started (data is kept)
+#   bash deploy/services.sh status  say what listens on 5432 and 9092, and whose it is
+#
+# What `up` guarantees (the contract `make services` / `make test` rely on):
+#   postgres://connectflow:connectflow@127.0.0.1:5432/connectflow  (role LOGIN
+#     CREATEDB, database owned by it), PostgreSQL from Debian's packages;
+#   a Kafka 4.1 broker (KRaft, single node) answering on 127.0.0.1:9092,
+#     auto topic creation on, 6 partitions by default, replication factor 1.
+# A server already listening on 5432 or 9092 is reused, never stopped. A second
+# `up` when everything runs changes nothing and takes well under a second.
+#
+# Where things live (all ignored by git, under <repo>/.local/):
+#   .local/kafka/libs/         Kafka 4.1.1 jars (Maven Central, via the machine's
+#                              Maven and ~/.m2; downloaded once)
+#   .local/kafka/data/         the broker's log.dirs (KRaft metadata and topics)
+#   .local/kafka/logs/         server.log (log4j2) and kafka.out (JVM stdout)
+#   .local/kafka/kafka.pid     pid of the broker this script started
+#   .local/postgres/           the PostgreSQL cluster (data/ and server.log),
+#                              owned by the `postgres` user, or see below
+#   .local/postgres.location   which directory holds the cluster
+#
+# Everything runs as root (the machine's only user); PostgreSQL refuses to, so
+# its programs run as `postgres` through runuser. The cluster is a plain
+# initdb/pg_ctl cluster, not registered with Debian's pg_ctlcluster (that would
+# write into /etc/postgresql for every clone); Debian's default cluster (15/main)
+# is left alone, and reused if it is the one running on 5432.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+LOCAL="$ROOT/.local"
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+PG_SOCKET_DIR=/var/run/postgresql # Debian's compiled-in default: plain `psql` finds it
+APP_USER=connectflow
+APP_PASSWORD=connectflow # DEVELOPMENT ONLY
+APP_DB=connectflow
+
+KAFKA_VERSION=4.1.1
+LOG4J_VERSION=2.24.3
+DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+KAFKA_HOME="$LOCAL/kafka"
+KAFKA_LIBS="$KAFKA_HOME/libs"
+KAFKA_DATA="$KAFKA_HOME/data"
+KAFKA_LOGS="$KAFKA_HOME/logs"
+KAFKA_PID_FILE="$KAFKA_HOME/kafka.pid"
+KAFKA_PROPS="$KAFKA_HOME/server.properties"
+KAFKA_HOST=127.0.0.1
+KAFKA_PORT=9092
+KAFKA_CONTROLLER_PORT=9093
+KAFKA_READY_TIMEOUT=90
+
+say() { printf '%s\n' "$*"; }
+die() {
+  printf 'services.sh: %s\n' "$*" >&2
+  exit 1
+}
+now_ms() { date +%s%3N; }
+# A process that exists and is not a zombie (a killed server whose parent is
+# gone may linger unreaped for a while).
+pid_alive() {
+  local st
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  st=${st##*) }
+  [[ ${st:0:1} != [ZX] ]]
+}
+elapsed() { # elapsed <start_ms>: seconds with one decimal
+  local ms=$(($(now_ms) - $1))
+  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
+}
+show_tail() { # show_tail <file>...: the end of logs, for failures
+  local f
+  for f in "$@"; do
+    [[ -s $f ]] || continue
+    printf -- '---- last lines of %s ----\n' "$f" >&2
+    tail -n 40 "$f" >&2
+  done
+}
+# Writes stdin to a file only when the content differs; returns 0 when it wrote.
+write_if_changed() {
+  local target=$1 tmp
+  tmp=$(mktemp "$target.XXXXXX")
+  cat >"$tmp"
+  if [[ -f $target ]] && cmp -s "$tmp" "$target"; then
+    rm -f "$tmp"
+    return 1
+  fi
+  chmod 644 "$tmp"
+  mv -f "$tmp" "$target"
+}
+
+APT_UPDATED=
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [[ -z $APT_UPDATED ]]; then
+    apt-get update -qq >"$LOCAL/apt.log" 2>&1 || {
+      show_tail "$LOCAL/apt.log"
+      die "apt-get update failed"
+    }
+    APT_UPDATED=1
+  fi
+  # No service may start during the installation (no init system here, and the
+  # package's default cluster must not take port 5432 from ours): the standard
+  # policy-rc.d "deny" hook, added only for the installation if absent.
+  local added_policy=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
+  local rc=0
+  apt-get install -y -qq --no-install-recommends "$@" >>"$LOCAL/apt.log" 2>&1 || rc=$?
+  [[ -z $added_policy ]] || rm -f /usr/sbin/policy-rc.d
+  if ((rc != 0)); then
+    show_tail "$LOCAL/apt.log"
+    die "apt-get install $* failed"
+  fi
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+PG_BIN=
+find_pg_bin() {
+  local d best=
+  for d in /usr/lib/postgresql/*/bin; do
+    [[ -x $d/postgres && -x $d/initdb && -x $d/pg_ctl && -x $d/psql ]] || continue
+    if [[ -z $best ]] || (($(basename "$(dirname "$d")") > $(basename "$(dirname "$best")"))); then
+      best=$d
+    fi
+  done
+  PG_BIN=$best
+  [[ -n $PG_BIN ]]
+}
+
+ensure_pg_installed() {
+  find_pg_bin && return 0
+  say "postgres: server binaries missing, installing Debian's postgresql package"
+  apt_install postgresql
+  find_pg_bin || die "postgresql installed but no /usr/lib/postgresql/*/bin/postgres found"
+  say "postgres: installed package (PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'))"
+}
+
+# Where the cluster lives. Preferred: <repo>/.local/postgres, owned by postgres.
+# But the server runs as `postgres`, which must be able to traverse every parent
+# of the repository: a clone under `mktemp -d` (mode 0700, root's) or under
+# /root is out of its reach. Then the cluster goes to
+# /var/lib/postgresql/connectflow-<hash of the repo path>/ (postgres's own home,
+# the Debian place for clusters), one per clone, so clones never share data.
+# Loosening the permissions of the user's directories instead would be a
+# surprise side effect; a bind mount would not survive a reboot. The choice is
+# recorded in .local/postgres.location when the cluster is created, so later
+# runs (and `down`) use the same directory even if permissions change.
+PG_HOME=
+pg_home_fallback() {
+  local h
+  h=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+  printf '/var/lib/postgresql/connectflow-%s' "$h"
+}
+postgres_can_use_repo() {
+  id -u postgres >/dev/null 2>&1 || return 1
+  runuser -u postgres -- test -x "$ROOT" 2>/dev/null
+}
+resolve_pg_home() { # no side effects: for status/down and before the first init
+  local recorded=
+  [[ -s $LOCAL/postgres.location ]] && recorded=$(<"$LOCAL/postgres.location")
+  # (a recorded path from before the clone was moved is ignored)
+  if [[ -n $recorded && ($recorded == "$LOCAL/postgres" || $recorded == "$(pg_home_fallback)") ]]; then
+    PG_HOME=$recorded
+  elif postgres_can_use_repo; then
+    PG_HOME=$LOCAL/postgres
+  else
+    PG_HOME=$(pg_home_fallback)
+  fi
+}
+
+as_postgres() { # runs a command as postgres from a directory it can read
+  (cd / && runuser -u postgres -- "$@") 9>&-
+}
+
+# pid of the postmaster of our cluster when it runs, else nothing.
+our_pg_pid() {
+  local pidfile="$PG_HOME/data/postmaster.pid" pid
+  [[ -r $pidfile ]] || return 1
+  pid=$(head -n 1 "$pidfile" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  pid_alive "$pid" && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == postgres ]] || return 1
+  printf '%s' "$pid"
+}
+
+pg_isready_here() { # exit 0 accepting, 1 starting/rejecting, 2 no answer
+  local bin=$PG_BIN/pg_isready
+  [[ -n $PG_BIN ]] || bin=$(command -v pg_isready) || {
+    # PostgreSQL not installed (status/down): a bare TCP connect says "listens".
+    timeout 2 bash -c ": </dev/tcp/$PG_HOST/$PG_PORT" 2>/dev/null && return 1
+    return 2
+  }
+  "$bin" -q -h "$PG_HOST" -p "$PG_PORT" -t 2 >/dev/null 2>&1
+}
+
+wait_pg_ready() { # wait_pg_ready <seconds> <log> [pid]: returns 1 if pid dies
+  local deadline=$((SECONDS + $1)) rc
+  while :; do
+    rc=0
+    pg_isready_here || rc=$?
+    ((rc == 0)) && return 0
+    [[ -z ${3:-} ]] || pid_alive "$3" || return 1
+    if ((SECONDS >= deadline)); then
+      show_tail "$2"
+      die "postgres: no answer on $PG_HOST:$PG_PORT after $1 s"
+    fi
+    sleep 0.2
+  done
+}
+
+# Fallback clusters of clones that no longer exist (CI clones into a new
+# temporary directory each time) would pile up: remove those whose recorded
+# repository is gone and whose server is not running.
+prune_orphan_clusters() {
+  local dir repo pid
+  for dir in /var/lib/postgresql/connectflow-*; do
+    [[ -f $dir/connectflow-repo && $dir != "$PG_HOME" ]] || continue
+    repo=$(<"$dir/connectflow-repo")
+    [[ -n $repo && ! -e $repo ]] || continue
+    pid=$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null || true)
+    [[ $pid =~ ^[0-9]+$ && -d /proc/$pid ]] && continue
+    rm -rf -- "$dir"
+    say "postgres: removed $dir, the cluster of a clone that no longer exists ($repo)"
+  done
+}
+
+init_pg_cluster() {
+  if [[ $(cat "$LOCAL/postgres.location" 2>/dev/null) != "$PG_HOME" ]]; then
+    if postgres_can_use_repo && install -d -o postgres -g postgres -m 700 "$LOCAL/postgres" &&
+      runuser -u postgres -- test -w "$LOCAL/postgres" 2>/dev/null; then
+      PG_HOME=$LOCAL/postgres
+    else
+      PG_HOME=$(pg_home_fallback)
+      say "postgres: user postgres cannot reach $ROOT, so the cluster goes to $PG_HOME"
+    fi
+  fi
+  install -d -o postgres -g postgres -m 700 "$PG_HOME"
+  if [[ $PG_HOME != "$LOCAL/postgres" ]]; then
+    [[ -f $PG_HOME/connectflow-repo ]] || printf '%s\n' "$ROOT" >"$PG_HOME/connectflow-repo"
+    prune_orphan_clusters
+  fi
+  if [[ ! -s $PG_HOME/data/PG_VERSION ]]; then
+    as_postgres "$PG_BIN/initdb" -D "$PG_HOME/data" -U postgres -E UTF8 --locale=C.UTF-8 \
+      --auth-local=peer --auth-host=scram-sha-256 >"$PG_HOME/initdb.log" 2>&1 || {
+      show_tail "$PG_HOME/initdb.log"
+      die "postgres: initdb failed"
+    }
+    # Defaults (fsync on) apart from: TCP on loopback only, room for the many
+    # connection pools tests open, and a little more cache.
+    cat >>"$PG_HOME/data/postgresql.conf" <<EOF
+
+# ---- connectflow: deploy/services.sh
+listen_addresses = '$PG_HOST'
+port = $PG_PORT
+unix_socket_directories = '$PG_SOCKET_DIR'
+max_connections = 200
+shared_buffers = 256MB
+EOF
+    say "postgres: created cluster at $PG_HOME/data ($("$PG_BIN/postgres" --version | awk '{print $3}'))"
+  fi
+  printf '%s\n' "$PG_HOME" >"$LOCAL/postgres.location"
+}
+
+start_pg_cluster() {
+  install -d -o postgres -g postgres -m 2775 "$PG_SOCKET_DIR" # /run is a tmpfs
+  local t0 log="$PG_HOME/server.log" stale
+  # After a crash (kill -9) the old postmaster may stay a zombie for a few
+  # seconds, and PostgreSQL will not start while its pid exists.
+  stale=$(head -n 1 "$PG_HOME/data/postmaster.pid" 2>/dev/null || true)
+  if [[ $stale =~ ^[0-9]+$ ]] && ! pid_alive "$stale"; then
+    for _ in $(seq 150); do
+      [[ -e /proc/$stale ]] || break
+      sleep 0.1
+    done
+  fi
+  t0=$(now_ms)
+  as_postgres "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -l "$log" -w -t 60 start \
+    >"$PG_HOME/pg_ctl.log" 2>&1 || {
+    show_tail "$PG_HOME/pg_ctl.log" "$log"
+    die "postgres: the cluster at $PG_HOME/data did not start"
+  }
+  wait_pg_ready 30 "$log"
+  say "postgres: started cluster at $PG_HOME/data (pid $(our_pg_pid), $(elapsed "$t0")s)"
+}
+
+su_psql() { # psql as the postgres superuser over the local socket
+  as_postgres "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" \
+    -d postgres -At "$@"
+}
+app_can_connect() { # app_can_connect <database>
+  PGPASSWORD=$APP_PASSWORD PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -X -q -At \
+    -h "$PG_HOST" -p "$PG_PORT" -U "$APP_USER" -d "$1" -c 'select 1' >/dev/null 2>&1
+}
+
+ensure_pg_role_and_db() {
+  local can_su=
+  if id -u postgres >/dev/null 2>&1 && [[ -S $PG_SOCKET_DIR/.s.PGSQL.$PG_PORT ]] &&
+    [[ $(su_psql -c 'select rolsuper from pg_roles where rolname = current_user' 2>/dev/null) == t ]]; then
+    can_su=1
+  fi
+  if [[ -z $can_su ]]; then
+    app_can_connect "$APP_DB" ||
+      die "postgres: the server on $PG_HOST:$PG_PORT is not ours and role $APP_USER cannot connect to database $APP_DB with its password"
+    say "postgres: no superuser access to the server on $PG_HOST:$PG_PORT; role $APP_USER connects to $APP_DB, good enough"
+    return 0
+  fi
+  local role db_owner
+  role=$(su_psql -c "select rolcanlogin and rolcreatedb from pg_roles where rolname = '$APP_USER'")
+  case $role in
+  '')
+    su_psql -c "create role $APP_USER login createdb password '$APP_PASSWORD'"
+    say "postgres: created role $APP_USER"
+    ;;
+  f)
+    su_psql -c "alter role $APP_USER login createdb"
+    say "postgres: gave role $APP_USER LOGIN CREATEDB"
+    ;;
+  esac
+  db_owner=$(su_psql -c "select pg_get_userbyid(datdba) from pg_database where datname = '$APP_DB'")
+  if [[ -z $db_owner ]]; then
+    su_psql -c "create database $APP_DB owner $APP_USER"
+    say "postgres: created database $APP_DB owned by $APP_USER"
+  elif [[ $db_owner != "$APP_USER" ]]; then
+    su_psql -c "alter database $APP_DB owner to $APP_USER"
+    say "postgres: database $APP_DB now owned by $APP_USER (was $db_owner)"
+  fi
+  if ! app_can_connect "$APP_DB"; then
+    su_psql -c "alter role $APP_USER password '$APP_PASSWORD'"
+    say "postgres: reset the password of role $APP_USER"
+    app_can_connect "$APP_DB" ||
+      die "postgres: role $APP_USER still cannot connect over TCP (check pg_hba.conf of the server on $PG_PORT)"
+  fi
+}
+
+postgres_up() {
+  resolve_pg_home
+  local pid rc=0
+  if pid=$(our_pg_pid); then
+    if wait_pg_ready 60 "$PG_HOME/server.log" "$pid"; then
+      say "postgres: cluster at $PG_HOME/data already running (pid $pid)"
+      ensure_pg_role_and_db
+      return 0
+    fi
+    say "postgres: the server of $PG_HOME/data (pid $pid) went away while starting"
+  fi
+  pg_isready_here || rc=$?
+  if ((rc != 2)); then
+    wait_pg_ready 60 /dev/null
+    say "postgres: already listening on $PG_HOST:$PG_PORT, reused"
+  else
+    init_pg_cluster
+    start_pg_cluster
+  fi
+  ensure_pg_role_and_db
+}
+
+postgres_down() {
+  resolve_pg_home
+  local pid
+  if pid=$(our_pg_pid); then
+    find_pg_bin || die "postgres: binaries missing, cannot stop pid $pid"
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -m fast -w -t 60 stop >"$PG_HOME/pg_ctl.log" 2>&1 || {
+      show_tail "$PG_HOME/pg_ctl.log" "$PG_HOME/server.log"
+      die "postgres: pg_ctl stop failed"
+    }
+    say "postgres: stopped cluster at $PG_HOME/data (pid $pid; data kept)"
+  elif pg_isready_here || [[ $? == 1 ]]; then
+    say "postgres: $PG_HOST:$PG_PORT is served by a server this script did not start; left running"
+  else
+    say "postgres: not running"
+  fi
+}
+
+postgres_status() {
+  resolve_pg_home
+  find_pg_bin || true
+  local pid rc=0
+  pg_isready_here || rc=$?
+  if pid=$(our_pg_pid); then
+    say "postgres: $PG_HOST:$PG_PORT $( ((rc == 0)) && echo accepting || echo 'not accepting yet'), cluster at $PG_HOME/data (pid $pid, started by this script)"
+  elif ((rc != 2)); then
+    say "postgres: $PG_HOST:$PG_PORT $( ((rc == 0)) && echo accepting || echo 'not accepting yet'), a server this script did not start"
+  else
+    say "postgres: nothing listens on $PG_HOST:$PG_PORT (cluster of this clone: $PG_HOME/data)"
+  fi
+}
+
+# --------------------------------------------------------------------- Kafka
+
+# A real Kafka request, answered only once the broker serves clients: Metadata
+# v4 (the oldest version Kafka 4 keeps) over a plain socket with Perl (perl-base
+# is Essential in Debian, and this takes milliseconds where a JVM client takes
+# seconds). Exit 0 with "<brokers> <first host:port>" when the broker answered
+# with at least one broker, 2 when nothing listens, 3+ otherwise.
+# shellcheck disable=SC2016 # Perl code, expanded by Perl
+KAFKA_PROBE='
+use strict; use warnings; use IO::Socket::INET;
+my ($host, $port) = @ARGV;
+my $s = IO::Socket::INET->new(PeerAddr => $host, PeerPort => $port, Proto => "tcp", Timeout => 2) or exit 2;
+$SIG{ALRM} = sub { exit 3 }; alarm 5;
+# header: api_key 3 (Metadata), api_version 4, correlation_id, client_id;
+# body: topics = null (all), allow_auto_topic_creation = false
+my $req = pack("s> s> l> s>/a* l> c", 3, 4, 7, "connectflow-services.sh", -1, 0);
+my $msg = pack("l>", length $req) . $req;
+defined syswrite($s, $msg) or exit 4;
+sub readn { my $n = shift; my $b = ""; while (length $b < $n) { my $r = sysread($s, $b, $n - length $b, length $b); exit 4 unless $r; } return $b; }
+my $len = unpack("l>", readn(4));
+my $resp = readn($len);
+my ($corr, $throttle, $nbrokers) = unpack("l> l> l>", $resp);
+exit 5 unless $corr == 7 && $nbrokers >= 1;
+my ($node, $bhost, $bport) = unpack("x12 l> s>/a l>", $resp);
+print "$nbrokers $bhost:$bport\n";
+'
+kafka_probe() { perl -e "$KAFKA_PROBE" "$KAFKA_HOST" "$KAFKA_PORT" 2>/dev/null; }
+
+# pid of the broker this clone started, when it still runs.
+our_kafka_pid() {
+  local pid
+  [[ -s $KAFKA_PID_FILE ]] || return 1
+  pid=$(<"$KAFKA_PID_FILE")
+  [[ $pid =~ ^[0-9]+$ ]] && pid_alive "$pid" || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "kafka.Kafka $KAFKA_PROPS" || return 1
+  printf '%s' "$pid"
+}
+
+JAVA_CHECKED=
+ensure_java_and_maven() {
+  [[ -z $JAVA_CHECKED ]] || return 0
+  local missing=()
+  command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null 2>&1 || missing+=(maven)
+  if ((${#missing[@]})); then
+    apt_install "${missing[@]}"
+    say "kafka: installed ${missing[*]}"
+  fi
+  local v
+  v=$(java -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}')
+  if ! [[ ${v%%.*} =~ ^[0-9]+$ ]] || ((${v%%.*} < 17)); then
+    die "kafka: Kafka 4 needs Java 17 or later (java here: ${v:-unknown})"
+  fi
+  JAVA_CHECKED=1
+}
+
+# The broker and its runtime dependencies, plus kafka-tools (TopicCommand and
+# friends, handy by hand) and a log4j2 binding so the broker writes a log file.
+# Kafka 4.1's POMs declare slf4j-api 1.7.36, so the binding is log4j-slf4j-impl
+# (SLF4J 1.x), as in Kafka's own distribution: log4j-slf4j2-impl would need
+# slf4j-api 2.x and, next to 1.7.36, leaves the broker silent (NOP logger).
+kafka_pom() {
+  cat <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Generated by deploy/services.sh: only used to fetch the Kafka broker jars. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.connectflow</groupId>
+  <artifactId>kafka-broker-jars</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+EOF
+}
+
+ensure_kafka_jars() {
+  local key="kafka_2.13 $KAFKA_VERSION + kafka-tools, log4j-slf4j-impl $LOG4J_VERSION"
+  if [[ -f $KAFKA_LIBS/.complete && $(<"$KAFKA_LIBS/.complete") == "$key" ]]; then
+    return 0
+  fi
+  ensure_java_and_maven
+  mkdir -p "$KAFKA_HOME"
+  kafka_pom >"$KAFKA_HOME/pom.xml"
+  local t0 tmp="$KAFKA_HOME/libs.download"
+  t0=$(now_ms)
+  rm -rf "$tmp"
+  (cd "$KAFKA_HOME" && mvn -q -B -Dstyle.color=never -f pom.xml "$DEPENDENCY_PLUGIN:copy-dependencies" \
+    -DoutputDirectory="$tmp" -DincludeScope=runtime) >"$KAFKA_HOME/mvn.log" 2>&1 9>&- || {
+    show_tail "$KAFKA_HOME/mvn.log"
+    die "kafka: downloading the jars with Maven failed"
+  }
+  ls "$tmp"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 || die "kafka: Maven ran but $tmp has no kafka_2.13 jar"
+  printf '%s\n' "$key" >"$tmp/.complete"
+  rm -rf "$KAFKA_LIBS"
+  mv "$tmp" "$KAFKA_LIBS"
+  say "kafka: downloaded jars ($(find "$KAFKA_LIBS" -name '*.jar' | wc -l) files, $(du -sh "$KAFKA_LIBS" | cut -f1), $(elapsed "$t0")s) into $KAFKA_LIBS"
+}
+
+write_kafka_config() {
+  mkdir -p "$KAFKA_DATA" "$KAFKA_LOGS"
+  if write_if_changed "$KAFKA_PROPS" <<EOF; then
+# Generated by deploy/services.sh: a single-node KRaft broker for development and tests.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KAFKA_DATA
+num.partitions=6
+# One node: every internal topic has one replica.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Fast tests: no wait before the first rebalance, small internal topics.
+group.initial.rebalance.delay.ms=0
+offsets.topic.num.partitions=6
+transaction.state.log.num.partitions=6
+EOF
+    if our_kafka_pid >/dev/null; then
+      say "kafka: updated $KAFKA_PROPS; the running broker uses the old one until down + up"
+    fi
+  fi
+  write_if_changed "$KAFKA_HOME/log4j2.properties" <<'EOF' || true
+# Generated by deploy/services.sh: the broker's log, ${sys:kafka.logs.dir}/server.log.
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.filePattern = ${sys:kafka.logs.dir}/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+EOF
+  write_if_changed "$KAFKA_HOME/tools-log4j2.properties" <<'EOF' || true
+# Generated by deploy/services.sh: command-line tools log warnings to stderr.
+status = warn
+appender.err.type = Console
+appender.err.name = err
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = err
+EOF
+}
+
+kafka_tool() { # kafka_tool <main class> <args>...: a Kafka command-line tool from our jars
+  local main=$1
+  shift
+  java -Xmx256m -Dlog4j2.configurationFile="$KAFKA_HOME/tools-log4j2.properties" \
+    -cp "$KAFKA_LIBS/*" "$main" "$@"
+}
+
+# A Kafka cluster id: 16 random bytes, URL-safe base64 without padding, like
+# org.apache.kafka.common.Uuid.randomUuid() (which also avoids a leading '-').
+kafka_cluster_id() {
+  local id
+  while :; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    [[ $id != -* ]] && break
+  done
+  printf '%s' "$id"
+}
+
+format_kafka_storage() {
+  [[ -s $KAFKA_DATA/meta.properties ]] && return 0
+  local id
+  id=$(kafka_cluster_id)
+  kafka_tool kafka.tools.StorageTool format -t "$id" -c "$KAFKA_PROPS" --standalone \
+    >"$KAFKA_LOGS/format.log" 2>&1 9>&- || {
+    show_tail "$KAFKA_LOGS/format.log"
+    die "kafka: formatting $KAFKA_DATA failed"
+  }
+  say "kafka: formatted $KAFKA_DATA (cluster id $id)"
+}
+
+KAFKA_STARTED_AT=
+start_kafka() {
+  rm -f "$KAFKA_PID_FILE"
+  printf '==== %s deploy/services.sh starts the broker\n' "$(date -Is)" >>"$KAFKA_LOGS/kafka.out"
+  KAFKA_STARTED_AT=$(now_ms)
+  # A new session (setsid) without a terminal, and no inherited lock descriptor:
+  # the broker outlives the calling shell and its job control.
+  (
+    cd "$KAFKA_HOME"
+    exec 9>&-
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$KAFKA_PID_FILE" \
+      java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
+      -Dkafka.logs.dir="$KAFKA_LOGS" -Dlog4j2.configurationFile="$KAFKA_HOME/log4j2.properties" \
+      -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS" \
+      </dev/null >>"$KAFKA_LOGS/kafka.out" 2>&1 &
+  )
+  for _ in $(seq 50); do
+    [[ -s $KAFKA_PID_FILE ]] && break
+    sleep 0.1
+  done
+  [[ -s $KAFKA_PID_FILE ]] || die "kafka: the broker did not start (no pid file)"
+  say "kafka: started broker pid $(<"$KAFKA_PID_FILE") (log: $KAFKA_LOGS/server.log)"
+}
+
+kafka_failure_report() {
+  show_tail "$KAFKA_LOGS/kafka.out" "$KAFKA_LOGS/server.log"
+  if [[ -s $KAFKA_LOGS/server.log ]] && grep -qE '^\[[^]]*\] (ERROR|FATAL)' "$KAFKA_LOGS/server.log"; then
+    printf -- '---- last errors in %s ----\n' "$KAFKA_LOGS/server.log" >&2
+    grep -E '^\[[^]]*\] (ERROR|FATAL)' "$KAFKA_LOGS/server.log" | tail -n 5 | cut -c1-400 >&2
+  fi
+}
+
+wait_kafka_ready() { # wait_kafka_ready <start_ms> <pid or empty>
+  local t0=$1 pid=${2:-} deadline=$((SECONDS + KAFKA_READY_TIMEOUT)) answer
+  while :; do
+    if answer=$(kafka_probe); then
+      say "kafka: ready after $(elapsed "$t0")s ($KAFKA_HOST:$KAFKA_PORT answers metadata: ${answer%% *} broker)"
+      return 0
+    fi
+    if [[ -n $pid ]] && ! pid_alive "$pid"; then
+      kafka_failure_report
+      die "kafka: the broker (pid $pid) exited during startup"
+    fi
+    if ((SECONDS >= deadline)); then
+      [[ -z $pid ]] || kafka_failure_report # no pid: not our broker, not our logs
+      die "kafka: no metadata answer on $KAFKA_HOST:$KAFKA_PORT after ${KAFKA_READY_TIMEOUT}s"
+    fi
+    sleep 0.5
+  done
+}
+
+# Starts the broker when needed, without waiting for it (kafka_up_wait does):
+# PostgreSQL comes up meanwhile.
+KAFKA_WAIT=
+kafka_up_start() {
+  local pid rc=0 answer
+  if pid=$(our_kafka_pid); then
+    write_kafka_config # only to say when the running broker's configuration is outdated
+    if answer=$(kafka_probe); then
+      say "kafka: broker already running (pid $pid), answers on $KAFKA_HOST:$KAFKA_PORT"
+    else
+      say "kafka: broker pid $pid runs but does not answer yet; waiting for it"
+      KAFKA_WAIT="$(now_ms) $pid"
+    fi
+    return 0
+  fi
+  answer=$(kafka_probe) || rc=$?
+  if ((rc == 0)); then
+    say "kafka: already listening on $KAFKA_HOST:$KAFKA_PORT, reused"
+    return 0
+  elif ((rc != 2)); then
+    say "kafka: something listens on $KAFKA_HOST:$KAFKA_PORT but does not answer yet; waiting for it"
+    KAFKA_WAIT="$(now_ms) "
+    return 0
+  fi
+  ensure_kafka_jars
+  ensure_java_and_maven
+  write_kafka_config
+  format_kafka_storage
+  start_kafka
+  KAFKA_WAIT="$KAFKA_STARTED_AT $(<"$KAFKA_PID_FILE")"
+}
+kafka_up_wait() {
+  [[ -n $KAFKA_WAIT ]] || return 0
+  # shellcheck disable=SC2086 # two words: start time, pid (maybe empty)
+  wait_kafka_ready $KAFKA_WAIT
+}
+
+kafka_down() {
+  local pid
+  if pid=$(our_kafka_pid); then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 300); do
+      pid_alive "$pid" || break
+      sleep 0.1
+    done
+    if pid_alive "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+      say "kafka: broker pid $pid did not stop within 30 s, killed"
+    else
+      say "kafka: stopped broker pid $pid (data kept in $KAFKA_DATA)"
+    fi
+    rm -f "$KAFKA_PID_FILE"
+  else
+    rm -f "$KAFKA_PID_FILE"
+    local rc=0
+    kafka_probe >/dev/null || rc=$?
+    if ((rc != 2)); then
+      say "kafka: $KAFKA_HOST:$KAFKA_PORT is served by a broker this script did not start; left running"
+    else
+      say "kafka: not running"
+    fi
+  fi
+}
+
+kafka_status() {
+  local pid rc=0 answer state
+  answer=$(kafka_probe) || rc=$?
+  case $rc in
+  0) state="answers metadata (${answer%% *} broker, ${answer#* })" ;;
+  2) state= ;;
+  *) state="listens but does not answer metadata" ;;
+  esac
+  if pid=$(our_kafka_pid); then
+    say "kafka: $KAFKA_HOST:$KAFKA_PORT ${state:-not listening yet}, broker pid $pid started by this script (data: $KAFKA_DATA)"
+  elif [[ -n $state ]]; then
+    say "kafka: $KAFKA_HOST:$KAFKA_PORT $state, a broker this script did not start"
+  else
+    say "kafka: nothing listens on $KAFKA_HOST:$KAFKA_PORT"
+  fi
+}
+
+# ---------------------------------------------------------------------- main
+
+usage() {
+  sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+[[ $# == 1 ]] || usage
+[[ $(id -u) == 0 ]] || die "run as root (it installs packages and runs PostgreSQL through runuser)"
+mkdir -p "$LOCAL"
+# One run at a time (e.g. two `make test` at once); descriptor 9 is closed for
+# the servers started below so they do not keep the lock.
+exec 9>"$LOCAL/services.lock"
+flock -w 600 9 || die "another deploy/services.sh holds $LOCAL/services.lock"
+
+case $1 in
+up)
+  ensure_pg_installed
+  kafka_up_start
+  postgres_up
+  kafka_up_wait
+  ;;
+down)
+  kafka_down
+  postgres_down
+  ;;
+status)
+  postgres_status
+  kafka_status
+  ;;
+*) usage ;;
+esac

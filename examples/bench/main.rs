@@ -1,0 +1,593 @@
+//! connectflow's benchmarks: `cargo run --release --example bench -- [all|receiver|consumer|api|e2e]`
+//! (`make bench` builds and runs `all`). Each figure comes with a baseline
+//! measured in the same run on the same machine; nothing here asserts a
+//! speed. Results print as a table and go to `target/bench/summary.json`.
+
+mod load;
+mod procs;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use chrono::Utc;
+use connectflow::event::ConnectEvent;
+use connectflow::receive::normalise::{Webhook, normalise};
+use connectflow::receive::signature::sign;
+use connectflow::simulate::flows::{FLOWS, bodies};
+use serde_json::{Value, json};
+
+use load::{Prepared, drive, percentile_ms};
+use procs::*;
+
+const RUNS: usize = 3;
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    Some(values[values.len() / 2])
+}
+
+/// Finicity bodies for `customers` customers, cycling through the flows.
+fn customer_flows(customers: usize, first: usize) -> Vec<(String, Vec<Value>)> {
+    let start = Utc::now() - chrono::Duration::hours(1);
+    (first..first + customers)
+        .map(|i| {
+            let customer = format!("9{i:011}");
+            let flow = &FLOWS[i % FLOWS.len()];
+            let bodies = bodies(flow, &customer, start, i as u64);
+            (customer, bodies)
+        })
+        .collect()
+}
+
+fn signed_webhook(body: &Value) -> Prepared {
+    let raw = serde_json::to_vec(body).unwrap_or_default();
+    Prepared {
+        method: hyper::Method::POST,
+        path: "/webhooks/finicity/connect".into(),
+        headers: vec![("content-type", "application/json".into()), ("x-finicity-signature", sign(SECRET, &raw))],
+        body: Bytes::from(raw),
+    }
+}
+
+// ---------------------------------------------------------------- receiver
+
+#[derive(Debug, Default)]
+struct ReceiverFigures {
+    accepted_per_s: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    p99_ms_at_5k: Option<f64>,
+    rss_mib: Option<f64>,
+    baseline_per_s: Option<f64>,
+    baseline_p99_ms: Option<f64>,
+}
+
+async fn bench_receiver(seconds: u64) -> anyhow::Result<ReceiverFigures> {
+    let requests: Arc<Vec<Prepared>> =
+        Arc::new(customer_flows(6_000, 0).iter().flat_map(|(_, b)| b.iter().map(signed_webhook)).collect());
+    let duration = Duration::from_secs(seconds);
+    let connections = 64;
+    let mut figures = ReceiverFigures::default();
+
+    // Baseline: a bare endpoint that only verifies the HMAC.
+    let addr = free_addr()?;
+    let baseline = spawn_baseline(addr)?;
+    wait_for_port(addr, Duration::from_secs(10)).await?;
+    drive(addr, requests.clone(), connections, Duration::from_secs(1), None).await;
+    let mut rates = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..RUNS {
+        let result = drive(addr, requests.clone(), connections, duration, None).await;
+        rates.push(result.per_second());
+        p99s.push(result.percentile_ms(99.0));
+    }
+    figures.baseline_per_s = median(rates);
+    figures.baseline_p99_ms = median(p99s);
+    baseline.stop();
+
+    // The release receiver on real Kafka.
+    let (events_topic, dlq_topic) = topics("receiver");
+    let database = fresh_database("receiver").await?;
+    let addr = free_addr()?;
+    let receiver = spawn_connectflow(
+        "serve",
+        &[
+            ("DATABASE_URL", database.clone()),
+            ("KAFKA_BROKERS", kafka_brokers()),
+            ("CONNECTFLOW_EVENTS_TOPIC", events_topic),
+            ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
+            ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR", "1".into()),
+        ],
+        Some(addr),
+    )?;
+    wait_for(&format!("http://{addr}/readyz"), Duration::from_secs(60)).await?;
+    drive(addr, requests.clone(), connections, Duration::from_secs(2), None).await;
+    let (mut rates, mut p50s, mut p99s, mut steady) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let result = drive(addr, requests.clone(), connections, duration, None).await;
+        if result.failed > 0 {
+            eprintln!("receiver: {} requests failed at full speed", result.failed);
+        }
+        rates.push(result.per_second());
+        p50s.push(result.percentile_ms(50.0));
+        p99s.push(result.percentile_ms(99.0));
+        let result = drive(addr, requests.clone(), 32, duration, Some(5_000.0)).await;
+        if result.failed > 0 {
+            eprintln!("receiver: {} requests failed at 5,000/s", result.failed);
+        }
+        steady.push(result.percentile_ms(99.0));
+    }
+    figures.accepted_per_s = median(rates);
+    figures.p50_ms = median(p50s);
+    figures.p99_ms = median(p99s);
+    figures.p99_ms_at_5k = median(steady);
+    figures.rss_mib = receiver.peak_rss_mib();
+    receiver.stop();
+    drop_database(&database).await;
+    Ok(figures)
+}
+
+/// The baseline server: HMAC verification of the raw body, nothing else.
+async fn baseline_server(addr: &str) -> anyhow::Result<()> {
+    use axum::body::Bytes as Body;
+    use axum::http::{HeaderMap, StatusCode};
+    use connectflow::config::SecretList;
+    use connectflow::receive::signature::SignatureVerifier;
+
+    let verifier = Arc::new(SignatureVerifier::new(&SecretList::new([SECRET]).context("secret")?));
+    let app = axum::Router::new().route(
+        "/webhooks/finicity/connect",
+        axum::routing::post(move |headers: HeaderMap, body: Body| {
+            let verifier = verifier.clone();
+            async move {
+                let signature = headers.get("x-finicity-signature").map(|v| v.as_bytes());
+                match verifier.verify(signature, &body) {
+                    Ok(()) => (StatusCode::OK, r#"{"status":"accepted"}"#),
+                    Err(_) => (StatusCode::UNAUTHORIZED, r#"{"error":{"code":"invalid_signature"}}"#),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- consumer
+
+#[derive(Debug, Default)]
+struct ConsumerFigures {
+    events: usize,
+    applied_per_s: Option<f64>,
+    baseline_per_s: Option<f64>,
+}
+
+fn normalised(flows: &[(String, Vec<Value>)]) -> Vec<ConnectEvent> {
+    let now = Utc::now();
+    flows
+        .iter()
+        .flat_map(|(_, bodies)| bodies.iter())
+        .filter_map(|body| match normalise(&serde_json::to_vec(body).ok()?, now).ok()? {
+            Webhook::Event(event) => Some(*event),
+            Webhook::Ping => None,
+        })
+        .collect()
+}
+
+async fn count_events(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM connect_events").fetch_one(pool).await.unwrap_or(0)
+}
+
+async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+
+    let events = normalised(&customer_flows(customers, 1_000_000));
+    let mut figures = ConsumerFigures { events: events.len(), ..Default::default() };
+    eprintln!("consumer: {} events over {customers} customers", events.len());
+
+    // Fill the topic.
+    let (events_topic, dlq_topic) = topics("consumer");
+    let database = fresh_database("consumer").await?;
+    let env = vec![
+        ("DATABASE_URL", database.clone()),
+        ("KAFKA_BROKERS", kafka_brokers()),
+        ("CONNECTFLOW_EVENTS_TOPIC", events_topic.clone()),
+        ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
+        ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR", "1".into()),
+        ("CONNECTFLOW_CONSUMER_GROUP", format!("bench-{}", uuid::Uuid::new_v4().simple())),
+    ];
+    let status = std::process::Command::new(connectflow_bin()?)
+        .arg("migrate")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .status()?;
+    anyhow::ensure!(status.success(), "connectflow migrate failed");
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let fill_started = Instant::now();
+    for event in &events {
+        let value = serde_json::to_vec(event)?;
+        let mut record = BaseRecord::<[u8], [u8]>::to(&events_topic).key(event.customer_id.as_bytes()).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, returned)) => {
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    eprintln!("consumer: topic filled in {:.1}s", fill_started.elapsed().as_secs_f64());
+
+    // Drain it with the release consumer.
+    let pool = sqlx::PgPool::connect(&database).await?;
+    let consumer = spawn_connectflow("consume", &[env.as_slice(), &[("CONNECTFLOW_NO_MIGRATE", "true".into())]].concat(), None)?;
+    let total = events.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, i64)> = None;
+    let mut last = (Instant::now(), 0);
+    while Instant::now() < deadline {
+        let n = count_events(&pool).await;
+        let now = Instant::now();
+        if n > 0 && first.is_none() {
+            first = Some((now, n));
+        }
+        last = (now, n);
+        if n >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some((t0, n0)) = first
+        && last.1 > n0
+    {
+        figures.applied_per_s = Some((last.1 - n0) as f64 / (last.0 - t0).as_secs_f64());
+    }
+    if last.1 < total {
+        eprintln!("consumer: only {} of {total} events applied before the deadline", last.1);
+    }
+    consumer.stop();
+    pool.close().await;
+    drop_database(&database).await;
+
+    // Baseline: the same rows with plain batched INSERTs and no logic.
+    let database = fresh_database("baseline").await?;
+    let pool = sqlx::PgPool::connect(&database).await?;
+    connectflow::store::migrate(&pool).await?;
+    let started = Instant::now();
+    for chunk in events.chunks(500) {
+        let records: Vec<Value> = chunk.iter().map(|e| serde_json::to_value(e).unwrap_or(Value::Null)).collect();
+        sqlx::query(
+            "INSERT INTO connect_events (event_id, customer_id, event_type, occurred_at, received_at, record) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::jsonb[])",
+        )
+        .bind(chunk.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.customer_id.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.received_at).collect::<Vec<_>>())
+        .bind(records)
+        .execute(&pool)
+        .await?;
+    }
+    figures.baseline_per_s = Some(events.len() as f64 / started.elapsed().as_secs_f64());
+    pool.close().await;
+    drop_database(&database).await;
+    Ok(figures)
+}
+
+// ---------------------------------------------------------------- query API
+
+#[derive(Debug, Default)]
+struct ApiFigures {
+    customers: i64,
+    lookups_per_s: Option<f64>,
+    p99_ms: Option<f64>,
+}
+
+async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
+    let database = fresh_database("api").await?;
+    let pool = sqlx::PgPool::connect(&database).await?;
+    connectflow::store::migrate(&pool).await?;
+    // One realistic lifecycle, stored for every customer.
+    let flows = customer_flows(1, 0);
+    let state = connectflow::lifecycle::fold(&normalised(&flows));
+    let document = serde_json::to_value(&state)?;
+    let seeded = Instant::now();
+    sqlx::query(
+        "INSERT INTO customers (customer_id, consent_state, consent_since, auth_state, auth_since, auth_reason, \
+           auth_error_code, last_event_id, last_event_type, last_occurred_at, event_count, lifecycle, updated_at) \
+         SELECT (8000000000 + g)::text, 'granted', now(), 'authenticated', now(), NULL, NULL, \
+                'e' || g, 'done', now(), 5, $1, now() - (g || ' ms')::interval \
+         FROM generate_series(1, $2::bigint) AS g",
+    )
+    .bind(&document)
+    .bind(customers)
+    .execute(&pool)
+    .await?;
+    sqlx::query("ANALYZE customers").execute(&pool).await?;
+    eprintln!("api: seeded {customers} customers in {:.1}s", seeded.elapsed().as_secs_f64());
+    pool.close().await;
+
+    let addr = free_addr()?;
+    let (events_topic, dlq_topic) = topics("api");
+    let server = spawn_connectflow(
+        "serve",
+        &[
+            ("DATABASE_URL", database.clone()),
+            ("KAFKA_BROKERS", kafka_brokers()),
+            ("CONNECTFLOW_EVENTS_TOPIC", events_topic),
+            ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
+            ("CONNECTFLOW_NO_MIGRATE", "true".into()),
+            ("CONNECTFLOW_DATABASE_MAX_CONNECTIONS", "16".into()),
+        ],
+        Some(addr),
+    )?;
+    wait_for(&format!("http://{addr}/livez"), Duration::from_secs(30)).await?;
+    // A pseudo-random spread of ids over the whole table.
+    let requests: Arc<Vec<Prepared>> = Arc::new(
+        (0..100_000u64)
+            .map(|i| {
+                let id = 8_000_000_000 + 1 + (i * 7_919 % customers as u64);
+                Prepared {
+                    method: hyper::Method::GET,
+                    path: format!("/v1/customers/{id}/lifecycle"),
+                    headers: vec![("authorization", format!("Bearer {TOKEN}"))],
+                    body: Bytes::new(),
+                }
+            })
+            .collect(),
+    );
+    drive(addr, requests.clone(), 32, Duration::from_secs(2), None).await;
+    let (mut rates, mut p99s) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let result = drive(addr, requests.clone(), 32, Duration::from_secs(seconds), None).await;
+        if result.failed > 0 {
+            eprintln!("api: {} lookups failed", result.failed);
+        }
+        rates.push(result.per_second());
+        p99s.push(result.percentile_ms(99.0));
+    }
+    server.stop();
+    drop_database(&database).await;
+    Ok(ApiFigures { customers, lookups_per_s: median(rates), p99_ms: median(p99s) })
+}
+
+// ---------------------------------------------------------------- end to end
+
+#[derive(Debug, Default)]
+struct E2eFigures {
+    sampled: usize,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    sent_per_s: Option<f64>,
+}
+
+/// At a steady `rate` webhooks/s for `seconds`, the time from the receiver's
+/// 200 for a customer's last event to the lifecycle API showing it.
+async fn bench_e2e(rate: f64, seconds: u64) -> anyhow::Result<E2eFigures> {
+    let database = fresh_database("e2e").await?;
+    let (events_topic, dlq_topic) = topics("e2e");
+    let addr = free_addr()?;
+    let service = spawn_connectflow(
+        "all",
+        &[
+            ("DATABASE_URL", database.clone()),
+            ("KAFKA_BROKERS", kafka_brokers()),
+            ("CONNECTFLOW_EVENTS_TOPIC", events_topic),
+            ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
+            ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR", "1".into()),
+            ("CONNECTFLOW_CONSUMER_GROUP", format!("bench-{}", uuid::Uuid::new_v4().simple())),
+        ],
+        Some(addr),
+    )?;
+    wait_for(&format!("http://{addr}/readyz"), Duration::from_secs(60)).await?;
+    let average_flow = 5.2;
+    let customers = ((rate * seconds as f64) / average_flow) as usize + 1;
+    let flows = customer_flows(customers, 2_000_000);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let base = format!("http://{addr}");
+    let per_customer = Duration::from_secs_f64(average_flow / rate);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    let mut sent = 0usize;
+    for (i, (customer, bodies)) in flows.into_iter().enumerate() {
+        let at = started + per_customer.mul_f64(i as f64);
+        if at >= deadline {
+            break;
+        }
+        sent += bodies.len();
+        let client = client.clone();
+        let base = base.clone();
+        let sample = i % 5 == 0;
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let step = Duration::from_secs_f64(1.0 / rate * 50.0).min(Duration::from_millis(20));
+            let mut answered = None;
+            for body in &bodies {
+                let raw = serde_json::to_vec(body).unwrap_or_default();
+                let signature = sign(SECRET, &raw);
+                let ok = client
+                    .post(format!("{base}/webhooks/finicity/connect"))
+                    .header("content-type", "application/json")
+                    .header("x-finicity-signature", signature)
+                    .body(raw)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if !ok {
+                    return None;
+                }
+                answered = Some(Instant::now());
+                tokio::time::sleep(step).await;
+            }
+            if !sample {
+                return None;
+            }
+            // The last event was answered: poll until the API shows it.
+            let answered = answered?;
+            let want = bodies.len() as u64;
+            let path = format!("{base}/v1/customers/{customer}/lifecycle");
+            let give_up = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < give_up {
+                if let Ok(response) = client.get(&path).bearer_auth(TOKEN).send().await
+                    && let Ok(body) = response.json::<Value>().await
+                    && body["event_count"].as_u64() == Some(want)
+                {
+                    return Some(answered.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            None
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        if let Ok(Some(latency)) = task.await {
+            latencies.push(latency);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    service.stop();
+    drop_database(&database).await;
+    Ok(E2eFigures {
+        sampled: latencies.len(),
+        p50_ms: Some(percentile_ms(&latencies, 50.0)).filter(|v| v.is_finite()),
+        p99_ms: Some(percentile_ms(&latencies, 99.0)).filter(|v| v.is_finite()),
+        sent_per_s: Some(sent as f64 / elapsed),
+    })
+}
+
+// ---------------------------------------------------------------- report
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(str::trim);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: Option<f64> = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok());
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "memory_gib": mem_kib.map(|k| (k / 1024.0 / 1024.0 * 10.0).round() / 10.0),
+    })
+}
+
+fn git_commit() -> Option<String> {
+    let output = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn fmt(value: Option<f64>) -> String {
+    value.map_or_else(|| "failed".to_owned(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") })
+}
+
+fn round(value: Option<f64>) -> Value {
+    value.map_or(Value::Null, |v| json!((v * 100.0).round() / 100.0))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("baseline-server") {
+        return baseline_server(args.get(1).map_or("127.0.0.1:0", String::as_str)).await;
+    }
+    let what = args.first().map_or("all", String::as_str);
+    let quick = std::env::var("CONNECTFLOW_BENCH_QUICK").is_ok();
+    let seconds = if quick { 3 } else { 8 };
+    let run = |name: &str| what == "all" || what == name;
+
+    let receiver = if run("receiver") {
+        bench_receiver(seconds).await.unwrap_or_else(|e| {
+            eprintln!("receiver bench failed: {e:#}");
+            ReceiverFigures::default()
+        })
+    } else {
+        ReceiverFigures::default()
+    };
+    let consumer = if run("consumer") {
+        bench_consumer(if quick { 10_000 } else { 100_000 }).await.unwrap_or_else(|e| {
+            eprintln!("consumer bench failed: {e:#}");
+            ConsumerFigures::default()
+        })
+    } else {
+        ConsumerFigures::default()
+    };
+    let api = if run("api") {
+        bench_api(if quick { 100_000 } else { 1_000_000 }, seconds).await.unwrap_or_else(|e| {
+            eprintln!("api bench failed: {e:#}");
+            ApiFigures::default()
+        })
+    } else {
+        ApiFigures::default()
+    };
+    let e2e = if run("e2e") {
+        bench_e2e(2_000.0, if quick { 10 } else { 30 }).await.unwrap_or_else(|e| {
+            eprintln!("e2e bench failed: {e:#}");
+            E2eFigures::default()
+        })
+    } else {
+        E2eFigures::default()
+    };
+
+    println!();
+    println!("{:<44} {:>12} {:>12}   {}", "measure", "value", "baseline", "target");
+    let rows = [
+        ("receiver accepted webhooks/s (64 conns)", receiver.accepted_per_s, receiver.baseline_per_s, ">= 25000"),
+        ("receiver p50 / p99 ms at full speed", receiver.p50_ms, receiver.baseline_p99_ms, ""),
+        ("receiver p99 ms (full speed)", receiver.p99_ms, None, ""),
+        ("receiver p99 ms at a steady 5,000/s", receiver.p99_ms_at_5k, None, "<= 25"),
+        ("receiver peak RSS MiB", receiver.rss_mib, None, "<= 100"),
+        ("consumer events applied/s", consumer.applied_per_s, consumer.baseline_per_s, ">= 25000 and >= baseline/2"),
+        ("api lookups/s (32 conns)", api.lookups_per_s, None, ">= 10000"),
+        ("api p99 ms", api.p99_ms, None, "<= 10"),
+        ("end to end p50 ms at 2,000/s", e2e.p50_ms, None, ""),
+        ("end to end p99 ms at 2,000/s", e2e.p99_ms, None, "<= 250"),
+    ];
+    for (name, value, baseline, target) in rows {
+        let baseline = baseline.map(|b| fmt(Some(b))).unwrap_or_default();
+        println!("{name:<44} {:>12} {baseline:>12}   {target}", fmt(value));
+    }
+    println!(
+        "(receiver and api: median of {RUNS} runs of {seconds}s; consumer: {} events; api: {} customers; e2e: {} sampled, {:.0} webhooks/s sent)",
+        consumer.events,
+        api.customers,
+        e2e.sampled,
+        e2e.sent_per_s.unwrap_or(0.0)
+    );
+
+    let summary = json!({
+        "receiver_accepted_per_s": round(receiver.accepted_per_s),
+        "receiver_p99_ms_at_5k": round(receiver.p99_ms_at_5k),
+        "receiver_rss_mib": round(receiver.rss_mib),
+        "baseline_hmac_http_per_s": round(receiver.baseline_per_s),
+        "consumer_applied_per_s": round(consumer.applied_per_s),
+        "baseline_pg_batch_insert_per_s": round(consumer.baseline_per_s),
+        "e2e_p50_ms": round(e2e.p50_ms),
+        "e2e_p99_ms": round(e2e.p99_ms),
+        "api_lookups_per_s": round(api.lookups_per_s),
+        "api_p99_ms": round(api.p99_ms),
+        "machine": machine(),
+        "git_commit": git_commit(),
+    });
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write("target/bench/summary.json", serde_json::to_string_pretty(&summary)?)?;
+    println!("wrote target/bench/summary.json");
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Child processes (the release-build service, the baseline server) and
+//! scratch databases and topics for a bench run.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
+
+pub const LOCAL_DATABASE_URL: &str = "postgres://connectflow:connectflow@127.0.0.1:5432/connectflow";
+pub const LOCAL_KAFKA: &str = "127.0.0.1:9092";
+pub const SECRET: &str = "bench-partner-secret";
+pub const TOKEN: &str = "bench-api-token";
+
+pub fn database_url() -> String {
+    std::env::var("CONNECTFLOW_BENCH_DATABASE_URL").unwrap_or_else(|_| LOCAL_DATABASE_URL.to_owned())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("CONNECTFLOW_BENCH_KAFKA_BROKERS").unwrap_or_else(|_| LOCAL_KAFKA.to_owned())
+}
+
+/// A child process, stopped with SIGTERM (then killed) when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident set size (VmHWM), MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+
+    pub fn stop(mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A free loopback port (bound and released: a tiny race, fine for a bench).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// The release `connectflow` next to this bench binary.
+pub fn connectflow_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("CONNECTFLOW_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|p| p.parent()).context("locating target/release")?;
+    let bin = dir.join("connectflow");
+    if !bin.exists() {
+        bail!("{} is missing: build it with `cargo build --release --bin connectflow`", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Starts `connectflow <command>` with the bench's environment.
+pub fn spawn_connectflow(command: &str, env: &[(&str, String)], listen: Option<SocketAddr>) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(connectflow_bin()?);
+    cmd.arg(command)
+        .env("FINICITY_PARTNER_SECRETS", SECRET)
+        .env("CONNECTFLOW_API_TOKENS", TOKEN)
+        .env("CONNECTFLOW_LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(addr) = listen {
+        cmd.env("CONNECTFLOW_LISTEN", addr.to_string());
+    }
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let child = cmd.spawn().with_context(|| format!("starting connectflow {command}"))?;
+    Ok(Proc { child })
+}
+
+/// Starts this bench binary as the baseline server.
+pub fn spawn_baseline(addr: SocketAddr) -> anyhow::Result<Proc> {
+    let child = Command::new(std::env::current_exe()?)
+        .args(["baseline-server", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the baseline server")?;
+    Ok(Proc { child })
+}
+
+/// Waits until `GET url` answers 200.
+pub async fn wait_for(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not answer 200 within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} did not open within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A fresh, empty database; returns its URL.
+pub async fn fresh_database(tag: &str) -> anyhow::Result<String> {
+    let base = database_url();
+    let name = format!("cf_bench_{tag}_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnectOptions::from_str(&base)?.connect().await.context("connecting to Postgres")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    conn.close().await.ok();
+    let (prefix, _) = base.rsplit_once('/').context("database URL has no database name")?;
+    Ok(format!("{prefix}/{name}"))
+}
+
+/// Drops a bench database.
+pub async fn drop_database(url: &str) {
+    let Some((_, name)) = url.rsplit_once('/') else { return };
+    let Ok(options) = PgConnectOptions::from_str(&database_url()) else { return };
+    if let Ok(mut conn) = options.connect().await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+/// Unique topic names for a run.
+pub fn topics(tag: &str) -> (String, String) {
+    let id = uuid::Uuid::new_v4().simple();
+    (format!("cf-bench-{tag}-{id}.events"), format!("cf-bench-{tag}-{id}.dlq"))
+}
