@@ -14,7 +14,7 @@ LOCAL_KAFKA_BROKERS := 127.0.0.1:9092
 DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
 DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
 
-.PHONY: help services services-down run test lint sqlx-prepare bench
+.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,11 @@ run: services ## Run `connectflow all` locally with development credentials
 test: services ## Unit and integration tests on the real local Postgres and Kafka
 	CONNECTFLOW_TEST_DATABASE_URL='$(LOCAL_DATABASE_URL)' CONNECTFLOW_TEST_KAFKA_BROKERS='$(LOCAL_KAFKA_BROKERS)' \
 	cargo test --all-targets
+	$(MAKE) --no-print-directory lint-deploy
+
+lint-deploy: ## Check the compose file and Kubernetes manifests against the binary (no Docker or cluster needed)
+	cargo build --bin connectflow
+	bash deploy/lint-deploy.sh
 
 lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --all -- --check
