@@ -8,6 +8,11 @@ use clap::error::ErrorKind;
 use connectflow::cli;
 use connectflow::config::{Cli, one_line_error};
 
+// mimalloc: the receiver allocates a little per request (JSON in, JSON out);
+// the system allocator's share of CPU under load halves with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

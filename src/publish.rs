@@ -54,7 +54,7 @@ impl Publisher {
             &[
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
-                ("linger.ms", "2"),
+                ("linger.ms", "1"),
                 ("compression.type", "lz4"),
                 ("message.timeout.ms", &timeout_ms),
             ],

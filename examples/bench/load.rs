@@ -79,8 +79,7 @@ pub async fn drive(
                 return result;
             };
             let _ = stream.set_nodelay(true);
-            let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-            else {
+            let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
                 result.failed += 1;
                 return result;
             };

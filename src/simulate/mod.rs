@@ -1,25 +1,313 @@
 //! `connectflow simulate`: realistic, correctly signed Finicity Connect
-//! webhooks sent to a receiver, exactly as Finicity would.
+//! webhooks sent to a receiver, exactly as Finicity would, and optionally a
+//! check that every simulated customer ends in the states its flow should.
+//! It is the smoke test a partner runs after a deployment.
+//!
+//! The journey of a run: [`plan`] draws the customers and the order of their
+//! webhooks from a seed (no network, unit-tested); [`send`] signs and POSTs
+//! them with Finicity's headers and (compressed) retries; [`verify`] polls
+//! the query API; [`summary`] counts and prints. Each simulated customer
+//! starts with the `ping` Finicity sends when a Connect URL is generated,
+//! then its flow's events ([`flows`]).
 
 pub mod flows;
+pub mod plan;
+pub mod send;
+pub mod summary;
+pub mod verify;
 
+use std::fmt;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Args;
+use clap::builder::{PossibleValuesParser, RangedU64ValueParser};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::SecretList;
+use crate::config::{ConfigError, Secret, SecretList};
+use flows::{FLOWS, Flow};
+use plan::{Plan, PlanSpec};
+use send::{RetryPolicy, Sender};
+use summary::{Summary, Verification};
+use verify::{Expectation, Verifier};
+
+/// How long one webhook or API request may take before it counts as not
+/// answered (Finicity documents no timeout; a receiver should answer within
+/// a few seconds).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--flow` value that selects every flow.
+pub const ALL_FLOWS: &str = "all";
 
 /// `connectflow simulate`.
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
     /// Where to send the webhooks.
-    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/finicity/connect")]
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/finicity/connect", value_parser = http_url)]
     pub url: String,
 
     /// Partner secret to sign with (default: the first of FINICITY_PARTNER_SECRETS).
     #[arg(long, env = "FINICITY_PARTNER_SECRETS", hide_env_values = true)]
     pub secret: Option<SecretList>,
+
+    /// Flows to run, comma-separated or repeated, or `all`. See --list-flows.
+    #[arg(long, value_delimiter = ',', default_value = ALL_FLOWS, value_parser = flow_names())]
+    pub flow: Vec<String>,
+
+    /// Print the flows with the states each should end in, and exit without
+    /// sending anything.
+    #[arg(long)]
+    pub list_flows: bool,
+
+    /// Customers per selected flow.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub customers: u64,
+
+    /// Largest number of webhook requests per second over all customers,
+    /// retries included; 0 or absent for as fast as the receiver answers.
+    #[arg(long, value_name = "PER_SECOND", value_parser = non_negative)]
+    pub rate: Option<f64>,
+
+    /// Customers sent side by side; each customer's webhooks go one at a time.
+    #[arg(long, default_value_t = 8, value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub concurrency: usize,
+
+    /// Share of events sent a second time (0 to 1), as Finicity's retries
+    /// do: the resend is byte-identical and comes after the original.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0, value_parser = fraction)]
+    pub duplicates: f64,
+
+    /// Send each customer's events in a random order (delivery order is not
+    /// guaranteed by Finicity); the customer's `ping` stays first.
+    #[arg(long)]
+    pub shuffle: bool,
+
+    /// Seed of the customer ids, shuffles and duplicate picks: the same seed
+    /// and options repeat a run. Default: a random seed, printed in the
+    /// summary.
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Retries of a webhook answered 5xx or not at all (4xx are not
+    /// retried). Finicity's 5 retries in 5 minutes are compressed to waits of
+    /// 250 ms doubling up to 4 s.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub retries: u32,
+
+    /// After sending, poll the query API until every simulated customer shows
+    /// its flow's consent and authentication states; exit non-zero on any
+    /// mismatch.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Base URL of the query API used by --verify.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_parser = http_url)]
+    pub api_url: String,
+
+    /// Bearer token for the query API (default: the first of CONNECTFLOW_API_TOKENS).
+    #[arg(long, env = "CONNECTFLOW_API_TOKENS", hide_env_values = true)]
+    pub api_token: Option<SecretList>,
+
+    /// How long --verify waits for every customer to match, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub verify_timeout_s: u64,
 }
 
-/// Runs the simulation.
-pub async fn run(_args: SimulateArgs, _shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
-    anyhow::bail!("simulate is being built")
+impl SimulateArgs {
+    /// The flows selected by `--flow`, each once, in the order given.
+    pub fn selected_flows(&self) -> anyhow::Result<Vec<&'static Flow>> {
+        if self.flow.is_empty() || self.flow.iter().any(|name| name == ALL_FLOWS) {
+            return Ok(FLOWS.iter().collect());
+        }
+        let mut selected: Vec<&'static Flow> = Vec::new();
+        for name in &self.flow {
+            let flow = flows::flow(name).with_context(|| format!("unknown flow {name:?} (see --list-flows)"))?;
+            if !selected.contains(&flow) {
+                selected.push(flow);
+            }
+        }
+        Ok(selected)
+    }
+
+    /// The secret to sign with: `--secret`, else the first partner secret.
+    pub fn signing_secret(&self) -> Result<Secret, ConfigError> {
+        self.secret.as_ref().and_then(|list| list.iter().next().cloned()).ok_or(ConfigError {
+            variable: "FINICITY_PARTNER_SECRETS",
+            problem: "simulate needs a partner secret to sign with (set --secret or the variable)".into(),
+        })
+    }
+
+    /// The query API token: `--api-token`, else the first API token.
+    pub fn verification_token(&self) -> Result<Secret, ConfigError> {
+        self.api_token.as_ref().and_then(|list| list.iter().next().cloned()).ok_or(ConfigError {
+            variable: "CONNECTFLOW_API_TOKENS",
+            problem: "simulate --verify needs a query API token (set --api-token or the variable)".into(),
+        })
+    }
 }
+
+/// What a simulation did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The sending.
+    pub summary: Summary,
+    /// The verification, when asked for and the sending was not interrupted.
+    pub verification: Option<Verification>,
+}
+
+impl Outcome {
+    /// `Ok` when every webhook was accepted and, if asked for, every customer
+    /// verified; else an error saying what failed (exit status 1).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let summary = &self.summary;
+        if summary.interrupted {
+            anyhow::bail!("interrupted after {} of {} webhooks", summary.sent, summary.planned);
+        }
+        if !summary.all_accepted() {
+            anyhow::bail!("{} of {} webhooks were not accepted", summary.planned - summary.accepted, summary.planned);
+        }
+        match &self.verification {
+            Some(v) if v.interrupted => anyhow::bail!("verification interrupted"),
+            Some(Verification { refused: Some(refused), .. }) => anyhow::bail!("{refused}"),
+            Some(v) if !v.passed() => {
+                anyhow::bail!("{} of {} customers are not in their expected states", v.checked - v.matched, v.checked)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.summary)?;
+        if let Some(verification) = &self.verification {
+            write!(f, "\n{verification}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `connectflow simulate`: lists the flows, or sends (and verifies) and
+/// prints the summary to stdout. An error when a webhook was not accepted, a
+/// customer did not verify, or the run was interrupted.
+pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.list_flows {
+        print!("{}", flow_table());
+        return Ok(());
+    }
+    let outcome = simulate(&args, &shutdown).await?;
+    println!("{outcome}");
+    outcome.check()
+}
+
+/// Sends the planned webhooks and, with `--verify`, checks the resulting
+/// lifecycles. Errors only for what stops the run from starting (missing
+/// secret, bad option); webhooks not accepted, mismatches and a refused API
+/// token are in the [`Outcome`].
+pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyhow::Result<Outcome> {
+    let secret = args.signing_secret()?;
+    let token = if args.verify { Some(args.verification_token()?) } else { None };
+    let url = reqwest::Url::parse(&args.url).with_context(|| format!("--url {:?} is not a URL", args.url))?;
+    let spec = PlanSpec {
+        flows: args.selected_flows()?,
+        customers_per_flow: args.customers,
+        duplicates: args.duplicates,
+        shuffle: args.shuffle,
+        seed: args.seed.unwrap_or_else(rand::random),
+        now: chrono::Utc::now(),
+    };
+    let plan = Plan::build(&spec)?;
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("connectflow-simulate/", env!("CARGO_PKG_VERSION")))
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .context("building the HTTP client")?;
+
+    let sender = Sender::new(client.clone(), url, secret, RetryPolicy::rehearsal(args.retries), args.rate);
+    let progress = progress_bar(plan.deliveries(), "webhooks");
+    let sent = sender.send(&plan, args.concurrency, &progress, shutdown).await;
+    progress.finish_and_clear();
+
+    let verification = match token {
+        Some(token) if !sent.summary.interrupted => {
+            let expectations: Vec<Expectation> = plan
+                .customers
+                .iter()
+                .zip(&sent.all_accepted)
+                .filter(|(_, all_accepted)| **all_accepted)
+                .map(|(customer, _)| Expectation::of(customer))
+                .collect();
+            let skipped = plan.customers.len() as u64 - expectations.len() as u64;
+            let progress = progress_bar(expectations.len() as u64, "customers verified");
+            let verifier = Verifier::new(client, &args.api_url, token, args.concurrency);
+            let timeout = Duration::from_secs(args.verify_timeout_s);
+            let verification = verifier.verify(expectations, skipped, timeout, &progress, shutdown).await;
+            progress.finish_and_clear();
+            Some(verification)
+        }
+        _ => None,
+    };
+    Ok(Outcome { summary: sent.summary, verification })
+}
+
+/// The `--list-flows` table: each flow, the states it should end in, and
+/// what it rehearses.
+pub fn flow_table() -> String {
+    let mut table = format!("{:<27} {:<9} {:<15} {}\n", "FLOW", "CONSENT", "AUTHENTICATION", "WHAT HAPPENS");
+    for flow in FLOWS {
+        table.push_str(&format!(
+            "{:<27} {:<9} {:<15} {}\n",
+            flow.name, flow.expected_consent, flow.expected_authentication, flow.description
+        ));
+    }
+    table
+}
+
+/// A progress bar on stderr when it is a terminal, else a hidden one.
+fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_message(what);
+    if let Ok(style) =
+        ProgressStyle::with_template("[{elapsed_precise}] {wide_bar} {pos}/{len} {msg} ({per_sec}, eta {eta})")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// `--flow` values: every flow's name and `all`.
+fn flow_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(std::iter::once(ALL_FLOWS).chain(FLOWS.iter().map(|f| f.name)))
+}
+
+/// An `http://` or `https://` URL.
+fn http_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(text.to_owned()),
+        Ok(_) => Err("expected an http:// or https:// URL".to_owned()),
+        Err(err) => Err(format!("not a URL: {err}")),
+    }
+}
+
+/// A number from 0 to 1.
+fn fraction(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|v| (0.0..=1.0).contains(v))
+        .ok_or_else(|| "expected a number from 0 to 1".to_owned())
+}
+
+/// A finite number, 0 or more.
+fn non_negative(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| "expected a number, 0 or more".to_owned())
+}
+
+#[cfg(test)]
+mod tests;

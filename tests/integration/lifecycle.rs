@@ -231,3 +231,44 @@ async fn reproject_restores_state_from_the_recorded_events() {
     let again = connectflow::store::reproject::reproject(&app.pool, Some("8005061234"), 10).await.expect("reproject");
     assert_eq!((again.customers, again.changed), (1, 0), "nothing left to change");
 }
+
+#[tokio::test]
+async fn a_postgres_outage_is_retried_and_no_event_is_lost() {
+    let app = spawn_app().await;
+    // The consumer's database does not exist yet: every batch fails.
+    let missing = format!("cf_test_late_{}", uuid::Uuid::new_v4().simple());
+    let services = crate::helpers::services().await;
+    let (base, _) = services.database_url.rsplit_once('/').expect("URL with a database");
+    let late_url = format!("{base}/{missing}");
+    let pool = connectflow::store::pool(&crate::helpers::database_args(&late_url)).expect("lazy pool");
+    let token = tokio_util::sync::CancellationToken::new();
+    let metrics = connectflow::metrics::Metrics::new();
+    let handle = tokio::spawn(connectflow::consume::run_owned(
+        crate::helpers::consumer_args(),
+        app.kafka.clone(),
+        pool.clone(),
+        metrics.clone(),
+        token.clone(),
+    ));
+    let bodies = bodies(flow("mfa-success").expect("flow"), "9105061234", start(), 6);
+    send_all(&app, &bodies).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(metrics.events_applied.get(), 0, "nothing can be applied while Postgres is away");
+
+    // Postgres "comes back".
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {missing}"))).execute(&app.pool).await.expect("create");
+    connectflow::store::migrate(&pool).await.expect("migrate");
+    let recorded = eventually(Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM connect_events").fetch_one(&pool).await.ok()?;
+        (n == bodies.len() as i64).then_some(n)
+    })
+    .await;
+    assert_eq!(recorded, Some(bodies.len() as i64), "every event applied after the outage");
+    let state: String = sqlx::query_scalar("SELECT auth_state FROM customers WHERE customer_id = '9105061234'")
+        .fetch_one(&pool)
+        .await
+        .expect("customer");
+    assert_eq!(state, "authenticated");
+    token.cancel();
+    handle.await.expect("join").expect("clean stop");
+}

@@ -1,1 +1,238 @@
 //! `connectflow simulate` against the in-process pipeline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use connectflow::config::SecretList;
+use connectflow::receive::signature::sign;
+use connectflow::simulate::flows::{FLOWS, bodies, flow};
+use connectflow::simulate::{Outcome, SimulateArgs, simulate};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{API_TOKEN, PARTNER_SECRET, TestApp, spawn_app, spawn_pipeline};
+
+/// `simulate --flow all --customers 2 --verify` aimed at `app`.
+fn args_for(app: &TestApp) -> SimulateArgs {
+    SimulateArgs {
+        api_url: app.base_url.clone(),
+        ..args_for_url(&format!("{}/webhooks/finicity/connect", app.base_url))
+    }
+}
+
+/// `simulate --flow all --customers 2 --verify` sending to `url`.
+fn args_for_url(url: &str) -> SimulateArgs {
+    SimulateArgs {
+        url: url.to_owned(),
+        secret: SecretList::new([PARTNER_SECRET]),
+        flow: vec!["all".to_owned()],
+        list_flows: false,
+        customers: 2,
+        rate: None,
+        concurrency: 8,
+        duplicates: 0.0,
+        shuffle: false,
+        seed: None,
+        retries: 5,
+        verify: true,
+        api_url: "http://127.0.0.1:8080".to_owned(),
+        api_token: SecretList::new([API_TOKEN]),
+        verify_timeout_s: 60,
+    }
+}
+
+async fn run(args: &SimulateArgs) -> Outcome {
+    simulate(args, &CancellationToken::new()).await.expect("the simulation runs")
+}
+
+async fn recorded_events(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM connect_events").fetch_one(&app.pool).await.expect("count")
+}
+
+/// Events in one run of every flow, and the webhooks that carry them (one
+/// ping per customer besides).
+fn events_of_every_flow() -> u64 {
+    FLOWS.iter().map(|flow| bodies(flow, "1", Utc::now(), 1).len() as u64).sum()
+}
+
+#[tokio::test]
+async fn every_flow_verifies_against_the_pipeline() {
+    let app = spawn_pipeline().await;
+    let args = args_for(&app);
+
+    let outcome = run(&args).await;
+
+    outcome.check().unwrap_or_else(|err| panic!("{err}\n{outcome}"));
+    let customers = 2 * FLOWS.len() as u64;
+    let summary = &outcome.summary;
+    assert_eq!(summary.customers, customers);
+    assert_eq!(summary.planned, 2 * events_of_every_flow() + customers, "events plus a ping per customer");
+    assert_eq!((summary.sent, summary.accepted, summary.not_accepted), (summary.planned, summary.planned, 0));
+    assert_eq!(summary.answers.get(&200), Some(&summary.planned));
+    assert_eq!(summary.duplicates, 0);
+    let verification = outcome.verification.as_ref().expect("verified");
+    assert_eq!((verification.checked, verification.matched), (customers, customers), "{outcome}");
+    assert_eq!(recorded_events(&app).await, 2 * events_of_every_flow() as i64);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shuffled_and_duplicated_flows_verify_and_are_recorded_once() {
+    let app = spawn_pipeline().await;
+    let args = SimulateArgs { shuffle: true, duplicates: 0.5, customers: 3, seed: Some(20_261_124), ..args_for(&app) };
+
+    let outcome = run(&args).await;
+
+    outcome.check().unwrap_or_else(|err| panic!("{err}\n{outcome}"));
+    let events = 3 * events_of_every_flow();
+    let summary = &outcome.summary;
+    assert_eq!(summary.duplicates, (events as f64 * 0.5).round() as u64);
+    assert_eq!(summary.accepted, events + summary.duplicates + 3 * FLOWS.len() as u64);
+    let verification = outcome.verification.as_ref().expect("verified");
+    assert_eq!(verification.matched, 3 * FLOWS.len() as u64, "{outcome}");
+    assert_eq!(recorded_events(&app).await, events as i64, "each event recorded once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn verification_fails_when_nothing_applies_the_events() {
+    // The receiver accepts, but no consumer maintains the lifecycle.
+    let app = spawn_app().await;
+    let args = SimulateArgs {
+        flow: vec!["legacy-success".to_owned(), "abandoned".to_owned()],
+        customers: 1,
+        verify_timeout_s: 1,
+        ..args_for(&app)
+    };
+
+    let outcome = run(&args).await;
+
+    assert!(outcome.summary.all_accepted(), "{outcome}");
+    let verification = outcome.verification.as_ref().expect("verified");
+    assert_eq!((verification.checked, verification.matched), (2, 0));
+    assert_eq!(verification.mismatches.len(), 2);
+    assert!(verification.mismatches.iter().all(|m| m.problem.contains("unknown to the query API")), "{outcome}");
+    let err = outcome.check().expect_err("a failed verification fails the run");
+    assert_eq!(err.to_string(), "2 of 2 customers are not in their expected states");
+    assert!(outcome.to_string().contains("MISMATCH customer"), "{outcome}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_secret_gets_401_for_every_webhook_and_a_failed_exit() {
+    let app = spawn_app().await;
+    let planned = events_of_every_flow() + FLOWS.len() as u64;
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_connectflow"))
+        .args(["simulate", "--url", &format!("{}/webhooks/finicity/connect", app.base_url), "--secret", "wrong"])
+        .env_remove("FINICITY_PARTNER_SECRETS")
+        .output()
+        .await
+        .expect("the binary runs");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains(&format!("answers    HTTP 401: {planned}\n")), "{stdout}");
+    assert!(stdout.contains(&format!("{planned} sent of {planned} planned, 0 accepted")), "{stdout}");
+    assert!(stderr.contains(&format!("{planned} of {planned} webhooks were not accepted")), "{stderr}");
+    assert_eq!(recorded_events(&app).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn listing_flows_sends_nothing_and_needs_no_secret() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_connectflow"))
+        .args(["simulate", "--list-flows", "--url", "http://127.0.0.1:9/unreachable"])
+        .env_remove("FINICITY_PARTNER_SECRETS")
+        .output()
+        .await
+        .expect("the binary runs");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for flow in FLOWS {
+        assert!(stdout.contains(flow.name) && stdout.contains(flow.expected_authentication), "{stdout}");
+    }
+}
+
+#[tokio::test]
+async fn no_secret_is_a_configuration_error() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_connectflow"))
+        .args(["simulate", "--url", "http://127.0.0.1:9/unreachable"])
+        .env_remove("FINICITY_PARTNER_SECRETS")
+        .output()
+        .await
+        .expect("the binary runs");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("FINICITY_PARTNER_SECRETS"), "{stderr}");
+}
+
+/// A stand-in receiver that answers the first `failures` requests 503 and
+/// records every request it gets.
+#[derive(Default)]
+struct FlakyReceiver {
+    failures: Mutex<u32>,
+    received: Mutex<Vec<(HeaderMap, Bytes)>>,
+}
+
+async fn flaky(State(stub): State<Arc<FlakyReceiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    stub.received.lock().expect("lock").push((headers, body));
+    let mut failures = stub.failures.lock().expect("lock");
+    if *failures > 0 {
+        *failures -= 1;
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+#[tokio::test]
+async fn an_outage_is_retried_and_every_webhook_is_the_exact_signed_bytes() {
+    let stub = Arc::new(FlakyReceiver { failures: Mutex::new(3), ..FlakyReceiver::default() });
+    let router = axum::Router::new().route("/hook", axum::routing::post(flaky)).with_state(stub.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let args = SimulateArgs {
+        url,
+        flow: vec!["legacy-success".to_owned()],
+        customers: 1,
+        duplicates: 1.0,
+        verify: false,
+        seed: Some(3),
+        ..args_for_url("http://unused")
+    };
+
+    let outcome = run(&args).await;
+
+    outcome.check().unwrap_or_else(|err| panic!("{err}\n{outcome}"));
+    let events = bodies(flow("legacy-success").expect("flow"), "1", Utc::now(), 1).len() as u64;
+    let summary = &outcome.summary;
+    assert_eq!(summary.planned, 1 + 2 * events, "a ping and every event twice");
+    assert_eq!(summary.retries, 3, "the three 503s were retried");
+    assert_eq!(summary.requests, summary.planned + 3);
+    assert_eq!(summary.answers, BTreeMap::from([(200, summary.planned), (503, 3)]));
+    let received = stub.received.lock().expect("lock").clone();
+    assert_eq!(received.len() as u64, summary.requests);
+    let mut per_body: BTreeMap<Bytes, u64> = BTreeMap::new();
+    for (headers, body) in &received {
+        assert_eq!(headers["content-type"], "application/json");
+        let signature = headers["x-finicity-signature"].to_str().expect("ASCII");
+        assert_eq!(signature, sign(PARTNER_SECRET, body), "HMAC of the exact bytes, lower-case hex");
+        *per_body.entry(body.clone()).or_default() += 1;
+    }
+    assert_eq!(per_body.len() as u64, 1 + events, "resends and retries repeat the same bytes");
+    let event_ids: BTreeSet<String> = per_body
+        .keys()
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .filter_map(|b| b["eventId"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(event_ids.len() as u64, events);
+    server.abort();
+}

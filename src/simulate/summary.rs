@@ -1,0 +1,187 @@
+//! What a simulation did, as counted while sending and verifying, and how
+//! it is printed at the end.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// What the sending did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// The plan's seed (pass it as `--seed` to repeat the run).
+    pub seed: u64,
+    /// Customers in the plan.
+    pub customers: u64,
+    /// Webhooks in the plan (pings and duplicates included).
+    pub planned: u64,
+    /// Webhooks sent at least once.
+    pub sent: u64,
+    /// Webhooks that ended answered 2xx.
+    pub accepted: u64,
+    /// Webhooks that ended otherwise: a 4xx, or a 5xx or connection error
+    /// after the last retry.
+    pub not_accepted: u64,
+    /// Sent webhooks that repeat an event.
+    pub duplicates: u64,
+    /// HTTP requests started, retries included.
+    pub requests: u64,
+    /// Requests that were retries.
+    pub retries: u64,
+    /// Answers by HTTP status, over every request.
+    pub answers: BTreeMap<u16, u64>,
+    /// Requests that got no answer (connection refused, reset, timeout).
+    pub connection_errors: u64,
+    /// From the first send to the last answer.
+    pub elapsed: Duration,
+    /// Whether a shutdown signal stopped the run early.
+    pub interrupted: bool,
+}
+
+impl Summary {
+    /// Webhooks sent per second.
+    pub fn rate(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 { self.sent as f64 / seconds } else { 0.0 }
+    }
+
+    /// Whether every planned webhook was sent and accepted.
+    pub fn all_accepted(&self) -> bool {
+        !self.interrupted && self.accepted == self.planned
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let customers = plural(self.customers, "customer");
+        writeln!(f, "simulate: {customers}, seed {}{}", self.seed, interrupted(self.interrupted))?;
+        writeln!(
+            f,
+            "  webhooks   {} sent of {} planned, {} accepted, {} not accepted, {} duplicates",
+            self.sent, self.planned, self.accepted, self.not_accepted, self.duplicates
+        )?;
+        writeln!(f, "  requests   {} ({} retries)", self.requests, self.retries)?;
+        let mut answers: Vec<String> = self.answers.iter().map(|(status, n)| format!("HTTP {status}: {n}")).collect();
+        if self.connection_errors > 0 {
+            answers.push(format!("connection errors: {}", self.connection_errors));
+        }
+        if answers.is_empty() {
+            answers.push("none".to_owned());
+        }
+        writeln!(f, "  answers    {}", answers.join(", "))?;
+        write!(f, "  elapsed    {:.2} s, {:.1} webhooks/s", self.elapsed.as_secs_f64(), self.rate())
+    }
+}
+
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+fn interrupted(yes: bool) -> &'static str {
+    if yes { " (interrupted)" } else { "" }
+}
+
+/// A customer whose lifecycle did not end as its flow should.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The customer.
+    pub customer_id: String,
+    /// Its flow's name.
+    pub flow: &'static str,
+    /// What was last seen, against what was expected.
+    pub problem: String,
+}
+
+/// What the verification found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verification {
+    /// Customers checked (those whose every webhook was accepted).
+    pub checked: u64,
+    /// Customers in their expected states.
+    pub matched: u64,
+    /// Customers not checked because some of their webhooks were not accepted.
+    pub skipped: u64,
+    /// Every checked customer that did not match before the timeout.
+    pub mismatches: Vec<Mismatch>,
+    /// How long the verification took.
+    pub elapsed: Duration,
+    /// Whether a shutdown signal stopped it early.
+    pub interrupted: bool,
+    /// Why the query API could not be asked at all (it refused the token).
+    pub refused: Option<String>,
+}
+
+impl Verification {
+    /// Whether every checked customer matched and none was skipped.
+    pub fn passed(&self) -> bool {
+        !self.interrupted
+            && self.refused.is_none()
+            && self.skipped == 0
+            && self.mismatches.is_empty()
+            && self.matched == self.checked
+    }
+}
+
+impl fmt::Display for Verification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(refused) = &self.refused {
+            return write!(f, "verify: {refused}");
+        }
+        write!(
+            f,
+            "verify: {} of {} customers in their expected states after {:.1} s{}",
+            self.matched,
+            self.checked,
+            self.elapsed.as_secs_f64(),
+            interrupted(self.interrupted)
+        )?;
+        if self.skipped > 0 {
+            write!(f, "\n  {} customers not checked: some of their webhooks were not accepted", self.skipped)?;
+        }
+        for m in &self.mismatches {
+            write!(f, "\n  MISMATCH customer {} ({}): {}", m.customer_id, m.flow, m.problem)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_every_status_and_the_rate() {
+        let summary = Summary {
+            seed: 7,
+            customers: 2,
+            planned: 10,
+            sent: 10,
+            accepted: 0,
+            not_accepted: 10,
+            requests: 12,
+            retries: 2,
+            answers: BTreeMap::from([(401, 10), (503, 1)]),
+            connection_errors: 1,
+            elapsed: Duration::from_secs(2),
+            ..Summary::default()
+        };
+        let text = summary.to_string();
+        assert!(text.contains("HTTP 401: 10, HTTP 503: 1, connection errors: 1"), "{text}");
+        assert!(text.contains("5.0 webhooks/s"), "{text}");
+        assert!(text.contains("seed 7"), "{text}");
+        assert!(!summary.all_accepted());
+    }
+
+    #[test]
+    fn verification_fails_on_a_mismatch_or_a_skipped_customer() {
+        let passed = Verification { checked: 2, matched: 2, ..Verification::default() };
+        assert!(passed.passed());
+        assert!(!Verification { skipped: 1, ..passed.clone() }.passed());
+        let mismatch = Mismatch { customer_id: "1".into(), flow: "abandoned", problem: "never seen".into() };
+        let failed = Verification { matched: 1, mismatches: vec![mismatch], ..passed.clone() };
+        assert!(!failed.passed());
+        let refused = Verification { refused: Some("the query API refused the token".into()), ..passed };
+        assert!(!refused.passed());
+        assert_eq!(refused.to_string(), "verify: the query API refused the token");
+        assert!(failed.to_string().contains("MISMATCH customer 1 (abandoned): never seen"));
+    }
+}
