@@ -166,6 +166,12 @@ pub struct ConsumerArgs {
     /// Longest wait for a batch to fill before it is applied, in milliseconds.
     #[arg(long = "consumer-linger-ms", env = "CONNECTFLOW_CONSUMER_LINGER_MS", default_value_t = 20)]
     pub linger_ms: u64,
+
+    /// Transactions a batch is split into and applied concurrently, by
+    /// partition (a customer's events share a partition, so the parts touch
+    /// different customers). Keep it at or below the database pool size.
+    #[arg(long = "consumer-parallelism", env = "CONNECTFLOW_CONSUMER_PARALLELISM", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallelism: u64,
 }
 
 /// `connectflow serve`.

@@ -94,6 +94,7 @@ struct Worker {
     kafka: KafkaArgs,
     batch_max: usize,
     linger: Duration,
+    parallelism: usize,
 }
 
 /// [`run`] with owned arguments, for spawning as a task.
@@ -140,6 +141,7 @@ pub async fn run(
         kafka: kafka.clone(),
         batch_max: usize::try_from(args.batch).unwrap_or(usize::MAX),
         linger: Duration::from_millis(args.linger_ms),
+        parallelism: usize::try_from(args.parallelism).unwrap_or(1).max(1),
     };
     tracing::info!(topic = kafka.events_topic, group = args.group, "consumer started");
     let result = worker.consume(&shutdown).await;
@@ -197,39 +199,54 @@ impl Worker {
             return Ok(());
         }
         let started = Instant::now();
-        let mut events = Vec::with_capacity(batch.len());
+        // Split by partition: a customer's events share a partition, so the
+        // parts touch different customers and can commit concurrently.
+        let mut parts: Vec<Vec<ConnectEvent>> = vec![Vec::new(); self.parallelism];
         for message in &batch {
             match decode(message.payload()) {
-                Ok(event) => events.push(event),
+                Ok(event) => {
+                    let part = usize::try_from(message.partition()).unwrap_or(0) % self.parallelism;
+                    parts[part].push(event);
+                }
                 Err(poison) => self.dead_letter(message, &poison, shutdown).await?,
             }
         }
+        let applied =
+            futures::future::join_all(parts.iter().filter(|p| !p.is_empty()).map(|p| self.apply_part(p, shutdown)))
+                .await;
+        if applied.iter().any(|done| !done) {
+            // Stopped while retrying: what did not commit is not stored, so
+            // the next owner of those partitions re-reads it.
+            return Ok(());
+        }
+        self.store_offsets(&batch);
+        self.metrics.batch_size.observe(batch.len() as f64);
+        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Applies one part of a batch, retrying transient failures with capped
+    /// exponential backoff. `false` when shutdown interrupted the retries.
+    async fn apply_part(&self, events: &[ConnectEvent], shutdown: &CancellationToken) -> bool {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match store::apply::apply_batch(&self.pool, &events).await {
+            match store::apply::apply_batch(&self.pool, events).await {
                 Ok(outcome) => {
                     self.metrics.events_applied.inc_by(outcome.applied);
                     self.metrics.duplicates_skipped.inc_by(outcome.duplicates);
                     self.metrics.recomputations.inc_by(outcome.recomputed);
-                    break;
+                    return true;
                 }
                 Err(err) => {
                     tracing::warn!(error = format!("{err:#}"), retry_in = ?backoff, "applying a batch failed; retrying");
                     tokio::select! {
-                        () = shutdown.cancelled() => {
-                            // Not committed, so not stored: the next owner re-reads it.
-                            return Ok(());
-                        }
+                        () = shutdown.cancelled() => return false,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
-        self.store_offsets(&batch);
-        self.metrics.batch_size.observe(batch.len() as f64);
-        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(())
     }
 
     /// Stores, per partition, the offset after the batch's last record.

@@ -54,8 +54,7 @@ pub async fn apply_batch(pool: &PgPool, events: &[ConnectEvent]) -> anyhow::Resu
         by_customer.entry(event.customer_id.as_str()).or_default().push(event);
     }
     let customer_ids: Vec<String> = by_customer.keys().map(|id| (*id).to_owned()).collect();
-    lock_customers(&mut tx, &customer_ids).await?;
-    let mut before = load_lifecycles(&mut tx, &customer_ids).await?;
+    let mut before = lock_and_load(&mut tx, &customer_ids).await?;
 
     let mut after: Vec<(String, Lifecycle)> = Vec::with_capacity(customer_ids.len());
     let mut recompute: Vec<String> = Vec::new();
@@ -125,33 +124,37 @@ async fn insert_events(
     Ok(inserted.into_iter().collect())
 }
 
-/// Serialises writers of the same customers (transaction-scoped advisory
-/// locks, taken in sorted order so two batches cannot deadlock on them).
-pub async fn lock_customers(tx: &mut Transaction<'_, Postgres>, sorted_ids: &[String]) -> anyhow::Result<()> {
-    sqlx::query!(
-        "SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n",
+/// Locks these customers and loads their stored lifecycles (absent ones
+/// have none yet), in one round trip.
+///
+/// The locks serialise writers of the same customer (two consumers during a
+/// rebalance): transaction-scoped advisory locks, taken in the given (sorted)
+/// order so two batches cannot deadlock on them. They are taken in the
+/// ordered subquery, before the join reads any row.
+pub async fn lock_and_load(
+    tx: &mut Transaction<'_, Postgres>,
+    sorted_ids: &[String],
+) -> anyhow::Result<HashMap<String, Lifecycle>> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT l.id AS "customer_id!", c.lifecycle AS "lifecycle?"
+        FROM (SELECT id, pg_advisory_xact_lock(hashtextextended(id, 0)) AS locked
+              FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n)
+              ORDER BY n) AS l
+        LEFT JOIN customers c ON c.customer_id = l.id
+        "#,
         sorted_ids
     )
     .fetch_all(&mut **tx)
     .await
-    .context("locking customers")?;
-    Ok(())
-}
-
-/// The stored lifecycles of these customers (absent ones have none yet).
-pub async fn load_lifecycles(
-    tx: &mut Transaction<'_, Postgres>,
-    customer_ids: &[String],
-) -> anyhow::Result<HashMap<String, Lifecycle>> {
-    let rows = sqlx::query!("SELECT customer_id, lifecycle FROM customers WHERE customer_id = ANY($1)", customer_ids)
-        .fetch_all(&mut **tx)
-        .await
-        .context("loading lifecycles")?;
+    .context("locking and loading customers")?;
+    // A LEFT JOIN, so every id's lock is taken even for new customers.
     rows.into_iter()
-        .map(|row| {
-            let state: Lifecycle = serde_json::from_value(row.lifecycle)
-                .with_context(|| format!("decoding the stored lifecycle of customer {}", row.customer_id))?;
-            Ok((row.customer_id, state))
+        .filter_map(|row| Some((row.customer_id, row.lifecycle?)))
+        .map(|(customer_id, lifecycle)| {
+            let state: Lifecycle = serde_json::from_value(lifecycle)
+                .with_context(|| format!("decoding the stored lifecycle of customer {customer_id}"))?;
+            Ok((customer_id, state))
         })
         .collect()
 }
@@ -253,15 +256,6 @@ pub async fn write_accounts(tx: &mut Transaction<'_, Postgres>, states: &[&(Stri
         return Ok(());
     }
     let ids: Vec<String> = states.iter().map(|(id, _)| id.clone()).collect();
-    sqlx::query!("DELETE FROM accounts WHERE customer_id = ANY($1)", &ids)
-        .execute(&mut **tx)
-        .await
-        .context("clearing accounts")?;
-    sqlx::query!("DELETE FROM institution_logins WHERE customer_id = ANY($1)", &ids)
-        .execute(&mut **tx)
-        .await
-        .context("clearing institution logins")?;
-
     let mut login_customer = Vec::new();
     let mut login_id: Vec<Option<String>> = Vec::new();
     let mut login_institution: Vec<Option<String>> = Vec::new();
@@ -292,6 +286,35 @@ pub async fn write_accounts(tx: &mut Transaction<'_, Postgres>, states: &[&(Stri
             }
         }
     }
+    // Accounts are never dropped from a lifecycle (a deleted one stays with
+    // status `deleted`), so they are upserted; logins can disappear (an
+    // account moved to another login), so they are replaced. The delete of
+    // the logins rides along in the same statement.
+    sqlx::query!(
+        r#"
+        WITH cleared AS (DELETE FROM institution_logins WHERE customer_id = ANY($9))
+        INSERT INTO accounts (customer_id, account_id, institution_login_id, institution_id, account_type, status,
+                              last4, name)
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                             $8::text[])
+        ON CONFLICT (customer_id, account_id) DO UPDATE SET
+            institution_login_id = EXCLUDED.institution_login_id, institution_id = EXCLUDED.institution_id,
+            account_type = EXCLUDED.account_type, status = EXCLUDED.status, last4 = EXCLUDED.last4,
+            name = EXCLUDED.name
+        "#,
+        &account_customer,
+        &account_id,
+        &account_login as &[Option<String>],
+        &account_institution as &[Option<String>],
+        &account_type as &[Option<String>],
+        &account_status,
+        &account_last4 as &[Option<String>],
+        &account_name as &[Option<String>],
+        &ids,
+    )
+    .execute(&mut **tx)
+    .await
+    .context("writing accounts")?;
     sqlx::query!(
         r#"
         INSERT INTO institution_logins (customer_id, institution_login_id, institution_id, oauth)
@@ -305,25 +328,6 @@ pub async fn write_accounts(tx: &mut Transaction<'_, Postgres>, states: &[&(Stri
     .execute(&mut **tx)
     .await
     .context("writing institution logins")?;
-    sqlx::query!(
-        r#"
-        INSERT INTO accounts (customer_id, account_id, institution_login_id, institution_id, account_type, status,
-                              last4, name)
-        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                             $8::text[])
-        "#,
-        &account_customer,
-        &account_id,
-        &account_login as &[Option<String>],
-        &account_institution as &[Option<String>],
-        &account_type as &[Option<String>],
-        &account_status,
-        &account_last4 as &[Option<String>],
-        &account_name as &[Option<String>],
-    )
-    .execute(&mut **tx)
-    .await
-    .context("writing accounts")?;
     Ok(())
 }
 

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::str::FromStr;
 
 use crate::config::DatabaseArgs;
 
@@ -13,12 +14,19 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Opens a pool. Connections are made on demand, so a process whose
 /// database is down still starts (and reports not ready) rather than dying.
+///
+/// Statements are planned for their actual parameters every time
+/// (`plan_cache_mode = force_custom_plan`): the tables start empty and grow
+/// fast, and a generic plan cached while they were empty (a sequential scan)
+/// would otherwise stay in use long after an index scan became right.
 pub fn pool(database: &DatabaseArgs) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    let options = PgConnectOptions::from_str(database.url.expose())
+        .context("DATABASE_URL is not a valid Postgres URL")?
+        .options([("plan_cache_mode", "force_custom_plan")]);
+    Ok(PgPoolOptions::new()
         .max_connections(database.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(database.url.expose())
-        .context("DATABASE_URL is not a valid Postgres URL")
+        .connect_lazy_with(options))
 }
 
 /// Applies every migration not yet applied. Safe to run concurrently from

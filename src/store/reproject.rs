@@ -5,7 +5,7 @@
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::store::apply::{load_lifecycles, lock_customers, recompute_from_history, write_accounts, write_lifecycles};
+use crate::store::apply::{lock_and_load, recompute_from_history, write_accounts, write_lifecycles};
 
 /// What a re-projection did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,8 +36,7 @@ pub async fn reproject(pool: &PgPool, customer: Option<&str>, batch: i64) -> any
         };
         let Some(last) = ids.last().cloned() else { break };
         let mut tx = pool.begin().await.context("beginning a re-projection batch")?;
-        lock_customers(&mut tx, &ids).await?;
-        let before = load_lifecycles(&mut tx, &ids).await?;
+        let before = lock_and_load(&mut tx, &ids).await?;
         let recomputed = recompute_from_history(&mut tx, &ids).await?;
         outcome.customers += recomputed.len() as u64;
         // Customers whose state is unchanged keep their `updated_at`; the
