@@ -85,7 +85,7 @@ pub fn decode(payload: Option<&[u8]>) -> Result<ConnectEvent, Poison> {
     Ok(event)
 }
 
-/// The consumer's moving parts.
+/// The consumer's moving parts, shared by its lanes.
 struct Worker {
     consumer: StreamConsumer<LagContext>,
     dlq: FutureProducer,
@@ -94,7 +94,6 @@ struct Worker {
     kafka: KafkaArgs,
     batch_max: usize,
     linger: Duration,
-    parallelism: usize,
 }
 
 /// [`run`] with owned arguments, for spawning as a task.
@@ -109,6 +108,13 @@ pub async fn run_owned(
 }
 
 /// Runs the consumer until `shutdown` is cancelled.
+///
+/// One task polls Kafka and routes each record to a lane by partition
+/// (`partition % CONNECTFLOW_CONSUMER_PARALLELISM`); each lane batches, applies
+/// and stores offsets on its own, so the lanes' transactions overlap. A
+/// partition always goes to the same lane, so its records are applied in
+/// order, and a customer (whose events share a partition) is only ever
+/// written by one lane.
 pub async fn run(
     args: &ConsumerArgs,
     kafka: &KafkaArgs,
@@ -133,18 +139,39 @@ pub async fn run(
     let dlq: FutureProducer = client_config(kafka, &[("enable.idempotence", "true"), ("acks", "all")])
         .create()
         .context("creating the dead-letter producer")?;
-    let worker = Worker {
+    let batch_max = usize::try_from(args.batch).unwrap_or(usize::MAX);
+    let worker = Arc::new(Worker {
         consumer,
         dlq,
         pool,
         metrics,
         kafka: kafka.clone(),
-        batch_max: usize::try_from(args.batch).unwrap_or(usize::MAX),
+        batch_max,
         linger: Duration::from_millis(args.linger_ms),
-        parallelism: usize::try_from(args.parallelism).unwrap_or(1).max(1),
-    };
-    tracing::info!(topic = kafka.events_topic, group = args.group, "consumer started");
-    let result = worker.consume(&shutdown).await;
+    });
+    let lanes = usize::try_from(args.parallelism).unwrap_or(1).max(1);
+    tracing::info!(topic = kafka.events_topic, group = args.group, lanes, "consumer started");
+    let mut senders = Vec::with_capacity(lanes);
+    let mut tasks = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        // Room for several batches per lane: the poll task blocks when any
+        // lane's queue is full, so a small queue would idle the other lanes
+        // behind one slow transaction.
+        let (sender, receiver) = tokio::sync::mpsc::channel(batch_max.min(10_000) * 8);
+        senders.push(sender);
+        tasks.push(tokio::spawn(worker.clone().lane(receiver, shutdown.clone())));
+    }
+    let polled = worker.poll(&senders, &shutdown).await;
+    // Closing the channels lets each lane finish what it holds and stop.
+    drop(senders);
+    let mut result = polled;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => result = result.and(Err(err)),
+            Err(err) => result = result.and(Err(anyhow::anyhow!("a consumer lane panicked: {err}"))),
+        }
+    }
     // Commit what has been stored, so a restart resumes exactly here.
     match worker.consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
@@ -157,75 +184,84 @@ pub async fn run(
 }
 
 impl Worker {
-    async fn consume(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        while let Some(batch) = self.next_batch(shutdown).await? {
-            self.handle_batch(batch, shutdown).await?;
+    /// Reads records and hands each to its partition's lane until shutdown.
+    async fn poll(
+        &self,
+        lanes: &[tokio::sync::mpsc::Sender<OwnedMessage>],
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                message = self.consumer.recv() => message,
+            };
+            match message {
+                Ok(message) => {
+                    let message = message.detach();
+                    let lane = usize::try_from(message.partition()).unwrap_or(0) % lanes.len();
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        sent = lanes[lane].send(message) => {
+                            if sent.is_err() {
+                                anyhow::bail!("a consumer lane stopped");
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "Kafka consumer error");
+                    tokio::time::sleep(FIRST_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    /// One lane: takes a first record, then more until the batch is full or
+    /// the linger time has passed, applies the batch, and again.
+    async fn lane(
+        self: Arc<Self>,
+        mut records: tokio::sync::mpsc::Receiver<OwnedMessage>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        while let Some(first) = records.recv().await {
+            let mut batch = Vec::with_capacity(self.batch_max.min(1024));
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + self.linger;
+            while batch.len() < self.batch_max {
+                match tokio::time::timeout_at(deadline, records.recv()).await {
+                    Ok(Some(message)) => batch.push(message),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if !self.handle_batch(batch, &shutdown).await? {
+                // Interrupted by shutdown: leave the rest for the next owner.
+                return Ok(());
+            }
         }
         Ok(())
     }
 
-    /// Waits for a first record, then takes more until the batch is full or
-    /// the linger time has passed. `None` on shutdown.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> anyhow::Result<Option<Vec<OwnedMessage>>> {
-        let first = tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            message = self.consumer.recv() => message,
-        };
-        let mut batch = Vec::with_capacity(self.batch_max.min(1024));
-        match first {
-            Ok(message) => batch.push(message.detach()),
-            Err(err) => {
-                tracing::warn!(error = %err, "Kafka consumer error");
-                tokio::time::sleep(FIRST_BACKOFF).await;
-                return Ok(Some(batch));
-            }
-        }
-        let deadline = tokio::time::Instant::now() + self.linger;
-        while batch.len() < self.batch_max {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "Kafka consumer error");
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        Ok(Some(batch))
-    }
-
-    async fn handle_batch(&self, batch: Vec<OwnedMessage>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    /// Applies a batch and stores its offsets. `false` when shutdown
+    /// interrupted it (nothing stored, so the next owner re-reads it).
+    async fn handle_batch(&self, batch: Vec<OwnedMessage>, shutdown: &CancellationToken) -> anyhow::Result<bool> {
         let started = Instant::now();
-        // Split by partition: a customer's events share a partition, so the
-        // parts touch different customers and can commit concurrently.
-        let mut parts: Vec<Vec<ConnectEvent>> = vec![Vec::new(); self.parallelism];
+        let mut events = Vec::with_capacity(batch.len());
         for message in &batch {
             match decode(message.payload()) {
-                Ok(event) => {
-                    let part = usize::try_from(message.partition()).unwrap_or(0) % self.parallelism;
-                    parts[part].push(event);
-                }
+                Ok(event) => events.push(event),
                 Err(poison) => self.dead_letter(message, &poison, shutdown).await?,
             }
         }
-        let applied =
-            futures::future::join_all(parts.iter().filter(|p| !p.is_empty()).map(|p| self.apply_part(p, shutdown)))
-                .await;
-        if applied.iter().any(|done| !done) {
-            // Stopped while retrying: what did not commit is not stored, so
-            // the next owner of those partitions re-reads it.
-            return Ok(());
+        if !events.is_empty() && !self.apply_part(&events, shutdown).await {
+            return Ok(false);
         }
         self.store_offsets(&batch);
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(true)
     }
 
-    /// Applies one part of a batch, retrying transient failures with capped
+    /// Applies a batch, retrying transient failures with capped
     /// exponential backoff. `false` when shutdown interrupted the retries.
     async fn apply_part(&self, events: &[ConnectEvent], shutdown: &CancellationToken) -> bool {
         let mut backoff = FIRST_BACKOFF;

@@ -153,7 +153,12 @@ pub fn migration_args() -> MigrationArgs {
 
 /// Consumer settings for tests: small batches, short linger.
 pub fn consumer_args() -> ConsumerArgs {
-    ConsumerArgs { group: format!("cf-test-{}", uuid::Uuid::new_v4().simple()), batch: 100, linger_ms: 10, parallelism: 2 }
+    ConsumerArgs {
+        group: format!("cf-test-{}", uuid::Uuid::new_v4().simple()),
+        batch: 100,
+        linger_ms: 10,
+        parallelism: 2,
+    }
 }
 
 /// HTTP settings for tests: port 0 and the test secrets.
