@@ -397,7 +397,9 @@ async fn bench_e2e(rate: f64, seconds: u64) -> anyhow::Result<E2eFigures> {
         Some(addr),
     )?;
     wait_for(&format!("http://{addr}/readyz"), Duration::from_secs(60)).await?;
-    let average_flow = 5.2;
+    // Events per customer, averaged over the flows the customers cycle through.
+    let sample = customer_flows(FLOWS.len(), 0);
+    let average_flow = sample.iter().map(|(_, b)| b.len()).sum::<usize>() as f64 / sample.len() as f64;
     let customers = ((rate * seconds as f64) / average_flow) as usize + 1;
     let flows = customer_flows(customers, 2_000_000);
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
@@ -553,8 +555,8 @@ async fn main() -> anyhow::Result<()> {
     println!("{:<44} {:>12} {:>12}   target", "measure", "value", "baseline");
     let rows = [
         ("receiver accepted webhooks/s (256 conns)", receiver.accepted_per_s, receiver.baseline_per_s, ">= 25000"),
-        ("receiver p50 / p99 ms at full speed", receiver.p50_ms, receiver.baseline_p99_ms, ""),
-        ("receiver p99 ms (full speed)", receiver.p99_ms, None, ""),
+        ("receiver p50 ms (full speed)", receiver.p50_ms, None, ""),
+        ("receiver p99 ms (full speed)", receiver.p99_ms, receiver.baseline_p99_ms, ""),
         ("receiver p99 ms at a steady 5,000/s", receiver.p99_ms_at_5k, None, "<= 25"),
         ("receiver peak RSS MiB", receiver.rss_mib, None, "<= 100"),
         ("consumer events applied/s", consumer.applied_per_s, consumer.baseline_per_s, ">= 25000 and >= baseline/2"),
