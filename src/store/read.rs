@@ -61,9 +61,7 @@ pub async fn events(
     .fetch_all(pool)
     .await
     .context("reading events")?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(0));
-    let next = if more { rows.last().map(|r| (r.occurred_at, r.event_id.clone())) } else { None };
+    let next = cut_page(&mut rows, limit, |r| (r.occurred_at, r.event_id.clone()));
     let events = rows
         .into_iter()
         .map(|row| {
@@ -75,6 +73,16 @@ pub async fn events(
         })
         .collect();
     Ok((events, next))
+}
+
+/// Pages are read with one row more than asked for: its presence says
+/// another page follows. Cuts `rows` to `limit` and returns the sort key of
+/// the last row kept when more follow.
+fn cut_page<R, K>(rows: &mut Vec<R>, limit: i64, key: impl Fn(&R) -> K) -> Option<K> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    if more { rows.last().map(key) } else { None }
 }
 
 /// Filters of the customer listing; `None` means any.
@@ -120,9 +128,7 @@ pub async fn customers(
     .fetch_all(pool)
     .await
     .context("listing customers")?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(0));
-    let next = if more { rows.last().map(|r| (r.updated_at, r.customer_id.clone())) } else { None };
+    let next = cut_page(&mut rows, limit, |r| (r.updated_at, r.customer_id.clone()));
     let customers = rows
         .into_iter()
         .map(|row| {
