@@ -67,13 +67,16 @@ pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(query::list_customers))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), query::require_token));
     let webhooks = OpenApiRouter::new().routes(routes!(receive::handle)).with_state(state.receiver.clone());
+    let ops = health::routes(Arc::new(health::OpsState {
+        pool: state.pool.clone(),
+        publisher: state.receiver.publisher.clone(),
+        metrics: state.metrics.clone(),
+    }));
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(health::livez))
-        .routes(routes!(health::readyz))
-        .routes(routes!(health::metrics))
         .merge(authenticated)
         .with_state(state)
         .merge(webhooks)
+        .merge(ops)
         .split_for_parts();
     openapi.paths.add_path_operation(
         OPENAPI_PATH,

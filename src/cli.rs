@@ -1,13 +1,17 @@
 //! What each subcommand does, wired from the parsed configuration.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::app::HttpServer;
 use crate::config::{Command, ConfigError, DatabaseArgs, KafkaArgs, MigrationArgs};
 use crate::metrics::Metrics;
-use crate::{consume, kafka, store};
+use crate::publish::Publisher;
+use crate::{consume, health, kafka, store};
 
 /// Runs a parsed subcommand until it finishes or a shutdown signal arrives.
 /// Configuration errors come back as [`ConfigError`] (exit status 2).
@@ -36,7 +40,26 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Consume(args) => {
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            consume::run(&args.consumer, &args.kafka, pool, metrics, shutdown).await
+            let ops = match args.listen {
+                Some(listen) => {
+                    let listener = tokio::net::TcpListener::bind(listen)
+                        .await
+                        .with_context(|| format!("binding CONNECTFLOW_LISTEN={listen}"))?;
+                    let state = Arc::new(health::OpsState {
+                        pool: pool.clone(),
+                        publisher: Publisher::new(&args.kafka, Duration::from_secs(5))?,
+                        metrics: metrics.clone(),
+                    });
+                    Some(tokio::spawn(health::serve(listener, state, shutdown.clone())))
+                }
+                None => None,
+            };
+            let consumed = consume::run(&args.consumer, &args.kafka, pool, metrics, shutdown.clone()).await;
+            shutdown.cancel();
+            if let Some(ops) = ops {
+                ops.await.context("operations endpoints")??;
+            }
+            consumed
         }
         Command::All(args) => {
             let settings = args.http.settings()?;

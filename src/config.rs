@@ -194,6 +194,13 @@ pub struct ServeArgs {
 /// `connectflow consume`.
 #[derive(Debug, Clone, Args)]
 pub struct ConsumeArgs {
+    /// Serve the consumer's operations endpoints (`/livez`, `/readyz`,
+    /// `/metrics`) on this address. Off when unset (so a consumer and a
+    /// receiver on one machine do not compete for a port); the container
+    /// image sets it.
+    #[arg(long = "listen", env = "CONNECTFLOW_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub consumer: ConsumerArgs,

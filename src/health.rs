@@ -1,4 +1,5 @@
-//! Liveness, readiness and metrics endpoints.
+//! Liveness, readiness and metrics endpoints: on the HTTP side's listener,
+//! and on the consumer's own when `connectflow consume` is given one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,41 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::app::AppState;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+
+/// What the operations endpoints look at.
+#[derive(Debug)]
+pub struct OpsState {
+    /// Postgres, for readiness.
+    pub pool: PgPool,
+    /// A Kafka client that knows the events topic, for readiness.
+    pub publisher: Publisher,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// `/livez`, `/readyz` and `/metrics`, documented.
+pub fn routes(state: Arc<OpsState>) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(livez)).routes(routes!(readyz)).routes(routes!(metrics)).with_state(state)
+}
+
+/// Serves the operations endpoints alone (the consumer's listener) until
+/// `shutdown`.
+pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (router, _) = routes(state).split_for_parts();
+    let router =
+        router.fallback(|| async { crate::error::error_response(StatusCode::NOT_FOUND, "not_found", "no such route") });
+    tracing::info!(listen = %listener.local_addr()?, "operations endpoints listening");
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}
 
 /// How long a readiness probe waits for each dependency.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,7 +61,7 @@ pub async fn livez() -> Response {
     (status = 200, description = "Postgres and Kafka answer"),
     (status = 503, description = "A dependency is unavailable; `failing` names it", body = crate::error::ErrorBody),
 ))]
-pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+pub async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
     let postgres = async {
         let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
         match tokio::time::timeout(CHECK_TIMEOUT, query).await {
@@ -35,7 +70,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             Err(_) => Err("timed out".to_owned()),
         }
     };
-    let kafka = state.receiver.publisher.check_topic(CHECK_TIMEOUT);
+    let kafka = state.publisher.check_topic(CHECK_TIMEOUT);
     let (postgres, kafka) = tokio::join!(postgres, kafka);
     let mut failing = Vec::new();
     for (name, result) in [("postgres", postgres), ("kafka", kafka)] {
@@ -59,7 +94,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses(
     (status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text"),
 ))]
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+pub async fn metrics(State(state): State<Arc<OpsState>>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
         .into_response()
 }

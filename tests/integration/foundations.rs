@@ -120,3 +120,47 @@ async fn unknown_routes_answer_the_json_error_shape() {
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "method_not_allowed");
 }
+
+#[tokio::test]
+async fn the_consumer_serves_its_operations_endpoints_when_given_a_listener() {
+    // The real binary, as a Deployment runs it: `consume` with CONNECTFLOW_LISTEN.
+    let app = spawn_app().await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr");
+    let database_name: String =
+        sqlx::query_scalar("SELECT current_database()::text").fetch_one(&app.pool).await.expect("name");
+    let services = services().await;
+    let (base, _) = services.database_url.rsplit_once('/').expect("URL with a database");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_connectflow"))
+        .arg("consume")
+        .env("CONNECTFLOW_LISTEN", addr.to_string())
+        .env("DATABASE_URL", format!("{base}/{database_name}"))
+        .env("KAFKA_BROKERS", &app.kafka.brokers)
+        .env("CONNECTFLOW_EVENTS_TOPIC", &app.kafka.events_topic)
+        .env("CONNECTFLOW_DLQ_TOPIC", &app.kafka.dlq_topic)
+        .env("CONNECTFLOW_CONSUMER_GROUP", format!("cf-test-{}", uuid::Uuid::new_v4().simple()))
+        .env("CONNECTFLOW_NO_MIGRATE", "true")
+        .env_remove("FINICITY_PARTNER_SECRETS")
+        .env_remove("CONNECTFLOW_API_TOKENS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting connectflow consume");
+    let client = reqwest::Client::new();
+    let ready = crate::helpers::eventually(std::time::Duration::from_secs(30), || async {
+        let response = client.get(format!("http://{addr}/readyz")).send().await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    let metrics = client.get(format!("http://{addr}/metrics")).send().await.expect("metrics");
+    let text = metrics.text().await.expect("text");
+    let livez = client.get(format!("http://{addr}/livez")).send().await.expect("livez").status();
+    let webhook = client.post(format!("http://{addr}/webhooks/finicity/connect")).send().await.expect("post").status();
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("exit");
+    assert_eq!(ready, Some(()), "/readyz answers 200 with Postgres and Kafka up");
+    assert_eq!(livez, 200);
+    assert!(text.contains("connectflow_events_applied_total"), "{text}");
+    assert!(text.contains("connectflow_consumer_batch_seconds"), "{text}");
+    assert_eq!(webhook, 404, "the consumer's listener serves operations endpoints only");
+    assert!(status.success(), "SIGTERM stops the consumer cleanly: {status:?}");
+}
