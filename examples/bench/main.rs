@@ -45,6 +45,19 @@ fn customer_flows(customers: usize, first: usize) -> Vec<(String, Vec<Value>)> {
         .collect()
 }
 
+/// The environment of a service under test: its own database and topics,
+/// single-replica topics, a consumer group of its own.
+fn service_env(database: &str, events_topic: String, dlq_topic: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database.to_owned()),
+        ("KAFKA_BROKERS", kafka_brokers()),
+        ("CONNECTFLOW_EVENTS_TOPIC", events_topic),
+        ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
+        ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR", "1".into()),
+        ("CONNECTFLOW_CONSUMER_GROUP", format!("bench-{}", uuid::Uuid::new_v4().simple())),
+    ]
+}
+
 fn signed_webhook(body: &Value) -> Prepared {
     let raw = serde_json::to_vec(body).unwrap_or_default();
     Prepared {
@@ -95,17 +108,7 @@ async fn bench_receiver(seconds: u64) -> anyhow::Result<ReceiverFigures> {
     let (events_topic, dlq_topic) = topics("receiver");
     let database = fresh_database("receiver").await?;
     let addr = free_addr()?;
-    let receiver = spawn_connectflow(
-        "serve",
-        &[
-            ("DATABASE_URL", database.clone()),
-            ("KAFKA_BROKERS", kafka_brokers()),
-            ("CONNECTFLOW_EVENTS_TOPIC", events_topic),
-            ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
-            ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR", "1".into()),
-        ],
-        Some(addr),
-    )?;
+    let receiver = spawn_connectflow("serve", &service_env(&database, events_topic, dlq_topic), Some(addr))?;
     wait_for(&format!("http://{addr}/readyz"), Duration::from_secs(60)).await?;
     drive(addr, requests.clone(), connections, Duration::from_secs(2), None).await;
     let (mut rates, mut p50s, mut p99s, mut steady) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -194,14 +197,7 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
     // Fill the topic.
     let (events_topic, dlq_topic) = topics("consumer");
     let database = fresh_database("consumer").await?;
-    let env = vec![
-        ("DATABASE_URL", database.clone()),
-        ("KAFKA_BROKERS", kafka_brokers()),
-        ("CONNECTFLOW_EVENTS_TOPIC", events_topic.clone()),
-        ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
-        ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR", "1".into()),
-        ("CONNECTFLOW_CONSUMER_GROUP", format!("bench-{}", uuid::Uuid::new_v4().simple())),
-    ];
+    let env = service_env(&database, events_topic.clone(), dlq_topic);
     let status = std::process::Command::new(connectflow_bin()?)
         .arg("migrate")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -326,18 +322,10 @@ async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
 
     let addr = free_addr()?;
     let (events_topic, dlq_topic) = topics("api");
-    let server = spawn_connectflow(
-        "serve",
-        &[
-            ("DATABASE_URL", database.clone()),
-            ("KAFKA_BROKERS", kafka_brokers()),
-            ("CONNECTFLOW_EVENTS_TOPIC", events_topic),
-            ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
-            ("CONNECTFLOW_NO_MIGRATE", "true".into()),
-            ("CONNECTFLOW_DATABASE_MAX_CONNECTIONS", "16".into()),
-        ],
-        Some(addr),
-    )?;
+    let mut env = service_env(&database, events_topic, dlq_topic);
+    env.push(("CONNECTFLOW_NO_MIGRATE", "true".into()));
+    env.push(("CONNECTFLOW_DATABASE_MAX_CONNECTIONS", "16".into()));
+    let server = spawn_connectflow("serve", &env, Some(addr))?;
     wait_for(&format!("http://{addr}/livez"), Duration::from_secs(30)).await?;
     // A pseudo-random spread of ids over the whole table.
     let requests: Arc<Vec<Prepared>> = Arc::new(
@@ -384,18 +372,7 @@ async fn bench_e2e(rate: f64, seconds: u64) -> anyhow::Result<E2eFigures> {
     let database = fresh_database("e2e").await?;
     let (events_topic, dlq_topic) = topics("e2e");
     let addr = free_addr()?;
-    let service = spawn_connectflow(
-        "all",
-        &[
-            ("DATABASE_URL", database.clone()),
-            ("KAFKA_BROKERS", kafka_brokers()),
-            ("CONNECTFLOW_EVENTS_TOPIC", events_topic),
-            ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
-            ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR", "1".into()),
-            ("CONNECTFLOW_CONSUMER_GROUP", format!("bench-{}", uuid::Uuid::new_v4().simple())),
-        ],
-        Some(addr),
-    )?;
+    let service = spawn_connectflow("all", &service_env(&database, events_topic, dlq_topic), Some(addr))?;
     wait_for(&format!("http://{addr}/readyz"), Duration::from_secs(60)).await?;
     // Events per customer, averaged over the flows the customers cycle through.
     let sample = customer_flows(FLOWS.len(), 0);
