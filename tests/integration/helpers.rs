@@ -206,24 +206,21 @@ pub struct TestApp {
 
 /// Starts the HTTP side against real services with defaults.
 pub async fn spawn_app() -> TestApp {
-    let services = services().await;
-    spawn_app_with(AppOptions {
-        http: http_settings(),
-        kafka: unique_kafka_args(&services.kafka_brokers),
-        create_topics: true,
-        consumer: false,
-    })
-    .await
+    spawn_defaults(false).await
 }
 
 /// Starts the whole pipeline in-process: HTTP side and lifecycle consumer.
 pub async fn spawn_pipeline() -> TestApp {
+    spawn_defaults(true).await
+}
+
+async fn spawn_defaults(consumer: bool) -> TestApp {
     let services = services().await;
     spawn_app_with(AppOptions {
         http: http_settings(),
         kafka: unique_kafka_args(&services.kafka_brokers),
         create_topics: true,
-        consumer: true,
+        consumer,
     })
     .await
 }
