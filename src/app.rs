@@ -17,6 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::{HttpSettings, KafkaArgs};
+use crate::consume::health::ConsumerHealth;
 use crate::error::error_response;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
@@ -34,6 +35,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The query API's bearer tokens.
     pub api: query::ApiAuth,
+    /// The lifecycle consumer's lanes when it runs in this process
+    /// (`connectflow all`), for `/livez`.
+    pub consumer: Option<Arc<ConsumerHealth>>,
 }
 
 /// The OpenAPI document's frame; the paths come from the routes themselves.
@@ -71,6 +75,7 @@ pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
         pool: state.pool.clone(),
         publisher: state.receiver.publisher.clone(),
         metrics: state.metrics.clone(),
+        consumer: state.consumer.clone(),
     }));
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(authenticated)
@@ -128,11 +133,27 @@ impl HttpServer {
             metrics: metrics.clone(),
             max_body_bytes: settings.max_body_bytes,
         });
-        let state = Arc::new(AppState { pool, receiver, metrics, api: query::ApiAuth::new(&settings.api_tokens) });
+        let state = Arc::new(AppState {
+            pool,
+            receiver,
+            metrics,
+            api: query::ApiAuth::new(&settings.api_tokens),
+            consumer: None,
+        });
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding CONNECTFLOW_LISTEN={}", settings.listen))?;
         Ok(Self { listener, state, settings })
+    }
+
+    /// Makes `/livez` report the health of a consumer running in the same
+    /// process (`connectflow all`).
+    #[must_use]
+    pub fn with_consumer_health(mut self, consumer: Arc<ConsumerHealth>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.consumer = Some(consumer);
+        }
+        self
     }
 
     /// The address actually bound (the port when 0 was asked for).

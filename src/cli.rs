@@ -1,17 +1,15 @@
 //! What each subcommand does, wired from the parsed configuration.
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use anyhow::Context;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::app::HttpServer;
 use crate::config::{Command, ConfigError, DatabaseArgs, KafkaArgs, MigrationArgs};
+use crate::consume::LifecycleConsumer;
+use crate::event::CustomerId;
 use crate::metrics::Metrics;
-use crate::publish::Publisher;
-use crate::{consume, health, kafka, store};
+use crate::{kafka, store};
 
 /// Runs a parsed subcommand until it finishes or a shutdown signal arrives.
 /// Configuration errors come back as [`ConfigError`] (exit status 2).
@@ -27,7 +25,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Reproject(args) => {
             let pool = store::pool(&args.database)?;
             store::migrate(&pool).await?;
-            let outcome = store::reproject::reproject(&pool, args.customer.as_deref(), args.batch_size).await?;
+            if args.check {
+                return audit(&pool, args.customer.as_ref(), args.batch_size).await;
+            }
+            let outcome = store::reproject::reproject(&pool, args.customer.as_ref(), args.batch_size).await?;
             tracing::info!(customers = outcome.customers, changed = outcome.changed, "re-projection done");
             println!("re-projected {} customers, {} changed", outcome.customers, outcome.changed);
             Ok(())
@@ -40,32 +41,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Consume(args) => {
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            let ops = match args.listen {
-                Some(listen) => {
-                    let listener = tokio::net::TcpListener::bind(listen)
-                        .await
-                        .with_context(|| format!("binding CONNECTFLOW_LISTEN={listen}"))?;
-                    let state = Arc::new(health::OpsState {
-                        pool: pool.clone(),
-                        publisher: Publisher::new(&args.kafka, Duration::from_secs(5))?,
-                        metrics: metrics.clone(),
-                    });
-                    Some(tokio::spawn(health::serve(listener, state, shutdown.clone())))
-                }
-                None => None,
-            };
-            let consumed = consume::run(&args.consumer, &args.kafka, pool, metrics, shutdown.clone()).await;
-            shutdown.cancel();
-            if let Some(ops) = ops {
-                ops.await.context("operations endpoints")??;
-            }
-            consumed
+            let consumer = LifecycleConsumer::build(&args.consumer, &args.kafka, args.listen, pool, metrics).await?;
+            consumer.run(shutdown).await
         }
         Command::All(args) => {
             let settings = args.http.settings()?;
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            let server = HttpServer::bind(settings, &args.kafka, pool.clone(), metrics.clone()).await?;
-            let consumer = consume::run(&args.consumer, &args.kafka, pool, metrics, shutdown.clone());
+            let consumer =
+                LifecycleConsumer::build(&args.consumer, &args.kafka, None, pool.clone(), metrics.clone()).await?;
+            let server =
+                HttpServer::bind(settings, &args.kafka, pool, metrics).await?.with_consumer_health(consumer.health());
+            let consumer = consumer.run(shutdown.clone());
             // If either half fails, stop the other too.
             let stop_on_error = |result: anyhow::Result<()>| {
                 if result.is_err() {
@@ -78,6 +64,24 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             });
             served.and(consumed)
         }
+    }
+}
+
+/// `reproject --check`: lists every customer whose stored lifecycle is not
+/// the fold of their recorded events; an error (exit status 1) when any is.
+async fn audit(pool: &sqlx::PgPool, customer: Option<&CustomerId>, batch: i64) -> anyhow::Result<()> {
+    let outcome = store::reproject::audit(pool, customer, batch).await?;
+    for id in &outcome.differing {
+        println!("differs: customer {id}");
+    }
+    println!("checked {} customers, {} differ", outcome.customers, outcome.differing.len());
+    if outcome.differing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} stored lifecycles differ from their recorded events (run `connectflow reproject` to repair)",
+            outcome.differing.len()
+        )
     }
 }
 

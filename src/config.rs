@@ -172,6 +172,23 @@ pub struct ConsumerArgs {
     /// different customers). Keep it at or below the database pool size.
     #[arg(long = "consumer-parallelism", env = "CONNECTFLOW_CONSUMER_PARALLELISM", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallelism: u64,
+
+    /// A lane that holds records without making progress for this many
+    /// seconds (Postgres unreachable, a hung connection) makes `/livez`
+    /// answer 503, so the orchestrator restarts the process.
+    #[arg(long = "consumer-stall-seconds", env = "CONNECTFLOW_CONSUMER_STALL_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_seconds: u64,
+
+    /// Most bytes of records held in the lanes' queues, all lanes together;
+    /// polling Kafka waits for room beyond it.
+    #[arg(long = "consumer-queue-bytes", env = "CONNECTFLOW_CONSUMER_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1u64 << 40)))]
+    pub queue_bytes: u64,
+
+    /// How long the consumer tries to park a record on the dead-letter topic
+    /// (as is, then as metadata only) before it stops with an error rather
+    /// than stall.
+    #[arg(long = "dlq-timeout-seconds", env = "CONNECTFLOW_DLQ_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dlq_timeout_seconds: u64,
 }
 
 /// `connectflow serve`.
@@ -254,7 +271,13 @@ pub struct MigrateArgs {
 pub struct ReprojectArgs {
     /// Only this customer (default: everyone).
     #[arg(long = "customer")]
-    pub customer: Option<String>,
+    pub customer: Option<crate::event::CustomerId>,
+
+    /// Audit instead: recompute without writing and list every customer
+    /// whose stored lifecycle differs from the fold of their recorded events;
+    /// exit status 1 when any does.
+    #[arg(long = "check")]
+    pub check: bool,
 
     /// Customers recomputed per transaction.
     #[arg(long = "batch-size", env = "CONNECTFLOW_REPROJECT_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
@@ -405,6 +428,23 @@ impl KafkaProperties {
     }
 }
 
+/// librdkafka properties connectflow's guarantees rest on, with their
+/// aliases: the producer's idempotence and `acks=all`, the consumer's
+/// manual offset store and commit, its group and where a new group starts.
+/// An operator may not override them.
+pub const PROTECTED_KAFKA_PROPERTIES: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "auto.commit.enable",
+    "isolation.level",
+    "group.id",
+    "auto.offset.reset",
+    "enable.gapless.guarantee",
+];
+
 impl FromStr for KafkaProperties {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -414,6 +454,11 @@ impl FromStr for KafkaProperties {
             let key = key.trim();
             if key.is_empty() {
                 return Err("a property has an empty key".into());
+            }
+            if let Some(protected) = PROTECTED_KAFKA_PROPERTIES.iter().find(|p| key.eq_ignore_ascii_case(p)) {
+                return Err(format!(
+                    "`{protected}` may not be overridden: connectflow's delivery guarantees depend on its own setting"
+                ));
             }
             pairs.push((key.to_owned(), value.trim().to_owned()));
         }
@@ -434,7 +479,7 @@ pub fn one_line_error(err: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue};
 
     let rendered = err.to_string();
-    let first = rendered.lines().next().unwrap_or("error: invalid configuration").trim();
+    let mut first = rendered.lines().next().unwrap_or("error: invalid configuration").trim().to_owned();
     let flag = match err.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(s)) => Some(s.clone()),
         Some(ContextValue::Strings(v)) => v.first().cloned(),
@@ -444,19 +489,26 @@ pub fn one_line_error(err: &clap::Error) -> String {
         .as_deref()
         .and_then(|f| f.strip_prefix("--"))
         .map(|f| f.split([' ', '=', '<']).next().unwrap_or(f).to_owned());
-    let env = long.and_then(|long| env_of_flag(&Cli::command(), &long));
+    let arg = long.as_deref().and_then(|long| arg_of_flag(&Cli::command(), long));
+    // clap quotes the refused value; a secret's value is never printed.
+    if arg.as_ref().is_some_and(clap::Arg::is_hide_env_values_set)
+        && let Some(ContextValue::String(value)) = err.get(ContextKind::InvalidValue)
+        && !value.is_empty()
+    {
+        first = first.replace(value.as_str(), "[redacted]");
+    }
+    let env = arg.and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
     match env {
         Some(env) => format!("{first} [env: {env}]"),
-        None => first.to_owned(),
+        None => first,
     }
 }
 
-fn env_of_flag(cmd: &clap::Command, long: &str) -> Option<String> {
+fn arg_of_flag(cmd: &clap::Command, long: &str) -> Option<clap::Arg> {
     cmd.get_arguments()
         .find(|a| a.get_long() == Some(long))
-        .and_then(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .or_else(|| cmd.get_subcommands().find_map(|sub| env_of_flag(sub, long)))
+        .cloned()
+        .or_else(|| cmd.get_subcommands().find_map(|sub| arg_of_flag(sub, long)))
 }
 
 #[cfg(test)]
@@ -493,6 +545,31 @@ mod tests {
         assert!("novalue".parse::<KafkaProperties>().is_err());
         assert!("=x".parse::<KafkaProperties>().is_err());
         assert!("".parse::<KafkaProperties>().expect("empty is fine").pairs().is_empty());
+    }
+
+    #[test]
+    fn kafka_properties_cannot_override_the_guarantees() {
+        for key in [
+            "enable.idempotence",
+            "acks",
+            "request.required.acks",
+            "enable.auto.offset.store",
+            "ENABLE.AUTO.COMMIT",
+            "group.id",
+            "isolation.level",
+        ] {
+            let err = format!("security.protocol=SSL;{key}=x").parse::<KafkaProperties>().expect_err(key);
+            assert!(err.to_lowercase().contains(&key.to_lowercase()), "{err}");
+        }
+        assert!("linger.ms=5;sasl.mechanism=PLAIN".parse::<KafkaProperties>().is_ok());
+    }
+
+    #[test]
+    fn a_refused_secret_value_is_never_echoed() {
+        let err = parse(&["migrate", "--kafka-properties", "sasl.password=hunter2;acks=1"]).expect_err("refused");
+        let line = one_line_error(&err);
+        assert!(!line.contains("hunter2"), "{line}");
+        assert!(line.contains("acks") && line.contains("CONNECTFLOW_KAFKA_PROPERTIES"), "{line}");
     }
 
     #[test]

@@ -6,8 +6,16 @@
 //! It carries only what the lifecycle needs: never a full account number, a
 //! balance, the raw body or the signature.
 
+mod checks;
+mod customer_id;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+pub use checks::{
+    InvalidField, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, MAX_WEBHOOK_DATA_BYTES, clean_text,
+};
+pub use customer_id::{CustomerId, InvalidCustomerId};
 
 /// The value of the `schema` field and header of every published record.
 pub const SCHEMA_V1: &str = "connectflow.connect_event.v1";
@@ -22,7 +30,7 @@ pub struct ConnectEvent {
     /// Finicity's `eventType`, verbatim (unknown types included).
     pub event_type: String,
     /// Finicity's `customerId`.
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// Finicity's `consumerId`, when sent.
     pub consumer_id: Option<String>,
     /// `payload.institutionId`, else the accounts' `institutionId`.
@@ -48,8 +56,12 @@ pub struct ConnectEvent {
     /// When connectflow received it.
     #[serde(with = "rfc3339_ms")]
     pub received_at: DateTime<Utc>,
-    /// `webhookData` as the partner set it.
+    /// `webhookData` as the partner set it (NUL removed), unless it was
+    /// larger than [`MAX_WEBHOOK_DATA_BYTES`].
     pub webhook_data: Option<serde_json::Value>,
+    /// True when `webhookData` was dropped for its size; absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub webhook_data_dropped: bool,
 }
 
 /// A minimised account: identifiers and display data only.

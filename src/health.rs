@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::metrics::Metrics;
+use crate::consume::health::ConsumerHealth;
+use crate::metrics::{LaneLabels, Metrics};
 use crate::publish::Publisher;
 
 /// What the operations endpoints look at.
@@ -28,6 +29,9 @@ pub struct OpsState {
     pub publisher: Publisher,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// The lifecycle consumer's lanes, when this process runs one
+    /// (`consume`, `all`): `/livez` fails when a lane is stalled.
+    pub consumer: Option<Arc<ConsumerHealth>>,
 }
 
 /// `/livez`, `/readyz` and `/metrics`, documented.
@@ -49,10 +53,27 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: Cancel
 /// How long a readiness probe waits for each dependency.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /livez`: 200 while the process serves.
-#[utoipa::path(get, path = "/livez", tag = "operations", responses((status = 200, description = "The process serves")))]
-pub async fn livez() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+/// `GET /livez`: 200 while the process serves and no consumer lane is
+/// stalled; 503 when a lane has held records without progress for longer
+/// than `CONNECTFLOW_CONSUMER_STALL_SECONDS` (restart me).
+#[utoipa::path(get, path = "/livez", tag = "operations", responses(
+    (status = 200, description = "The process serves"),
+    (status = 503, description = "A consumer lane is stalled", body = crate::error::ErrorBody),
+))]
+pub async fn livez(State(state): State<Arc<OpsState>>) -> Response {
+    let stalls = state.consumer.as_ref().map(|c| c.stalls()).unwrap_or_default();
+    let Some(worst) = stalls.iter().max_by_key(|s| s.for_) else {
+        return Json(json!({"status": "ok"})).into_response();
+    };
+    let message = format!(
+        "consumer stalled: lane {} has held records without progress for {}s",
+        worst.lane,
+        worst.for_.as_secs()
+    );
+    tracing::warn!(lane = worst.lane, stalled_for = ?worst.for_, "not live: consumer lane stalled");
+    let lanes: Vec<usize> = stalls.iter().map(|s| s.lane).collect();
+    let body = json!({"error": {"code": "stalled", "message": message}, "stalled_lanes": lanes});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// `GET /readyz`: 200 when Postgres answers and the events topic's metadata
@@ -95,6 +116,12 @@ pub async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
     (status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text"),
 ))]
 pub async fn metrics(State(state): State<Arc<OpsState>>) -> Response {
+    if let Some(consumer) = &state.consumer {
+        for (lane, age) in consumer.oldest_unapplied().into_iter().enumerate() {
+            let lane = u32::try_from(lane).unwrap_or(u32::MAX);
+            state.metrics.oldest_unapplied_seconds.get_or_create(&LaneLabels { lane }).set(age.as_secs_f64());
+        }
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
         .into_response()
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Labels of the webhook counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +30,13 @@ pub struct PartitionLabels {
     pub topic: String,
     /// Partition number.
     pub partition: i32,
+}
+
+/// Labels per consumer lane.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabels {
+    /// The lane's index.
+    pub lane: u32,
 }
 
 /// Every metric connectflow exports.
@@ -51,6 +59,19 @@ pub struct Metrics {
     pub recomputations: Counter,
     /// Records sent to the dead-letter topic.
     pub dead_letters: Counter,
+    /// Of those, records parked as metadata only (the topic refused the
+    /// original).
+    pub dead_letters_metadata_only: Counter,
+    /// Records Postgres refused alone, found by splitting their batch, and
+    /// parked.
+    pub isolated_records: Counter,
+    /// Queued records dropped unapplied because their partition was revoked
+    /// (the new owner reads them).
+    pub records_dropped_on_revoke: Counter,
+    /// Per lane, the age in seconds of the oldest record it holds unapplied.
+    pub oldest_unapplied_seconds: Family<LaneLabels, Gauge<f64, AtomicU64>>,
+    /// Events whose `webhookData` was dropped for its size.
+    pub webhook_data_dropped: Counter,
     /// Records per applied batch.
     pub batch_size: Histogram,
     /// Seconds to apply one batch (transaction included).
@@ -95,6 +116,36 @@ impl Metrics {
         );
         let dead_letters = Counter::default();
         registry.register("dead_letters", "Records sent to the dead-letter topic", dead_letters.clone());
+        let dead_letters_metadata_only = Counter::default();
+        registry.register(
+            "dead_letters_metadata_only",
+            "Records parked as metadata only because the dead-letter topic refused the original",
+            dead_letters_metadata_only.clone(),
+        );
+        let isolated_records = Counter::default();
+        registry.register(
+            "consumer_isolated_records",
+            "Records Postgres refused alone, isolated by splitting their batch, and parked",
+            isolated_records.clone(),
+        );
+        let records_dropped_on_revoke = Counter::default();
+        registry.register(
+            "consumer_records_dropped_on_revoke",
+            "Queued records dropped unapplied because their partition was revoked",
+            records_dropped_on_revoke.clone(),
+        );
+        let oldest_unapplied_seconds = Family::<LaneLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "consumer_oldest_unapplied_seconds",
+            "Per lane, age of the oldest record held but not applied yet",
+            oldest_unapplied_seconds.clone(),
+        );
+        let webhook_data_dropped = Counter::default();
+        registry.register(
+            "webhook_data_dropped",
+            "Events whose webhookData was dropped for its size",
+            webhook_data_dropped.clone(),
+        );
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         registry.register("consumer_batch_size", "Records per applied batch", batch_size.clone());
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -111,6 +162,11 @@ impl Metrics {
             duplicates_skipped,
             recomputations,
             dead_letters,
+            dead_letters_metadata_only,
+            isolated_records,
+            records_dropped_on_revoke,
+            oldest_unapplied_seconds,
+            webhook_data_dropped,
             batch_size,
             batch_seconds,
             consumer_lag,

@@ -2,6 +2,8 @@
 //! `acks=all`, each record keyed by customer id so one customer's events stay
 //! in one partition, in order.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -34,6 +36,8 @@ pub struct Publisher {
     producer: FutureProducer,
     topic: String,
     timeout: Duration,
+    /// Set once the producer's fatal error has been logged.
+    fatal_logged: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -61,7 +65,7 @@ impl Publisher {
         )
         .create()
         .context("creating the Kafka producer")?;
-        Ok(Self { producer, topic: kafka.events_topic.clone(), timeout })
+        Ok(Self { producer, topic: kafka.events_topic.clone(), timeout, fatal_logged: Arc::default() })
     }
 
     /// Publishes one event and waits until Kafka has it (all in-sync
@@ -72,7 +76,8 @@ impl Publisher {
             .insert(Header { key: "event_id", value: Some(event.event_id.as_bytes()) })
             .insert(Header { key: "event_type", value: Some(event.event_type.as_bytes()) })
             .insert(Header { key: "schema", value: Some(SCHEMA_V1.as_bytes()) });
-        let record = FutureRecord::to(&self.topic).key(event.customer_id.as_bytes()).payload(&value).headers(headers);
+        let record =
+            FutureRecord::to(&self.topic).key(event.customer_id.as_str().as_bytes()).payload(&value).headers(headers);
         let started = Instant::now();
         let delivery = self.producer.send(record, Timeout::After(self.timeout));
         match tokio::time::timeout(self.timeout, delivery).await {
@@ -82,8 +87,24 @@ impl Publisher {
         }
     }
 
-    /// Whether Kafka answers and knows the events topic (readiness).
+    /// The idempotent producer's fatal error, if it had one: it then
+    /// refuses every write until the process restarts (librdkafka cannot
+    /// recover an idempotent producer whose sequence was broken). Logged
+    /// once.
+    pub fn fatal_error(&self) -> Option<String> {
+        let (code, reason) = self.producer.client().fatal_error()?;
+        if !self.fatal_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(code = ?code, reason, "the Kafka producer failed fatally; restart the process");
+        }
+        Some(format!("producer fatal error {code:?}"))
+    }
+
+    /// Whether the producer can publish: not in a fatal state, and Kafka
+    /// answers and knows the events topic (readiness).
     pub async fn check_topic(&self, timeout: Duration) -> Result<(), String> {
+        if let Some(fatal) = self.fatal_error() {
+            return Err(fatal);
+        }
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         let check = tokio::task::spawn_blocking(move || {

@@ -213,7 +213,8 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
     let fill_started = Instant::now();
     for event in &events {
         let value = serde_json::to_vec(event)?;
-        let mut record = BaseRecord::<[u8], [u8]>::to(&events_topic).key(event.customer_id.as_bytes()).payload(&value);
+        let mut record =
+            BaseRecord::<[u8], [u8]>::to(&events_topic).key(event.customer_id.as_str().as_bytes()).payload(&value);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -273,7 +274,7 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::jsonb[])",
         )
         .bind(chunk.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.customer_id.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.customer_id.to_string()).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.received_at).collect::<Vec<_>>())

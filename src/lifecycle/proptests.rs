@@ -93,7 +93,7 @@ fn arb_event() -> impl Strategy<Value = ConnectEvent> {
                 schema: SCHEMA_V1.to_owned(),
                 event_id: format!("{id_prefix:02}"),
                 event_type: event_type.to_owned(),
-                customer_id: "c1".to_owned(),
+                customer_id: "1".parse().expect("a customer id"),
                 consumer_id: None,
                 institution_id,
                 institution_login_id,
@@ -106,6 +106,7 @@ fn arb_event() -> impl Strategy<Value = ConnectEvent> {
                 occurred_at,
                 received_at: occurred_at + Duration::milliseconds(delay_ms),
                 webhook_data: None,
+                webhook_data_dropped: false,
             }
         },
     )

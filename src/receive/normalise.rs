@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::event::{AccountRef, ConnectEvent, SCHEMA_V1};
+use crate::event::{AccountRef, ConnectEvent, CustomerId, InvalidField, SCHEMA_V1};
 
 /// Why a verified body cannot be accepted. Each is a 400 naming the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +23,12 @@ pub enum ParseError {
     /// No string `customerId` (every event but `ping` needs one).
     #[error("customerId is missing or not a string")]
     NoCustomerId,
+    /// `customerId` is not 1 to 22 digits.
+    #[error("customerId must be 1 to 22 ASCII digits")]
+    BadCustomerId,
+    /// A field the pipeline could not keep (too long, not printable).
+    #[error("{0}")]
+    Invalid(InvalidField),
 }
 
 /// A parsed webhook: either Finicity's reachability check or an event.
@@ -73,7 +79,7 @@ pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, Pars
         return Ok(Webhook::Ping);
     }
     let customer_id = match envelope.get("customerId") {
-        Some(Value::String(c)) => c.clone(),
+        Some(Value::String(c)) => CustomerId::parse(c).map_err(|_| ParseError::BadCustomerId)?,
         _ => return Err(ParseError::NoCustomerId),
     };
     let received_at = truncate_to_millis(received_at);
@@ -109,7 +115,7 @@ pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, Pars
         .find_map(|a| id_text(a.get("institutionLoginId")))
         .or_else(|| id_text(payload.get("institutionLoginId")));
 
-    Ok(Webhook::Event(Box::new(ConnectEvent {
+    let mut event = ConnectEvent {
         schema: SCHEMA_V1.to_owned(),
         event_id,
         event_type,
@@ -126,7 +132,11 @@ pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, Pars
         occurred_at,
         received_at,
         webhook_data: envelope.get("webhookData").filter(|d| d.is_object()).cloned(),
-    })))
+        webhook_data_dropped: false,
+    };
+    event.check().map_err(ParseError::Invalid)?;
+    event.sanitise();
+    Ok(Webhook::Event(Box::new(event)))
 }
 
 /// The minimised account: identifiers, type, status, display name and the

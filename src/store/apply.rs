@@ -9,12 +9,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::event::ConnectEvent;
-use crate::lifecycle::{self, Lifecycle};
+use crate::event::{ConnectEvent, CustomerId};
+use crate::lifecycle::{self, Advance, Lifecycle};
+use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,46 +28,60 @@ pub struct BatchOutcome {
 }
 
 /// Records and applies `events` in one transaction.
-pub async fn apply_batch(pool: &PgPool, events: &[ConnectEvent]) -> anyhow::Result<BatchOutcome> {
-    let mut distinct: Vec<&ConnectEvent> = events.iter().collect();
-    // One order for every writer, so concurrent batches (two consumers
-    // during a rebalance) take the unique-index locks in the same order.
+///
+/// Fails [transiently](StoreError::is_transient) when Postgres does, and
+/// permanently when a record cannot be stored (the caller splits the batch to
+/// find it). A stored lifecycle that does not decode is not an error: the
+/// customer is recomputed from their recorded events instead.
+pub async fn apply_batch<'a>(
+    pool: &PgPool,
+    events: impl IntoIterator<Item = &'a ConnectEvent>,
+) -> Result<BatchOutcome, StoreError> {
+    let mut distinct: Vec<&ConnectEvent> = events.into_iter().collect();
+    let received = distinct.len();
+    // One order for every writer, so concurrent batches take the
+    // unique-index locks of shared event ids in the same order.
     distinct.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     distinct.dedup_by(|a, b| a.event_id == b.event_id);
+    let mut batch_customers: Vec<&CustomerId> = distinct.iter().map(|e| &e.customer_id).collect();
+    batch_customers.sort();
+    batch_customers.dedup();
 
-    let mut tx = pool.begin().await.context("beginning the batch transaction")?;
+    let mut tx = pool.begin().await.store("beginning the batch transaction")?;
+    // Locks first, in a statement of their own: every later statement of
+    // this transaction then sees what an earlier writer of these customers
+    // committed (see `lock_customers`).
+    lock_customers(&mut tx, &batch_customers).await?;
     let inserted = insert_events(&mut tx, &distinct).await?;
     let new_events: Vec<&ConnectEvent> =
         distinct.into_iter().filter(|e| inserted.contains(e.event_id.as_str())).collect();
     let mut outcome = BatchOutcome {
         applied: new_events.len() as u64,
-        duplicates: (events.len() - new_events.len()) as u64,
+        duplicates: (received - new_events.len()) as u64,
         recomputed: 0,
     };
     if new_events.is_empty() {
-        tx.commit().await.context("committing the batch")?;
+        tx.commit().await.store("committing the batch")?;
         return Ok(outcome);
     }
 
-    let mut by_customer: BTreeMap<&str, Vec<&ConnectEvent>> = BTreeMap::new();
+    let mut by_customer: BTreeMap<&CustomerId, Vec<&ConnectEvent>> = BTreeMap::new();
     for event in new_events {
-        by_customer.entry(event.customer_id.as_str()).or_default().push(event);
+        by_customer.entry(&event.customer_id).or_default().push(event);
     }
-    let customer_ids: Vec<String> = by_customer.keys().map(|id| (*id).to_owned()).collect();
-    let mut before = lock_and_load(&mut tx, &customer_ids).await?;
+    let customer_ids: Vec<&CustomerId> = by_customer.keys().copied().collect();
+    let Loaded { mut states, undecodable } = load_lifecycles(&mut tx, &customer_ids).await?;
 
-    let mut after: Vec<(String, Lifecycle)> = Vec::with_capacity(customer_ids.len());
-    let mut recompute: Vec<String> = Vec::new();
-    for (customer_id, mut events) in by_customer {
-        events.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-        let mut state = before.get(customer_id).cloned().unwrap_or_default();
-        if events.iter().all(|e| lifecycle::is_in_order(&state, e)) {
-            for event in events {
-                lifecycle::apply(&mut state, event);
-            }
-            after.push((customer_id.to_owned(), state));
-        } else {
-            recompute.push(customer_id.to_owned());
+    let mut after: Vec<(CustomerId, Lifecycle)> = Vec::with_capacity(customer_ids.len());
+    let mut recompute: Vec<&CustomerId> = undecodable.iter().collect();
+    for (customer_id, events) in by_customer {
+        if undecodable.contains(customer_id) {
+            continue;
+        }
+        let mut state = states.get(customer_id).cloned().unwrap_or_default();
+        match lifecycle::advance(&mut state, events) {
+            Advance::Applied => after.push((customer_id.clone(), state)),
+            Advance::Recompute => recompute.push(customer_id),
         }
     }
     if !recompute.is_empty() {
@@ -76,12 +90,12 @@ pub async fn apply_batch(pool: &PgPool, events: &[ConnectEvent]) -> anyhow::Resu
     }
 
     write_lifecycles(&mut tx, &after).await?;
-    let changed_accounts: Vec<&(String, Lifecycle)> = after
+    let changed_accounts: Vec<&(CustomerId, Lifecycle)> = after
         .iter()
-        .filter(|(id, state)| before.remove(id).is_none_or(|old| old.institution_logins != state.institution_logins))
+        .filter(|(id, state)| states.remove(id).is_none_or(|old| old.institution_logins != state.institution_logins))
         .collect();
     write_accounts(&mut tx, &changed_accounts).await?;
-    tx.commit().await.context("committing the batch")?;
+    tx.commit().await.store("committing the batch")?;
     Ok(outcome)
 }
 
@@ -89,7 +103,7 @@ pub async fn apply_batch(pool: &PgPool, events: &[ConnectEvent]) -> anyhow::Resu
 async fn insert_events(
     tx: &mut Transaction<'_, Postgres>,
     events: &[&ConnectEvent],
-) -> anyhow::Result<HashSet<String>> {
+) -> Result<HashSet<String>, StoreError> {
     let mut ids = Vec::with_capacity(events.len());
     let mut customers = Vec::with_capacity(events.len());
     let mut types = Vec::with_capacity(events.len());
@@ -98,11 +112,11 @@ async fn insert_events(
     let mut records = Vec::with_capacity(events.len());
     for event in events {
         ids.push(event.event_id.clone());
-        customers.push(event.customer_id.clone());
+        customers.push(event.customer_id.to_string());
         types.push(event.event_type.clone());
         occurred.push(event.occurred_at);
         received.push(event.received_at);
-        records.push(serde_json::to_value(event).context("encoding an event")?);
+        records.push(serde_json::to_value(event).map_err(|err| StoreError::undecodable("encoding an event", &err))?);
     }
     let inserted = sqlx::query_scalar!(
         r#"
@@ -120,61 +134,91 @@ async fn insert_events(
     )
     .fetch_all(&mut **tx)
     .await
-    .context("recording events")?;
+    .store("recording events")?;
     Ok(inserted.into_iter().collect())
 }
 
-/// Locks these customers and loads their stored lifecycles (absent ones
-/// have none yet), in one round trip.
+/// Takes the transaction-scoped advisory locks of these customers, in the
+/// given (sorted) order so two writers cannot deadlock on them.
 ///
-/// The locks serialise writers of the same customer (two consumers during a
-/// rebalance): transaction-scoped advisory locks, taken in the given (sorted)
-/// order so two batches cannot deadlock on them. They are taken in the
-/// ordered subquery, before the join reads any row.
-pub async fn lock_and_load(
-    tx: &mut Transaction<'_, Postgres>,
-    sorted_ids: &[String],
-) -> anyhow::Result<HashMap<String, Lifecycle>> {
-    let rows = sqlx::query!(
+/// The locks serialise writers of one customer: two consumers during a
+/// rebalance, `reproject` beside the consumer. They are taken in a statement
+/// of their own on purpose. Under READ COMMITTED a statement reads the
+/// snapshot taken when it *started*, so a statement that waited for a lock
+/// inside itself would still read the row as it was before the lock holder
+/// committed, and its upsert would overwrite that writer's change. The next
+/// statement starts after the lock is granted and sees it.
+pub async fn lock_customers(tx: &mut Transaction<'_, Postgres>, sorted_ids: &[&CustomerId]) -> Result<(), StoreError> {
+    let ids: Vec<&str> = sorted_ids.iter().map(|id| id.as_str()).collect();
+    sqlx::query!(
         r#"
-        SELECT l.id AS "customer_id!", c.lifecycle AS "lifecycle?"
-        FROM (SELECT id, pg_advisory_xact_lock(hashtextextended(id, 0)) AS locked
-              FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n)
-              ORDER BY n) AS l
-        LEFT JOIN customers c ON c.customer_id = l.id
+        SELECT count(pg_advisory_xact_lock(hashtextextended(id, 0))) AS "locked!"
+        FROM (SELECT id FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n) AS ordered
         "#,
-        sorted_ids
+        &ids as &[&str]
+    )
+    .fetch_one(&mut **tx)
+    .await
+    .store("locking customers")?;
+    Ok(())
+}
+
+/// Stored lifecycles, as far as they decode.
+pub struct Loaded {
+    /// Customers with a stored lifecycle this binary can read.
+    pub states: HashMap<CustomerId, Lifecycle>,
+    /// Customers whose stored lifecycle does not decode (written by another
+    /// version, or damaged): recompute them from their events.
+    pub undecodable: HashSet<CustomerId>,
+}
+
+/// Loads the stored lifecycles of these customers (absent ones have none
+/// yet). Call after [`lock_customers`], in a later statement.
+pub async fn load_lifecycles(tx: &mut Transaction<'_, Postgres>, ids: &[&CustomerId]) -> Result<Loaded, StoreError> {
+    let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    let rows = sqlx::query!(
+        r#"SELECT customer_id, lifecycle FROM customers WHERE customer_id = ANY($1::text[])"#,
+        &ids as &[&str]
     )
     .fetch_all(&mut **tx)
     .await
-    .context("locking and loading customers")?;
-    // A LEFT JOIN, so every id's lock is taken even for new customers.
-    rows.into_iter()
-        .filter_map(|row| Some((row.customer_id, row.lifecycle?)))
-        .map(|(customer_id, lifecycle)| {
-            let state: Lifecycle = serde_json::from_value(lifecycle)
-                .with_context(|| format!("decoding the stored lifecycle of customer {customer_id}"))?;
-            Ok((customer_id, state))
-        })
-        .collect()
+    .store("loading customers")?;
+    let mut loaded = Loaded { states: HashMap::with_capacity(rows.len()), undecodable: HashSet::new() };
+    for row in rows {
+        let Ok(customer_id) = CustomerId::try_from(row.customer_id) else {
+            continue;
+        };
+        match serde_json::from_value::<Lifecycle>(row.lifecycle) {
+            Ok(state) => {
+                loaded.states.insert(customer_id, state);
+            }
+            Err(err) => {
+                tracing::warn!(customer_id = %customer_id, error = %err, "stored lifecycle does not decode; recomputing it from the recorded events");
+                loaded.undecodable.insert(customer_id);
+            }
+        }
+    }
+    Ok(loaded)
 }
 
 /// Folds each customer's whole recorded history.
 pub async fn recompute_from_history(
     tx: &mut Transaction<'_, Postgres>,
-    customer_ids: &[String],
-) -> anyhow::Result<Vec<(String, Lifecycle)>> {
+    customer_ids: &[&CustomerId],
+) -> Result<Vec<(CustomerId, Lifecycle)>, StoreError> {
+    let ids: Vec<&str> = customer_ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
-        "SELECT customer_id, record FROM connect_events WHERE customer_id = ANY($1) ORDER BY customer_id, occurred_at, event_id",
-        customer_ids
+        "SELECT record FROM connect_events WHERE customer_id = ANY($1::text[]) ORDER BY customer_id, occurred_at, event_id",
+        &ids as &[&str]
     )
     .fetch_all(&mut **tx)
     .await
-    .context("loading event histories")?;
-    let mut histories: BTreeMap<String, Vec<ConnectEvent>> = BTreeMap::new();
+    .store("loading event histories")?;
+    let mut histories: BTreeMap<CustomerId, Vec<ConnectEvent>> = BTreeMap::new();
     for row in rows {
-        let event: ConnectEvent = serde_json::from_value(row.record).context("decoding a recorded event")?;
-        histories.entry(row.customer_id).or_default().push(event);
+        let event: ConnectEvent = serde_json::from_value(row.record)
+            .map_err(|err| StoreError::undecodable("decoding a recorded event", &err))?;
+        histories.entry(event.customer_id.clone()).or_default().push(event);
     }
     Ok(histories.into_iter().map(|(id, events)| (id, lifecycle::fold(&events))).collect())
 }
@@ -182,8 +226,8 @@ pub async fn recompute_from_history(
 /// Upserts the customers' rows.
 pub async fn write_lifecycles(
     tx: &mut Transaction<'_, Postgres>,
-    states: &[(String, Lifecycle)],
-) -> anyhow::Result<()> {
+    states: &[(CustomerId, Lifecycle)],
+) -> Result<(), StoreError> {
     let n = states.len();
     let mut ids = Vec::with_capacity(n);
     let mut consent = Vec::with_capacity(n);
@@ -202,7 +246,7 @@ pub async fn write_lifecycles(
             // A customer exists once an event was applied; nothing to write.
             continue;
         };
-        ids.push(customer_id.clone());
+        ids.push(customer_id.to_string());
         consent.push(name_of(&state.consent.state)?);
         consent_since.push(state.consent.since);
         auth.push(name_of(&state.authentication.state)?);
@@ -213,7 +257,8 @@ pub async fn write_lifecycles(
         last_type.push(last.event_type.clone());
         last_at.push(last.occurred_at);
         count.push(i64::try_from(state.event_count).unwrap_or(i64::MAX));
-        documents.push(serde_json::to_value(state).context("encoding a lifecycle")?);
+        documents
+            .push(serde_json::to_value(state).map_err(|err| StoreError::undecodable("encoding a lifecycle", &err))?);
     }
     sqlx::query!(
         r#"
@@ -246,16 +291,19 @@ pub async fn write_lifecycles(
     )
     .execute(&mut **tx)
     .await
-    .context("writing customers")?;
+    .store("writing customers")?;
     Ok(())
 }
 
 /// Rewrites the institution logins and accounts of these customers.
-pub async fn write_accounts(tx: &mut Transaction<'_, Postgres>, states: &[&(String, Lifecycle)]) -> anyhow::Result<()> {
+pub async fn write_accounts(
+    tx: &mut Transaction<'_, Postgres>,
+    states: &[&(CustomerId, Lifecycle)],
+) -> Result<(), StoreError> {
     if states.is_empty() {
         return Ok(());
     }
-    let ids: Vec<String> = states.iter().map(|(id, _)| id.clone()).collect();
+    let ids: Vec<String> = states.iter().map(|(id, _)| id.to_string()).collect();
     let mut login_customer = Vec::new();
     let mut login_id: Vec<Option<String>> = Vec::new();
     let mut login_institution: Vec<Option<String>> = Vec::new();
@@ -270,12 +318,12 @@ pub async fn write_accounts(tx: &mut Transaction<'_, Postgres>, states: &[&(Stri
     let mut account_name: Vec<Option<String>> = Vec::new();
     for (customer_id, state) in states.iter().map(|s| (&s.0, &s.1)) {
         for login in &state.institution_logins {
-            login_customer.push(customer_id.clone());
+            login_customer.push(customer_id.to_string());
             login_id.push(login.institution_login_id.clone());
             login_institution.push(login.institution_id.clone());
             login_oauth.push(login.oauth);
             for account in &login.accounts {
-                account_customer.push(customer_id.clone());
+                account_customer.push(customer_id.to_string());
                 account_id.push(account.account_id.clone());
                 account_login.push(login.institution_login_id.clone());
                 account_institution.push(login.institution_id.clone());
@@ -314,7 +362,7 @@ pub async fn write_accounts(tx: &mut Transaction<'_, Postgres>, states: &[&(Stri
     )
     .execute(&mut **tx)
     .await
-    .context("writing accounts")?;
+    .store("writing accounts")?;
     sqlx::query!(
         r#"
         INSERT INTO institution_logins (customer_id, institution_login_id, institution_id, oauth)
@@ -327,14 +375,14 @@ pub async fn write_accounts(tx: &mut Transaction<'_, Postgres>, states: &[&(Stri
     )
     .execute(&mut **tx)
     .await
-    .context("writing institution logins")?;
+    .store("writing institution logins")?;
     Ok(())
 }
 
 /// The contract name of a state enum (its serde name, e.g. `mfa_challenge`).
-fn name_of<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
-    match serde_json::to_value(value).context("naming a state")? {
+fn name_of<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    match serde_json::to_value(value).map_err(|err| StoreError::undecodable("naming a state", &err))? {
         serde_json::Value::String(name) => Ok(name),
-        other => anyhow::bail!("state {other} has no name"),
+        other => Err(StoreError::Permanent { context: "naming a state", reason: format!("state {other} has no name") }),
     }
 }

@@ -37,5 +37,6 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 pub mod apply;
+pub mod error;
 pub mod read;
 pub mod reproject;

@@ -1,11 +1,15 @@
 //! Re-projection: recompute lifecycle state from the recorded events, after
-//! a change to the state machine. Runs in bounded batches of customers, each
-//! in its own short transaction, so it can run while the service does.
+//! a change to the state machine, and the audit that checks the stored
+//! state against that recomputation without writing. Both run in bounded
+//! batches of customers, each in its own short transaction, so they can run
+//! while the service does.
 
-use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::store::apply::{lock_and_load, recompute_from_history, write_accounts, write_lifecycles};
+use crate::event::CustomerId;
+use crate::lifecycle::Lifecycle;
+use crate::store::apply::{load_lifecycles, lock_customers, recompute_from_history, write_accounts, write_lifecycles};
+use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a re-projection did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,27 +20,30 @@ pub struct ReprojectOutcome {
     pub changed: u64,
 }
 
+/// What an audit found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditOutcome {
+    /// Customers checked.
+    pub customers: u64,
+    /// Customers whose stored lifecycle is not the fold of their recorded
+    /// events (or does not decode), in id order.
+    pub differing: Vec<CustomerId>,
+}
+
 /// Recomputes one customer (`Some`) or everyone (`None`), `batch` customers
 /// per transaction.
-pub async fn reproject(pool: &PgPool, customer: Option<&str>, batch: i64) -> anyhow::Result<ReprojectOutcome> {
+pub async fn reproject(
+    pool: &PgPool,
+    customer: Option<&CustomerId>,
+    batch: i64,
+) -> Result<ReprojectOutcome, StoreError> {
     let mut outcome = ReprojectOutcome::default();
     let mut after = String::new();
-    loop {
-        let ids: Vec<String> = match customer {
-            Some(id) if after.is_empty() => vec![id.to_owned()],
-            Some(_) => Vec::new(),
-            None => sqlx::query_scalar!(
-                "SELECT customer_id FROM customers WHERE customer_id > $1 ORDER BY customer_id LIMIT $2",
-                after,
-                batch
-            )
-            .fetch_all(pool)
-            .await
-            .context("listing customers to re-project")?,
-        };
-        let Some(last) = ids.last().cloned() else { break };
-        let mut tx = pool.begin().await.context("beginning a re-projection batch")?;
-        let before = lock_and_load(&mut tx, &ids).await?;
+    while let Some(ids) = next_customers(pool, customer, &mut after, batch).await? {
+        let ids: Vec<&CustomerId> = ids.iter().collect();
+        let mut tx = pool.begin().await.store("beginning a re-projection batch")?;
+        lock_customers(&mut tx, &ids).await?;
+        let before = load_lifecycles(&mut tx, &ids).await?.states;
         let recomputed = recompute_from_history(&mut tx, &ids).await?;
         outcome.customers += recomputed.len() as u64;
         // Customers whose state is unchanged keep their `updated_at`; the
@@ -46,9 +53,76 @@ pub async fn reproject(pool: &PgPool, customer: Option<&str>, batch: i64) -> any
         outcome.changed += changed.len() as u64;
         write_lifecycles(&mut tx, &changed).await?;
         write_accounts(&mut tx, &recomputed.iter().collect::<Vec<_>>()).await?;
-        tx.commit().await.context("committing a re-projection batch")?;
-        tracing::info!(customers = outcome.customers, changed = outcome.changed, last = %last, "re-projection progress");
-        after = last;
+        tx.commit().await.store("committing a re-projection batch")?;
+        tracing::info!(customers = outcome.customers, changed = outcome.changed, last = %after, "re-projection progress");
     }
     Ok(outcome)
+}
+
+/// Compares each stored lifecycle with the fold of the customer's recorded
+/// events, writing nothing. Each batch is read from one snapshot
+/// (REPEATABLE READ), so a batch the consumer commits meanwhile is seen
+/// either whole or not at all.
+pub async fn audit(pool: &PgPool, customer: Option<&CustomerId>, batch: i64) -> Result<AuditOutcome, StoreError> {
+    let mut outcome = AuditOutcome::default();
+    let mut after = String::new();
+    while let Some(ids) = next_customers(pool, customer, &mut after, batch).await? {
+        let ids: Vec<&CustomerId> = ids.iter().collect();
+        let mut tx = pool.begin().await.store("beginning an audit batch")?;
+        sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .store("starting a read-only snapshot")?;
+        let stored = load_lifecycles(&mut tx, &ids).await?;
+        let recomputed = recompute_from_history(&mut tx, &ids).await?;
+        tx.rollback().await.store("ending an audit batch")?;
+        outcome.customers += ids.len() as u64;
+        let folded: std::collections::HashMap<&CustomerId, &Lifecycle> =
+            recomputed.iter().map(|(id, state)| (id, state)).collect();
+        for id in ids {
+            let expected = folded.get(id).copied();
+            let actual = stored.states.get(id);
+            // A customer with a stored row but no recorded events differs
+            // too (expected is None, actual is not).
+            if expected != actual {
+                outcome.differing.push(id.clone());
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// The next batch of customer ids after `after` (or the one asked for),
+/// `None` when done: every customer with a stored lifecycle or a recorded
+/// event, so a customer whose row is missing is found too.
+async fn next_customers(
+    pool: &PgPool,
+    customer: Option<&CustomerId>,
+    after: &mut String,
+    batch: i64,
+) -> Result<Option<Vec<CustomerId>>, StoreError> {
+    let raw: Vec<String> = match customer {
+        Some(id) if after.is_empty() => vec![id.to_string()],
+        Some(_) => Vec::new(),
+        None => sqlx::query_scalar!(
+            r#"
+            SELECT customer_id AS "customer_id!" FROM (
+                (SELECT customer_id FROM customers WHERE customer_id > $1 ORDER BY customer_id LIMIT $2)
+                UNION
+                (SELECT DISTINCT customer_id FROM connect_events WHERE customer_id > $1 ORDER BY customer_id LIMIT $2)
+            ) AS both_sources
+            ORDER BY customer_id
+            LIMIT $2
+            "#,
+            after.as_str(),
+            batch
+        )
+        .fetch_all(pool)
+        .await
+        .store("listing customers")?,
+    };
+    let Some(last) = raw.last() else { return Ok(None) };
+    *after = last.clone();
+    // Rows are only ever written for valid ids; anything else is skipped.
+    Ok(Some(raw.into_iter().filter_map(|id| CustomerId::try_from(id).ok()).collect()))
 }

@@ -158,7 +158,24 @@ pub fn consumer_args() -> ConsumerArgs {
         batch: 100,
         linger_ms: 10,
         parallelism: 2,
+        stall_seconds: 120,
+        queue_bytes: 64 * 1024 * 1024,
+        dlq_timeout_seconds: 60,
     }
+}
+
+/// Builds and runs a lifecycle consumer as a task until `shutdown`.
+pub fn run_consumer(
+    args: ConsumerArgs,
+    kafka: KafkaArgs,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let consumer = connectflow::consume::LifecycleConsumer::build(&args, &kafka, None, pool, metrics).await?;
+        consumer.run(shutdown).await
+    })
 }
 
 /// HTTP settings for tests: port 0 and the test secrets.
@@ -230,13 +247,7 @@ pub fn spawn_consumer(app: &TestApp, group: &str) -> (CancellationToken, JoinHan
     let token = CancellationToken::new();
     let mut args = consumer_args();
     args.group = group.to_owned();
-    let handle = tokio::spawn(connectflow::consume::run_owned(
-        args,
-        app.kafka.clone(),
-        app.pool.clone(),
-        Metrics::new(),
-        token.clone(),
-    ));
+    let handle = run_consumer(args, app.kafka.clone(), app.pool.clone(), Metrics::new(), token.clone());
     (token, handle)
 }
 
@@ -256,15 +267,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let addr = server.local_addr().expect("bound address");
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(server.run(shutdown.clone()));
-    let consumer = options.consumer.then(|| {
-        tokio::spawn(connectflow::consume::run_owned(
-            consumer_args(),
-            options.kafka.clone(),
-            pool.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ))
-    });
+    let consumer = options
+        .consumer
+        .then(|| run_consumer(consumer_args(), options.kafka.clone(), pool.clone(), metrics.clone(), shutdown.clone()));
     TestApp {
         base_url: format!("http://{addr}"),
         client: reqwest::Client::new(),

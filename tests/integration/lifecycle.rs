@@ -228,7 +228,9 @@ async fn reproject_restores_state_from_the_recorded_events() {
     assert_eq!(restored["institution_logins"], good["institution_logins"]);
     let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&app.pool).await.expect("count");
     assert_eq!(accounts, 2, "the accounts projection is rewritten");
-    let again = connectflow::store::reproject::reproject(&app.pool, Some("8005061234"), 10).await.expect("reproject");
+    let again = connectflow::store::reproject::reproject(&app.pool, Some(&"8005061234".parse().expect("id")), 10)
+        .await
+        .expect("reproject");
     assert_eq!((again.customers, again.changed), (1, 0), "nothing left to change");
 }
 
@@ -243,13 +245,13 @@ async fn a_postgres_outage_is_retried_and_no_event_is_lost() {
     let pool = connectflow::store::pool(&crate::helpers::database_args(&late_url)).expect("lazy pool");
     let token = tokio_util::sync::CancellationToken::new();
     let metrics = connectflow::metrics::Metrics::new();
-    let handle = tokio::spawn(connectflow::consume::run_owned(
+    let handle = crate::helpers::run_consumer(
         crate::helpers::consumer_args(),
         app.kafka.clone(),
         pool.clone(),
         metrics.clone(),
         token.clone(),
-    ));
+    );
     let bodies = bodies(flow("mfa-success").expect("flow"), "9105061234", start(), 6);
     send_all(&app, &bodies).await;
     tokio::time::sleep(Duration::from_secs(2)).await;

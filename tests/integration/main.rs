@@ -1,10 +1,12 @@
 //! Integration tests on real Postgres and real Kafka (see helpers.rs).
 
 mod config;
+mod consumer;
 mod foundations;
 mod helpers;
 mod kafka_util;
 mod lifecycle;
+mod pg_proxy;
 mod query;
 mod receive;
 mod simulate;

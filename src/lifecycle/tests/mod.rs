@@ -24,7 +24,7 @@ fn event(event_type: &str, second: i64) -> ConnectEvent {
         schema: SCHEMA_V1.to_owned(),
         event_id: format!("{}-{event_type}", occurred_at.timestamp_millis()),
         event_type: event_type.to_owned(),
-        customer_id: "1005061234".to_owned(),
+        customer_id: "1005061234".parse().expect("a customer id"),
         consumer_id: None,
         institution_id: None,
         institution_login_id: None,
@@ -37,6 +37,7 @@ fn event(event_type: &str, second: i64) -> ConnectEvent {
         occurred_at,
         received_at: occurred_at + Duration::milliseconds(40),
         webhook_data: None,
+        webhook_data_dropped: false,
     }
 }
 

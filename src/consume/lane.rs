@@ -1,0 +1,308 @@
+//! A lane: batches the records of its partitions, applies them, isolates and
+//! parks what cannot be stored, stores offsets.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::{DeadLetters, ParkError, ParkedAs};
+use super::health::ConsumerHealth;
+use super::record::{decode, header_event_id, key_text};
+use super::{Assignment, Callbacks, Queued};
+use crate::event::ConnectEvent;
+use crate::metrics::Metrics;
+use crate::store::apply::apply_batch;
+use crate::store::error::StoreError;
+
+/// Longest pause between two attempts at a batch that failed transiently.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First pause after a transient failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What every lane shares.
+pub(super) struct Shared {
+    pub consumer: Arc<BaseConsumer<Callbacks>>,
+    pub dead_letters: DeadLetters,
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<ConsumerHealth>,
+    pub assignment: Arc<Assignment>,
+    pub batch_max: usize,
+    pub linger: Duration,
+    pub lanes: usize,
+}
+
+/// A running lane's task: it fails only when a record cannot be parked.
+type LaneTask = JoinHandle<Result<(), ParkError>>;
+
+/// The lanes, before they run.
+pub(super) struct Lanes(Arc<Shared>);
+
+/// Where one record of a batch stands.
+enum Item {
+    /// Decoded, not applied yet.
+    Pending(Box<ConnectEvent>),
+    /// Applied or parked: its offset may be stored.
+    Settled,
+}
+
+/// Why a batch stopped before it was settled.
+enum Failure {
+    /// Postgres failed in a way that can pass: retry the batch.
+    Transient(StoreError),
+    /// Shutdown, or a record that cannot even be parked.
+    Stop(ParkError),
+}
+
+impl From<ParkError> for Failure {
+    fn from(err: ParkError) -> Self {
+        Self::Stop(err)
+    }
+}
+
+impl Lanes {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.lanes
+    }
+
+    /// Starts every lane; returns their queues and tasks.
+    pub fn spawn(self, stop: &CancellationToken) -> (Vec<mpsc::UnboundedSender<Queued>>, Vec<LaneTask>) {
+        let mut senders = Vec::with_capacity(self.0.lanes);
+        let mut tasks = Vec::with_capacity(self.0.lanes);
+        for index in 0..self.0.lanes {
+            // Unbounded in count: the queue budget in bytes bounds it.
+            let (sender, receiver) = mpsc::unbounded_channel();
+            senders.push(sender);
+            tasks.push(tokio::spawn(self.0.clone().run(index, receiver, stop.clone())));
+        }
+        (senders, tasks)
+    }
+}
+
+impl Shared {
+    /// One lane: takes a first record, then more until the batch is full or
+    /// the linger time has passed, settles the batch, and again. Stops after
+    /// the batch in hand when `stop` is cancelled; queued records are left
+    /// for the partition's next owner.
+    async fn run(
+        self: Arc<Self>,
+        index: usize,
+        mut records: mpsc::UnboundedReceiver<Queued>,
+        stop: CancellationToken,
+    ) -> Result<(), ParkError> {
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ok(()),
+                first = records.recv() => match first {
+                    Some(first) => first,
+                    None => return Ok(()),
+                },
+            };
+            let mut batch = Vec::with_capacity(self.batch_max.min(1024));
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + self.linger;
+            while batch.len() < self.batch_max {
+                match tokio::time::timeout_at(deadline, records.recv()).await {
+                    Ok(Some(queued)) => batch.push(queued),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.health.batch_started(index, batch[0].polled_at);
+            let settled = self.settle(index, batch, &stop).await;
+            self.health.batch_done(index);
+            match settled {
+                Ok(()) => {}
+                Err(ParkError::Interrupted) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Applies or parks every record of the batch that still belongs to
+    /// this consumer, then stores their offsets. Transient failures are
+    /// retried with capped backoff; what was applied or parked before stays
+    /// so (a re-applied event is a duplicate, a parked record is not parked
+    /// twice).
+    async fn settle(&self, lane: usize, batch: Vec<Queued>, stop: &CancellationToken) -> Result<(), ParkError> {
+        let started = Instant::now();
+        let size = batch.len();
+        let mut batch = batch;
+        let mut items: Vec<Item> = Vec::with_capacity(batch.len());
+        let mut decoded = false;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            // Held while applying and storing offsets: a revocation waits
+            // for it, so offsets of a revoked partition are never stored
+            // after the revocation completed.
+            let applying = self.assignment.applying.clone().read_owned().await;
+            let before = batch.len();
+            let mut kept = Vec::with_capacity(batch.len());
+            let mut kept_items = Vec::with_capacity(items.len());
+            let mut old_items = std::mem::take(&mut items).into_iter();
+            for queued in batch.drain(..) {
+                let item = old_items.next();
+                if self.assignment.is_current(queued.message.topic(), queued.message.partition(), queued.generation) {
+                    kept.push(queued);
+                    kept_items.extend(item);
+                }
+            }
+            batch = kept;
+            items = kept_items;
+            let dropped = before - batch.len();
+            if dropped > 0 {
+                self.metrics.records_dropped_on_revoke.inc_by(dropped as u64);
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            if !decoded {
+                items = self.decode_all(lane, &batch, stop).await?;
+                decoded = true;
+            }
+            match self.apply_isolating(lane, &batch, &mut items, stop).await {
+                Ok(()) => {
+                    self.store_offsets(&batch);
+                    drop(applying);
+                    self.metrics.batch_size.observe(size as f64);
+                    self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                Err(Failure::Stop(err)) => return Err(err),
+                Err(Failure::Transient(err)) => {
+                    drop(applying);
+                    tracing::warn!(lane, error = %err, retry_in = ?backoff, "applying a batch failed; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return Err(ParkError::Interrupted),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Decodes every record, parking the poison ones.
+    async fn decode_all(
+        &self,
+        lane: usize,
+        batch: &[Queued],
+        stop: &CancellationToken,
+    ) -> Result<Vec<Item>, ParkError> {
+        let mut items = Vec::with_capacity(batch.len());
+        for queued in batch {
+            match decode(queued.message.payload()) {
+                Ok(event) => items.push(Item::Pending(Box::new(event))),
+                Err(poison) => {
+                    let parked = ParkedAs {
+                        reason: &poison.reason,
+                        event_id: header_event_id(&queued.message),
+                        customer_id: key_text(&queued.message),
+                    };
+                    self.dead_letters.park(&queued.message, &parked, stop).await?;
+                    self.health.progressed(lane);
+                    items.push(Item::Settled);
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// Applies the pending events. When Postgres refuses a part permanently
+    /// the part is split in halves, down to single events, and each event
+    /// it refuses alone is parked: a bad record costs its neighbours about
+    /// 2·log2(batch) extra transactions, never a stall.
+    async fn apply_isolating(
+        &self,
+        lane: usize,
+        batch: &[Queued],
+        items: &mut [Item],
+        stop: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let mut parts: Vec<Range<usize>> = Vec::new();
+        parts.push(0..items.len());
+        while let Some(part) = parts.pop() {
+            let pending: Vec<usize> = part.clone().filter(|&i| matches!(items[i], Item::Pending(_))).collect();
+            let events: Vec<&ConnectEvent> = pending
+                .iter()
+                .filter_map(|&i| match &items[i] {
+                    Item::Pending(event) => Some(event.as_ref()),
+                    Item::Settled => None,
+                })
+                .collect();
+            if events.is_empty() {
+                continue;
+            }
+            match apply_batch(&self.pool, events).await {
+                Ok(outcome) => {
+                    self.metrics.events_applied.inc_by(outcome.applied);
+                    self.metrics.duplicates_skipped.inc_by(outcome.duplicates);
+                    self.metrics.recomputations.inc_by(outcome.recomputed);
+                    for i in pending {
+                        items[i] = Item::Settled;
+                    }
+                    self.health.progressed(lane);
+                }
+                Err(err) if err.is_transient() => return Err(Failure::Transient(err)),
+                Err(err) if pending.len() == 1 => {
+                    let i = pending[0];
+                    if let Item::Pending(event) = &items[i] {
+                        let reason = format!("postgres refused the event: {err}");
+                        let parked = ParkedAs {
+                            reason: &reason,
+                            event_id: Some(&event.event_id),
+                            customer_id: Some(event.customer_id.as_str()),
+                        };
+                        self.dead_letters.park(&batch[i].message, &parked, stop).await?;
+                    }
+                    items[i] = Item::Settled;
+                    self.metrics.isolated_records.inc();
+                    self.health.progressed(lane);
+                }
+                Err(err) => {
+                    tracing::info!(lane, events = pending.len(), error = %err, "a part failed permanently; splitting it");
+                    let middle = pending[pending.len() / 2];
+                    // Popped in reverse: the first half is applied first.
+                    parts.push(middle..part.end);
+                    parts.push(part.start..middle);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores, per partition, the offset after the batch's last record.
+    fn store_offsets(&self, batch: &[Queued]) {
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for queued in batch {
+            let message = &queued.message;
+            let entry = next.entry((message.topic(), message.partition())).or_insert(0);
+            *entry = (*entry).max(message.offset() + 1);
+        }
+        let mut offsets = TopicPartitionList::with_capacity(next.len());
+        for ((topic, partition), offset) in next {
+            if let Err(err) = offsets.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+                tracing::warn!(error = %err, "building the offset list");
+            }
+        }
+        if let Err(err) = self.consumer.store_offsets(&offsets) {
+            // Only when the revocation wait timed out: the partition's new
+            // owner re-reads from the last commit, and the history
+            // deduplicates.
+            tracing::info!(error = %err, "storing offsets failed (partition revoked?)");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The lifecycle consumer: a Kafka consumer group that applies batches of
+//! normalised events to Postgres, effectively once, and never stalls on a
+//! bad record.
+//!
+//! Delivery is at least once; the effect is once because the event id is the
+//! primary key of the history and the insert of the events and the state
+//! change they cause share one transaction ([`crate::store::apply`]).
+//!
+//! How it is put together:
+//! - One thread polls Kafka ([`BaseConsumer`], so librdkafka's rebalance
+//!   callbacks run there and may wait) and hands each record to a *lane* by
+//!   partition. A customer's events share a partition, so one lane writes a
+//!   customer, in order. The lanes' queues hold at most
+//!   `CONNECTFLOW_CONSUMER_QUEUE_BYTES` in total: the poll thread waits for
+//!   room.
+//! - Each lane batches records, applies them in one transaction and only
+//!   then stores their offsets (`enable.auto.offset.store=false`);
+//!   librdkafka commits stored offsets periodically, on revocation, and
+//!   (explicitly, here) on shutdown.
+//! - A record that cannot become an event (poison) is parked on the
+//!   dead-letter topic ([`dead_letter`]). A batch that fails *permanently*
+//!   in Postgres (bad data) is split in halves until the offending records
+//!   are isolated; those are parked, the rest applied. A *transient* failure
+//!   (Postgres away) retries the batch with capped backoff, and `/livez`
+//!   turns 503 when a lane makes no progress for
+//!   `CONNECTFLOW_CONSUMER_STALL_SECONDS` ([`health`]).
+//! - On a rebalance, a revocation waits for lanes to finish the batch they
+//!   apply and queued records of revoked partitions are dropped
+//!   ([`assignment`]), so a partition is only written by its current owner.
+
+pub mod assignment;
+pub mod dead_letter;
+pub mod health;
+mod lane;
+pub mod record;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConsumerArgs, KafkaArgs};
+use crate::kafka::client_config;
+use crate::metrics::{Metrics, PartitionLabels};
+use assignment::Assignment;
+use dead_letter::DeadLetters;
+use health::ConsumerHealth;
+use lane::Lanes;
+
+pub use record::{Poison, decode};
+
+/// Bookkeeping bytes counted per queued record on top of its key, value and
+/// headers.
+const RECORD_OVERHEAD_BYTES: usize = 256;
+/// How long one poll of Kafka waits before checking for shutdown.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// librdkafka's callbacks: statistics into the lag gauges, rebalances into
+/// the [`Assignment`].
+struct Callbacks {
+    metrics: Arc<Metrics>,
+    assignment: Arc<Assignment>,
+}
+
+impl ClientContext for Callbacks {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in statistics.topics {
+            for (partition, p) in stats.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag
+                // of -1 means unknown.
+                if partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                self.metrics
+                    .consumer_lag
+                    .get_or_create(&PartitionLabels { topic: topic.clone(), partition })
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Callbacks {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            tracing::info!(partitions = %describe(partitions), "partitions revoked; draining lanes");
+            self.assignment.revoke(partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions assigned");
+                self.assignment.assign(partitions);
+            }
+            Rebalance::Error(err) => tracing::warn!(error = %err, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn describe(partitions: &TopicPartitionList) -> String {
+    let ids: Vec<String> = partitions.elements().iter().map(|p| p.partition().to_string()).collect();
+    ids.join(",")
+}
+
+/// A record on its way to a lane.
+pub(crate) struct Queued {
+    message: OwnedMessage,
+    /// The generation of its partition's assignment when it was polled.
+    generation: u64,
+    polled_at: Instant,
+    /// Its share of the queue budget, returned when the record is dropped.
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The lifecycle consumer, built and ready to run: the same shape as the
+/// HTTP side's [`crate::app::HttpServer`].
+pub struct LifecycleConsumer {
+    consumer: Arc<BaseConsumer<Callbacks>>,
+    lanes: Lanes,
+    assignment: Arc<Assignment>,
+    health: Arc<ConsumerHealth>,
+    queue_bytes: usize,
+    ops: Option<tokio::net::TcpListener>,
+    ops_state: Option<Arc<crate::health::OpsState>>,
+}
+
+impl std::fmt::Debug for LifecycleConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LifecycleConsumer").field("lanes", &self.lanes.count()).finish_non_exhaustive()
+    }
+}
+
+impl LifecycleConsumer {
+    /// Creates the Kafka clients, subscribes, and (when `listen` is given)
+    /// binds the operations listener (`/livez`, `/readyz`, `/metrics`).
+    pub async fn build(
+        args: &ConsumerArgs,
+        kafka: &KafkaArgs,
+        listen: Option<SocketAddr>,
+        pool: PgPool,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let assignment = Arc::new(Assignment::new(tokio::runtime::Handle::current()));
+        let consumer: BaseConsumer<Callbacks> = client_config(
+            kafka,
+            &[
+                ("group.id", &args.group),
+                ("enable.auto.commit", "true"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("statistics.interval.ms", "5000"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+            ],
+        )
+        .create_with_context(Callbacks { metrics: metrics.clone(), assignment: assignment.clone() })
+        .context("creating the Kafka consumer")?;
+        consumer.subscribe(&[&kafka.events_topic]).context("subscribing to the events topic")?;
+        let consumer = Arc::new(consumer);
+        let lane_count = usize::try_from(args.parallelism).unwrap_or(1).max(1);
+        let health = Arc::new(ConsumerHealth::new(lane_count, Duration::from_secs(args.stall_seconds)));
+        let dead_letters = DeadLetters::new(kafka, Duration::from_secs(args.dlq_timeout_seconds), metrics.clone())?;
+        let lanes = Lanes::new(lane::Shared {
+            consumer: consumer.clone(),
+            dead_letters,
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            assignment: assignment.clone(),
+            batch_max: usize::try_from(args.batch).unwrap_or(usize::MAX),
+            linger: Duration::from_millis(args.linger_ms),
+            lanes: lane_count,
+        });
+        let (ops, ops_state) = match listen {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding CONNECTFLOW_LISTEN={listen}"))?;
+                let state = Arc::new(crate::health::OpsState {
+                    pool,
+                    publisher: crate::publish::Publisher::new(kafka, Duration::from_secs(5))?,
+                    metrics,
+                    consumer: Some(health.clone()),
+                });
+                (Some(listener), Some(state))
+            }
+            None => (None, None),
+        };
+        let queue_bytes = usize::try_from(args.queue_bytes).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
+        Ok(Self { consumer, lanes, assignment, health, queue_bytes, ops, ops_state })
+    }
+
+    /// The lanes' health, for a `/livez` served elsewhere (`connectflow all`).
+    pub fn health(&self) -> Arc<ConsumerHealth> {
+        self.health.clone()
+    }
+
+    /// The operations listener's address, when there is one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `shutdown` is cancelled or a lane fails for good (a record
+    /// that cannot even be parked). On the way out each lane finishes the
+    /// batch it applies, queued records are left for the next owner, and the
+    /// stored offsets are committed so a restart resumes exactly there.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { consumer, lanes, assignment, health: _, queue_bytes, ops, ops_state } = self;
+        let stop = shutdown.child_token();
+        // Dropping this future (a caller that gave up on it) stops the poll
+        // thread too, so no orphaned member stays in the group.
+        let _stop_on_drop = stop.clone().drop_guard();
+        let ops_task = match (ops, ops_state) {
+            (Some(listener), Some(state)) => Some(tokio::spawn(crate::health::serve(listener, state, stop.clone()))),
+            _ => None,
+        };
+        tracing::info!(lanes = lanes.count(), "consumer started");
+        let (senders, lane_tasks) = lanes.spawn(&stop);
+        let budget = Arc::new(Semaphore::new(queue_bytes));
+        let poller = {
+            let consumer = consumer.clone();
+            let stop = stop.clone();
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new()
+                .name("connectflow-poll".into())
+                .spawn(move || poll(&consumer, &senders, &assignment, &budget, queue_bytes, &runtime, &stop))
+                .context("starting the Kafka poll thread")?
+        };
+
+        // A lane fails only when a record cannot even be parked: stop
+        // everything then, so the process exits and is restarted.
+        let mut result: anyhow::Result<()> = Ok(());
+        for task in lane_tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    stop.cancel();
+                    tracing::error!(error = %err, "consumer lane failed; stopping");
+                    result = result.and(Err(err.into()));
+                }
+                Err(err) => {
+                    stop.cancel();
+                    result = result.and(Err(anyhow::anyhow!("a consumer lane panicked: {err}")));
+                }
+            }
+        }
+        stop.cancel();
+        let polled = tokio::task::spawn_blocking(move || poller.join())
+            .await
+            .context("joining the poll thread")?
+            .map_err(|_| anyhow::anyhow!("the Kafka poll thread panicked"))?;
+        // Commit what has been stored, so a restart resumes exactly here.
+        let committing = consumer.clone();
+        tokio::task::spawn_blocking(move || match committing.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "final offset commit failed; the next owner re-reads (deduplicated)")
+            }
+        })
+        .await
+        .context("committing offsets")?;
+        // Leave the group from a blocking thread: closing runs the final
+        // revocation callback, which must not block the runtime.
+        tokio::task::spawn_blocking(move || drop(consumer)).await.context("closing the consumer")?;
+        if let Some(ops) = ops_task {
+            ops.await.context("operations endpoints")??;
+        }
+        tracing::info!("consumer stopped");
+        result.and(polled)
+    }
+}
+
+/// The poll thread: reads records and hands each to its partition's lane
+/// until `stop`. Rebalance callbacks run inside `consumer.poll`, here.
+fn poll(
+    consumer: &BaseConsumer<Callbacks>,
+    lanes: &[mpsc::UnboundedSender<Queued>],
+    assignment: &Assignment,
+    budget: &Arc<Semaphore>,
+    budget_max: usize,
+    runtime: &tokio::runtime::Handle,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    while !stop.is_cancelled() {
+        let message = match consumer.poll(POLL_INTERVAL) {
+            None => continue,
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "Kafka consumer error");
+                std::thread::sleep(POLL_INTERVAL);
+                continue;
+            }
+            Some(Ok(message)) => message.detach(),
+        };
+        let Some(generation) = assignment.generation(message.topic(), message.partition()) else {
+            // Not ours (any more): its owner reads it.
+            continue;
+        };
+        let size = record_size(&message).min(budget_max);
+        let permits = u32::try_from(size).unwrap_or(u32::MAX);
+        let acquired = runtime.block_on(async {
+            tokio::select! {
+                permit = budget.clone().acquire_many_owned(permits) => permit.ok(),
+                () = stop.cancelled() => None,
+            }
+        });
+        let Some(bytes) = acquired else { break };
+        let lane = usize::try_from(message.partition()).unwrap_or(0) % lanes.len();
+        let queued = Queued { message, generation, polled_at: Instant::now(), _bytes: bytes };
+        if lanes[lane].send(queued).is_err() {
+            // The lane stopped: shutdown or a fatal error, reported by run.
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What a record costs in a lane's queue.
+fn record_size(message: &OwnedMessage) -> usize {
+    let headers = message.headers().map_or(0, |h| h.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum());
+    RECORD_OVERHEAD_BYTES + message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len) + headers
+}
