@@ -76,6 +76,9 @@ pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
         publisher: state.receiver.publisher.clone(),
         metrics: state.metrics.clone(),
         consumer: state.consumer.clone(),
+        // `all` consumes too; `serve` takes webhooks with Kafka alone.
+        readiness_needs_postgres: state.consumer.is_some(),
+        readiness: health::ReadinessCache::default(),
     }));
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(authenticated)
@@ -132,6 +135,8 @@ impl HttpServer {
             publisher,
             metrics: metrics.clone(),
             max_body_bytes: settings.max_body_bytes,
+            request_timeout: settings.request_timeout,
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_webhooks)),
         });
         let state = Arc::new(AppState {
             pool,
@@ -169,11 +174,10 @@ impl HttpServer {
         let publisher = state.receiver.publisher.clone();
         tracing::info!(listen = %listener.local_addr()?, "HTTP server listening");
         let app = router(state);
-        let stopping = shutdown.clone();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stopping.cancelled().await });
+        let serve = crate::serve::serve(listener, app, settings.request_timeout, shutdown.clone());
         let grace = settings.shutdown_grace;
         tokio::select! {
-            result = serve => result.context("HTTP server failed")?,
+            () = serve => {},
             () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(grace).await;

@@ -150,6 +150,19 @@ pub struct HttpArgs {
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long = "shutdown-grace-ms", env = "CONNECTFLOW_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Longest time a client may take to send a request's headers, and a
+    /// webhook's whole body (408 when the body is slower), in milliseconds.
+    /// An idle keep-alive connection is closed after the same time.
+    #[arg(long = "request-timeout-ms", env = "CONNECTFLOW_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
+    /// Most webhook requests handled at once; beyond it the receiver answers
+    /// 503 with Retry-After before reading the body (Finicity retries). With
+    /// the default body limit, 256 x 1 MiB stays well inside the 512 MiB the
+    /// manifests give a receiver.
+    #[arg(long = "max-concurrent-webhooks", env = "CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_concurrent_webhooks: u64,
 }
 
 /// The consumer side.
@@ -314,6 +327,10 @@ pub struct HttpSettings {
     pub publish_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Deadline for a request's headers and a webhook's body.
+    pub request_timeout: Duration,
+    /// Most webhooks handled at once.
+    pub max_concurrent_webhooks: usize,
 }
 
 impl HttpArgs {
@@ -334,6 +351,8 @@ impl HttpArgs {
             max_body_bytes: self.max_body_bytes,
             publish_timeout: Duration::from_millis(self.publish_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
         })
     }
 }

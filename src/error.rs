@@ -25,6 +25,9 @@ pub enum ApiError {
     /// 404: the customer is not known.
     #[error("{0}")]
     NotFound(String),
+    /// 408: the request body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 413: body over the configured limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -75,6 +78,7 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -83,14 +87,29 @@ impl ApiError {
     }
 }
 
+/// The answer when Postgres cannot be reached: retryable, never a 500.
+const DATABASE_UNAVAILABLE: ApiError =
+    ApiError::Unavailable { message: "the database is unavailable; retry later", retry_after_s: 5 };
+
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        Self::Internal(err.into())
+        Self::from(anyhow::Error::from(err))
     }
 }
 
 impl From<anyhow::Error> for ApiError {
+    /// A transient database failure (Postgres down, pool exhausted) is a
+    /// 503 the client may retry; anything else is a 500. Either way the
+    /// cause is only logged.
     fn from(err: anyhow::Error) -> Self {
+        let transient = err
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+            .is_some_and(crate::store::error::is_transient_sqlx);
+        if transient {
+            tracing::warn!(error = format!("{err:#}"), "database unavailable");
+            return DATABASE_UNAVAILABLE;
+        }
         Self::Internal(err)
     }
 }

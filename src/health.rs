@@ -2,7 +2,7 @@
 //! and on the consumer's own when `connectflow consume` is given one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -32,7 +32,21 @@ pub struct OpsState {
     /// The lifecycle consumer's lanes, when this process runs one
     /// (`consume`, `all`): `/livez` fails when a lane is stalled.
     pub consumer: Option<Arc<ConsumerHealth>>,
+    /// Whether readiness needs Postgres. A receiver (`serve`) needs only
+    /// Kafka to take webhooks; its query API answers 503 by itself while
+    /// Postgres is away. The consumer needs both.
+    pub readiness_needs_postgres: bool,
+    /// The last readiness result, reused for [`READINESS_TTL`].
+    pub readiness: ReadinessCache,
 }
+
+/// How long a readiness result is reused: however often `/readyz` is called,
+/// Postgres and Kafka see at most one check per second from it.
+pub const READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// The last readiness result and when it was taken.
+#[derive(Debug, Default)]
+pub struct ReadinessCache(tokio::sync::Mutex<Option<(Instant, Vec<&'static str>)>>);
 
 /// `/livez`, `/readyz` and `/metrics`, documented.
 pub fn routes(state: Arc<OpsState>) -> OpenApiRouter {
@@ -46,9 +60,13 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: Cancel
     let router =
         router.fallback(|| async { crate::error::error_response(StatusCode::NOT_FOUND, "not_found", "no such route") });
     tracing::info!(listen = %listener.local_addr()?, "operations endpoints listening");
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    crate::serve::serve(listener, router, OPS_HEADER_TIMEOUT, shutdown).await;
     Ok(())
 }
+
+/// Header deadline (and keep-alive idle timeout) of the consumer's own
+/// operations listener.
+const OPS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a readiness probe waits for each dependency.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -76,14 +94,44 @@ pub async fn livez(State(state): State<Arc<OpsState>>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-/// `GET /readyz`: 200 when Postgres answers and the events topic's metadata
-/// can be fetched from Kafka; else 503 naming each failing dependency.
+/// `GET /readyz`: 200 when what this process needs answers: Kafka knows the
+/// events topic and the producer has not failed fatally, and (for the
+/// consumer) Postgres answers; else 503 naming each failing dependency.
+/// Results are reused for a second.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "Postgres and Kafka answer"),
+    (status = 200, description = "Kafka (and, for the consumer, Postgres) answer"),
     (status = 503, description = "A dependency is unavailable; `failing` names it", body = crate::error::ErrorBody),
 ))]
 pub async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
+    let failing = {
+        // Concurrent probes wait for one check instead of each running one.
+        let mut cached = state.readiness.0.lock().await;
+        match cached.as_ref() {
+            Some((at, failing)) if at.elapsed() < READINESS_TTL => failing.clone(),
+            _ => {
+                let failing = check_dependencies(&state).await;
+                *cached = Some((Instant::now(), failing.clone()));
+                failing
+            }
+        }
+    };
+    if failing.is_empty() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    let message = format!("not ready: {} unavailable", failing.join(", "));
+    let body = json!({
+        "error": {"code": "not_ready", "message": message},
+        "failing": failing,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// The names of the dependencies that do not answer now.
+async fn check_dependencies(state: &OpsState) -> Vec<&'static str> {
     let postgres = async {
+        if !state.readiness_needs_postgres {
+            return Ok(());
+        }
         let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
         match tokio::time::timeout(CHECK_TIMEOUT, query).await {
             Ok(Ok(_)) => Ok(()),
@@ -100,15 +148,7 @@ pub async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
             failing.push(name);
         }
     }
-    if failing.is_empty() {
-        return Json(json!({"status": "ready"})).into_response();
-    }
-    let message = format!("not ready: {} unavailable", failing.join(", "));
-    let body = json!({
-        "error": {"code": "not_ready", "message": message},
-        "failing": failing,
-    });
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    failing
 }
 
 /// `GET /metrics`: Prometheus text exposition.

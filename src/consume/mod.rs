@@ -191,6 +191,8 @@ impl LifecycleConsumer {
                     publisher: crate::publish::Publisher::new(kafka, Duration::from_secs(5))?,
                     metrics,
                     consumer: Some(health.clone()),
+                    readiness_needs_postgres: true,
+                    readiness: crate::health::ReadinessCache::default(),
                 });
                 (Some(listener), Some(state))
             }

@@ -5,11 +5,12 @@
 //! and every other event is normalised, published, and acknowledged only
 //! once Kafka has confirmed the write (else 503, so Finicity retries).
 
+pub mod error;
 pub mod normalise;
 pub mod signature;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
@@ -19,11 +20,13 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use http_body_util::LengthLimitError;
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tracing::{Instrument, field};
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ErrorBody;
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::publish::Publisher;
+use error::ReceiveError;
 use normalise::{Webhook, event_type_label};
 use signature::SignatureVerifier;
 
@@ -41,6 +44,10 @@ pub struct Receiver {
     pub metrics: Arc<Metrics>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// Longest wait for the whole body.
+    pub request_timeout: Duration,
+    /// One permit per webhook in flight (`CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS`).
+    pub slots: Arc<Semaphore>,
 }
 
 /// Decrements the in-flight gauge however the request ends.
@@ -71,11 +78,12 @@ pub struct AcceptedBody {
     params(("X-Finicity-Signature" = String, Header, description = "Hex HMAC-SHA256 of the raw body with the partner secret")),
     responses(
         (status = 200, description = "Accepted (published to Kafka), or pong for a ping", body = AcceptedBody),
-        (status = 400, description = "Not JSON, not an object, no eventType or customerId", body = ErrorBody),
+        (status = 400, description = "Not JSON, not an object, no eventType, or a field outside the limits of docs/event-schema.md (customerId not 1 to 22 digits, eventId not 1 to 128 printable ASCII characters, another id over 64); the message names the field", body = ErrorBody),
         (status = 401, description = "Missing, malformed or wrong signature", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within CONNECTFLOW_REQUEST_TIMEOUT_MS", body = ErrorBody),
         (status = 413, description = "Body over CONNECTFLOW_MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "Not JSON (XML is not supported yet)", body = ErrorBody),
-        (status = 503, description = "Kafka did not confirm the write; retry (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Kafka did not confirm the write, or more than CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS are in flight; retry (Retry-After)", body = ErrorBody),
     )
 )]
 pub async fn handle(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
@@ -89,17 +97,20 @@ pub async fn handle(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, b
         let outcome = match &result {
             Ok(Accepted::Pong) => "pong",
             Ok(Accepted::Event(_)) => "accepted",
-            Err(err) => err.status_and_code().1,
+            Err(err) => err.outcome(),
         };
         metrics.webhooks.get_or_create(&WebhookLabels { event_type: label, outcome }).inc();
         match result {
             Ok(Accepted::Pong) => Json(json!({"status": "pong"})).into_response(),
             Ok(Accepted::Event(event_id)) => Json(json!({"status": "accepted", "event_id": event_id})).into_response(),
             Err(err) => {
-                if !matches!(err, ApiError::Internal(_) | ApiError::Unavailable { .. }) {
-                    tracing::info!(outcome, reason = %err, "webhook rejected");
+                match &err {
+                    ReceiveError::Unavailable(cause) => {
+                        tracing::warn!(error = %cause, "publish failed; answering 503 so Finicity retries");
+                    }
+                    other => tracing::info!(outcome, reason = %other, "webhook rejected"),
                 }
-                err.into_response()
+                crate::error::ApiError::from(err).into_response()
             }
         }
     }
@@ -112,34 +123,22 @@ enum Accepted {
     Event(String),
 }
 
-async fn receive(receiver: &Receiver, headers: &HeaderMap, body: Body) -> (&'static str, Result<Accepted, ApiError>) {
-    let max = receiver.max_body_bytes;
-    // A declared length over the limit is refused before reading anything;
-    // an undeclared one is read only up to the limit.
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return ("unknown", Err(ApiError::PayloadTooLarge(max)));
-    }
-    let raw = match axum::body::to_bytes(body, max).await {
+async fn receive(
+    receiver: &Receiver,
+    headers: &HeaderMap,
+    body: Body,
+) -> (&'static str, Result<Accepted, ReceiveError>) {
+    // Shed before reading the body: a flood of slow or large requests
+    // cannot hold more than `slots` bodies in memory.
+    let Ok(_slot) = receiver.slots.try_acquire() else {
+        return ("unknown", Err(ReceiveError::Overloaded));
+    };
+    let raw = match read_body(receiver, headers, body).await {
         Ok(raw) => raw,
-        Err(err) => {
-            let too_large = std::error::Error::source(&err).is_some_and(|s| s.is::<LengthLimitError>())
-                || err.to_string().contains("length limit");
-            return if too_large {
-                ("unknown", Err(ApiError::PayloadTooLarge(max)))
-            } else {
-                ("unknown", Err(ApiError::BadRequest("could not read the request body".into())))
-            };
-        }
+        Err(err) => return ("unknown", Err(err)),
     };
     if !is_json(headers) {
-        return (
-            "unknown",
-            Err(ApiError::UnsupportedMediaType(
-                "Content-Type must be application/json (XML webhooks are not supported yet)",
-            )),
-        );
+        return ("unknown", Err(ReceiveError::NotJson));
     }
     let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
     if let Err(err) = receiver.verifier.verify(signature, &raw) {
@@ -148,13 +147,16 @@ async fn receive(receiver: &Receiver, headers: &HeaderMap, body: Body) -> (&'sta
     }
     let webhook = match normalise::normalise(&raw, Utc::now()) {
         Ok(webhook) => webhook,
-        Err(err) => return ("unknown", Err(ApiError::BadRequest(err.to_string()))),
+        Err(err) => return ("unknown", Err(err.into())),
     };
     let event = match webhook {
         Webhook::Ping => return ("ping", Ok(Accepted::Pong)),
         Webhook::Event(event) => event,
     };
     let label = event_type_label(&event.event_type);
+    if event.webhook_data_dropped {
+        receiver.metrics.webhook_data_dropped.inc();
+    }
     let span = tracing::Span::current();
     span.record("event_type", event.event_type.as_str());
     span.record("event_id", event.event_id.as_str());
@@ -168,16 +170,26 @@ async fn receive(receiver: &Receiver, headers: &HeaderMap, body: Body) -> (&'sta
             tracing::debug!("webhook accepted");
             (label, Ok(Accepted::Event(event.event_id)))
         }
-        Err(err) => {
-            tracing::warn!(error = %err, "publish failed; answering 503 so Finicity retries");
-            (
-                label,
-                Err(ApiError::Unavailable {
-                    message: "the event could not be recorded now; retry later",
-                    retry_after_s: 5,
-                }),
-            )
-        }
+        Err(err) => (label, Err(ReceiveError::Unavailable(err))),
+    }
+}
+
+/// Reads the whole body within the request timeout and the size limit. A
+/// declared length over the limit is refused before reading anything; an
+/// undeclared one is read only up to the limit.
+async fn read_body(receiver: &Receiver, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ReceiveError> {
+    let max = receiver.max_body_bytes;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(ReceiveError::TooLarge(max));
+    }
+    let limited = http_body_util::Limited::new(body, max);
+    match tokio::time::timeout(receiver.request_timeout, http_body_util::BodyExt::collect(limited)).await {
+        Err(_) => Err(ReceiveError::BodyTimeout(receiver.request_timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<LengthLimitError>() => Err(ReceiveError::TooLarge(max)),
+        Ok(Err(_)) => Err(ReceiveError::BodyUnreadable),
     }
 }
 

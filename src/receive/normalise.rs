@@ -26,9 +26,25 @@ pub enum ParseError {
     /// `customerId` is not 1 to 22 digits.
     #[error("customerId must be 1 to 22 ASCII digits")]
     BadCustomerId,
-    /// A field the pipeline could not keep (too long, not printable).
-    #[error("{0}")]
+    /// A field the pipeline could not keep (too long, not printable), named
+    /// as it is on the wire.
+    #[error("{field}: {problem}", field = wire_name(.0.field), problem = .0.problem)]
     Invalid(InvalidField),
+}
+
+/// The Finicity field a normalised field comes from, for 400 messages.
+fn wire_name(normalised: &str) -> &str {
+    match normalised {
+        "event_id" => "eventId",
+        "event_type" => "eventType",
+        "consumer_id" => "consumerId",
+        "institution_id" => "payload.institutionId",
+        "institution_login_id" => "payload.institutionLoginId",
+        "accounts[].account_id" => "payload.accounts[].id",
+        "accounts[].institution_login_id" => "payload.accounts[].institutionLoginId",
+        "deleted_account_ids[]" => "payload.accounts[]",
+        other => other,
+    }
 }
 
 /// A parsed webhook: either Finicity's reachability check or an event.

@@ -65,6 +65,26 @@ impl StoreError {
     }
 }
 
+/// Whether a sqlx error says Postgres cannot be reached or used *now*: the
+/// connection failed or was lost, the pool is exhausted, or Postgres
+/// reported a connection, resource or shutdown class (08, 53, 57). The query
+/// API answers those 503 (retry) rather than 500.
+pub fn is_transient_sqlx(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("53") || code.starts_with("57"))
+        }
+        _ => false,
+    }
+}
+
 /// Extension for `Result<T, sqlx::Error>`: `.store("what")?`.
 pub trait StoreResultExt<T> {
     /// Classifies the error (see [`StoreError::from_sqlx`]).

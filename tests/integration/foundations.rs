@@ -49,9 +49,9 @@ async fn readyz_is_503_naming_kafka_when_the_events_topic_is_missing() {
 }
 
 #[tokio::test]
-async fn readyz_is_503_naming_postgres_when_the_database_is_unreachable() {
+async fn without_postgres_a_receiver_stays_ready_and_takes_webhooks_while_the_api_answers_503() {
     let app = spawn_app().await;
-    // Point a second server at a closed Postgres port, same healthy Kafka.
+    // A second server on a closed Postgres port, same healthy Kafka.
     let pool =
         connectflow::store::pool(&database_args("postgres://connectflow:x@127.0.0.1:1/none")).expect("lazy pool");
     let server =
@@ -61,10 +61,31 @@ async fn readyz_is_503_naming_postgres_when_the_database_is_unreachable() {
     let addr = server.local_addr().expect("addr");
     let token = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(server.run(token.clone()));
-    let response = reqwest::get(format!("http://{addr}/readyz")).await.expect("request");
-    assert_eq!(response.status(), 503);
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(body["failing"], serde_json::json!(["postgres"]), "{body}");
+    let client = reqwest::Client::new();
+
+    let ready = client.get(format!("http://{addr}/readyz")).send().await.expect("request");
+    assert_eq!(ready.status(), 200, "receiving needs only Kafka");
+    let body = br#"{"customerId":"1005061299","eventType":"started","eventId":"1764000000000-0a0b0c0d0e0f101112131415","payload":{}}"#;
+    let accepted = client
+        .post(format!("http://{addr}/webhooks/finicity/connect"))
+        .header("content-type", "application/json")
+        .header("x-finicity-signature", connectflow::receive::signature::sign(crate::helpers::PARTNER_SECRET, body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(accepted.status(), 200, "webhooks are still accepted");
+
+    let api = client
+        .get(format!("http://{addr}/v1/customers/1005061299/lifecycle"))
+        .bearer_auth(crate::helpers::API_TOKEN)
+        .send()
+        .await
+        .expect("api request");
+    assert_eq!(api.status(), 503, "the query API says retry, not 500");
+    assert!(api.headers().contains_key("retry-after"));
+    let body: Value = api.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
     token.cancel();
     handle.await.expect("join").expect("clean stop");
 }

@@ -187,6 +187,8 @@ pub fn http_settings() -> HttpSettings {
         max_body_bytes: 64 * 1024,
         publish_timeout_ms: 5_000,
         shutdown_grace_ms: 5_000,
+        request_timeout_ms: 10_000,
+        max_concurrent_webhooks: 256,
     }
     .settings()
     .expect("complete test settings")

@@ -9,4 +9,5 @@ mod lifecycle;
 mod pg_proxy;
 mod query;
 mod receive;
+mod receive_hardening;
 mod simulate;

@@ -1,0 +1,211 @@
+//! The receiver under odd but signed bodies and slow or abusive clients:
+//! acknowledge only what the pipeline can keep, and never hold a connection
+//! or its memory for a client that does not finish.
+
+use std::time::{Duration, Instant};
+
+use connectflow::receive::signature::sign;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{
+    AppOptions, PARTNER_SECRET, TestApp, eventually, http_settings, services, spawn_app_with, unique_kafka_args,
+};
+
+async fn spawn_with(configure: impl FnOnce(&mut connectflow::config::HttpSettings), consumer: bool) -> TestApp {
+    let mut http = http_settings();
+    configure(&mut http);
+    let kafka = unique_kafka_args(&services().await.kafka_brokers);
+    spawn_app_with(AppOptions { http, kafka, create_topics: true, consumer }).await
+}
+
+fn event(customer_id: Value, event_type: &str, event_id: &str, payload: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "customerId": customer_id, "eventType": event_type, "eventId": event_id, "payload": payload,
+    }))
+    .expect("json")
+}
+
+#[tokio::test]
+async fn customer_ids_the_api_could_not_show_are_refused_naming_the_field() {
+    let app = spawn_with(|_| {}, false).await;
+    for bad in [json!(""), json!("12a4"), json!("1".repeat(23)), json!("100506\n1234"), json!(1005061234_i64)] {
+        let response = app.post_webhook(&event(bad.clone(), "started", "1764000000000-aa", json!({}))).await;
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: Value = response.json().await.expect("json");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("customerId")), "{bad}: {body}");
+    }
+    for (field, body) in [
+        ("eventId", event(json!("1005061234"), "started", &"e".repeat(129), json!({}))),
+        (
+            "payload.institutionId",
+            event(json!("1005061234"), "adding", "1764000000000-ab", json!({"institutionId": "1".repeat(65)})),
+        ),
+        (
+            "payload.accounts[].id",
+            event(json!("1005061234"), "added", "1764000000000-ac", json!({"accounts": [{"id": "9\n9"}]})),
+        ),
+    ] {
+        let response = app.post_webhook(&body).await;
+        assert_eq!(response.status(), 400, "{field}");
+        let answer: Value = response.json().await.expect("json");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains(field)), "{field}: {answer}");
+    }
+    assert_eq!(crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic), 0, "nothing published");
+    let ok = app.post_webhook(&event(json!("0000000000000000000001"), "started", "1764000000000-ad", json!({}))).await;
+    assert_eq!(ok.status(), 200, "22 digits are a customer id");
+}
+
+#[tokio::test]
+async fn free_text_is_cleaned_and_oversized_webhook_data_dropped_and_all_of_it_stored() {
+    let app = spawn_with(|h| h.max_body_bytes = 1 << 20, true).await;
+    let query =
+        event(json!("8100000001"), "institutionNotFound", "1764000000001-nul", json!({"query": "Big\u{0} Bank\u{7}"}));
+    let name = event(
+        json!("8100000002"),
+        "added",
+        "1764000000002-nul",
+        json!({"institutionId": "101732", "accounts": [{"id": "5001", "name": "Joint\u{0} Checking", "realAccountNumberLast4": "1234", "institutionLoginId": 77}]}),
+    );
+    let mut big =
+        serde_json::from_slice::<Value>(&event(json!("8100000003"), "started", "1764000000003-big", json!({})))
+            .expect("json");
+    big["webhookData"] = json!({"blob": "x".repeat(600 * 1024)});
+    let big = serde_json::to_vec(&big).expect("json");
+    for body in [&query, &name, &big] {
+        let response = app.post_webhook(body).await;
+        assert_eq!(response.status(), 200);
+    }
+    let stored = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            eventually(Duration::from_secs(30), || {
+                let pool = pool.clone();
+                async move { sqlx::query_scalar::<_, Value>(sql).fetch_optional(&pool).await.ok().flatten() }
+            })
+            .await
+        }
+    };
+    assert_eq!(
+        stored("SELECT record->'query' FROM connect_events WHERE customer_id = '8100000001'").await,
+        Some(json!("Big Bank"))
+    );
+    assert_eq!(
+        stored("SELECT to_jsonb(name) FROM accounts WHERE customer_id = '8100000002'").await,
+        Some(json!("Joint Checking"))
+    );
+    let record = stored("SELECT record FROM connect_events WHERE customer_id = '8100000003'").await.expect("stored");
+    assert_eq!(record["webhook_data_dropped"], json!(true), "{record}");
+    assert_eq!(record["webhook_data"], Value::Null);
+    assert_eq!(app.metrics.webhook_data_dropped.get(), 1);
+    app.stop().await;
+}
+
+/// Reads until the peer closes; the bytes read and whether it closed within
+/// `within`.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0_u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn partial_headers_and_a_stalled_body_are_cut_off_within_the_request_timeout() {
+    let app = spawn_with(|h| h.request_timeout = Duration::from_millis(800), false).await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+
+    // Half the headers, then nothing.
+    let mut half = TcpStream::connect(&addr).await.expect("connect");
+    half.write_all(b"POST /webhooks/finicity/connect HTTP/1.1\r\nHost: x\r\nContent-Ty").await.expect("write");
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut half, Duration::from_secs(10)).await;
+    assert!(closed, "a client stuck in its headers is disconnected");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(700), "not before the timeout: {waited:?}");
+
+    // A declared body that never comes: 408.
+    let mut stalled = TcpStream::connect(&addr).await.expect("connect");
+    stalled
+        .write_all(
+            b"POST /webhooks/finicity/connect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              X-Finicity-Signature: 00\r\nContent-Length: 10000\r\n\r\n{",
+        )
+        .await
+        .expect("write");
+    let (answer, _) = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // An idle keep-alive connection is closed too.
+    let mut idle = TcpStream::connect(&addr).await.expect("connect");
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let (answer, closed) = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "the idle connection is closed after the timeout");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_concurrency_cap_webhooks_are_shed_with_503_before_their_body_is_read() {
+    let app = spawn_with(
+        |h| {
+            h.max_concurrent_webhooks = 2;
+            h.request_timeout = Duration::from_secs(5);
+        },
+        false,
+    )
+    .await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    // Two slow clients hold both slots.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+        stream
+            .write_all(
+                b"POST /webhooks/finicity/connect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                  Content-Length: 20000\r\n\r\n{",
+            )
+            .await
+            .expect("write");
+        holders.push(stream);
+    }
+    let in_flight =
+        eventually(Duration::from_secs(5), || async { (app.metrics.webhooks_in_flight.get() == 2).then_some(()) })
+            .await;
+    assert!(in_flight.is_some(), "both slow requests are in the handler");
+
+    // A third, whose body would be large, is answered at once.
+    let body = vec![b' '; 40_000];
+    let started = Instant::now();
+    let response = app
+        .client
+        .post(format!("{}/webhooks/finicity/connect", app.base_url))
+        .header("content-type", "application/json")
+        .header("x-finicity-signature", sign(PARTNER_SECRET, &body))
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(started.elapsed() < Duration::from_secs(4), "shed, not queued behind the slow ones");
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["error"]["code"], "unavailable");
+    drop(holders);
+    // The slots come back.
+    let ok = eventually(Duration::from_secs(10), || async {
+        let body = br#"{"customerId":"8200000001","eventType":"started","eventId":"1764000000000-cap","payload":{}}"#;
+        (app.post_webhook(body).await.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "capacity returns when the slow clients go");
+    app.stop().await;
+}
