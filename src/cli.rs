@@ -19,7 +19,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate(args) => {
             let pool = store::pool(&args.database)?;
-            migrate(&pool, &args.kafka, &args.migration).await
+            for warning in migrate(&pool, &args.kafka, &args.migration).await? {
+                println!("warning: {warning}");
+            }
+            Ok(())
         }
         Command::Simulate(args) => crate::simulate::run(args, shutdown).await,
         Command::Reproject(args) => {
@@ -98,12 +101,13 @@ async fn prepare(
     Ok((pool, Metrics::new()))
 }
 
-/// Database migrations, then the Kafka topics.
-pub async fn migrate(pool: &sqlx::PgPool, kafka: &KafkaArgs, migration: &MigrationArgs) -> anyhow::Result<()> {
+/// Database migrations, then the Kafka topics. Returns how existing topics
+/// fall short of the configured settings (also logged as warnings).
+pub async fn migrate(pool: &sqlx::PgPool, kafka: &KafkaArgs, migration: &MigrationArgs) -> anyhow::Result<Vec<String>> {
     store::migrate(pool).await?;
-    kafka::ensure_topics(kafka, migration).await?;
-    tracing::info!("migrations applied and topics present");
-    Ok(())
+    let warnings = kafka::ensure_topics(kafka, migration).await?;
+    tracing::info!(warnings = warnings.len(), "migrations applied and topics present");
+    Ok(warnings)
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM (Kubernetes' stop signal).

@@ -115,6 +115,24 @@ pub struct MigrationArgs {
     #[arg(long = "topic-replication-factor", env = "CONNECTFLOW_TOPIC_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
     pub topic_replication_factor: i32,
 
+    /// `min.insync.replicas` of topics created when missing: how many
+    /// replicas must have a write before `acks=all` confirms it. With
+    /// replication factor 3, use 2 (one broker may be down, no confirmed
+    /// write lives on one disk only). -1 takes the broker's default.
+    #[arg(long = "topic-min-insync-replicas", env = "CONNECTFLOW_TOPIC_MIN_INSYNC_REPLICAS", default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1..))]
+    pub topic_min_insync_replicas: i32,
+
+    /// `retention.ms` of the events topic when created: -1 keeps every event
+    /// (the default), so the lifecycle can always be rebuilt from the topic
+    /// as well as from Postgres.
+    #[arg(long = "events-retention-ms", env = "CONNECTFLOW_EVENTS_RETENTION_MS", default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub events_retention_ms: i64,
+
+    /// `retention.ms` of the dead-letter topic when created (default 90
+    /// days: a person has to look at what is parked).
+    #[arg(long = "dlq-retention-ms", env = "CONNECTFLOW_DLQ_RETENTION_MS", default_value_t = 7_776_000_000, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub dlq_retention_ms: i64,
+
     /// Do not migrate at start (`serve`, `consume`, `all`); run
     /// `connectflow migrate` separately instead.
     #[arg(long = "no-migrate", env = "CONNECTFLOW_NO_MIGRATE")]

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::{KafkaArgs, MigrationArgs};
@@ -26,31 +27,153 @@ pub fn client_config(kafka: &KafkaArgs, own: &[(&str, &str)]) -> ClientConfig {
     config
 }
 
-/// Creates the events and dead-letter topics when they are missing.
-/// Existing topics are left as they are (their partition count included).
-pub async fn ensure_topics(kafka: &KafkaArgs, migration: &MigrationArgs) -> anyhow::Result<()> {
+/// What a topic should have, and what a created one gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TopicSpec<'a> {
+    name: &'a str,
+    partitions: i32,
+    replication_factor: i32,
+    /// -1: the broker's default.
+    min_insync_replicas: i32,
+    /// -1: forever.
+    retention_ms: i64,
+}
+
+/// Creates the events and dead-letter topics when they are missing, with
+/// the configured replication factor, `min.insync.replicas` and retention.
+/// Existing topics are left as they are (their partition count included),
+/// but every setting weaker than configured is reported as a warning and
+/// returned, so an operator is never left believing in a durability the
+/// topic does not have.
+pub async fn ensure_topics(kafka: &KafkaArgs, migration: &MigrationArgs) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka, &[]).create().context("creating the Kafka admin client")?;
-    let topics = [
-        NewTopic::new(
-            &kafka.events_topic,
-            migration.topic_partitions,
-            TopicReplication::Fixed(migration.topic_replication_factor),
-        ),
-        NewTopic::new(
-            &kafka.dlq_topic,
-            migration.topic_partitions,
-            TopicReplication::Fixed(migration.topic_replication_factor),
-        ),
+    let specs = [
+        TopicSpec {
+            name: &kafka.events_topic,
+            partitions: migration.topic_partitions,
+            replication_factor: migration.topic_replication_factor,
+            min_insync_replicas: migration.topic_min_insync_replicas,
+            retention_ms: migration.events_retention_ms,
+        },
+        TopicSpec {
+            name: &kafka.dlq_topic,
+            partitions: migration.topic_partitions,
+            replication_factor: migration.topic_replication_factor,
+            min_insync_replicas: migration.topic_min_insync_replicas,
+            retention_ms: migration.dlq_retention_ms,
+        },
     ];
+    let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
+    let min_isr: Vec<String> = specs.iter().map(|s| s.min_insync_replicas.to_string()).collect();
+    let topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .zip(retention.iter().zip(&min_isr))
+        .map(|(spec, (retention, min_isr))| {
+            let topic = NewTopic::new(spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor))
+                .set("retention.ms", retention);
+            if spec.min_insync_replicas > 0 { topic.set("min.insync.replicas", min_isr) } else { topic }
+        })
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics(topics.iter(), &options).await.context("creating the Kafka topics")?;
+    let mut existing = Vec::new();
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, "created Kafka topic"),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic, "Kafka topic exists"),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
             Err((topic, code)) => bail!("creating Kafka topic {topic}: {code}"),
         }
     }
-    Ok(())
+    let mut warnings = Vec::new();
+    for spec in specs.iter().filter(|s| existing.iter().any(|e| e == s.name)) {
+        for weaker in weaker_settings(&admin, kafka, spec).await? {
+            tracing::warn!(topic = spec.name, difference = weaker, "existing Kafka topic is weaker than configured");
+            warnings.push(format!("topic {}: {weaker}", spec.name));
+        }
+    }
+    Ok(warnings)
+}
+
+/// How an existing topic falls short of `spec`, one line per setting.
+async fn weaker_settings(
+    admin: &AdminClient<DefaultClientContext>,
+    kafka: &KafkaArgs,
+    spec: &TopicSpec<'_>,
+) -> anyhow::Result<Vec<String>> {
+    let mut weaker = Vec::new();
+    let resource = ResourceSpecifier::Topic(spec.name);
+    let described = admin
+        .describe_configs([&resource], &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))))
+        .await
+        .context("describing the Kafka topics")?;
+    let config = match described.into_iter().next() {
+        Some(Ok(config)) => config,
+        Some(Err(code)) => bail!("describing Kafka topic {}: {code}", spec.name),
+        None => bail!("describing Kafka topic {}: no answer", spec.name),
+    };
+    let number = |name: &str| config.get(name).and_then(|e| e.value.as_deref()).and_then(|v| v.parse::<i64>().ok());
+    if spec.min_insync_replicas > 0
+        && let Some(actual) = number("min.insync.replicas")
+        && actual < i64::from(spec.min_insync_replicas)
+    {
+        weaker.push(format!("min.insync.replicas is {actual}, configured {}", spec.min_insync_replicas));
+    }
+    if let Some(actual) = number("retention.ms")
+        && retention_is_shorter(actual, spec.retention_ms)
+    {
+        weaker.push(format!("retention.ms is {actual}, configured {}", spec.retention_ms));
+    }
+    if spec.replication_factor > 0 {
+        let replicas = replica_count(kafka, spec.name).await?;
+        if replicas < spec.replication_factor {
+            weaker.push(format!("replication factor is {replicas}, configured {}", spec.replication_factor));
+        }
+    }
+    Ok(weaker)
+}
+
+/// Whether a topic's retention (`-1` = forever) keeps events for less time
+/// than the configured one.
+fn retention_is_shorter(actual: i64, configured: i64) -> bool {
+    match (actual, configured) {
+        (-1, _) => false,
+        (_, -1) => true,
+        (actual, configured) => actual < configured,
+    }
+}
+
+/// The fewest replicas any partition of `topic` has.
+async fn replica_count(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<i32> {
+    let client: BaseConsumer = client_config(kafka, &[]).create().context("creating a Kafka metadata client")?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata =
+            client.fetch_metadata(Some(&topic), Duration::from_secs(30)).context("reading topic metadata")?;
+        let fewest = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions())
+            .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
+            .min()
+            .unwrap_or(0);
+        Ok(fewest)
+    })
+    .await
+    .context("reading topic metadata")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retention_is_shorter;
+
+    #[test]
+    fn forever_is_the_longest_retention() {
+        assert!(!retention_is_shorter(-1, -1));
+        assert!(!retention_is_shorter(-1, 1000));
+        assert!(retention_is_shorter(604_800_000, -1));
+        assert!(retention_is_shorter(1000, 2000));
+        assert!(!retention_is_shorter(2000, 1000));
+    }
 }

@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::AppState;
 use crate::config::SecretList;
 use crate::error::{ApiError, ErrorBody};
-use crate::event::rfc3339_ms;
+use crate::event::{CustomerId, rfc3339_ms};
 use crate::lifecycle::{AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent, Lifecycle};
 use crate::store::read;
 
@@ -176,13 +176,10 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, String), ApiError> {
     Ok((at, id.to_owned()))
 }
 
-/// `customer_id` must be 1 to 22 digits (Finicity's customer ids).
-fn valid_customer_id(customer_id: &str) -> Result<(), ApiError> {
-    if (1..=22).contains(&customer_id.len()) && customer_id.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest("customer_id must be 1 to 22 digits".into()))
-    }
+/// `customer_id` must be a [`CustomerId`]: exactly the ids the receiver
+/// accepts.
+fn valid_customer_id(customer_id: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(customer_id).map_err(|_| ApiError::BadRequest("customer_id must be 1 to 22 digits".into()))
 }
 
 fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
@@ -222,7 +219,7 @@ pub async fn get_lifecycle(
     State(state): State<Arc<AppState>>,
     Path(customer_id): Path<String>,
 ) -> Result<Json<CustomerLifecycle>, ApiError> {
-    valid_customer_id(&customer_id)?;
+    let customer_id = valid_customer_id(&customer_id)?.to_string();
     let (lifecycle, updated_at) = read::lifecycle(&state.pool, &customer_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
@@ -258,7 +255,7 @@ pub async fn get_events(
     Path(customer_id): Path<String>,
     query: Result<axum::extract::Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventPage>, ApiError> {
-    valid_customer_id(&customer_id)?;
+    let customer_id = valid_customer_id(&customer_id)?.to_string();
     let axum::extract::Query(params) = query.map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;

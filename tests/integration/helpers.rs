@@ -148,7 +148,14 @@ pub fn database_args(url: &str) -> DatabaseArgs {
 
 /// Migration settings for tests: small topics, single replica.
 pub fn migration_args() -> MigrationArgs {
-    MigrationArgs { topic_partitions: 3, topic_replication_factor: 1, no_migrate: false }
+    MigrationArgs {
+        topic_partitions: 3,
+        topic_replication_factor: 1,
+        topic_min_insync_replicas: -1,
+        events_retention_ms: -1,
+        dlq_retention_ms: 7_776_000_000,
+        no_migrate: false,
+    }
 }
 
 /// Consumer settings for tests: small batches, short linger.

@@ -10,4 +10,6 @@ mod pg_proxy;
 mod query;
 mod receive;
 mod receive_hardening;
+mod receive_properties;
 mod simulate;
+mod topics;

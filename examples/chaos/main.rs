@@ -1,0 +1,367 @@
+//! `make chaos`: connectflow on a 3-node Kafka cluster and real Postgres,
+//! with faults injected while Finicity-like senders keep sending, then the
+//! promises checked: every event answered 200 recorded exactly once, every
+//! stored lifecycle the fold of its events, every customer in the state its
+//! flow ends in, and only 200 or 503 answered meanwhile.
+//!
+//! The run (about 3 to 5 minutes):
+//! 1. a fresh database and topics (replication factor 3, `min.insync.replicas`
+//!    2) on the cluster `KAFKA_NODES=3 bash deploy/services.sh up` starts;
+//! 2. two `serve` and three `consume` processes of `target/debug/connectflow`;
+//! 3. senders post shuffled, duplicated connect flows to both receivers at a
+//!    steady rate, retrying every non-2xx or timeout with backoff (as
+//!    Finicity does, compressed);
+//! 4. faults, one after another: `kill -9` of the leader of an events
+//!    partition (restarted later); `kill -9` of one consumer, SIGTERM of
+//!    another, a new one started; Postgres stopped and started; `reproject`
+//!    run beside the consumers;
+//! 5. when sending is done and the consumers have drained, the checks.
+//!
+//! Prints a summary and writes `target/chaos/summary.json`; exits 1 when a
+//! check fails. Environment: `CONNECTFLOW_CHAOS_BROKERS` (default the
+//! cluster's `127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094`),
+//! `CONNECTFLOW_BENCH_DATABASE_URL` (an admin URL of the local Postgres),
+//! `CONNECTFLOW_BIN` (default `target/debug/connectflow`),
+//! `CONNECTFLOW_CHAOS_SECONDS` (sending time, default 150).
+
+#[allow(dead_code)]
+#[path = "../bench/procs.rs"]
+mod procs;
+mod report;
+mod send;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use connectflow::simulate::flows::FLOWS;
+use connectflow::simulate::plan::{Plan, PlanSpec};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use procs::{connectflow_bin, free_addr, fresh_database, wait_for};
+use report::{Fault, Report, ReportCounts};
+use send::Senders;
+
+const CLUSTER: &str = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094";
+const SECRET: &str = procs::SECRET;
+const RATE_PER_S: f64 = 60.0;
+
+/// A connectflow process whose output goes to a log file.
+struct Service {
+    name: String,
+    child: Child,
+}
+
+impl Service {
+    fn start(name: &str, command: &str, env: &[(String, String)], listen: Option<SocketAddr>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all("target/chaos/logs")?;
+        let log = std::fs::File::create(format!("target/chaos/logs/{name}.log"))?;
+        let mut cmd = Command::new(connectflow_bin()?);
+        cmd.arg(command)
+            .env("FINICITY_PARTNER_SECRETS", SECRET)
+            .env("CONNECTFLOW_API_TOKENS", procs::TOKEN)
+            .env("CONNECTFLOW_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("CONNECTFLOW_NO_MIGRATE", "true")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(addr) = listen {
+            cmd.env("CONNECTFLOW_LISTEN", addr.to_string());
+        }
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting connectflow {command}"))?;
+        Ok(Self { name: name.to_owned(), child })
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        None
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// `bash deploy/services.sh <args>`.
+fn services(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("bash").arg("deploy/services.sh").args(args).output().context("running services.sh")?;
+    if !output.status.success() {
+        bail!("deploy/services.sh {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The leader (node id) of each partition of `topic`.
+fn leaders(brokers: &str, topic: &str) -> anyhow::Result<HashMap<i32, i32>> {
+    let client: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().context("metadata client")?;
+    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10)).context("metadata")?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+        .map(|p| (p.id(), p.leader()))
+        .collect())
+}
+
+/// Runs `connectflow <args>` to completion; its exit code and output.
+fn run_connectflow(args: &[&str], env: &[(String, String)]) -> anyhow::Result<(Option<i32>, String)> {
+    let mut cmd = Command::new(connectflow_bin()?);
+    cmd.args(args).env("CONNECTFLOW_LOG_FORMAT", "json").env("RUST_LOG", "warn");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let output = cmd.output().with_context(|| format!("running connectflow {}", args.join(" ")))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.code(), text))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let brokers = std::env::var("CONNECTFLOW_CHAOS_BROKERS").unwrap_or_else(|_| CLUSTER.to_owned());
+    let seconds: u64 = std::env::var("CONNECTFLOW_CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(150);
+    let send_for = Duration::from_secs(seconds);
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let events_topic = format!("cf-chaos-{id}.events");
+    let database = fresh_database("chaos").await?;
+    let env: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), database.clone()),
+        ("KAFKA_BROKERS".into(), brokers.clone()),
+        ("CONNECTFLOW_EVENTS_TOPIC".into(), events_topic.clone()),
+        ("CONNECTFLOW_DLQ_TOPIC".into(), format!("cf-chaos-{id}.dlq")),
+        ("CONNECTFLOW_CONSUMER_GROUP".into(), format!("cf-chaos-{id}")),
+        ("CONNECTFLOW_TOPIC_PARTITIONS".into(), "6".into()),
+        ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR".into(), "3".into()),
+        ("CONNECTFLOW_TOPIC_MIN_INSYNC_REPLICAS".into(), "2".into()),
+        ("CONNECTFLOW_DATABASE_MAX_CONNECTIONS".into(), "4".into()),
+        ("CONNECTFLOW_CONSUMER_PARALLELISM".into(), "2".into()),
+    ];
+    let (code, output) = run_connectflow(&["migrate"], &env)?;
+    if code != Some(0) {
+        bail!("connectflow migrate failed: {output}");
+    }
+    println!("chaos: database {database}, topic {events_topic} (replication 3, min.insync.replicas 2)");
+
+    // Two receivers, three consumers.
+    let mut receivers = Vec::new();
+    for i in 0..2 {
+        let addr = free_addr()?;
+        receivers.push((Service::start(&format!("serve-{i}"), "serve", &env, Some(addr))?, addr));
+    }
+    let mut consumers = Vec::new();
+    for i in 0..3 {
+        consumers.push(Service::start(&format!("consume-{i}"), "consume", &env, Some(free_addr()?))?);
+    }
+    for (_, addr) in &receivers {
+        wait_for(&format!("http://{addr}/readyz"), Duration::from_secs(60)).await?;
+    }
+
+    // The senders: enough customers to send at the rate for the whole time.
+    let mut plan = Plan::build(&PlanSpec {
+        flows: FLOWS.iter().collect(),
+        customers_per_flow: 1,
+        duplicates: 0.2,
+        shuffle: true,
+        seed: u64::from(Utc::now().timestamp_subsec_nanos()),
+        now: Utc::now(),
+    })?;
+    let per_round = plan.deliveries().max(1);
+    let customers_per_flow = ((RATE_PER_S * send_for.as_secs_f64()) / per_round as f64).ceil() as u64;
+    plan = Plan::build(&PlanSpec { customers_per_flow: customers_per_flow.max(1), ..plan_spec(&plan) })?;
+    let urls: Vec<String> =
+        receivers.iter().map(|(_, addr)| format!("http://{addr}/webhooks/finicity/connect")).collect();
+    let senders = Arc::new(Senders::new(urls, SECRET, RATE_PER_S));
+    let sending = {
+        let senders = senders.clone();
+        let plan = plan.clone();
+        tokio::spawn(async move { senders.send(&plan, 24).await })
+    };
+    let t0 = Instant::now();
+    let mut faults: Vec<Fault> = Vec::new();
+    let at = |s: u64| t0 + Duration::from_secs(s) * u32::try_from(seconds).unwrap_or(150) / 150;
+
+    // 1. kill -9 the leader of events partition 0; restart it later.
+    tokio::time::sleep_until(at(15).into()).await;
+    let leader = leaders(&brokers, &events_topic)?.get(&0).copied().context("partition 0 has no leader")?;
+    let pid = services(&["node-pid", &leader.to_string()])?;
+    let killed_at = Instant::now();
+    Command::new("kill").args(["-9", &pid]).status()?;
+    println!("chaos: t={:.0}s kill -9 broker {leader} (pid {pid}), leader of partition 0", t0.elapsed().as_secs_f64());
+    let failover = wait_leader_change(&brokers, &events_topic, leader, Duration::from_secs(60)).await;
+    faults.push(Fault::new("kill -9 partition leader", killed_at, t0).with_failover(failover));
+    tokio::time::sleep_until(at(40).into()).await;
+    services(&["node-start", &leader.to_string()])?;
+    faults.push(Fault::new("broker restarted", Instant::now(), t0));
+    println!("chaos: t={:.0}s broker {leader} restarted", t0.elapsed().as_secs_f64());
+
+    // 2. Consumers: kill -9 one, stop one, start one.
+    tokio::time::sleep_until(at(60).into()).await;
+    let fault_at = Instant::now();
+    consumers[0].kill9();
+    let stopped = consumers[1].terminate();
+    consumers.push(Service::start("consume-3", "consume", &env, Some(free_addr()?))?);
+    println!(
+        "chaos: t={:.0}s consumer {} killed, {} stopped (exit {stopped:?}), consume-3 started",
+        t0.elapsed().as_secs_f64(),
+        consumers[0].name,
+        consumers[1].name
+    );
+    faults.push(Fault::new("consumers: kill -9, SIGTERM, join", fault_at, t0));
+
+    // 3. Postgres stopped for ten seconds.
+    tokio::time::sleep_until(at(85).into()).await;
+    let fault_at = Instant::now();
+    services(&["postgres-stop"])?;
+    println!("chaos: t={:.0}s Postgres stopped", t0.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    services(&["postgres-start"])?;
+    println!("chaos: t={:.0}s Postgres started", t0.elapsed().as_secs_f64());
+    faults.push(Fault::new("Postgres stopped 10 s", fault_at, t0));
+
+    // 4. reproject beside the consumers.
+    tokio::time::sleep_until(at(110).into()).await;
+    let fault_at = Instant::now();
+    let reproject_env = env.clone();
+    let reproject = tokio::task::spawn_blocking(move || run_connectflow(&["reproject"], &reproject_env));
+    faults.push(Fault::new("reproject beside the consumers", fault_at, t0));
+
+    let (code, output) = reproject.await??;
+    println!(
+        "chaos: reproject exited {code:?}: {}",
+        output.lines().find(|l| l.starts_with("re-projected")).unwrap_or("")
+    );
+    let sent = sending.await?;
+    println!("chaos: sending done after {:.0}s", t0.elapsed().as_secs_f64());
+
+    // Drain: every acknowledged event recorded.
+    let pool = connectflow::store::pool(&connectflow::config::DatabaseArgs {
+        url: database.clone().into(),
+        max_connections: 2,
+    })?;
+    let acked: HashSet<String> = sent.acked_event_ids();
+    let drain_deadline = Instant::now() + Duration::from_secs(180);
+    let recorded = loop {
+        let recorded: Vec<String> =
+            sqlx::query_scalar("SELECT event_id FROM connect_events").fetch_all(&pool).await.unwrap_or_default();
+        let recorded: HashSet<String> = recorded.into_iter().collect();
+        if acked.is_subset(&recorded) || Instant::now() > drain_deadline {
+            break recorded;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM connect_events").fetch_one(&pool).await?;
+    let (audit_code, audit_output) = run_connectflow(&["reproject", "--check"], &env)?;
+    let differing = audit_output.lines().filter(|l| l.starts_with("differs:")).count();
+    let states: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT customer_id, consent_state, auth_state FROM customers").fetch_all(&pool).await?;
+    let states: HashMap<String, (String, String)> = states.into_iter().map(|(c, a, b)| (c, (a, b))).collect();
+    let mut state_mismatches = Vec::new();
+    for customer in &plan.customers {
+        if !sent.customer_complete(&customer.customer_id) {
+            continue;
+        }
+        let expected = (customer.flow.expected_consent.to_owned(), customer.flow.expected_authentication.to_owned());
+        if states.get(&customer.customer_id) != Some(&expected) {
+            state_mismatches.push(customer.customer_id.clone());
+        }
+    }
+    let dead_letters = procs_dead_letters(&brokers, &format!("cf-chaos-{id}.dlq"));
+
+    let report = Report::build(
+        &sent,
+        &faults,
+        &plan,
+        ReportCounts {
+            acked: acked.len(),
+            recorded: recorded.len(),
+            missing: acked.difference(&recorded).count(),
+            recorded_twice: usize::try_from(rows).unwrap_or(0).saturating_sub(recorded.len()),
+            projection_differences: if audit_code == Some(0) { 0 } else { differing.max(1) },
+            state_mismatches: state_mismatches.len(),
+            dead_letters,
+            duration_s: started.elapsed().as_secs_f64(),
+        },
+    );
+    report.print();
+    std::fs::create_dir_all("target/chaos")?;
+    std::fs::write("target/chaos/summary.json", serde_json::to_string_pretty(&report.json())?)?;
+    println!("wrote target/chaos/summary.json");
+    drop(receivers);
+    drop(consumers);
+    procs::drop_database(&database).await;
+    if !report.passed() {
+        bail!("chaos: a promise was broken (see above)");
+    }
+    Ok(())
+}
+
+fn plan_spec(plan: &Plan) -> PlanSpec {
+    PlanSpec {
+        flows: FLOWS.iter().collect(),
+        customers_per_flow: 1,
+        duplicates: 0.2,
+        shuffle: true,
+        seed: plan.seed,
+        now: Utc::now(),
+    }
+}
+
+/// Waits until partition 0 is led by another broker than `old`; how long
+/// that took from now (the kill), or `None` if it did not happen in time.
+async fn wait_leader_change(brokers: &str, topic: &str, old: i32, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let brokers = brokers.to_owned();
+        let topic = topic.to_owned();
+        let current = tokio::task::spawn_blocking(move || leaders(&brokers, &topic)).await.ok()?.ok();
+        if let Some(leader) = current.and_then(|l| l.get(&0).copied())
+            && leader != old
+            && leader >= 0
+        {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// Records on the dead-letter topic (there should be none).
+fn procs_dead_letters(brokers: &str, topic: &str) -> i64 {
+    let Ok(client) = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create::<BaseConsumer>() else {
+        return -1;
+    };
+    let Ok(metadata) = client.fetch_metadata(Some(topic), Duration::from_secs(10)) else { return -1 };
+    let partitions: Vec<i32> =
+        metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()).map(|p| p.id()).collect();
+    partitions
+        .into_iter()
+        .map(|p| client.fetch_watermarks(topic, p, Duration::from_secs(10)).map_or(0, |(low, high)| high - low))
+        .sum()
+}

@@ -1,0 +1,62 @@
+//! `migrate`'s topics: created with the configured durability, and an
+//! existing topic weaker than configured is reported, never silently kept.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+use crate::helpers::{migration_args, services, unique_kafka_args};
+
+fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
+    rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin")
+}
+
+async fn config_value(brokers: &str, topic: &str, name: &str) -> Option<String> {
+    let resource = ResourceSpecifier::Topic(topic);
+    let described = admin(brokers).describe_configs([&resource], &AdminOptions::new()).await.expect("describe");
+    let config = described.into_iter().next()?.ok()?;
+    config.get(name)?.value.clone()
+}
+
+#[tokio::test]
+async fn topics_are_created_with_the_configured_retention_and_min_insync_replicas() {
+    let kafka = unique_kafka_args(&services().await.kafka_brokers);
+    let mut migration = migration_args();
+    migration.topic_min_insync_replicas = 1;
+    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("topics");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config_value(&kafka.brokers, &kafka.events_topic, "retention.ms").await.as_deref(), Some("-1"));
+    assert_eq!(config_value(&kafka.brokers, &kafka.dlq_topic, "retention.ms").await.as_deref(), Some("7776000000"));
+    assert_eq!(config_value(&kafka.brokers, &kafka.events_topic, "min.insync.replicas").await.as_deref(), Some("1"));
+    let again = connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("again");
+    assert!(again.is_empty(), "a topic as configured is not reported: {again:?}");
+}
+
+#[tokio::test]
+async fn an_existing_topic_weaker_than_configured_is_reported_with_the_difference() {
+    let kafka = unique_kafka_args(&services().await.kafka_brokers);
+    let weak = NewTopic::new(&kafka.events_topic, 1, TopicReplication::Fixed(1)).set("retention.ms", "60000");
+    let created = admin(&kafka.brokers)
+        .create_topics([&weak], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await
+        .expect("create");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let mut migration = migration_args();
+    migration.topic_replication_factor = 1;
+    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("topics");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&kafka.events_topic) && warnings[0].contains("retention.ms is 60000, configured -1"),
+        "{warnings:?}"
+    );
+
+    // Asking for more replicas than the topic has is reported too (the
+    // topic exists, so it is not created again).
+    migration.topic_replication_factor = 3;
+    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("topics");
+    assert!(
+        warnings.iter().any(|w| w.contains(&kafka.events_topic) && w.contains("replication factor is 1, configured 3")),
+        "{warnings:?}"
+    );
+}
