@@ -9,6 +9,10 @@ export SQLX_OFFLINE ?= true
 
 LOCAL_DATABASE_URL := postgres://connectflow:connectflow@127.0.0.1:5432/connectflow
 LOCAL_KAFKA_BROKERS := 127.0.0.1:9092
+# Kafka of `make services`: 1, the single broker above (what `make test` and
+# `make run` use); 3, a replicated 3-node cluster on 127.0.0.1:19092-19094 for
+# failure tests (`make services KAFKA_NODES=3`; see deploy/services.sh).
+KAFKA_NODES ?= 1
 
 # Development-only credentials for `make run`. Never use them anywhere else.
 DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
@@ -19,10 +23,10 @@ DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-services: ## Install (if needed) and start local PostgreSQL and Kafka
-	@bash deploy/services.sh up
+services: ## Install (if needed) and start local PostgreSQL and Kafka (KAFKA_NODES=3: the 3-node cluster)
+	@KAFKA_NODES='$(KAFKA_NODES)' bash deploy/services.sh up
 
-services-down: ## Stop what `make services` started
+services-down: ## Stop what `make services` started (single broker, cluster and PostgreSQL)
 	@bash deploy/services.sh down
 
 run: services ## Run `connectflow all` locally with development credentials

@@ -2,8 +2,17 @@
 # Local PostgreSQL and Apache Kafka for development and CI, without Docker.
 #
 #   bash deploy/services.sh up      install (if needed), start and wait for both
-#   bash deploy/services.sh down    stop what `up` started (data is kept)
-#   bash deploy/services.sh status  say what listens on 5432 and 9092, and whose it is
+#   bash deploy/services.sh down    stop what `up` started, single broker and cluster (data is kept)
+#   bash deploy/services.sh status  say what listens on 5432, 9092 and the cluster's ports, and whose it is
+#   KAFKA_NODES=3 bash deploy/services.sh up
+#                                   PostgreSQL and the 3-node replicated Kafka cluster
+#                                   (below) instead of the single broker
+#   bash deploy/services.sh node-start N    start cluster node N (1-3) again, without waiting
+#                                           for it to answer; prints its pid (alone on stdout)
+#   bash deploy/services.sh node-stop N     SIGTERM cluster node N and wait until it exited
+#   bash deploy/services.sh node-pid N      print node N's pid; exit status 1 when it does not run
+#   bash deploy/services.sh postgres-stop   stop (fast shutdown) the PostgreSQL cluster `up` started
+#   bash deploy/services.sh postgres-start  start it again and wait until it accepts connections
 #
 # What `up` guarantees (the contract `make services` / `make test` rely on):
 #   postgres://connectflow:connectflow@127.0.0.1:5432/connectflow  (role LOGIN
@@ -13,12 +22,50 @@
 # A server already listening on 5432 or 9092 is reused, never stopped. A second
 # `up` when everything runs changes nothing and takes well under a second.
 #
+# KAFKA_NODES selects the Kafka of `up` (`make services KAFKA_NODES=3` passes it):
+#   1 (default)  the single broker above;
+#   3            a replicated cluster for failure tests (the chaos harness kills
+#                its nodes with kill -9, by the pid in their pid files). The
+#                single broker is neither started nor stopped by it: both can run
+#                at once. `up` waits until each of the three brokers answers a
+#                metadata request listing all three.
+# The cluster: three KRaft nodes, each process.roles=broker,controller, with a
+# static quorum (controller.quorum.voters), formatted with one cluster id:
+#   node 1: broker 127.0.0.1:19092, controller 127.0.0.1:19192
+#   node 2: broker 127.0.0.1:19093, controller 127.0.0.1:19193
+#   node 3: broker 127.0.0.1:19094, controller 127.0.0.1:19194
+#   bootstrap servers: 127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094
+# Replication factor 3 and min.insync.replicas 2 for every topic, the internal
+# ones included; no automatic topic creation (create topics with
+# `connectflow migrate` or TopicCommand); no unclean leader election (a replica
+# outside the ISR never becomes leader: no acknowledged write is lost).
+# Settings for quick failover on one machine, and why:
+#   broker.session.timeout.ms=6000 (default 9000): the active controller fences
+#     a broker that stopped heartbeating (kill -9) after 6 s and moves the
+#     leadership of its partitions to another in-sync replica;
+#   broker.heartbeat.interval.ms=1000 (default 2000): six heartbeats per session,
+#     so a broker delayed by the shared CPU a few seconds is not fenced by mistake;
+#   controller.quorum.fetch.timeout.ms=2000, controller.quorum.election.timeout.ms
+#     =1000: when the node killed is the active controller, the others start an
+#     election after 2 s without hearing from it, settled within about 1-2 s.
+#     These are Kafka's own defaults, set explicitly: they are already short, and
+#     lower values make the quorum flap when a JVM stalls for a second (GC, the
+#     three JVMs and the tests sharing two cores);
+#   replica.lag.time.max.ms=10000 (default 30000): a follower that is alive but
+#     stops fetching (stalled, not fenced) leaves the ISR after 10 s rather than
+#     30 s, so acks=all writes stall at most that long;
+#   -Xmx384m per node, 2 network / 4 I/O threads: three JVMs share 2 cores.
+#
 # Where things live (all ignored by git, under <repo>/.local/):
 #   .local/kafka/libs/         Kafka 4.1.1 jars (Maven Central, via the machine's
-#                              Maven and ~/.m2; downloaded once)
+#                              Maven and ~/.m2; downloaded once; the cluster uses them too)
 #   .local/kafka/data/         the broker's log.dirs (KRaft metadata and topics)
 #   .local/kafka/logs/         server.log (log4j2) and kafka.out (JVM stdout)
 #   .local/kafka/kafka.pid     pid of the broker this script started
+#   .local/kafka-cluster/cluster.id     the id the three nodes were formatted with
+#   .local/kafka-cluster/node<N>/       node N: server.properties, data/ (its
+#                              log.dirs), logs/ (server.log, kafka.out, format.log),
+#                              kafka.pid (pid of the node this script started)
 #   .local/postgres/           the PostgreSQL cluster (data/ and server.log),
 #                              owned by the `postgres` user, or see below
 #   .local/postgres.location   which directory holds the cluster
@@ -54,7 +101,19 @@ KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
 KAFKA_READY_TIMEOUT=90
 
+# The 3-node cluster (KAFKA_NODES=3). Node N: broker port 19091+N, controller
+# port 19191+N.
+KAFKA_NODES=${KAFKA_NODES:-1}
+CLUSTER_HOME="$LOCAL/kafka-cluster"
+CLUSTER_ID_FILE="$CLUSTER_HOME/cluster.id"
+CLUSTER_SIZE=3
+CLUSTER_BROKER_PORT_BASE=19091
+CLUSTER_CONTROLLER_PORT_BASE=19191
+CLUSTER_READY_TIMEOUT=180 # three JVMs starting at once on two cores
+CLUSTER_STOP_TIMEOUT=60   # a node's controlled shutdown waits for the controller
+
 say() { printf '%s\n' "$*"; }
+note() { printf '%s\n' "$*" >&2; } # messages of commands whose stdout is a value
 die() {
   printf 'services.sh: %s\n' "$*" >&2
   exit 1
@@ -393,6 +452,53 @@ postgres_status() {
   fi
 }
 
+
+# postgres-stop / postgres-start: the chaos harness's PostgreSQL restart. Only
+# the cluster this script created (same directory as `up` and `down`); a server
+# on 5432 that this script did not start is never touched (exit status 1).
+postgres_stop_cmd() {
+  resolve_pg_home
+  local pid rc=0 t0
+  if pid=$(our_pg_pid); then
+    find_pg_bin || die "postgres: binaries missing, cannot stop pid $pid"
+    t0=$(now_ms)
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -m fast -w -t 60 stop >"$PG_HOME/pg_ctl.log" 2>&1 || {
+      show_tail "$PG_HOME/pg_ctl.log" "$PG_HOME/server.log"
+      die "postgres: pg_ctl stop failed"
+    }
+    say "postgres: stopped cluster at $PG_HOME/data (pid $pid, fast shutdown, $(elapsed "$t0")s; data kept)"
+    return 0
+  fi
+  pg_isready_here || rc=$?
+  if ((rc != 2)); then
+    say "postgres: $PG_HOST:$PG_PORT is served by a server this script did not start (reused); not stopping it"
+    exit 1
+  fi
+  say "postgres: not running (cluster of this clone: $PG_HOME/data)"
+}
+
+postgres_start_cmd() {
+  resolve_pg_home
+  local pid rc=0
+  if pid=$(our_pg_pid); then
+    find_pg_bin || true
+    wait_pg_ready 60 "$PG_HOME/server.log" "$pid" ||
+      die "postgres: the server of $PG_HOME/data (pid $pid) went away while starting"
+    say "postgres: cluster at $PG_HOME/data already running (pid $pid)"
+    return 0
+  fi
+  find_pg_bin || true
+  pg_isready_here || rc=$?
+  if ((rc != 2)); then
+    say "postgres: $PG_HOST:$PG_PORT is served by a server this script did not start (reused); nothing to start"
+    exit 1
+  fi
+  [[ -s $PG_HOME/data/PG_VERSION ]] ||
+    die "postgres: no cluster at $PG_HOME/data yet; run: bash deploy/services.sh up"
+  [[ -n $PG_BIN ]] || die "postgres: server binaries missing; run: bash deploy/services.sh up"
+  start_pg_cluster
+}
+
 # --------------------------------------------------------------------- Kafka
 
 # A real Kafka request, answered only once the broker serves clients: Metadata
@@ -419,7 +525,9 @@ exit 5 unless $corr == 7 && $nbrokers >= 1;
 my ($node, $bhost, $bport) = unpack("x12 l> s>/a l>", $resp);
 print "$nbrokers $bhost:$bport\n";
 '
-kafka_probe() { perl -e "$KAFKA_PROBE" "$KAFKA_HOST" "$KAFKA_PORT" 2>/dev/null; }
+kafka_probe() { # kafka_probe [host port]: the single broker unless given
+  perl -e "$KAFKA_PROBE" "${1:-$KAFKA_HOST}" "${2:-$KAFKA_PORT}" 2>/dev/null
+}
 
 # pid of the broker this clone started, when it still runs.
 our_kafka_pid() {
@@ -526,6 +634,13 @@ EOF
       say "kafka: updated $KAFKA_PROPS; the running broker uses the old one until down + up"
     fi
   fi
+  write_kafka_log4j_config
+}
+
+# The log4j2 configurations of the servers (single broker and cluster nodes:
+# -Dkafka.logs.dir says where each writes) and of the command-line tools.
+write_kafka_log4j_config() {
+  mkdir -p "$KAFKA_HOME"
   write_if_changed "$KAFKA_HOME/log4j2.properties" <<'EOF' || true
 # Generated by deploy/services.sh: the broker's log, ${sys:kafka.logs.dir}/server.log.
 status = warn
@@ -586,28 +701,38 @@ format_kafka_storage() {
   say "kafka: formatted $KAFKA_DATA (cluster id $id)"
 }
 
-KAFKA_STARTED_AT=
-start_kafka() {
-  rm -f "$KAFKA_PID_FILE"
-  printf '==== %s deploy/services.sh starts the broker\n' "$(date -Is)" >>"$KAFKA_LOGS/kafka.out"
-  KAFKA_STARTED_AT=$(now_ms)
-  # A new session (setsid) without a terminal, and no inherited lock descriptor:
-  # the broker outlives the calling shell and its job control.
+# spawn_kafka <dir> <pid file> <logs dir> <server.properties> <heap option>...:
+# starts a Kafka server (kafka.Kafka) from our jars, JVM output appended to
+# <logs dir>/kafka.out, and waits (5 s at most) for its pid file. A new session
+# (setsid) without a terminal, and no inherited lock descriptor: the server
+# outlives the calling shell and its job control.
+spawn_kafka() {
+  local dir=$1 pid_file=$2 logs=$3 props=$4
+  shift 4
+  rm -f "$pid_file"
   (
-    cd "$KAFKA_HOME"
+    cd "$dir"
     exec 9>&-
     # shellcheck disable=SC2016 # expanded by the inner bash
-    setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$KAFKA_PID_FILE" \
-      java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
-      -Dkafka.logs.dir="$KAFKA_LOGS" -Dlog4j2.configurationFile="$KAFKA_HOME/log4j2.properties" \
-      -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS" \
-      </dev/null >>"$KAFKA_LOGS/kafka.out" 2>&1 &
+    setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$pid_file" \
+      java "$@" -XX:+UseG1GC -Djava.awt.headless=true \
+      -Dkafka.logs.dir="$logs" -Dlog4j2.configurationFile="$KAFKA_HOME/log4j2.properties" \
+      -cp "$KAFKA_LIBS/*" kafka.Kafka "$props" \
+      </dev/null >>"$logs/kafka.out" 2>&1 &
   )
   for _ in $(seq 50); do
-    [[ -s $KAFKA_PID_FILE ]] && break
+    [[ -s $pid_file ]] && break
     sleep 0.1
   done
-  [[ -s $KAFKA_PID_FILE ]] || die "kafka: the broker did not start (no pid file)"
+  [[ -s $pid_file ]]
+}
+
+KAFKA_STARTED_AT=
+start_kafka() {
+  printf '==== %s deploy/services.sh starts the broker\n' "$(date -Is)" >>"$KAFKA_LOGS/kafka.out"
+  KAFKA_STARTED_AT=$(now_ms)
+  spawn_kafka "$KAFKA_HOME" "$KAFKA_PID_FILE" "$KAFKA_LOGS" "$KAFKA_PROPS" -Xms256m -Xmx768m ||
+    die "kafka: the broker did not start (no pid file)"
   say "kafka: started broker pid $(<"$KAFKA_PID_FILE") (log: $KAFKA_LOGS/server.log)"
 }
 
@@ -719,16 +844,383 @@ kafka_status() {
   fi
 }
 
+
+# ------------------------------------------------------ Kafka, 3-node cluster
+
+node_dir() { printf '%s/node%d' "$CLUSTER_HOME" "$1"; }
+node_broker_port() { printf '%d' $((CLUSTER_BROKER_PORT_BASE + $1)); }
+node_controller_port() { printf '%d' $((CLUSTER_CONTROLLER_PORT_BASE + $1)); }
+cluster_voters() { # 1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194
+  local n out=
+  for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+    out+="${out:+,}$n@$KAFKA_HOST:$(node_controller_port "$n")"
+  done
+  printf '%s' "$out"
+}
+cluster_bootstrap() { # 127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094
+  local n out=
+  for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+    out+="${out:+,}$KAFKA_HOST:$(node_broker_port "$n")"
+  done
+  printf '%s' "$out"
+}
+
+check_node_arg() { # check_node_arg <N>: a node number, 1..3
+  if ! [[ ${1:-} =~ ^[0-9]+$ ]] || ((10#$1 < 1 || 10#$1 > CLUSTER_SIZE)); then
+    die "node number must be 1 to $CLUSTER_SIZE (got '${1:-}')"
+  fi
+}
+
+# pid of cluster node N when it runs and is the one this script started.
+our_node_pid() {
+  local pid_file props pid
+  pid_file="$(node_dir "$1")/kafka.pid"
+  props="$(node_dir "$1")/server.properties"
+  [[ -s $pid_file ]] || return 1
+  pid=$(<"$pid_file")
+  [[ $pid =~ ^[0-9]+$ ]] && pid_alive "$pid" || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "kafka.Kafka $props " || return 1
+  printf '%s' "$pid"
+}
+
+node_listens() { # node_listens <N>: its broker or controller port is taken
+  local port
+  for port in "$(node_broker_port "$1")" "$(node_controller_port "$1")"; do
+    timeout 2 bash -c ": </dev/tcp/$KAFKA_HOST/$port" 2>/dev/null && return 0
+  done
+  return 1
+}
+
+write_node_config() { # write_node_config <N>
+  local n=$1 dir
+  dir=$(node_dir "$n")
+  mkdir -p "$dir/data" "$dir/logs"
+  if write_if_changed "$dir/server.properties" <<EOF; then
+# Generated by deploy/services.sh: node $n of the local 3-node KRaft cluster
+# (KAFKA_NODES=3). Why each failover setting: the header of deploy/services.sh.
+process.roles=broker,controller
+node.id=$n
+# Static quorum: the three controllers, formatted without --standalone or
+# --initial-controllers.
+controller.quorum.voters=$(cluster_voters)
+listeners=PLAINTEXT://$KAFKA_HOST:$(node_broker_port "$n"),CONTROLLER://$KAFKA_HOST:$(node_controller_port "$n")
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$(node_broker_port "$n")
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=6
+# Every partition on all three nodes, writes acknowledged by two: one node may
+# die without losing an acknowledged write or stopping writes.
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+# Topics are created on purpose (connectflow migrate), with these defaults.
+auto.create.topics.enable=false
+# A replica outside the ISR never becomes leader: no acknowledged write lost.
+unclean.leader.election.enable=false
+# Fast tests: no wait before the first rebalance, small internal topics.
+group.initial.rebalance.delay.ms=0
+offsets.topic.num.partitions=6
+transaction.state.log.num.partitions=6
+# Quick failover on one machine:
+# the active controller fences a broker 6 s after its last heartbeat (default
+# 9 s) and moves its partition leaderships to another in-sync replica;
+broker.session.timeout.ms=6000
+# heartbeats every second (default 2 s): six per session, so a broker delayed a
+# few seconds by the shared CPU is not fenced by mistake;
+broker.heartbeat.interval.ms=1000
+# a dead active controller is replaced after 2 s without a fetch plus an
+# election of 1-2 s. Kafka's defaults, set explicitly: lower values make the
+# quorum flap when one of the JVMs sharing two cores stalls for a second;
+controller.quorum.fetch.timeout.ms=2000
+controller.quorum.election.timeout.ms=1000
+# a follower alive but not fetching (stalled, not fenced) leaves the ISR after
+# 10 s (default 30 s), so acks=all writes wait at most that long for it.
+replica.lag.time.max.ms=10000
+# Three JVMs share two cores: fewer request threads than the defaults (3 and 8).
+num.network.threads=2
+num.io.threads=4
+EOF
+    if our_node_pid "$n" >/dev/null; then
+      note "kafka node $n: updated $dir/server.properties; the running node uses the old one until node-stop $n + node-start $n"
+    fi
+  fi
+}
+
+# The cluster id of all three nodes: .local/kafka-cluster/cluster.id, made up
+# once (or taken back from a node formatted before, if the file went missing).
+CLUSTER_ID=
+ensure_cluster_id() {
+  [[ -z $CLUSTER_ID ]] || return 0
+  mkdir -p "$CLUSTER_HOME"
+  if [[ -s $CLUSTER_ID_FILE ]]; then
+    CLUSTER_ID=$(<"$CLUSTER_ID_FILE")
+    return 0
+  fi
+  local n id=
+  for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+    id=$(sed -n 's/^cluster\.id=//p' "$(node_dir "$n")/data/meta.properties" 2>/dev/null || true)
+    [[ -z $id ]] || break
+  done
+  [[ -n $id ]] || id=$(kafka_cluster_id)
+  printf '%s\n' "$id" >"$CLUSTER_ID_FILE"
+  CLUSTER_ID=$id
+}
+
+format_node() { # format_node <N>: formats its data/ unless done before
+  local n=$1 dir id
+  dir=$(node_dir "$n")
+  ensure_cluster_id
+  if [[ -s $dir/data/meta.properties ]]; then
+    id=$(sed -n 's/^cluster\.id=//p' "$dir/data/meta.properties")
+    [[ $id == "$CLUSTER_ID" ]] ||
+      die "kafka node $n: $dir/data belongs to cluster $id, not $CLUSTER_ID ($CLUSTER_ID_FILE); remove $CLUSTER_HOME (while the nodes are stopped) to start the cluster afresh"
+    return 0
+  fi
+  kafka_tool kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$dir/server.properties" \
+    >"$dir/logs/format.log" 2>&1 9>&- || {
+    show_tail "$dir/logs/format.log"
+    die "kafka node $n: formatting $dir/data failed"
+  }
+  note "kafka node $n: formatted $dir/data (cluster id $CLUSTER_ID)"
+}
+
+# Everything node N needs before it starts: jars, Java, configuration, storage.
+prepare_node() {
+  ensure_kafka_jars
+  ensure_java_and_maven
+  write_kafka_log4j_config
+  write_node_config "$1"
+  format_node "$1"
+}
+
+start_node() { # start_node <N>: prints nothing; the pid is in its pid file
+  local n=$1 dir
+  dir=$(node_dir "$n")
+  printf '==== %s deploy/services.sh starts node %d\n' "$(date -Is)" "$n" >>"$dir/logs/kafka.out"
+  spawn_kafka "$dir" "$dir/kafka.pid" "$dir/logs" "$dir/server.properties" -Xms128m -Xmx384m ||
+    die "kafka node $n: did not start (no pid file; see $dir/logs/kafka.out)"
+}
+
+node_failure_report() {
+  local dir
+  dir=$(node_dir "$1")
+  show_tail "$dir/logs/kafka.out" "$dir/logs/server.log"
+  if [[ -s $dir/logs/server.log ]] && grep -qE '^\[[^]]*\] (ERROR|FATAL)' "$dir/logs/server.log"; then
+    printf -- '---- last errors in %s ----\n' "$dir/logs/server.log" >&2
+    grep -E '^\[[^]]*\] (ERROR|FATAL)' "$dir/logs/server.log" | tail -n 5 | cut -c1-400 >&2
+  fi
+}
+
+# Every node answers a metadata request listing all three brokers (an unfenced
+# broker is listed; a fenced or dead one is not).
+cluster_ready() {
+  local n answer
+  for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+    answer=$(kafka_probe "$KAFKA_HOST" "$(node_broker_port "$n")") || return 1
+    [[ ${answer%% *} == "$CLUSTER_SIZE" ]] || return 1
+  done
+}
+
+CLUSTER_WAIT=
+cluster_up_start() {
+  local n pid running=() start=() t0
+  for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+    if pid=$(our_node_pid "$n"); then
+      running+=("$n:$pid")
+    elif node_listens "$n"; then
+      die "kafka node $n: something this script did not start listens on $KAFKA_HOST:$(node_broker_port "$n") or :$(node_controller_port "$n")"
+    else
+      start+=("$n")
+    fi
+  done
+  if ((${#start[@]} == 0)); then
+    for ((n = 1; n <= CLUSTER_SIZE; n++)); do write_node_config "$n"; done # only to say when outdated
+    if cluster_ready; then
+      say "kafka cluster: 3 nodes already running (pids ${running[*]}), each of $(cluster_bootstrap) lists 3 brokers; reused"
+      return 0
+    fi
+    say "kafka cluster: 3 nodes running (pids ${running[*]}) but not all list 3 brokers yet; waiting"
+    CLUSTER_WAIT="$(now_ms)"
+    return 0
+  fi
+  ((${#running[@]} == 0)) || say "kafka cluster: nodes already running (node:pid ${running[*]}), reused"
+  for n in "${start[@]}"; do prepare_node "$n" 2>&1; done
+  t0=$(now_ms)
+  for n in "${start[@]}"; do
+    start_node "$n"
+    say "kafka node $n: started pid $(<"$(node_dir "$n")/kafka.pid") (broker $KAFKA_HOST:$(node_broker_port "$n"), controller :$(node_controller_port "$n"), log: $(node_dir "$n")/logs/server.log)"
+  done
+  CLUSTER_WAIT="$t0"
+}
+
+cluster_up_wait() {
+  [[ -n $CLUSTER_WAIT ]] || return 0
+  local t0=$CLUSTER_WAIT deadline=$((SECONDS + CLUSTER_READY_TIMEOUT)) n
+  while :; do
+    if cluster_ready; then
+      say "kafka cluster: ready after $(elapsed "$t0")s (each of $(cluster_bootstrap) answers metadata listing 3 brokers; cluster id $(<"$CLUSTER_ID_FILE"))"
+      return 0
+    fi
+    for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+      if ! our_node_pid "$n" >/dev/null; then
+        node_failure_report "$n"
+        die "kafka node $n exited during startup"
+      fi
+    done
+    if ((SECONDS >= deadline)); then
+      for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+        kafka_probe "$KAFKA_HOST" "$(node_broker_port "$n")" | grep -q "^$CLUSTER_SIZE " || node_failure_report "$n"
+      done
+      die "kafka cluster: not every broker of $(cluster_bootstrap) lists 3 brokers after ${CLUSTER_READY_TIMEOUT}s"
+    fi
+    sleep 0.5
+  done
+}
+
+# stop_pids <seconds> <pid>...: SIGTERM all at once (a node's controlled
+# shutdown needs an active controller, which the last ones to go would lose if
+# they stopped one by one), then wait; SIGKILL what is left after <seconds>.
+# Prints the pids it had to kill.
+stop_pids() {
+  local limit=$1 pid left i
+  shift
+  kill -TERM "$@" 2>/dev/null || true
+  for ((i = 0; i < limit * 10; i++)); do
+    left=
+    for pid in "$@"; do pid_alive "$pid" && left=1; done
+    [[ -n $left ]] || return 0
+    sleep 0.1
+  done
+  for pid in "$@"; do
+    if pid_alive "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+      printf '%s ' "$pid"
+    fi
+  done
+}
+
+cluster_down() {
+  local n pid pids=() stopped=() killed
+  for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+    if pid=$(our_node_pid "$n"); then
+      pids+=("$pid")
+      stopped+=("node $n (pid $pid)")
+    else
+      [[ ! -e $(node_dir "$n")/kafka.pid ]] || rm -f "$(node_dir "$n")/kafka.pid"
+      ! node_listens "$n" ||
+        say "kafka node $n: $KAFKA_HOST:$(node_broker_port "$n") is served by a process this script did not start; left running"
+    fi
+  done
+  if ((${#pids[@]} == 0)); then
+    say "kafka cluster: not running"
+    return 0
+  fi
+  killed=$(stop_pids "$CLUSTER_STOP_TIMEOUT" "${pids[@]}")
+  for ((n = 1; n <= CLUSTER_SIZE; n++)); do rm -f "$(node_dir "$n")/kafka.pid"; done
+  [[ -z $killed ]] || say "kafka cluster: pid(s) ${killed% } did not stop within ${CLUSTER_STOP_TIMEOUT}s, killed"
+  say "kafka cluster: stopped ${stopped[*]} (data kept in $CLUSTER_HOME)"
+}
+
+cluster_status() {
+  local n pid rc answer state
+  if [[ ! -d $CLUSTER_HOME ]] && ! node_listens 1 && ! node_listens 2 && ! node_listens 3; then
+    say "kafka cluster: not set up (KAFKA_NODES=3 bash deploy/services.sh up)"
+    return 0
+  fi
+  for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+    rc=0
+    answer=$(kafka_probe "$KAFKA_HOST" "$(node_broker_port "$n")") || rc=$?
+    case $rc in
+    0) state="answers metadata (${answer%% *} brokers)" ;;
+    2) state= ;;
+    *) state="listens but does not answer metadata" ;;
+    esac
+    if pid=$(our_node_pid "$n"); then
+      say "kafka node $n: $KAFKA_HOST:$(node_broker_port "$n") ${state:-not listening yet}, controller :$(node_controller_port "$n"), pid $pid started by this script (data: $(node_dir "$n")/data)"
+    elif [[ -n $state ]]; then
+      say "kafka node $n: $KAFKA_HOST:$(node_broker_port "$n") $state, a process this script did not start"
+    else
+      say "kafka node $n: not running ($KAFKA_HOST:$(node_broker_port "$n"), data: $(node_dir "$n")/data)"
+    fi
+  done
+}
+
+# node-start N: starts node N again (after kill -9 or node-stop) and prints its
+# pid, without waiting for it to answer; a stale pid file is replaced. When it
+# already runs, prints that pid. Messages go to stderr.
+node_start_cmd() {
+  local n=$1 pid dir
+  dir=$(node_dir "$n")
+  if pid=$(our_node_pid "$n"); then
+    note "kafka node $n: already running (pid $pid)"
+    printf '%s\n' "$pid"
+    return 0
+  fi
+  [[ -s $CLUSTER_ID_FILE || -s $dir/data/meta.properties ]] ||
+    die "kafka node $n: the cluster was never set up; run: KAFKA_NODES=3 bash deploy/services.sh up"
+  node_listens "$n" &&
+    die "kafka node $n: something this script did not start listens on $KAFKA_HOST:$(node_broker_port "$n") or :$(node_controller_port "$n")"
+  prepare_node "$n" >&2
+  # A node killed a moment ago may linger as a zombie; its ports are free.
+  start_node "$n"
+  pid=$(<"$dir/kafka.pid")
+  note "kafka node $n: started pid $pid (broker $KAFKA_HOST:$(node_broker_port "$n"); not waiting for it to rejoin)"
+  printf '%s\n' "$pid"
+}
+
+node_pid_cmd() {
+  local pid
+  pid=$(our_node_pid "$1") || {
+    note "kafka node $1: not running"
+    exit 1
+  }
+  printf '%s\n' "$pid"
+}
+
+node_stop_cmd() {
+  local n=$1 pid t0 killed
+  if ! pid=$(our_node_pid "$n"); then
+    rm -f "$(node_dir "$n")/kafka.pid"
+    say "kafka node $n: not running"
+    return 0
+  fi
+  t0=$(now_ms)
+  killed=$(stop_pids "$CLUSTER_STOP_TIMEOUT" "$pid")
+  rm -f "$(node_dir "$n")/kafka.pid"
+  if [[ -n $killed ]]; then
+    say "kafka node $n: pid $pid did not stop within ${CLUSTER_STOP_TIMEOUT}s after SIGTERM, killed"
+  else
+    say "kafka node $n: stopped pid $pid ($(elapsed "$t0")s; data kept in $(node_dir "$n")/data)"
+  fi
+}
+
 # ---------------------------------------------------------------------- main
 
 usage() {
-  sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2p;4,/^#$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
-[[ $# == 1 ]] || usage
+case ${1:-} in
+node-start | node-stop | node-pid)
+  [[ $# == 2 ]] || usage
+  check_node_arg "$2"
+  ;;
+*) [[ $# == 1 ]] || usage ;;
+esac
 [[ $(id -u) == 0 ]] || die "run as root (it installs packages and runs PostgreSQL through runuser)"
 mkdir -p "$LOCAL"
+# node-pid only reads: it answers even while another run holds the lock.
+if [[ $1 == node-pid ]]; then
+  node_pid_cmd "$2"
+  exit 0
+fi
 # One run at a time (e.g. two `make test` at once); descriptor 9 is closed for
 # the servers started below so they do not keep the lock.
 exec 9>"$LOCAL/services.lock"
@@ -736,18 +1228,35 @@ flock -w 600 9 || die "another deploy/services.sh holds $LOCAL/services.lock"
 
 case $1 in
 up)
-  ensure_pg_installed
-  kafka_up_start
-  postgres_up
-  kafka_up_wait
+  case $KAFKA_NODES in
+  1)
+    ensure_pg_installed
+    kafka_up_start
+    postgres_up
+    kafka_up_wait
+    ;;
+  3)
+    ensure_pg_installed
+    cluster_up_start
+    postgres_up
+    cluster_up_wait
+    ;;
+  *) die "KAFKA_NODES must be 1 (the single broker on $KAFKA_HOST:$KAFKA_PORT) or 3 (the cluster on $(cluster_bootstrap)), not '$KAFKA_NODES'" ;;
+  esac
   ;;
 down)
   kafka_down
+  cluster_down
   postgres_down
   ;;
 status)
   postgres_status
   kafka_status
+  cluster_status
   ;;
+node-start) node_start_cmd "$2" ;;
+node-stop) node_stop_cmd "$2" ;;
+postgres-stop) postgres_stop_cmd ;;
+postgres-start) postgres_start_cmd ;;
 *) usage ;;
 esac

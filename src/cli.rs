@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::HttpServer;
-use crate::config::{Command, ConfigError, DatabaseArgs, KafkaArgs, MigrationArgs};
+use crate::config::{Command, ConfigError, DatabaseArgs, DlqCommand, KafkaArgs, MigrationArgs};
 use crate::consume::LifecycleConsumer;
 use crate::event::CustomerId;
 use crate::metrics::Metrics;
@@ -25,6 +25,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => crate::simulate::run(args, shutdown).await,
+        Command::Dlq(DlqCommand::Replay(args)) => {
+            let outcome =
+                crate::consume::replay::replay(&args.kafka, args.reason_contains.as_deref(), args.dry_run).await?;
+            let verb = if args.dry_run { "would replay" } else { "replayed" };
+            println!(
+                "read {} parked records: {verb} {}, {} filtered out, {} metadata only",
+                outcome.read, outcome.replayed, outcome.filtered_out, outcome.metadata_only
+            );
+            Ok(())
+        }
         Command::Reproject(args) => {
             let pool = store::pool(&args.database)?;
             store::migrate(&pool).await?;

@@ -42,6 +42,9 @@ pub enum Command {
     /// Recompute lifecycle state from the recorded events (after a change to
     /// the state machine), in bounded batches, while the service runs.
     Reproject(ReprojectArgs),
+    /// Work with the dead-letter topic (`dlq replay`).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Send realistic, signed Finicity Connect webhooks to a receiver, as
     /// Finicity would, and optionally verify the states they end in.
     Simulate(crate::simulate::SimulateArgs),
@@ -295,6 +298,31 @@ pub struct MigrateArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub migration: MigrationArgs,
+}
+
+/// `connectflow dlq ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// Publish records parked on the dead-letter topic back to the events
+    /// topic (after their cause is fixed). Safe to repeat: events are
+    /// deduplicated by id.
+    Replay(ReplayArgs),
+}
+
+/// `connectflow dlq replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// List what would be replayed; publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Replay only records whose `dlq_reason` contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub reason_contains: Option<String>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
 }
 
 /// `connectflow reproject`.

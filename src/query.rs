@@ -94,6 +94,16 @@ pub struct CustomerLifecycle {
     pub updated_at: DateTime<Utc>,
 }
 
+impl CustomerLifecycle {
+    /// The API's answer for a stored lifecycle: everything but the fold's
+    /// bookkeeping (`pending_adding`).
+    pub fn new(customer_id: String, lifecycle: Lifecycle, updated_at: DateTime<Utc>) -> Self {
+        let Lifecycle { consent, authentication, institution_logins, last_event, event_count, pending_adding: _ } =
+            lifecycle;
+        Self { customer_id, consent, authentication, institution_logins, last_event, event_count, updated_at }
+    }
+}
+
 /// One page of a customer's recorded events.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventPage {
@@ -223,16 +233,7 @@ pub async fn get_lifecycle(
     let (lifecycle, updated_at) = read::lifecycle(&state.pool, &customer_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
-    let Lifecycle { consent, authentication, institution_logins, last_event, event_count, .. } = lifecycle;
-    Ok(Json(CustomerLifecycle {
-        customer_id,
-        consent,
-        authentication,
-        institution_logins,
-        last_event,
-        event_count,
-        updated_at,
-    }))
+    Ok(Json(CustomerLifecycle::new(customer_id, lifecycle, updated_at)))
 }
 
 /// A customer's recorded events.

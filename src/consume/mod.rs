@@ -33,6 +33,7 @@ pub mod dead_letter;
 pub mod health;
 mod lane;
 pub mod record;
+pub mod replay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

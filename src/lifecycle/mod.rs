@@ -24,7 +24,7 @@ use std::collections::HashSet;
 
 pub use state::{
     Account, AccountStatus, AuthReason, AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent,
-    Lifecycle, LifecycleView, PendingAdding, rfc3339_ms_option,
+    Lifecycle, PendingAdding, rfc3339_ms_option,
 };
 pub use transition::apply;
 

@@ -13,7 +13,7 @@ use crate::event::rfc3339_ms;
 /// [`pending_adding`](Self::pending_adding), which a later `added` may still
 /// need. Dropping that field would make a state reloaded from the store
 /// differ from the fold of the same events. The API shows
-/// [`Lifecycle::view`] (or the same fields) instead.
+/// [`crate::query::CustomerLifecycle`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct Lifecycle {
     /// Whether the customer shares accounts now.
@@ -33,35 +33,6 @@ pub struct Lifecycle {
     /// payload lacks them.
     #[serde(default)]
     pub pending_adding: Option<PendingAdding>,
-}
-
-impl Lifecycle {
-    /// The state in the query API's shape (everything but the bookkeeping).
-    pub fn view(&self) -> LifecycleView<'_> {
-        LifecycleView {
-            consent: &self.consent,
-            authentication: &self.authentication,
-            institution_logins: &self.institution_logins,
-            last_event: self.last_event.as_ref(),
-            event_count: self.event_count,
-        }
-    }
-}
-
-/// A [`Lifecycle`] as the query API shows it: `consent`, `authentication`,
-/// `institution_logins`, `last_event` and `event_count`, nothing else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct LifecycleView<'a> {
-    /// See [`Lifecycle::consent`].
-    pub consent: &'a Consent,
-    /// See [`Lifecycle::authentication`].
-    pub authentication: &'a Authentication,
-    /// See [`Lifecycle::institution_logins`].
-    pub institution_logins: &'a [InstitutionLogin],
-    /// See [`Lifecycle::last_event`].
-    pub last_event: Option<&'a LastEvent>,
-    /// See [`Lifecycle::event_count`].
-    pub event_count: u64,
 }
 
 /// The consent dimension.

@@ -446,3 +446,34 @@ async fn app_database_url(app: &TestApp) -> String {
     let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");
     format!("{prefix}/{name}")
 }
+
+#[tokio::test]
+async fn parked_records_are_replayed_once_their_cause_is_fixed() {
+    let app = crate::helpers::spawn_pipeline().await;
+    sqlx::query("ALTER TABLE connect_events ADD CONSTRAINT test_refuses CHECK (event_type <> 'refusedByPostgres')")
+        .execute(&app.pool)
+        .await
+        .expect("constraint");
+    let refused = record("7900000001", "1764000000009-replay", "refusedByPostgres");
+    produce_json(&app, "7900000001", &refused).await;
+    produce(&app.kafka.brokers, &app.kafka.events_topic, "7900000002", b"not an event").await;
+    dead_letters(&app, 2).await;
+    let on_topic = crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic);
+
+    let dry = connectflow::consume::replay::replay(&app.kafka, Some("23514"), true).await.expect("dry run");
+    assert_eq!((dry.read, dry.replayed, dry.filtered_out), (2, 1, 1), "{dry:?}");
+    assert_eq!(crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic), on_topic, "dry run");
+
+    // The fix: the database takes the event now.
+    sqlx::query("ALTER TABLE connect_events DROP CONSTRAINT test_refuses").execute(&app.pool).await.expect("fix");
+    let done = connectflow::consume::replay::replay(&app.kafka, Some("23514"), false).await.expect("replay");
+    assert_eq!(done.replayed, 1);
+    all_applied(&app.pool, &[("7900000001".to_owned(), 1)], Duration::from_secs(30))
+        .await
+        .expect("replayed and applied");
+    // Replaying again changes nothing: the event is a duplicate.
+    connectflow::consume::replay::replay(&app.kafka, Some("23514"), false).await.expect("again");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(event_count(&app.pool, "7900000001").await, Some(1));
+    app.stop().await;
+}
