@@ -18,7 +18,7 @@ KAFKA_NODES ?= 1
 DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
 DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
 
-.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench
+.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -57,3 +57,8 @@ sqlx-prepare: services ## Refresh .sqlx/ (the offline query data) from the local
 bench: services ## Build release and measure receiver, consumer, query API and end to end (about 5 minutes)
 	cargo build --release --bin connectflow --example bench
 	./target/release/examples/bench all
+
+chaos: ## Faults on a 3-node Kafka cluster and Postgres while webhooks flow; checks nothing is lost (about 5 minutes)
+	KAFKA_NODES=3 bash deploy/services.sh up
+	cargo build --bin connectflow --example chaos
+	CONNECTFLOW_BIN=target/debug/connectflow ./target/debug/examples/chaos

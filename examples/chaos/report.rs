@@ -78,13 +78,19 @@ impl Report {
                     .map(|a| a.at - fault.at)
                     .min();
                 let window = fault.at + Duration::from_secs(60);
-                let unavailable =
-                    sent.attempts.iter().filter(|a| a.status == Some(503) && a.at >= fault.at && a.at < window).count();
+                let in_window: Vec<_> = sent
+                    .attempts
+                    .iter()
+                    .filter(|a| a.status == Some(503) && a.at >= fault.at && a.at < window)
+                    .collect();
+                let unavailable = in_window.len();
+                let last_503 = in_window.iter().map(|a| a.at - fault.at).max();
                 let mut entry = json!({
                     "fault": fault.name,
                     "at_s": (fault.offset.as_secs_f64() * 10.0).round() / 10.0,
                     "first_200_after_ms": first_200.map(ms),
                     "answers_503_within_60s": unavailable,
+                    "last_503_after_ms": last_503.map(ms),
                 });
                 if let Some(failover) = fault.failover {
                     entry["new_partition_leader_after_ms"] = json!(failover.map(ms));
