@@ -4,7 +4,7 @@
 //! statuses.
 
 use chrono::Utc;
-use connectflow::receive::normalise::{Webhook, normalise};
+use connectflow::receive::normalise::{KNOWN_EVENT_TYPES, Webhook, normalise};
 use connectflow::receive::signature::sign;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -74,27 +74,10 @@ fn account() -> impl Strategy<Value = Value> {
     )
 }
 
-const TYPES: &[&str] = &[
-    "started",
-    "adding",
-    "credentialsUpdated",
-    "discovered",
-    "added",
-    "accountsDeleted",
-    "institutionNotFound",
-    "institutionNotSupported",
-    "unableToConnect",
-    "done",
-    "invalidCredentials",
-    "institutionSupported",
-    "mfa",
-    "cancel",
-];
-
 /// A Finicity-shaped envelope of every event type, any value in any field.
 fn envelope() -> impl Strategy<Value = Value> {
     let event_type = prop_oneof![
-        8 => prop::sample::select(TYPES).prop_map(Value::from),
+        8 => prop::sample::select(KNOWN_EVENT_TYPES).prop_map(Value::from),
         1 => any_json(),
     ];
     let accounts = prop_oneof![prop::collection::vec(account(), 0..4).prop_map(Value::from), any_json(),];
