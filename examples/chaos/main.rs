@@ -246,14 +246,13 @@ async fn main() -> anyhow::Result<()> {
             println!("chaos: t={:.0}s Postgres started", t0.elapsed().as_secs_f64());
             faults.push(Fault::new("Postgres stopped 10 s", fault_at, t0));
         }
-        // A Postgres this project did not start (a developer's own) is not
-        // stopped; in CI the project always starts its own, so there it is
-        // an error.
-        Err(err) if std::env::var_os("CI").is_none() => {
+        // A Postgres this checkout's deploy/services.sh did not start (a
+        // developer's own, or one another checkout started) is not stopped:
+        // the fault is skipped, loudly, and the summary says so.
+        Err(err) => {
             println!("chaos: SKIPPED the Postgres fault: {err:#}");
-            faults.push(Fault::new("Postgres fault SKIPPED (not started by deploy/services.sh)", fault_at, t0));
+            faults.push(Fault::new("Postgres fault SKIPPED (not started by this checkout)", fault_at, t0));
         }
-        Err(err) => return Err(err),
     }
 
     // 4. reproject beside the consumers.
