@@ -150,12 +150,16 @@ pub struct HttpArgs {
     pub listen: SocketAddr,
 
     /// Finicity partner secrets, comma-separated, current first. A webhook
-    /// verifies when its signature matches any of them (rotation).
+    /// verifies when its signature matches any of them (rotation). Entries
+    /// are taken exactly as written: an empty one, or one with spaces around
+    /// it, is refused; a secret cannot contain a comma.
     #[arg(long = "partner-secrets", env = "FINICITY_PARTNER_SECRETS", hide_env_values = true)]
     pub partner_secrets: Option<SecretList>,
 
     /// Bearer tokens accepted by the query API, comma-separated (rotation:
-    /// keep the old and the new one until clients have moved).
+    /// keep the old and the new one until clients have moved). Same rules as
+    /// the partner secrets: no empty entry, no spaces around one, no comma
+    /// inside one.
     #[arg(long = "api-tokens", env = "CONNECTFLOW_API_TOKENS", hide_env_values = true)]
     pub api_tokens: Option<SecretList>,
 
@@ -466,10 +470,20 @@ impl SecretList {
 
 impl FromStr for SecretList {
     type Err = String;
+    /// Entries are separated by commas, taken exactly as written: an empty
+    /// entry, or one with spaces around it, is refused (never trimmed
+    /// silently), so a secret that contains a comma, or a list with a stray
+    /// space, cannot pass for a valid configuration. A secret cannot contain a
+    /// comma.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err("expected a comma-separated list of non-empty values".into());
+        let parts: Vec<&str> = s.split(',').collect();
+        for (n, part) in parts.iter().enumerate() {
+            if part.is_empty() {
+                return Err(format!("entry {} of the comma-separated list is empty", n + 1));
+            }
+            if part.trim() != *part {
+                return Err(format!("entry {} of the comma-separated list has spaces around it", n + 1));
+            }
         }
         Self::new(parts.into_iter().map(str::to_owned)).ok_or_else(|| "expected at least one value".into())
     }
@@ -596,11 +610,15 @@ mod tests {
     }
 
     #[test]
-    fn secret_lists_reject_empty_entries() {
+    fn secret_lists_refuse_empty_entries_and_surrounding_spaces() {
         assert!("a,,b".parse::<SecretList>().is_err());
         assert!("".parse::<SecretList>().is_err());
-        let list: SecretList = " a , b ".parse().expect("valid");
-        assert_eq!(list.iter().map(Secret::expose).collect::<Vec<_>>(), ["a", "b"]);
+        assert!("a,".parse::<SecretList>().is_err());
+        let err = " a , b ".parse::<SecretList>().expect_err("spaces are refused, not trimmed");
+        assert!(err.contains("entry 1") && !err.contains(" a "), "names the entry, never its value: {err}");
+        assert!("a, b".parse::<SecretList>().is_err());
+        let list: SecretList = "a,b c".parse().expect("valid: spaces inside an entry are part of it");
+        assert_eq!(list.iter().map(Secret::expose).collect::<Vec<_>>(), ["a", "b c"]);
     }
 
     #[test]

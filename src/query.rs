@@ -12,7 +12,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
@@ -24,23 +24,36 @@ use crate::event::{CustomerId, rfc3339_ms};
 use crate::lifecycle::{AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent, Lifecycle};
 use crate::store::read;
 
-/// The accepted bearer tokens. Every token is compared, in constant time,
-/// so timing tells nothing about which one (or how much of one) matched.
+/// The accepted bearer tokens, kept as SHA-256 digests. The presented token
+/// is hashed and compared with every digest in constant time: the comparison
+/// always covers 32 bytes per token, so timing tells nothing about which
+/// token matched, how much of one, or how long the configured ones are.
 #[derive(Clone)]
 pub struct ApiAuth {
-    tokens: Vec<Vec<u8>>,
+    digests: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ApiAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiAuth({} tokens)", self.tokens.len())
+        write!(f, "ApiAuth({} tokens)", self.digests.len())
     }
 }
 
 impl ApiAuth {
     /// From the configured tokens.
     pub fn new(tokens: &SecretList) -> Self {
-        Self { tokens: tokens.iter().map(|t| t.expose().as_bytes().to_vec()).collect() }
+        Self { digests: tokens.iter().map(|t| digest(t.expose().as_bytes())).collect() }
+    }
+
+    /// Whether `presented` is one of the tokens (constant time in both the
+    /// presented and the configured tokens' lengths).
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        let presented = digest(presented);
+        let mut matched = subtle::Choice::from(0);
+        for token in &self.digests {
+            matched |= token.ct_eq(&presented);
+        }
+        bool::from(matched)
     }
 
     /// Checks `Authorization: Bearer <token>`.
@@ -52,12 +65,13 @@ impl ApiAuth {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim().as_bytes())
             .ok_or(ApiError::Unauthorized)?;
-        let mut matched = subtle::Choice::from(0);
-        for token in &self.tokens {
-            matched |= token.as_slice().ct_eq(presented);
-        }
-        if bool::from(matched) { Ok(()) } else { Err(ApiError::Unauthorized) }
+        if self.accepts(presented) { Ok(()) } else { Err(ApiError::Unauthorized) }
     }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// Middleware: rejects requests without a valid bearer token.
@@ -182,7 +196,22 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, String), ApiError> {
     let (Some("1"), Some(micros), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(malformed());
     };
-    let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(malformed)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        // Every key the server writes is a timestamp of years 1 to 9999;
+        // anything else is not one of its cursors (and Postgres would refuse
+        // years before 4713 BC).
+        .filter(|at| (1..=9999).contains(&at.year()))
+        .ok_or_else(malformed)?;
+    // The id part is an event id or a customer id: printable ASCII.
+    if id.is_empty()
+        || id.len() > crate::event::MAX_EVENT_ID_LEN
+        || !id.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(malformed());
+    }
     Ok((at, id.to_owned()))
 }
 
@@ -316,6 +345,24 @@ pub async fn list_customers(
 }
 
 #[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_by_digest_whatever_their_length() {
+        let auth = ApiAuth::new(&SecretList::new(["short", "a-much-longer-second-token"]).expect("tokens"));
+        assert!(auth.accepts(b"short"));
+        assert!(auth.accepts(b"a-much-longer-second-token"));
+        for wrong in [&b""[..], b"shor", b"short ", b"a-much-longer-second-tokeN", &[b'x'; 4096]] {
+            assert!(!auth.accepts(wrong), "{wrong:?}");
+        }
+        // Every configured token is held as 32 bytes: the comparison does
+        // not depend on any token's length.
+        assert!(auth.digests.iter().all(|d| d.len() == 32));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -336,6 +383,12 @@ mod tests {
         assert!(decode_cursor(&hex::encode("2:1:x")).is_err());
         assert!(decode_cursor(&hex::encode("1:abc:x")).is_err());
         assert!(decode_cursor("").is_err());
+        // Well-formed but never produced by the server: 400, never a 500.
+        assert!(decode_cursor(&hex::encode(format!("1:{}:x", i64::MIN / 2))).is_err(), "year out of range");
+        assert!(decode_cursor(&hex::encode("1:-300000000000000000:x")).is_err(), "before year 1");
+        assert!(decode_cursor(&hex::encode("1:0:a\u{0}b")).is_err(), "NUL in the id");
+        assert!(decode_cursor(&hex::encode("1:0:")).is_err(), "empty id");
+        assert!(decode_cursor(&hex::encode(format!("1:0:{}", "x".repeat(200)))).is_err(), "long id");
     }
 
     #[test]

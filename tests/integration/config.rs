@@ -100,3 +100,24 @@ fn help_documents_every_option() {
         }
     }
 }
+
+#[test]
+fn secret_lists_with_empty_or_spaced_entries_exit_2_naming_the_variable_not_the_value() {
+    for (variable, value) in [
+        ("FINICITY_PARTNER_SECRETS", "current-secret, previous-secret"),
+        ("FINICITY_PARTNER_SECRETS", "current-secret,"),
+        ("CONNECTFLOW_API_TOKENS", " token-one"),
+    ] {
+        let mut env = vec![("FINICITY_PARTNER_SECRETS", "s"), ("CONNECTFLOW_API_TOKENS", "t")];
+        env.retain(|(k, _)| *k != variable);
+        env.push((variable, value));
+        let output = connectflow(&["serve"], &env);
+        assert_eq!(output.status.code(), Some(2), "{variable}={value:?}");
+        let lines = stderr_lines(&output);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains(variable), "{lines:?}");
+        for secret in ["current-secret", "previous-secret", "token-one"] {
+            assert!(!lines[0].contains(secret), "the value is never printed: {lines:?}");
+        }
+    }
+}

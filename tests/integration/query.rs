@@ -185,6 +185,14 @@ async fn customers_are_filtered_by_state_and_time() {
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "invalid_request");
     }
+    // Well-formed cursors the server never produced: a time Postgres cannot
+    // hold, a NUL in the id. 400, never a 500.
+    for tampered in ["1:-300000000000000000:1005061234", "1:1764000000000000:10\u{0}05"] {
+        for path in ["/v1/customers", "/v1/customers/1005061234/events"] {
+            let (status, body) = get_json(&app, &format!("{path}?cursor={}", hex::encode(tampered))).await;
+            assert_eq!(status, 400, "{path} {tampered:?}: {body}");
+        }
+    }
 }
 
 #[tokio::test]
