@@ -159,6 +159,7 @@ pub struct CustomerPage {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -169,13 +170,17 @@ pub struct PageParams {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only customers in this consent state (`none`, `granted`, `revoked`).
+    #[param(value_type = Option<ConsentState>)]
     consent: Option<String>,
     /// Only customers in this authentication state (`not_started`,
     /// `in_progress`, `mfa_challenge`, `authenticated`, `failed`, `abandoned`).
+    #[param(value_type = Option<AuthState>)]
     authentication: Option<String>,
     /// Only customers updated at or after this RFC 3339 time.
+    #[param(value_type = Option<String>, format = DateTime)]
     updated_since: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -244,7 +249,7 @@ fn parse_state<T: for<'de> Deserialize<'de>>(name: &str, value: Option<&str>) ->
     get,
     path = "/v1/customers/{customer_id}/lifecycle",
     tag = "query",
-    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits")),
+    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22)),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The customer's lifecycle", body = CustomerLifecycle),
@@ -270,7 +275,7 @@ pub async fn get_lifecycle(
     get,
     path = "/v1/customers/{customer_id}/events",
     tag = "query",
-    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits"), PageParams),
+    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22), PageParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of events", body = EventPage),

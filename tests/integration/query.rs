@@ -275,3 +275,43 @@ async fn the_openapi_document_covers_every_route() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn the_openapi_document_states_the_constraints_the_server_enforces() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/v1/openapi.json").await.json().await.expect("json");
+    let parameter = |path: &str, name: &str| -> Value {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{path} has no parameter {name}"))
+    };
+    for path in ["/v1/customers/{customer_id}/lifecycle", "/v1/customers/{customer_id}/events"] {
+        let id = parameter(path, "customer_id");
+        assert_eq!(id["required"], true);
+        assert_eq!(
+            id["schema"]["pattern"],
+            connectflow::event::CustomerId::PATTERN,
+            "{path}: the id type's own pattern"
+        );
+        assert_eq!(id["schema"]["maxLength"], connectflow::event::CustomerId::MAX_LEN);
+    }
+    for path in ["/v1/customers", "/v1/customers/{customer_id}/events"] {
+        let limit = parameter(path, "limit");
+        assert!(limit["schema"]["type"].to_string().contains("integer"), "{path}: {limit}");
+        assert_eq!(limit["schema"]["minimum"], 1);
+        assert_eq!(limit["schema"]["maximum"], connectflow::query::MAX_LIMIT);
+    }
+    // The state filters name exactly the states the server accepts.
+    let schemas = &doc["components"]["schemas"];
+    for (name, schema) in [("consent", "ConsentState"), ("authentication", "AuthState")] {
+        let filter = parameter("/v1/customers", name).to_string();
+        assert!(filter.contains(&format!("#/components/schemas/{schema}")), "{name}: {filter}");
+        assert!(schemas[schema]["enum"].as_array().is_some_and(|e| !e.is_empty()), "{schema}");
+    }
+    for state in ["none", "granted", "revoked"] {
+        let (status, _) = get_json(&app, &format!("/v1/customers?consent={state}")).await;
+        assert_eq!(status, 200, "{state} is documented and accepted");
+        assert!(schemas["ConsentState"]["enum"].as_array().is_some_and(|e| e.contains(&Value::from(state))));
+    }
+}
