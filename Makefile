@@ -18,7 +18,7 @@ KAFKA_NODES ?= 1
 DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
 DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
 
-.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos
+.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos contract
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -62,3 +62,8 @@ chaos: ## Faults on a 3-node Kafka cluster and Postgres while webhooks flow; che
 	KAFKA_NODES=3 bash deploy/services.sh up
 	cargo build --bin connectflow --example chaos
 	CONNECTFLOW_BIN=target/debug/connectflow ./target/debug/examples/chaos
+
+contract: services ## Schemathesis (all checks) against the running API, from /v1/openapi.json (CONTRACT_EXAMPLES=1000 for a long run)
+	cargo build --bin connectflow
+	CONNECTFLOW_TEST_DATABASE_URL='$(LOCAL_DATABASE_URL)' CONNECTFLOW_TEST_KAFKA_BROKERS='$(LOCAL_KAFKA_BROKERS)' \
+	bash deploy/contract-fuzz.sh

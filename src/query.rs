@@ -161,7 +161,9 @@ pub struct PageParams {
     /// Page size, 1 to 500 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (opaque: hex of the last
+    /// row's key).
+    #[param(pattern = r"^313a(3[0-9]){1,16}3a([2-6][0-9a-f]|7[0-9a-e]){1,128}$")]
     cursor: Option<String>,
 }
 
@@ -182,7 +184,9 @@ pub struct ListParams {
     /// Page size, 1 to 500 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (opaque: hex of the last
+    /// row's key).
+    #[param(pattern = r"^313a(3[0-9]){1,16}3a([2-6][0-9a-f]|7[0-9a-e]){1,128}$")]
     cursor: Option<String>,
 }
 
@@ -257,6 +261,7 @@ fn parse_state<T: for<'de> Deserialize<'de>>(name: &str, value: Option<&str>) ->
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 404, description = "Customer not found", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry (Retry-After)", body = ErrorBody),
     )
 )]
 pub async fn get_lifecycle(
@@ -283,6 +288,7 @@ pub async fn get_lifecycle(
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 404, description = "Customer not found", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry (Retry-After)", body = ErrorBody),
     )
 )]
 pub async fn get_events(
@@ -313,6 +319,7 @@ pub async fn get_events(
         (status = 400, description = "Unknown state name, invalid time, limit or cursor", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry (Retry-After)", body = ErrorBody),
     )
 )]
 pub async fn list_customers(
