@@ -77,6 +77,8 @@ struct ReceiverFigures {
     p99_ms: Option<f64>,
     p99_ms_at_5k: Option<f64>,
     rss_mib: Option<f64>,
+    cpu_us_per_webhook: Option<f64>,
+    baseline_cpu_us_per_request: Option<f64>,
     baseline_per_s: Option<f64>,
     baseline_p99_ms: Option<f64>,
 }
@@ -95,11 +97,17 @@ async fn bench_receiver(seconds: u64) -> anyhow::Result<ReceiverFigures> {
     drive(addr, requests.clone(), connections, Duration::from_secs(1), None).await;
     let mut rates = Vec::new();
     let mut p99s = Vec::new();
+    let mut cpu = Vec::new();
+    let ticks_per_s = clock_ticks();
     for _ in 0..RUNS {
+        let before = cpu_ticks(baseline.pid());
         let result = drive(addr, requests.clone(), connections, duration, None).await;
+        let used = before.zip(cpu_ticks(baseline.pid())).map(|(b, a)| a.saturating_sub(b));
+        cpu.extend(used.and_then(|t| us_per(t, result.ok as f64, ticks_per_s)));
         rates.push(result.per_second());
         p99s.push(result.percentile_ms(99.0));
     }
+    figures.baseline_cpu_us_per_request = median(cpu);
     figures.baseline_per_s = median(rates);
     figures.baseline_p99_ms = median(p99s);
     baseline.stop();
@@ -111,9 +119,13 @@ async fn bench_receiver(seconds: u64) -> anyhow::Result<ReceiverFigures> {
     let receiver = spawn_connectflow("serve", &service_env(&database, events_topic, dlq_topic), Some(addr))?;
     wait_for(&format!("http://{addr}/readyz"), Duration::from_secs(60)).await?;
     drive(addr, requests.clone(), connections, Duration::from_secs(2), None).await;
-    let (mut rates, mut p50s, mut p99s, mut steady) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rates, mut p50s, mut p99s, mut steady, mut cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
+        let before = cpu_ticks(receiver.pid());
         let result = drive(addr, requests.clone(), connections, duration, None).await;
+        let used = before.zip(cpu_ticks(receiver.pid())).map(|(b, a)| a.saturating_sub(b));
+        cpu.extend(used.and_then(|t| us_per(t, result.ok as f64, ticks_per_s)));
         if result.failed > 0 {
             eprintln!("receiver: {} requests failed at full speed", result.failed);
         }
@@ -130,6 +142,7 @@ async fn bench_receiver(seconds: u64) -> anyhow::Result<ReceiverFigures> {
     figures.p50_ms = median(p50s);
     figures.p99_ms = median(p99s);
     figures.p99_ms_at_5k = median(steady);
+    figures.cpu_us_per_webhook = median(cpu);
     figures.rss_mib = receiver.peak_rss_mib();
     receiver.stop();
     drop_database(&database).await;
@@ -169,6 +182,9 @@ struct ConsumerFigures {
     events: usize,
     applied_per_s: Option<f64>,
     baseline_per_s: Option<f64>,
+    cpu_us_per_event: Option<f64>,
+    postgres_cpu_us_per_event: Option<f64>,
+    baseline_postgres_cpu_us_per_event: Option<f64>,
 }
 
 fn normalised(flows: &[(String, Vec<Value>)]) -> Vec<ConnectEvent> {
@@ -181,6 +197,13 @@ fn normalised(flows: &[(String, Vec<Value>)]) -> Vec<ConnectEvent> {
             Webhook::Ping => None,
         })
         .collect()
+}
+
+/// `connectflow_events_applied_total` from a consumer's /metrics.
+async fn applied_events(client: &reqwest::Client, url: &str) -> Option<u64> {
+    let text = client.get(url).send().await.ok()?.text().await.ok()?;
+    let line = text.lines().find(|line| line.starts_with("connectflow_events_applied_total "))?;
+    line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|v| v as u64)
 }
 
 async fn count_events(pool: &sqlx::PgPool) -> i64 {
@@ -228,33 +251,46 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
     producer.flush(Duration::from_secs(120))?;
     eprintln!("consumer: topic filled in {:.1}s", fill_started.elapsed().as_secs_f64());
 
-    // Drain it with the release consumer.
+    // Drain it with the release consumer. Progress comes from its own
+    // counter on /metrics: polling count(*) over the growing table would
+    // take a good share of the CPU the consumer and Postgres compete for.
     let pool = sqlx::PgPool::connect(&database).await?;
-    let consumer =
-        spawn_connectflow("consume", &[env.as_slice(), &[("CONNECTFLOW_NO_MIGRATE", "true".into())]].concat(), None)?;
-    let total = events.len() as i64;
+    let metrics_addr = free_addr()?;
+    let consumer = spawn_connectflow(
+        "consume",
+        &[env.as_slice(), &[("CONNECTFLOW_NO_MIGRATE", "true".into())]].concat(),
+        Some(metrics_addr),
+    )?;
+    let client = reqwest::Client::new();
+    let metrics_url = format!("http://{metrics_addr}/metrics");
+    let ticks_per_s = clock_ticks();
+    let total = events.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut first: Option<(Instant, i64)> = None;
-    let mut last = (Instant::now(), 0);
+    // (when, events applied, consumer CPU ticks, Postgres CPU ticks)
+    let mut first: Option<(Instant, u64, u64, u64)> = None;
+    let mut last = (Instant::now(), 0, 0, 0);
     while Instant::now() < deadline {
-        let n = count_events(&pool).await;
-        let now = Instant::now();
+        let n = applied_events(&client, &metrics_url).await.unwrap_or(0);
+        let sample = (Instant::now(), n, cpu_ticks(consumer.pid()).unwrap_or(0), postgres_cpu_ticks());
         if n > 0 && first.is_none() {
-            first = Some((now, n));
+            first = Some(sample);
         }
-        last = (now, n);
+        last = sample;
         if n >= total {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    if let Some((t0, n0)) = first
+    if let Some((t0, n0, c0, p0)) = first
         && last.1 > n0
     {
-        figures.applied_per_s = Some((last.1 - n0) as f64 / (last.0 - t0).as_secs_f64());
+        let applied = (last.1 - n0) as f64;
+        figures.applied_per_s = Some(applied / (last.0 - t0).as_secs_f64());
+        figures.cpu_us_per_event = us_per(last.2.saturating_sub(c0), applied, ticks_per_s);
+        figures.postgres_cpu_us_per_event = us_per(last.3.saturating_sub(p0), applied, ticks_per_s);
     }
     let recorded = count_events(&pool).await;
-    if recorded < total {
+    if recorded < total as i64 {
         eprintln!("consumer: only {recorded} of {total} events recorded before the deadline");
         figures.applied_per_s = None;
     }
@@ -267,6 +303,7 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
     let pool = sqlx::PgPool::connect(&database).await?;
     connectflow::store::migrate(&pool).await?;
     let started = Instant::now();
+    let postgres_before = postgres_cpu_ticks();
     for chunk in events.chunks(500) {
         let records: Vec<Value> = chunk.iter().map(|e| serde_json::to_value(e).unwrap_or(Value::Null)).collect();
         sqlx::query(
@@ -283,6 +320,8 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
         .await?;
     }
     figures.baseline_per_s = Some(events.len() as f64 / started.elapsed().as_secs_f64());
+    figures.baseline_postgres_cpu_us_per_event =
+        us_per(postgres_cpu_ticks().saturating_sub(postgres_before), events.len() as f64, ticks_per_s);
     pool.close().await;
     drop_database(&database).await;
     Ok(figures)
@@ -537,7 +576,20 @@ async fn main() -> anyhow::Result<()> {
         ("receiver p99 ms (full speed)", receiver.p99_ms, receiver.baseline_p99_ms, ""),
         ("receiver p99 ms at a steady 5,000/s", receiver.p99_ms_at_5k, None, "<= 25"),
         ("receiver peak RSS MiB", receiver.rss_mib, None, "<= 100"),
+        (
+            "receiver CPU us per webhook (full speed)",
+            receiver.cpu_us_per_webhook,
+            receiver.baseline_cpu_us_per_request,
+            "<= 25",
+        ),
         ("consumer events applied/s", consumer.applied_per_s, consumer.baseline_per_s, ">= 25000 and >= baseline/2"),
+        ("consumer CPU us per event", consumer.cpu_us_per_event, None, ""),
+        (
+            "postgres CPU us per event (consumer run)",
+            consumer.postgres_cpu_us_per_event,
+            consumer.baseline_postgres_cpu_us_per_event,
+            "",
+        ),
         ("api lookups/s (32 conns)", api.lookups_per_s, None, ">= 10000"),
         ("api p99 ms", api.p99_ms, None, "<= 10"),
         ("end to end p50 ms at 2,000/s", e2e.p50_ms, None, ""),
@@ -562,6 +614,11 @@ async fn main() -> anyhow::Result<()> {
         "baseline_hmac_http_per_s": round(receiver.baseline_per_s),
         "consumer_applied_per_s": round(consumer.applied_per_s),
         "baseline_pg_batch_insert_per_s": round(consumer.baseline_per_s),
+        "receiver_cpu_us_per_webhook": round(receiver.cpu_us_per_webhook),
+        "baseline_hmac_cpu_us_per_request": round(receiver.baseline_cpu_us_per_request),
+        "consumer_cpu_us_per_event": round(consumer.cpu_us_per_event),
+        "postgres_cpu_us_per_event": round(consumer.postgres_cpu_us_per_event),
+        "baseline_pg_batch_insert_postgres_cpu_us_per_event": round(consumer.baseline_postgres_cpu_us_per_event),
         "e2e_p50_ms": round(e2e.p50_ms),
         "e2e_p99_ms": round(e2e.p99_ms),
         "api_lookups_per_s": round(api.lookups_per_s),

@@ -178,3 +178,45 @@ pub fn topics(tag: &str) -> (String, String) {
     let id = uuid::Uuid::new_v4().simple();
     (format!("cf-bench-{tag}-{id}.events"), format!("cf-bench-{tag}-{id}.dlq"))
 }
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s CPU times (`getconf
+/// CLK_TCK`; 100 on every Linux this runs on when getconf is missing).
+pub fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User plus system CPU time a process has used so far (all its threads), in
+/// clock ticks. `None` once it is gone.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from its closing ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU ticks used so far by every running process named `postgres` (the
+/// server's backends and its background workers). Processes that exit in
+/// between are not counted, so measure across a window in which the
+/// connections that do the work stay open.
+pub fn postgres_cpu_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "postgres"))
+        .filter_map(cpu_ticks)
+        .sum()
+}
+
+/// CPU microseconds per unit of work from a tick difference.
+pub fn us_per(ticks: u64, units: f64, ticks_per_s: f64) -> Option<f64> {
+    (units > 0.0).then(|| ticks as f64 / ticks_per_s * 1e6 / units)
+}

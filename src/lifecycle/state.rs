@@ -59,6 +59,17 @@ pub enum ConsentState {
     Revoked,
 }
 
+impl ConsentState {
+    /// The contract name (the serde name), e.g. for a database column.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Granted => "granted",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
 /// The authentication dimension.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct Authentication {
@@ -93,6 +104,20 @@ pub enum AuthState {
     Abandoned,
 }
 
+impl AuthState {
+    /// The contract name (the serde name), e.g. for a database column.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotStarted => "not_started",
+            Self::InProgress => "in_progress",
+            Self::MfaChallenge => "mfa_challenge",
+            Self::Authenticated => "authenticated",
+            Self::Failed => "failed",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// Why the flow is `failed` or `abandoned`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -109,6 +134,20 @@ pub enum AuthReason {
     Cancelled,
     /// `done` while the flow was still unfinished.
     Abandoned,
+}
+
+impl AuthReason {
+    /// The contract name (the serde name), e.g. for a database column.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::UnableToConnect => "unable_to_connect",
+            Self::InstitutionNotFound => "institution_not_found",
+            Self::InstitutionNotSupported => "institution_not_supported",
+            Self::Cancelled => "cancelled",
+            Self::Abandoned => "abandoned",
+        }
+    }
 }
 
 /// One institution login and the accounts shared through it.
@@ -152,6 +191,16 @@ pub enum AccountStatus {
     Active,
     /// Listed by an `accountsDeleted` after its latest `added`.
     Deleted,
+}
+
+impl AccountStatus {
+    /// The contract name (the serde name), e.g. for a database column.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Deleted => "deleted",
+        }
+    }
 }
 
 /// The latest event folded in.
@@ -203,5 +252,47 @@ pub mod rfc3339_ms_option {
         #[derive(Deserialize)]
         struct Timestamp(#[serde(with = "rfc3339_ms")] DateTime<Utc>);
         Ok(Option::<Timestamp>::deserialize(d)?.map(|Timestamp(at)| at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde_name<T: Serialize>(value: T) -> String {
+        match serde_json::to_value(value) {
+            Ok(serde_json::Value::String(name)) => name,
+            other => panic!("not a name: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn as_str_is_the_serde_name() {
+        for state in [ConsentState::None, ConsentState::Granted, ConsentState::Revoked] {
+            assert_eq!(state.as_str(), serde_name(state));
+        }
+        for state in [
+            AuthState::NotStarted,
+            AuthState::InProgress,
+            AuthState::MfaChallenge,
+            AuthState::Authenticated,
+            AuthState::Failed,
+            AuthState::Abandoned,
+        ] {
+            assert_eq!(state.as_str(), serde_name(state));
+        }
+        for reason in [
+            AuthReason::InvalidCredentials,
+            AuthReason::UnableToConnect,
+            AuthReason::InstitutionNotFound,
+            AuthReason::InstitutionNotSupported,
+            AuthReason::Cancelled,
+            AuthReason::Abandoned,
+        ] {
+            assert_eq!(reason.as_str(), serde_name(reason));
+        }
+        for status in [AccountStatus::Active, AccountStatus::Deleted] {
+            assert_eq!(status.as_str(), serde_name(status));
+        }
     }
 }

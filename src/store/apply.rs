@@ -10,10 +10,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::event::{ConnectEvent, CustomerId};
-use crate::lifecycle::{self, Advance, Lifecycle};
+use crate::lifecycle::{self, Account, Advance, AuthReason, InstitutionLogin, Lifecycle};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a batch did.
@@ -70,7 +71,7 @@ pub async fn apply_batch<'a>(
         by_customer.entry(&event.customer_id).or_default().push(event);
     }
     let customer_ids: Vec<&CustomerId> = by_customer.keys().copied().collect();
-    let Loaded { mut states, undecodable } = load_lifecycles(&mut tx, &customer_ids).await?;
+    let Loaded { states, undecodable } = load_lifecycles(&mut tx, &customer_ids).await?;
 
     let mut after: Vec<(CustomerId, Lifecycle)> = Vec::with_capacity(customer_ids.len());
     let mut recompute: Vec<&CustomerId> = undecodable.iter().collect();
@@ -90,11 +91,18 @@ pub async fn apply_batch<'a>(
     }
 
     write_lifecycles(&mut tx, &after).await?;
-    let changed_accounts: Vec<&(CustomerId, Lifecycle)> = after
+    let projections: Vec<(&CustomerId, Stored<'_>, &Lifecycle)> = after
         .iter()
-        .filter(|(id, state)| states.remove(id).is_none_or(|old| old.institution_logins != state.institution_logins))
+        .map(|(id, state)| {
+            let stored = match states.get(id) {
+                Some(old) => Stored::Known(old),
+                None if undecodable.contains(id) => Stored::Unknown,
+                None => Stored::Nothing,
+            };
+            (id, stored, state)
+        })
         .collect();
-    write_accounts(&mut tx, &changed_accounts).await?;
+    write_accounts(&mut tx, &projections).await?;
     tx.commit().await.store("committing the batch")?;
     Ok(outcome)
 }
@@ -111,12 +119,12 @@ async fn insert_events(
     let mut received = Vec::with_capacity(events.len());
     let mut records = Vec::with_capacity(events.len());
     for event in events {
-        ids.push(event.event_id.clone());
-        customers.push(event.customer_id.to_string());
-        types.push(event.event_type.clone());
+        ids.push(event.event_id.as_str());
+        customers.push(event.customer_id.as_str());
+        types.push(event.event_type.as_str());
         occurred.push(event.occurred_at);
         received.push(event.received_at);
-        records.push(serde_json::to_value(event).map_err(|err| StoreError::undecodable("encoding an event", &err))?);
+        records.push(Json(*event));
     }
     let inserted = sqlx::query_scalar!(
         r#"
@@ -125,12 +133,12 @@ async fn insert_events(
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
         "#,
-        &ids,
-        &customers,
-        &types,
+        &ids as &[&str],
+        &customers as &[&str],
+        &types as &[&str],
         &occurred,
         &received,
-        &records,
+        &records as _,
     )
     .fetch_all(&mut **tx)
     .await
@@ -177,7 +185,7 @@ pub struct Loaded {
 pub async fn load_lifecycles(tx: &mut Transaction<'_, Postgres>, ids: &[&CustomerId]) -> Result<Loaded, StoreError> {
     let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
-        r#"SELECT customer_id, lifecycle FROM customers WHERE customer_id = ANY($1::text[])"#,
+        r#"SELECT customer_id, lifecycle::text AS "lifecycle!" FROM customers WHERE customer_id = ANY($1::text[])"#,
         &ids as &[&str]
     )
     .fetch_all(&mut **tx)
@@ -188,7 +196,7 @@ pub async fn load_lifecycles(tx: &mut Transaction<'_, Postgres>, ids: &[&Custome
         let Ok(customer_id) = CustomerId::try_from(row.customer_id) else {
             continue;
         };
-        match serde_json::from_value::<Lifecycle>(row.lifecycle) {
+        match serde_json::from_str::<Lifecycle>(&row.lifecycle) {
             Ok(state) => {
                 loaded.states.insert(customer_id, state);
             }
@@ -208,7 +216,7 @@ pub async fn recompute_from_history(
 ) -> Result<Vec<(CustomerId, Lifecycle)>, StoreError> {
     let ids: Vec<&str> = customer_ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
-        "SELECT record FROM connect_events WHERE customer_id = ANY($1::text[]) ORDER BY customer_id, occurred_at, event_id",
+        r#"SELECT record::text AS "record!" FROM connect_events WHERE customer_id = ANY($1::text[]) ORDER BY customer_id, occurred_at, event_id"#,
         &ids as &[&str]
     )
     .fetch_all(&mut **tx)
@@ -216,7 +224,7 @@ pub async fn recompute_from_history(
     .store("loading event histories")?;
     let mut histories: BTreeMap<CustomerId, Vec<ConnectEvent>> = BTreeMap::new();
     for row in rows {
-        let event: ConnectEvent = serde_json::from_value(row.record)
+        let event: ConnectEvent = serde_json::from_str(&row.record)
             .map_err(|err| StoreError::undecodable("decoding a recorded event", &err))?;
         histories.entry(event.customer_id.clone()).or_default().push(event);
     }
@@ -230,11 +238,11 @@ pub async fn write_lifecycles(
 ) -> Result<(), StoreError> {
     let n = states.len();
     let mut ids = Vec::with_capacity(n);
-    let mut consent = Vec::with_capacity(n);
+    let mut consent: Vec<&str> = Vec::with_capacity(n);
     let mut consent_since: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    let mut auth = Vec::with_capacity(n);
+    let mut auth: Vec<&str> = Vec::with_capacity(n);
     let mut auth_since: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    let mut reason: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut reason: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut error_code: Vec<Option<i64>> = Vec::with_capacity(n);
     let mut last_id = Vec::with_capacity(n);
     let mut last_type = Vec::with_capacity(n);
@@ -246,19 +254,19 @@ pub async fn write_lifecycles(
             // A customer exists once an event was applied; nothing to write.
             continue;
         };
-        ids.push(customer_id.to_string());
-        consent.push(name_of(&state.consent.state)?);
+        ids.push(customer_id.as_str());
+        consent.push(state.consent.state.as_str());
         consent_since.push(state.consent.since);
-        auth.push(name_of(&state.authentication.state)?);
+        auth.push(state.authentication.state.as_str());
         auth_since.push(state.authentication.since);
-        reason.push(state.authentication.reason.as_ref().map(name_of).transpose()?);
+        reason.push(state.authentication.reason.map(AuthReason::as_str));
         error_code.push(state.authentication.error_code);
-        last_id.push(last.event_id.clone());
-        last_type.push(last.event_type.clone());
+        last_id.push(last.event_id.as_str());
+        last_type.push(last.event_type.as_str());
         last_at.push(last.occurred_at);
         count.push(i64::try_from(state.event_count).unwrap_or(i64::MAX));
-        documents
-            .push(serde_json::to_value(state).map_err(|err| StoreError::undecodable("encoding a lifecycle", &err))?);
+        // Serialised straight into the bind buffer, no `Value` in between.
+        documents.push(Json(state));
     }
     sqlx::query!(
         r#"
@@ -276,18 +284,18 @@ pub async fn write_lifecycles(
             last_occurred_at = EXCLUDED.last_occurred_at, event_count = EXCLUDED.event_count,
             lifecycle = EXCLUDED.lifecycle, updated_at = EXCLUDED.updated_at
         "#,
-        &ids,
-        &consent,
+        &ids as &[&str],
+        &consent as &[&str],
         &consent_since as &[Option<DateTime<Utc>>],
-        &auth,
+        &auth as &[&str],
         &auth_since as &[Option<DateTime<Utc>>],
-        &reason as &[Option<String>],
+        &reason as &[Option<&str>],
         &error_code as &[Option<i64>],
-        &last_id,
-        &last_type,
+        &last_id as &[&str],
+        &last_type as &[&str],
         &last_at,
         &count,
-        &documents,
+        &documents as _,
     )
     .execute(&mut **tx)
     .await
@@ -295,94 +303,167 @@ pub async fn write_lifecycles(
     Ok(())
 }
 
-/// Rewrites the institution logins and accounts of these customers.
+/// What the accounts projection holds for a customer before a write.
+#[derive(Debug, Clone, Copy)]
+pub enum Stored<'a> {
+    /// No rows: a customer seen for the first time.
+    Nothing,
+    /// The rows of this lifecycle, as written when it was stored.
+    Known(&'a Lifecycle),
+    /// Unknown (the stored lifecycle did not decode, or the projection is
+    /// being repaired): the customer's logins are replaced and every account
+    /// upserted.
+    Unknown,
+}
+
+/// A customer's institution login row: `(institution_id, oauth)` by login id.
+type LoginRows<'a> = HashMap<Option<&'a str>, (Option<&'a str>, Option<bool>)>;
+/// A customer's account rows by account id, with the login that holds it.
+type AccountRows<'a> = HashMap<&'a str, (&'a InstitutionLogin, &'a Account)>;
+
+fn login_rows(state: &Lifecycle) -> LoginRows<'_> {
+    state
+        .institution_logins
+        .iter()
+        .map(|l| (l.institution_login_id.as_deref(), (l.institution_id.as_deref(), l.oauth)))
+        .collect()
+}
+
+fn account_rows(state: &Lifecycle) -> AccountRows<'_> {
+    state
+        .institution_logins
+        .iter()
+        .flat_map(|login| login.accounts.iter().map(move |account| (account.account_id.as_str(), (login, account))))
+        .collect()
+}
+
+/// Brings the institution logins and accounts of these customers from what
+/// is stored to `state`, writing only the rows that differ.
+///
+/// Accounts are never dropped from a lifecycle (a deleted one stays with
+/// status `deleted`), so they are only upserted; a login can disappear (its
+/// accounts moved to another login), so a login row that is no longer in the
+/// state is deleted by its key. For a customer whose stored rows are
+/// [`Stored::Unknown`] every login row is replaced and every account upserted.
 pub async fn write_accounts(
     tx: &mut Transaction<'_, Postgres>,
-    states: &[&(CustomerId, Lifecycle)],
+    customers: &[(&CustomerId, Stored<'_>, &Lifecycle)],
 ) -> Result<(), StoreError> {
-    if states.is_empty() {
-        return Ok(());
+    let unknown: Vec<&str> = customers
+        .iter()
+        .filter(|(_, stored, _)| matches!(stored, Stored::Unknown))
+        .map(|(id, _, _)| id.as_str())
+        .collect();
+    if !unknown.is_empty() {
+        // Rare (a repair, or a lifecycle another version wrote): the
+        // customers' login rows are not known, so they all go.
+        sqlx::query!("DELETE FROM institution_logins WHERE customer_id = ANY($1::text[])", &unknown as &[&str])
+            .execute(&mut **tx)
+            .await
+            .store("clearing institution logins")?;
     }
-    let ids: Vec<String> = states.iter().map(|(id, _)| id.to_string()).collect();
-    let mut login_customer = Vec::new();
-    let mut login_id: Vec<Option<String>> = Vec::new();
-    let mut login_institution: Vec<Option<String>> = Vec::new();
+
+    let mut removed_customer: Vec<&str> = Vec::new();
+    let mut removed_login: Vec<Option<&str>> = Vec::new();
+    let mut login_customer: Vec<&str> = Vec::new();
+    let mut login_id: Vec<Option<&str>> = Vec::new();
+    let mut login_institution: Vec<Option<&str>> = Vec::new();
     let mut login_oauth: Vec<Option<bool>> = Vec::new();
-    let mut account_customer = Vec::new();
-    let mut account_id = Vec::new();
-    let mut account_login: Vec<Option<String>> = Vec::new();
-    let mut account_institution: Vec<Option<String>> = Vec::new();
-    let mut account_type: Vec<Option<String>> = Vec::new();
-    let mut account_status = Vec::new();
-    let mut account_last4: Vec<Option<String>> = Vec::new();
-    let mut account_name: Vec<Option<String>> = Vec::new();
-    for (customer_id, state) in states.iter().map(|s| (&s.0, &s.1)) {
-        for login in &state.institution_logins {
-            login_customer.push(customer_id.to_string());
-            login_id.push(login.institution_login_id.clone());
-            login_institution.push(login.institution_id.clone());
-            login_oauth.push(login.oauth);
-            for account in &login.accounts {
-                account_customer.push(customer_id.to_string());
-                account_id.push(account.account_id.clone());
-                account_login.push(login.institution_login_id.clone());
-                account_institution.push(login.institution_id.clone());
-                account_type.push(account.account_type.clone());
-                account_status.push(name_of(&account.status)?);
-                account_last4.push(account.last4.clone());
-                account_name.push(account.name.clone());
+    let mut account_customer: Vec<&str> = Vec::new();
+    let mut account_id: Vec<&str> = Vec::new();
+    let mut account_login: Vec<Option<&str>> = Vec::new();
+    let mut account_institution: Vec<Option<&str>> = Vec::new();
+    let mut account_type: Vec<Option<&str>> = Vec::new();
+    let mut account_status: Vec<&'static str> = Vec::new();
+    let mut account_last4: Vec<Option<&str>> = Vec::new();
+    let mut account_name: Vec<Option<&str>> = Vec::new();
+    let empty = Lifecycle::default();
+    for (customer_id, stored, state) in customers {
+        let customer_id = customer_id.as_str();
+        let (old, replace) = match stored {
+            Stored::Known(old) => (*old, false),
+            Stored::Nothing => (&empty, false),
+            Stored::Unknown => (&empty, true),
+        };
+        if !replace && old.institution_logins == state.institution_logins {
+            continue;
+        }
+        let (old_logins, new_logins) = (login_rows(old), login_rows(state));
+        for key in old_logins.keys().filter(|key| !new_logins.contains_key(*key)) {
+            removed_customer.push(customer_id);
+            removed_login.push(*key);
+        }
+        for (key, row) in &new_logins {
+            if replace || old_logins.get(key) != Some(row) {
+                login_customer.push(customer_id);
+                login_id.push(*key);
+                login_institution.push(row.0);
+                login_oauth.push(row.1);
+            }
+        }
+        let old_accounts = account_rows(old);
+        for (id, (login, account)) in account_rows(state) {
+            let same = old_accounts.get(id).is_some_and(|(old_login, old_account)| {
+                old_login.institution_login_id == login.institution_login_id
+                    && old_login.institution_id == login.institution_id
+                    && *old_account == account
+            });
+            if replace || !same {
+                account_customer.push(customer_id);
+                account_id.push(id);
+                account_login.push(login.institution_login_id.as_deref());
+                account_institution.push(login.institution_id.as_deref());
+                account_type.push(account.account_type.as_deref());
+                account_status.push(account.status.as_str());
+                account_last4.push(account.last4.as_deref());
+                account_name.push(account.name.as_deref());
             }
         }
     }
-    // Accounts are never dropped from a lifecycle (a deleted one stays with
-    // status `deleted`), so they are upserted; logins can disappear (an
-    // account moved to another login), so they are replaced. The delete of
-    // the logins rides along in the same statement.
+    if removed_customer.is_empty() && login_customer.is_empty() && account_customer.is_empty() {
+        return Ok(());
+    }
+    // One statement: the removed logins, the new or changed logins, the new
+    // or changed accounts (no row is touched twice, so they can share it).
     sqlx::query!(
         r#"
-        WITH cleared AS (DELETE FROM institution_logins WHERE customer_id = ANY($9))
+        WITH removed AS (
+            DELETE FROM institution_logins AS l
+            USING UNNEST($1::text[], $2::text[]) AS gone(customer_id, institution_login_id)
+            WHERE l.customer_id = gone.customer_id
+              AND l.institution_login_id IS NOT DISTINCT FROM gone.institution_login_id
+        ), logins AS (
+            INSERT INTO institution_logins (customer_id, institution_login_id, institution_id, oauth)
+            SELECT * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::bool[])
+            ON CONFLICT (customer_id, institution_login_id) DO UPDATE SET
+                institution_id = EXCLUDED.institution_id, oauth = EXCLUDED.oauth
+        )
         INSERT INTO accounts (customer_id, account_id, institution_login_id, institution_id, account_type, status,
                               last4, name)
-        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                             $8::text[])
+        SELECT * FROM UNNEST($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                             $14::text[])
         ON CONFLICT (customer_id, account_id) DO UPDATE SET
             institution_login_id = EXCLUDED.institution_login_id, institution_id = EXCLUDED.institution_id,
             account_type = EXCLUDED.account_type, status = EXCLUDED.status, last4 = EXCLUDED.last4,
             name = EXCLUDED.name
         "#,
-        &account_customer,
-        &account_id,
-        &account_login as &[Option<String>],
-        &account_institution as &[Option<String>],
-        &account_type as &[Option<String>],
-        &account_status,
-        &account_last4 as &[Option<String>],
-        &account_name as &[Option<String>],
-        &ids,
+        &removed_customer as &[&str],
+        &removed_login as &[Option<&str>],
+        &login_customer as &[&str],
+        &login_id as &[Option<&str>],
+        &login_institution as &[Option<&str>],
+        &login_oauth as &[Option<bool>],
+        &account_customer as &[&str],
+        &account_id as &[&str],
+        &account_login as &[Option<&str>],
+        &account_institution as &[Option<&str>],
+        &account_type as &[Option<&str>],
+        &account_status as &[&str],
+        &account_last4 as &[Option<&str>],
+        &account_name as &[Option<&str>],
     )
     .execute(&mut **tx)
     .await
     .store("writing accounts")?;
-    sqlx::query!(
-        r#"
-        INSERT INTO institution_logins (customer_id, institution_login_id, institution_id, oauth)
-        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[])
-        "#,
-        &login_customer,
-        &login_id as &[Option<String>],
-        &login_institution as &[Option<String>],
-        &login_oauth as &[Option<bool>],
-    )
-    .execute(&mut **tx)
-    .await
-    .store("writing institution logins")?;
     Ok(())
-}
-
-/// The contract name of a state enum (its serde name, e.g. `mfa_challenge`).
-fn name_of<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    match serde_json::to_value(value).map_err(|err| StoreError::undecodable("naming a state", &err))? {
-        serde_json::Value::String(name) => Ok(name),
-        other => Err(StoreError::Permanent { context: "naming a state", reason: format!("state {other} has no name") }),
-    }
 }

@@ -8,7 +8,9 @@ use sqlx::PgPool;
 
 use crate::event::CustomerId;
 use crate::lifecycle::Lifecycle;
-use crate::store::apply::{load_lifecycles, lock_customers, recompute_from_history, write_accounts, write_lifecycles};
+use crate::store::apply::{
+    Stored, load_lifecycles, lock_customers, recompute_from_history, write_accounts, write_lifecycles,
+};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a re-projection did.
@@ -52,7 +54,8 @@ pub async fn reproject(
         let changed: Vec<_> = recomputed.iter().filter(|(id, state)| before.get(id) != Some(state)).cloned().collect();
         outcome.changed += changed.len() as u64;
         write_lifecycles(&mut tx, &changed).await?;
-        write_accounts(&mut tx, &recomputed.iter().collect::<Vec<_>>()).await?;
+        let projections: Vec<_> = recomputed.iter().map(|(id, state)| (id, Stored::Unknown, state)).collect();
+        write_accounts(&mut tx, &projections).await?;
         tx.commit().await.store("committing a re-projection batch")?;
         tracing::info!(customers = outcome.customers, changed = outcome.changed, last = %after, "re-projection progress");
     }

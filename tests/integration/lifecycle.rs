@@ -274,3 +274,118 @@ async fn a_postgres_outage_is_retried_and_no_event_is_lost() {
     token.cancel();
     handle.await.expect("join").expect("clean stop");
 }
+
+fn normalised(bodies: &[Value]) -> Vec<connectflow::event::ConnectEvent> {
+    bodies
+        .iter()
+        .filter_map(|body| {
+            let raw = serde_json::to_vec(body).ok()?;
+            match connectflow::receive::normalise::normalise(&raw, Utc::now()).ok()? {
+                connectflow::receive::normalise::Webhook::Event(event) => Some(*event),
+                connectflow::receive::normalise::Webhook::Ping => None,
+            }
+        })
+        .collect()
+}
+
+/// Asserts that the relational projection (institution_logins, accounts) of
+/// a customer holds exactly the rows of their stored lifecycle.
+async fn assert_projection_matches(app: &TestApp, customer_id: &str) {
+    let (document,): (Value,) = sqlx::query_as("SELECT lifecycle FROM customers WHERE customer_id = $1")
+        .bind(customer_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("stored lifecycle");
+    let mut expected_logins = Vec::new();
+    let mut expected_accounts = Vec::new();
+    for login in document["institution_logins"].as_array().expect("logins") {
+        expected_logins.push((
+            login["institution_login_id"].as_str().map(str::to_owned),
+            login["institution_id"].as_str().map(str::to_owned),
+            login["oauth"].as_bool(),
+        ));
+        for account in login["accounts"].as_array().expect("accounts") {
+            expected_accounts.push((
+                account["account_id"].as_str().expect("id").to_owned(),
+                login["institution_login_id"].as_str().map(str::to_owned),
+                login["institution_id"].as_str().map(str::to_owned),
+                account["type"].as_str().map(str::to_owned),
+                account["status"].as_str().expect("status").to_owned(),
+                account["last4"].as_str().map(str::to_owned),
+                account["name"].as_str().map(str::to_owned),
+            ));
+        }
+    }
+    expected_logins.sort();
+    expected_accounts.sort();
+    let mut logins: Vec<(Option<String>, Option<String>, Option<bool>)> = sqlx::query_as(
+        "SELECT institution_login_id, institution_id, oauth FROM institution_logins WHERE customer_id = $1",
+    )
+    .bind(customer_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("logins");
+    logins.sort();
+    #[allow(clippy::type_complexity)]
+    let mut accounts: Vec<(
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+    )> = sqlx::query_as(
+        "SELECT account_id, institution_login_id, institution_id, account_type, status, last4, name \
+             FROM accounts WHERE customer_id = $1",
+    )
+    .bind(customer_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("accounts");
+    accounts.sort();
+    assert_eq!(logins, expected_logins, "institution_logins of {customer_id}");
+    assert_eq!(accounts, expected_accounts, "accounts of {customer_id}");
+}
+
+#[tokio::test]
+async fn the_accounts_projection_follows_the_lifecycle_batch_by_batch() {
+    let app = spawn_app().await;
+    // Accounts shared through one login, deleted, then shared again through
+    // another login (the same account ids): the first login's row must go,
+    // the accounts must move and become active again.
+    let customer = "8005069876";
+    let mut events = normalised(&bodies(flow("revoked").expect("flow"), customer, start(), 1));
+    let later = start() + chrono::Duration::minutes(5);
+    events.extend(normalised(&bodies(flow("oauth-success").expect("flow"), customer, later, 2)));
+    // One event per batch: each write starts from the stored projection.
+    for (applied, event) in events.iter().enumerate() {
+        connectflow::store::apply::apply_batch(&app.pool, [event]).await.expect("apply");
+        assert_projection_matches(&app, customer).await;
+        let count: i64 = sqlx::query_scalar("SELECT event_count FROM customers WHERE customer_id = $1")
+            .bind(customer)
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+        assert_eq!(count, applied as i64 + 1);
+    }
+    let logins: i64 = sqlx::query_scalar("SELECT count(*) FROM institution_logins WHERE customer_id = $1")
+        .bind(customer)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(logins, 1, "the first login's row was removed when its accounts moved");
+
+    // The same events for another customer, newest first: every batch after
+    // the first is late and recomputes the customer from history.
+    let other = "8005069877";
+    let mut reversed = normalised(&bodies(flow("revoked").expect("flow"), other, start(), 1));
+    reversed.extend(normalised(&bodies(flow("oauth-success").expect("flow"), other, later, 2)));
+    reversed.reverse();
+    for event in &reversed {
+        connectflow::store::apply::apply_batch(&app.pool, [event]).await.expect("apply");
+        assert_projection_matches(&app, other).await;
+    }
+    let audit = connectflow::store::reproject::audit(&app.pool, None, 10).await.expect("audit");
+    assert!(audit.differing.is_empty(), "{:?}", audit.differing);
+}
