@@ -68,6 +68,7 @@ pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
     let authenticated = OpenApiRouter::new()
         .routes(routes!(query::get_lifecycle))
         .routes(routes!(query::get_events))
+        .routes(routes!(query::get_changes))
         .routes(routes!(query::list_customers))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), query::require_token));
     let webhooks = OpenApiRouter::new().routes(routes!(receive::handle)).with_state(state.receiver.clone());

@@ -89,6 +89,11 @@ pub struct KafkaArgs {
     #[arg(long = "events-topic", env = "CONNECTFLOW_EVENTS_TOPIC", default_value = "finicity.connect.events.v1")]
     pub events_topic: String,
 
+    /// Topic of lifecycle changes: one record per change of a customer's
+    /// visible lifecycle (`connectflow.lifecycle_change.v1`).
+    #[arg(long = "changes-topic", env = "CONNECTFLOW_CHANGES_TOPIC", default_value = "finicity.connect.lifecycle.v1")]
+    pub changes_topic: String,
+
     /// Topic where records the consumer cannot read are parked.
     #[arg(long = "dlq-topic", env = "CONNECTFLOW_DLQ_TOPIC", default_value = "finicity.connect.events.v1.dlq")]
     pub dlq_topic: String,

@@ -39,7 +39,7 @@ struct TopicSpec<'a> {
     retention_ms: i64,
 }
 
-/// Creates the events and dead-letter topics when they are missing, with
+/// Creates the events, changes and dead-letter topics when they are missing, with
 /// the configured replication factor, `min.insync.replicas` and retention.
 /// Existing topics are left as they are (their partition count included),
 /// but every setting weaker than configured is reported as a warning and
@@ -51,6 +51,13 @@ pub async fn ensure_topics(kafka: &KafkaArgs, migration: &MigrationArgs) -> anyh
     let specs = [
         TopicSpec {
             name: &kafka.events_topic,
+            partitions: migration.topic_partitions,
+            replication_factor: migration.topic_replication_factor,
+            min_insync_replicas: migration.topic_min_insync_replicas,
+            retention_ms: migration.events_retention_ms,
+        },
+        TopicSpec {
+            name: &kafka.changes_topic,
             partitions: migration.topic_partitions,
             replication_factor: migration.topic_replication_factor,
             min_insync_replicas: migration.topic_min_insync_replicas,

@@ -72,6 +72,14 @@ pub struct Metrics {
     pub oldest_unapplied_seconds: Family<LaneLabels, Gauge<f64, AtomicU64>>,
     /// Events whose `webhookData` was dropped for its size.
     pub webhook_data_dropped: Counter,
+    /// Lifecycle changes published to the changes topic (and marked).
+    pub changes_published: Counter,
+    /// Seconds from a change's recording to Kafka's confirmation of it.
+    pub change_publish_seconds: Histogram,
+    /// Lifecycle changes recorded but not published yet.
+    pub changes_waiting: Gauge,
+    /// Age in seconds of the oldest change not published yet.
+    pub changes_oldest_waiting_seconds: Gauge<f64, AtomicU64>,
     /// Records per applied batch.
     pub batch_size: Histogram,
     /// Seconds to apply one batch (transaction included).
@@ -146,6 +154,26 @@ impl Metrics {
             "Events whose webhookData was dropped for its size",
             webhook_data_dropped.clone(),
         );
+        let changes_published = Counter::default();
+        registry.register(
+            "lifecycle_changes_published",
+            "Lifecycle changes published to the changes topic",
+            changes_published.clone(),
+        );
+        let change_publish_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "lifecycle_change_publish_seconds",
+            "Time from a change's recording to Kafka's confirmation of it",
+            change_publish_seconds.clone(),
+        );
+        let changes_waiting = Gauge::default();
+        registry.register("lifecycle_changes_waiting", "Lifecycle changes not published yet", changes_waiting.clone());
+        let changes_oldest_waiting_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lifecycle_changes_oldest_waiting_seconds",
+            "Age of the oldest lifecycle change not published yet",
+            changes_oldest_waiting_seconds.clone(),
+        );
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         registry.register("consumer_batch_size", "Records per applied batch", batch_size.clone());
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -167,6 +195,10 @@ impl Metrics {
             records_dropped_on_revoke,
             oldest_unapplied_seconds,
             webhook_data_dropped,
+            changes_published,
+            change_publish_seconds,
+            changes_waiting,
+            changes_oldest_waiting_seconds,
             batch_size,
             batch_seconds,
             consumer_lag,

@@ -103,6 +103,9 @@ pub struct CustomerLifecycle {
     pub last_event: Option<LastEvent>,
     /// How many distinct events are recorded.
     pub event_count: u64,
+    /// How many visible changes the lifecycle has had: the `version` of the
+    /// latest record on the lifecycle-changes topic (0 before the first).
+    pub version: i64,
     /// When connectflow last changed this record.
     #[serde(with = "rfc3339_ms")]
     pub updated_at: DateTime<Utc>,
@@ -111,11 +114,21 @@ pub struct CustomerLifecycle {
 impl CustomerLifecycle {
     /// The API's answer for a stored lifecycle: everything but the fold's
     /// bookkeeping (`pending_adding`).
-    pub fn new(customer_id: String, lifecycle: Lifecycle, updated_at: DateTime<Utc>) -> Self {
+    pub fn new(customer_id: String, lifecycle: Lifecycle, version: i64, updated_at: DateTime<Utc>) -> Self {
         let Lifecycle { consent, authentication, institution_logins, last_event, event_count, pending_adding: _ } =
             lifecycle;
-        Self { customer_id, consent, authentication, institution_logins, last_event, event_count, updated_at }
+        Self { customer_id, consent, authentication, institution_logins, last_event, event_count, version, updated_at }
     }
+}
+
+/// One page of a customer's lifecycle changes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangePage {
+    /// Change records exactly as published on the lifecycle-changes topic
+    /// (`connectflow.lifecycle_change.v1`), in version order.
+    pub changes: Vec<crate::store::changes::LifecycleChange>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
 }
 
 /// One page of a customer's recorded events.
@@ -269,10 +282,10 @@ pub async fn get_lifecycle(
     Path(customer_id): Path<String>,
 ) -> Result<Json<CustomerLifecycle>, ApiError> {
     let customer_id = valid_customer_id(&customer_id)?.to_string();
-    let (lifecycle, updated_at) = read::lifecycle(&state.pool, &customer_id)
+    let (lifecycle, version, updated_at) = read::lifecycle(&state.pool, &customer_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
-    Ok(Json(CustomerLifecycle::new(customer_id, lifecycle, updated_at)))
+    Ok(Json(CustomerLifecycle::new(customer_id, lifecycle, version, updated_at)))
 }
 
 /// A customer's recorded events.
@@ -305,6 +318,56 @@ pub async fn get_events(
     }
     let (events, next) = read::events(&state.pool, &customer_id, after.as_ref(), limit).await?;
     Ok(Json(EventPage { events, next_cursor: next.as_ref().map(encode_cursor) }))
+}
+
+/// A customer's lifecycle changes, as published on the lifecycle-changes
+/// topic: for a subscriber that missed records to catch up.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}/changes",
+    tag = "query",
+    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits"), PageParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of changes, in version order", body = ChangePage),
+        (status = 400, description = "Invalid customer id, limit or cursor", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 404, description = "Customer not found", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry (Retry-After)", body = ErrorBody),
+    )
+)]
+pub async fn get_changes(
+    State(state): State<Arc<AppState>>,
+    Path(customer_id): Path<String>,
+    query: Result<axum::extract::Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ChangePage>, ApiError> {
+    let customer_id = valid_customer_id(&customer_id)?.to_string();
+    let axum::extract::Query(params) = query.map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let after = params.cursor.as_deref().map(decode_version_cursor).transpose()?;
+    if !read::customer_exists(&state.pool, &customer_id).await? {
+        return Err(ApiError::NotFound(format!("customer {customer_id} not found")));
+    }
+    let (changes, next) = read::changes(&state.pool, &customer_id, after, limit).await?;
+    let changes = changes
+        .into_iter()
+        .map(|text| serde_json::from_str(&text))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| ApiError::Internal(anyhow::Error::from(err).context("decoding a recorded change")))?;
+    Ok(Json(ChangePage { changes, next_cursor: next.map(encode_version_cursor) }))
+}
+
+/// A changes cursor: the last version on the page, made opaque.
+fn encode_version_cursor(version: i64) -> String {
+    hex::encode(format!("v:{version}"))
+}
+
+fn decode_version_cursor(cursor: &str) -> Result<i64, ApiError> {
+    let malformed = || ApiError::BadRequest("cursor is malformed".into());
+    let bytes = hex::decode(cursor).map_err(|_| malformed())?;
+    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
+    text.strip_prefix("v:").and_then(|v| v.parse::<i64>().ok()).filter(|v| *v >= 0).ok_or_else(malformed)
 }
 
 /// Customers, filtered by state and update time.

@@ -51,6 +51,7 @@ fn service_env(database: &str, events_topic: String, dlq_topic: String) -> Vec<(
     vec![
         ("DATABASE_URL", database.to_owned()),
         ("KAFKA_BROKERS", kafka_brokers()),
+        ("CONNECTFLOW_CHANGES_TOPIC", events_topic.replace(".events", ".changes")),
         ("CONNECTFLOW_EVENTS_TOPIC", events_topic),
         ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
         ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR", "1".into()),
@@ -404,6 +405,42 @@ struct E2eFigures {
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     sent_per_s: Option<f64>,
+    change_samples: usize,
+    change_p50_ms: Option<f64>,
+    change_p99_ms: Option<f64>,
+}
+
+/// Reads the lifecycle-changes topic from the start until `stop`, noting
+/// when each change record became readable, by the event ids that caused it.
+fn read_changes(topic: String, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<(Vec<String>, Instant)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let mut seen = Vec::new();
+    let Ok(reader) = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("bench-changes-{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create::<BaseConsumer>()
+    else {
+        return seen;
+    };
+    if reader.subscribe(&[&topic]).is_err() {
+        return seen;
+    }
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Some(Ok(message)) = reader.poll(Duration::from_millis(50)) else { continue };
+        let at = Instant::now();
+        let Some(change) = message.payload().and_then(|p| serde_json::from_slice::<Value>(p).ok()) else { continue };
+        let causes: Vec<String> = change["caused_by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["event_id"].as_str().map(str::to_owned))
+            .collect();
+        seen.push((causes, at));
+    }
+    seen
 }
 
 /// At a steady `rate` webhooks/s for `seconds`, the time from the receiver's
@@ -412,8 +449,15 @@ async fn bench_e2e(rate: f64, seconds: u64) -> anyhow::Result<E2eFigures> {
     let database = fresh_database("e2e").await?;
     let (events_topic, dlq_topic) = topics("e2e");
     let addr = free_addr()?;
+    let changes_topic = events_topic.replace(".events", ".changes");
     let service = spawn_connectflow("all", &service_env(&database, events_topic, dlq_topic), Some(addr))?;
     wait_for(&format!("http://{addr}/readyz"), Duration::from_secs(60)).await?;
+    let stop_reading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop_reading.clone();
+        std::thread::spawn(move || read_changes(changes_topic, stop))
+    };
+    let acked: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
     // Events per customer, averaged over the flows the customers cycle through.
     let sample = customer_flows(FLOWS.len(), 0);
     let average_flow = sample.iter().map(|(_, b)| b.len()).sum::<usize>() as f64 / sample.len() as f64;
@@ -435,6 +479,7 @@ async fn bench_e2e(rate: f64, seconds: u64) -> anyhow::Result<E2eFigures> {
         let client = client.clone();
         let base = base.clone();
         let sample = i % 5 == 0;
+        let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let step = Duration::from_secs_f64(1.0 / rate * 50.0).min(Duration::from_millis(20));
@@ -453,7 +498,13 @@ async fn bench_e2e(rate: f64, seconds: u64) -> anyhow::Result<E2eFigures> {
                 if !ok {
                     return None;
                 }
-                answered = Some(Instant::now());
+                let now = Instant::now();
+                answered = Some(now);
+                if let Some(event_id) = body["eventId"].as_str()
+                    && let Ok(mut acked) = acked.lock()
+                {
+                    acked.insert(event_id.to_owned(), now);
+                }
                 tokio::time::sleep(step).await;
             }
             if !sample {
@@ -483,13 +534,28 @@ async fn bench_e2e(rate: f64, seconds: u64) -> anyhow::Result<E2eFigures> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // Let the last changes through, then match them with the 200s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_reading.store(true, std::sync::atomic::Ordering::Relaxed);
+    let changes = tokio::task::spawn_blocking(move || reader.join().unwrap_or_default()).await?;
     service.stop();
     drop_database(&database).await;
+    let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
+    let change_latencies: Vec<u32> = changes
+        .iter()
+        .filter_map(|(causes, readable)| {
+            let answered = causes.iter().filter_map(|id| acked.get(id)).max()?;
+            Some(readable.saturating_duration_since(*answered).as_micros().min(u32::MAX as u128) as u32)
+        })
+        .collect();
     Ok(E2eFigures {
         sampled: latencies.len(),
         p50_ms: Some(percentile_ms(&latencies, 50.0)).filter(|v| v.is_finite()),
         p99_ms: Some(percentile_ms(&latencies, 99.0)).filter(|v| v.is_finite()),
         sent_per_s: Some(sent as f64 / elapsed),
+        change_samples: change_latencies.len(),
+        change_p50_ms: Some(percentile_ms(&change_latencies, 50.0)).filter(|v| v.is_finite()),
+        change_p99_ms: Some(percentile_ms(&change_latencies, 99.0)).filter(|v| v.is_finite()),
     })
 }
 
@@ -594,16 +660,19 @@ async fn main() -> anyhow::Result<()> {
         ("api p99 ms", api.p99_ms, None, "<= 10"),
         ("end to end p50 ms at 2,000/s", e2e.p50_ms, None, ""),
         ("end to end p99 ms at 2,000/s", e2e.p99_ms, None, "<= 250"),
+        ("200 to change on topic p50 ms at 2,000/s", e2e.change_p50_ms, None, ""),
+        ("200 to change on topic p99 ms at 2,000/s", e2e.change_p99_ms, None, "<= 250"),
     ];
     for (name, value, baseline, target) in rows {
         let baseline = baseline.map(|b| fmt(Some(b))).unwrap_or_default();
         println!("{name:<44} {:>12} {baseline:>12}   {target}", fmt(value));
     }
     println!(
-        "(receiver and api: median of {RUNS} runs of {seconds}s; consumer: {} events; api: {} customers; e2e: {} sampled, {:.0} webhooks/s sent)",
+        "(receiver and api: median of {RUNS} runs of {seconds}s; consumer: {} events; api: {} customers; e2e: {} sampled, {} changes, {:.0} webhooks/s sent)",
         consumer.events,
         api.customers,
         e2e.sampled,
+        e2e.change_samples,
         e2e.sent_per_s.unwrap_or(0.0)
     );
 
@@ -621,6 +690,8 @@ async fn main() -> anyhow::Result<()> {
         "baseline_pg_batch_insert_postgres_cpu_us_per_event": round(consumer.baseline_postgres_cpu_us_per_event),
         "e2e_p50_ms": round(e2e.p50_ms),
         "e2e_p99_ms": round(e2e.p99_ms),
+        "change_p50_ms": round(e2e.change_p50_ms),
+        "change_p99_ms": round(e2e.change_p99_ms),
         "api_lookups_per_s": round(api.lookups_per_s),
         "api_p99_ms": round(api.p99_ms),
         "machine": machine(),

@@ -39,6 +39,8 @@ pub(super) struct Shared {
     pub batch_max: usize,
     pub linger: Duration,
     pub lanes: usize,
+    /// Wakes this process's relay after a batch recorded changes.
+    pub relay_wake: Arc<tokio::sync::Notify>,
 }
 
 /// A running lane's task: it fails only when a record cannot be parked.
@@ -251,6 +253,9 @@ impl Shared {
                     self.metrics.events_applied.inc_by(outcome.applied);
                     self.metrics.duplicates_skipped.inc_by(outcome.duplicates);
                     self.metrics.recomputations.inc_by(outcome.recomputed);
+                    if outcome.changes > 0 {
+                        self.relay_wake.notify_one();
+                    }
                     for i in pending {
                         items[i] = Item::Settled;
                     }

@@ -33,6 +33,7 @@ pub mod dead_letter;
 pub mod health;
 mod lane;
 pub mod record;
+pub mod relay;
 pub mod replay;
 
 use std::net::SocketAddr;
@@ -134,6 +135,7 @@ pub struct LifecycleConsumer {
     queue_bytes: usize,
     ops: Option<tokio::net::TcpListener>,
     ops_state: Option<Arc<crate::health::OpsState>>,
+    relay: relay::Relay,
 }
 
 impl std::fmt::Debug for LifecycleConsumer {
@@ -171,6 +173,8 @@ impl LifecycleConsumer {
         let lane_count = usize::try_from(args.parallelism).unwrap_or(1).max(1);
         let health = Arc::new(ConsumerHealth::new(lane_count, Duration::from_secs(args.stall_seconds)));
         let dead_letters = DeadLetters::new(kafka, Duration::from_secs(args.dlq_timeout_seconds), metrics.clone())?;
+        let relay = relay::Relay::new(kafka, pool.clone(), metrics.clone())?;
+        let relay_wake = relay.waker();
         let lanes = Lanes::new(lane::Shared {
             consumer: consumer.clone(),
             dead_letters,
@@ -181,6 +185,7 @@ impl LifecycleConsumer {
             batch_max: usize::try_from(args.batch).unwrap_or(usize::MAX),
             linger: Duration::from_millis(args.linger_ms),
             lanes: lane_count,
+            relay_wake,
         });
         let (ops, ops_state) = match listen {
             Some(listen) => {
@@ -200,7 +205,7 @@ impl LifecycleConsumer {
             None => (None, None),
         };
         let queue_bytes = usize::try_from(args.queue_bytes).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
-        Ok(Self { consumer, lanes, assignment, health, queue_bytes, ops, ops_state })
+        Ok(Self { consumer, lanes, assignment, health, queue_bytes, ops, ops_state, relay })
     }
 
     /// The lanes' health, for a `/livez` served elsewhere (`connectflow all`).
@@ -218,7 +223,7 @@ impl LifecycleConsumer {
     /// batch it applies, queued records are left for the next owner, and the
     /// stored offsets are committed so a restart resumes exactly there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, lanes, assignment, health: _, queue_bytes, ops, ops_state } = self;
+        let Self { consumer, lanes, assignment, health: _, queue_bytes, ops, ops_state, relay } = self;
         let stop = shutdown.child_token();
         // Dropping this future (a caller that gave up on it) stops the poll
         // thread too, so no orphaned member stays in the group.
@@ -227,6 +232,7 @@ impl LifecycleConsumer {
             (Some(listener), Some(state)) => Some(tokio::spawn(crate::health::serve(listener, state, stop.clone()))),
             _ => None,
         };
+        let relay_task = tokio::spawn(relay.run(stop.clone()));
         tracing::info!(lanes = lanes.count(), "consumer started");
         let (senders, lane_tasks) = lanes.spawn(&stop);
         let budget = Arc::new(Semaphore::new(queue_bytes));
@@ -277,6 +283,7 @@ impl LifecycleConsumer {
         // Leave the group from a blocking thread: closing runs the final
         // revocation callback, which must not block the runtime.
         tokio::task::spawn_blocking(move || drop(consumer)).await.context("closing the consumer")?;
+        relay_task.await.context("the lifecycle-change relay")??;
         if let Some(ops) = ops_task {
             ops.await.context("operations endpoints")??;
         }

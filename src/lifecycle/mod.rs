@@ -12,6 +12,7 @@
 //!
 //! No I/O here: the consumer and any re-projection share this code.
 
+mod change;
 mod state;
 mod transition;
 
@@ -22,6 +23,7 @@ mod tests;
 
 use std::collections::HashSet;
 
+pub use change::{Dimension, VisibleLifecycle, changed};
 pub use state::{
     Account, AccountStatus, AuthReason, AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent,
     Lifecycle, PendingAdding, rfc3339_ms_option,
@@ -72,6 +74,17 @@ pub enum Advance {
 /// would be counted twice. Repeats *within* the batch are dropped as
 /// [`fold`] does. Either the whole batch is applied or nothing is.
 pub fn advance<'a>(state: &mut Lifecycle, new_events: impl IntoIterator<Item = &'a ConnectEvent>) -> Advance {
+    advance_each(state, new_events, |_, _, _| {})
+}
+
+/// [`advance`], telling `on_event` what each event did: it is called after
+/// each event is applied with the event, the state before it and the state
+/// after it (in fold order, never when the batch needs a recomputation).
+pub fn advance_each<'a>(
+    state: &mut Lifecycle,
+    new_events: impl IntoIterator<Item = &'a ConnectEvent>,
+    mut on_event: impl FnMut(&'a ConnectEvent, &Lifecycle, &Lifecycle),
+) -> Advance {
     let batch = distinct_in_order(new_events);
     if let Some(first) = batch.first()
         && !is_in_order(state, first)
@@ -79,7 +92,9 @@ pub fn advance<'a>(state: &mut Lifecycle, new_events: impl IntoIterator<Item = &
         return Advance::Recompute;
     }
     for event in batch {
+        let before = state.clone();
         apply(state, event);
+        on_event(event, &before, state);
     }
     Advance::Applied
 }

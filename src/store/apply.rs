@@ -15,6 +15,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::event::{ConnectEvent, CustomerId};
 use crate::lifecycle::{self, Account, Advance, AuthReason, InstitutionLogin, Lifecycle};
+use crate::store::changes::{Announce, LifecycleChange, Versioner, record_changes};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a batch did.
@@ -26,6 +27,8 @@ pub struct BatchOutcome {
     pub duplicates: u64,
     /// Customers recomputed from their whole history.
     pub recomputed: u64,
+    /// Lifecycle changes recorded in the outbox (the caller wakes its relay).
+    pub changes: u64,
 }
 
 /// Records and applies `events` in one transaction.
@@ -60,6 +63,7 @@ pub async fn apply_batch<'a>(
         applied: new_events.len() as u64,
         duplicates: (received - new_events.len()) as u64,
         recomputed: 0,
+        changes: 0,
     };
     if new_events.is_empty() {
         tx.commit().await.store("committing the batch")?;
@@ -73,38 +77,87 @@ pub async fn apply_batch<'a>(
     let customer_ids: Vec<&CustomerId> = by_customer.keys().copied().collect();
     let Loaded { states, undecodable } = load_lifecycles(&mut tx, &customer_ids).await?;
 
-    let mut after: Vec<(CustomerId, Lifecycle)> = Vec::with_capacity(customer_ids.len());
-    let mut recompute: Vec<&CustomerId> = undecodable.iter().collect();
-    for (customer_id, events) in by_customer {
-        if undecodable.contains(customer_id) {
+    // Each customer's events are folded into the stored state one by one,
+    // and each event that moves the visible lifecycle becomes a change; a
+    // late event makes the customer be recomputed, and that is one change.
+    let recorded_at = Utc::now();
+    let mut after: Vec<Projected> = Vec::with_capacity(customer_ids.len());
+    let mut changes: Vec<LifecycleChange> = Vec::new();
+    let mut recompute: Vec<&CustomerId> = Vec::new();
+    for (customer_id, events) in &by_customer {
+        if undecodable.contains_key(*customer_id) {
+            recompute.push(customer_id);
             continue;
         }
-        let mut state = states.get(customer_id).cloned().unwrap_or_default();
-        match lifecycle::advance(&mut state, events) {
-            Advance::Applied => after.push((customer_id.clone(), state)),
+        let stored = states.get(*customer_id);
+        let mut state = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
+        let mut versioner = Versioner::new(customer_id, stored.map_or(0, |s| s.version), stored.is_some(), recorded_at);
+        let advanced = lifecycle::advance_each(&mut state, events.iter().copied(), |event, before, after| {
+            versioner.observe(before, after, &[event], false, false);
+        });
+        match advanced {
+            Advance::Applied => {
+                after.push(Projected {
+                    customer_id: (*customer_id).clone(),
+                    version: versioner.version(),
+                    lifecycle: state,
+                });
+                changes.append(&mut versioner.changes);
+            }
             Advance::Recompute => recompute.push(customer_id),
         }
     }
     if !recompute.is_empty() {
         outcome.recomputed = recompute.len() as u64;
-        after.extend(recompute_from_history(&mut tx, &recompute).await?);
+        for (customer_id, state) in recompute_from_history(&mut tx, &recompute).await? {
+            let stored = states.get(&customer_id);
+            let version = stored.map(|s| s.version).or_else(|| undecodable.get(&customer_id).copied()).unwrap_or(0);
+            let before = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
+            let causes = by_customer.get(&customer_id).map(Vec::as_slice).unwrap_or_default();
+            let mut versioner = Versioner::new(&customer_id, version, stored.is_some(), recorded_at);
+            versioner.observe(&before, &state, causes, true, false);
+            changes.append(&mut versioner.changes);
+            after.push(Projected { version: versioner.version(), customer_id, lifecycle: state });
+        }
     }
 
     write_lifecycles(&mut tx, &after).await?;
-    let projections: Vec<(&CustomerId, Stored<'_>, &Lifecycle)> = after
+    let projections: Vec<(&CustomerId, Prior<'_>, &Lifecycle)> = after
         .iter()
-        .map(|(id, state)| {
-            let stored = match states.get(id) {
-                Some(old) => Stored::Known(old),
-                None if undecodable.contains(id) => Stored::Unknown,
-                None => Stored::Nothing,
+        .map(|p| {
+            let prior = match states.get(&p.customer_id) {
+                Some(stored) => Prior::Known(&stored.lifecycle),
+                None if undecodable.contains_key(&p.customer_id) => Prior::Unknown,
+                None => Prior::Nothing,
             };
-            (id, stored, state)
+            (&p.customer_id, prior, &p.lifecycle)
         })
         .collect();
     write_accounts(&mut tx, &projections).await?;
+    outcome.changes = changes.len() as u64;
+    record_changes(&mut tx, &changes, Announce::InProcess).await?;
     tx.commit().await.store("committing the batch")?;
     Ok(outcome)
+}
+
+/// A customer's lifecycle as it is to be written, with its change version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projected {
+    /// The customer.
+    pub customer_id: CustomerId,
+    /// Its folded lifecycle.
+    pub lifecycle: Lifecycle,
+    /// Its visible changes so far.
+    pub version: i64,
+}
+
+/// A stored lifecycle and its change version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The lifecycle.
+    pub lifecycle: Lifecycle,
+    /// How many visible changes it has had.
+    pub version: i64,
 }
 
 /// Inserts the events, returning the ids that were new.
@@ -174,10 +227,11 @@ pub async fn lock_customers(tx: &mut Transaction<'_, Postgres>, sorted_ids: &[&C
 /// Stored lifecycles, as far as they decode.
 pub struct Loaded {
     /// Customers with a stored lifecycle this binary can read.
-    pub states: HashMap<CustomerId, Lifecycle>,
+    pub states: HashMap<CustomerId, Stored>,
     /// Customers whose stored lifecycle does not decode (written by another
-    /// version, or damaged): recompute them from their events.
-    pub undecodable: HashSet<CustomerId>,
+    /// version, or damaged), with their version: recompute them from their
+    /// events.
+    pub undecodable: HashMap<CustomerId, i64>,
 }
 
 /// Loads the stored lifecycles of these customers (absent ones have none
@@ -185,24 +239,24 @@ pub struct Loaded {
 pub async fn load_lifecycles(tx: &mut Transaction<'_, Postgres>, ids: &[&CustomerId]) -> Result<Loaded, StoreError> {
     let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
-        r#"SELECT customer_id, lifecycle::text AS "lifecycle!" FROM customers WHERE customer_id = ANY($1::text[])"#,
+        r#"SELECT customer_id, lifecycle::text AS "lifecycle!", version FROM customers WHERE customer_id = ANY($1::text[])"#,
         &ids as &[&str]
     )
     .fetch_all(&mut **tx)
     .await
     .store("loading customers")?;
-    let mut loaded = Loaded { states: HashMap::with_capacity(rows.len()), undecodable: HashSet::new() };
+    let mut loaded = Loaded { states: HashMap::with_capacity(rows.len()), undecodable: HashMap::new() };
     for row in rows {
         let Ok(customer_id) = CustomerId::try_from(row.customer_id) else {
             continue;
         };
         match serde_json::from_str::<Lifecycle>(&row.lifecycle) {
-            Ok(state) => {
-                loaded.states.insert(customer_id, state);
+            Ok(lifecycle) => {
+                loaded.states.insert(customer_id, Stored { lifecycle, version: row.version });
             }
             Err(err) => {
                 tracing::warn!(customer_id = %customer_id, error = %err, "stored lifecycle does not decode; recomputing it from the recorded events");
-                loaded.undecodable.insert(customer_id);
+                loaded.undecodable.insert(customer_id, row.version);
             }
         }
     }
@@ -232,11 +286,9 @@ pub async fn recompute_from_history(
 }
 
 /// Upserts the customers' rows.
-pub async fn write_lifecycles(
-    tx: &mut Transaction<'_, Postgres>,
-    states: &[(CustomerId, Lifecycle)],
-) -> Result<(), StoreError> {
+pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Projected]) -> Result<(), StoreError> {
     let n = states.len();
+    let mut versions = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     let mut consent: Vec<&str> = Vec::with_capacity(n);
     let mut consent_since: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
@@ -249,12 +301,13 @@ pub async fn write_lifecycles(
     let mut last_at = Vec::with_capacity(n);
     let mut count = Vec::with_capacity(n);
     let mut documents = Vec::with_capacity(n);
-    for (customer_id, state) in states {
+    for Projected { customer_id, lifecycle: state, version } in states {
         let Some(last) = &state.last_event else {
             // A customer exists once an event was applied; nothing to write.
             continue;
         };
         ids.push(customer_id.as_str());
+        versions.push(*version);
         consent.push(state.consent.state.as_str());
         consent_since.push(state.consent.since);
         auth.push(state.authentication.state.as_str());
@@ -272,17 +325,17 @@ pub async fn write_lifecycles(
         r#"
         INSERT INTO customers (customer_id, consent_state, consent_since, auth_state, auth_since, auth_reason,
                                auth_error_code, last_event_id, last_event_type, last_occurred_at, event_count,
-                               lifecycle, updated_at)
+                               lifecycle, version, updated_at)
         SELECT *, now() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
                                     $6::text[], $7::int8[], $8::text[], $9::text[], $10::timestamptz[],
-                                    $11::int8[], $12::jsonb[])
+                                    $11::int8[], $12::jsonb[], $13::int8[])
         ON CONFLICT (customer_id) DO UPDATE SET
             consent_state = EXCLUDED.consent_state, consent_since = EXCLUDED.consent_since,
             auth_state = EXCLUDED.auth_state, auth_since = EXCLUDED.auth_since,
             auth_reason = EXCLUDED.auth_reason, auth_error_code = EXCLUDED.auth_error_code,
             last_event_id = EXCLUDED.last_event_id, last_event_type = EXCLUDED.last_event_type,
             last_occurred_at = EXCLUDED.last_occurred_at, event_count = EXCLUDED.event_count,
-            lifecycle = EXCLUDED.lifecycle, updated_at = EXCLUDED.updated_at
+            lifecycle = EXCLUDED.lifecycle, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
         "#,
         &ids as &[&str],
         &consent as &[&str],
@@ -296,6 +349,7 @@ pub async fn write_lifecycles(
         &last_at,
         &count,
         &documents as _,
+        &versions,
     )
     .execute(&mut **tx)
     .await
@@ -305,7 +359,7 @@ pub async fn write_lifecycles(
 
 /// What the accounts projection holds for a customer before a write.
 #[derive(Debug, Clone, Copy)]
-pub enum Stored<'a> {
+pub enum Prior<'a> {
     /// No rows: a customer seen for the first time.
     Nothing,
     /// The rows of this lifecycle, as written when it was stored.
@@ -344,14 +398,14 @@ fn account_rows(state: &Lifecycle) -> AccountRows<'_> {
 /// status `deleted`), so they are only upserted; a login can disappear (its
 /// accounts moved to another login), so a login row that is no longer in the
 /// state is deleted by its key. For a customer whose stored rows are
-/// [`Stored::Unknown`] every login row is replaced and every account upserted.
+/// [`Prior::Unknown`] every login row is replaced and every account upserted.
 pub async fn write_accounts(
     tx: &mut Transaction<'_, Postgres>,
-    customers: &[(&CustomerId, Stored<'_>, &Lifecycle)],
+    customers: &[(&CustomerId, Prior<'_>, &Lifecycle)],
 ) -> Result<(), StoreError> {
     let unknown: Vec<&str> = customers
         .iter()
-        .filter(|(_, stored, _)| matches!(stored, Stored::Unknown))
+        .filter(|(_, stored, _)| matches!(stored, Prior::Unknown))
         .map(|(id, _, _)| id.as_str())
         .collect();
     if !unknown.is_empty() {
@@ -381,9 +435,9 @@ pub async fn write_accounts(
     for (customer_id, stored, state) in customers {
         let customer_id = customer_id.as_str();
         let (old, replace) = match stored {
-            Stored::Known(old) => (*old, false),
-            Stored::Nothing => (&empty, false),
-            Stored::Unknown => (&empty, true),
+            Prior::Known(old) => (*old, false),
+            Prior::Nothing => (&empty, false),
+            Prior::Unknown => (&empty, true),
         };
         if !replace && old.institution_logins == state.institution_logins {
             continue;

@@ -37,6 +37,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 pub mod apply;
+pub mod changes;
 pub mod error;
 pub mod read;
 pub mod reproject;

@@ -9,17 +9,44 @@ use sqlx::PgPool;
 use crate::event::rfc3339_ms;
 use crate::lifecycle::Lifecycle;
 
-/// One customer's stored lifecycle and when it was last updated.
-pub async fn lifecycle(pool: &PgPool, customer_id: &str) -> anyhow::Result<Option<(Lifecycle, DateTime<Utc>)>> {
-    let row = sqlx::query!("SELECT lifecycle, updated_at FROM customers WHERE customer_id = $1", customer_id)
+/// One customer's stored lifecycle, its change version and when it was
+/// last updated.
+pub async fn lifecycle(pool: &PgPool, customer_id: &str) -> anyhow::Result<Option<(Lifecycle, i64, DateTime<Utc>)>> {
+    let row = sqlx::query!("SELECT lifecycle, version, updated_at FROM customers WHERE customer_id = $1", customer_id)
         .fetch_optional(pool)
         .await
         .context("reading a lifecycle")?;
     row.map(|row| {
         let lifecycle = serde_json::from_value(row.lifecycle).context("decoding a stored lifecycle")?;
-        Ok((lifecycle, row.updated_at))
+        Ok((lifecycle, row.version, row.updated_at))
     })
     .transpose()
+}
+
+/// A page of a customer's recorded lifecycle changes after `after_version`,
+/// in version order; and the last version when more follow.
+pub async fn changes(
+    pool: &PgPool,
+    customer_id: &str,
+    after_version: Option<i64>,
+    limit: i64,
+) -> anyhow::Result<(Vec<String>, Option<i64>)> {
+    let mut rows = sqlx::query!(
+        r#"
+        SELECT version, change FROM lifecycle_changes
+        WHERE customer_id = $1 AND version > $2
+        ORDER BY version
+        LIMIT $3
+        "#,
+        customer_id,
+        after_version.unwrap_or(0),
+        limit + 1,
+    )
+    .fetch_all(pool)
+    .await
+    .context("reading lifecycle changes")?;
+    let next = cut_page(&mut rows, limit, |r| r.version);
+    Ok((rows.into_iter().map(|r| r.change).collect(), next))
 }
 
 /// Whether any event of this customer was applied.

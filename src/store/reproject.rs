@@ -4,13 +4,15 @@
 //! batches of customers, each in its own short transaction, so they can run
 //! while the service does.
 
+use chrono::Utc;
 use sqlx::PgPool;
 
 use crate::event::CustomerId;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, VisibleLifecycle};
 use crate::store::apply::{
-    Stored, load_lifecycles, lock_customers, recompute_from_history, write_accounts, write_lifecycles,
+    Prior, Projected, load_lifecycles, lock_customers, recompute_from_history, write_accounts, write_lifecycles,
 };
+use crate::store::changes::{Announce, Versioner, record_changes};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a re-projection did.
@@ -45,17 +47,40 @@ pub async fn reproject(
         let ids: Vec<&CustomerId> = ids.iter().collect();
         let mut tx = pool.begin().await.store("beginning a re-projection batch")?;
         lock_customers(&mut tx, &ids).await?;
-        let before = load_lifecycles(&mut tx, &ids).await?.states;
+        let loaded = load_lifecycles(&mut tx, &ids).await?;
         let recomputed = recompute_from_history(&mut tx, &ids).await?;
         outcome.customers += recomputed.len() as u64;
-        // Customers whose state is unchanged keep their `updated_at`; the
-        // accounts projection is rewritten for all, since repairing it is
-        // part of what a re-projection is for.
-        let changed: Vec<_> = recomputed.iter().filter(|(id, state)| before.get(id) != Some(state)).cloned().collect();
+        // Customers whose state is unchanged keep their `updated_at` and
+        // version; a changed one gets a change record when what subscribers
+        // see moved (caused by no event, recomputed). The accounts
+        // projection is rewritten for all, since repairing it is part of what
+        // a re-projection is for.
+        let recorded_at = Utc::now();
+        let mut changed = Vec::new();
+        let mut changes = Vec::new();
+        for (customer_id, state) in &recomputed {
+            let stored = loaded.states.get(customer_id);
+            if stored.is_some_and(|s| &s.lifecycle == state) {
+                continue;
+            }
+            let version =
+                stored.map(|s| s.version).or_else(|| loaded.undecodable.get(customer_id).copied()).unwrap_or(0);
+            let before = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
+            let mut versioner = Versioner::new(customer_id, version, stored.is_some(), recorded_at);
+            let visible_moved = VisibleLifecycle::from(&before) != VisibleLifecycle::from(state);
+            versioner.observe(&before, state, &[], true, visible_moved);
+            changes.append(&mut versioner.changes);
+            changed.push(Projected {
+                customer_id: customer_id.clone(),
+                lifecycle: state.clone(),
+                version: versioner.version(),
+            });
+        }
         outcome.changed += changed.len() as u64;
         write_lifecycles(&mut tx, &changed).await?;
-        let projections: Vec<_> = recomputed.iter().map(|(id, state)| (id, Stored::Unknown, state)).collect();
+        let projections: Vec<_> = recomputed.iter().map(|(id, state)| (id, Prior::Unknown, state)).collect();
         write_accounts(&mut tx, &projections).await?;
+        record_changes(&mut tx, &changes, Announce::Notify).await?;
         tx.commit().await.store("committing a re-projection batch")?;
         tracing::info!(customers = outcome.customers, changed = outcome.changed, last = %after, "re-projection progress");
     }
@@ -84,7 +109,7 @@ pub async fn audit(pool: &PgPool, customer: Option<&CustomerId>, batch: i64) -> 
             recomputed.iter().map(|(id, state)| (id, state)).collect();
         for id in ids {
             let expected = folded.get(id).copied();
-            let actual = stored.states.get(id);
+            let actual = stored.states.get(id).map(|s| &s.lifecycle);
             // A customer with a stored row but no recorded events differs
             // too (expected is None, actual is not).
             if expected != actual {

@@ -136,6 +136,7 @@ pub fn unique_kafka_args(brokers: &str) -> KafkaArgs {
     KafkaArgs {
         brokers: brokers.to_owned(),
         events_topic: format!("cf-test-{id}.events"),
+        changes_topic: format!("cf-test-{id}.changes"),
         dlq_topic: format!("cf-test-{id}.dlq"),
         properties: KafkaProperties::default(),
     }

@@ -1,5 +1,6 @@
 //! Integration tests on real Postgres and real Kafka (see helpers.rs).
 
+mod changes;
 mod config;
 mod consumer;
 mod foundations;

@@ -12,12 +12,13 @@ fn api_shape(state: &Lifecycle) -> serde_json::Value {
     if let Some(map) = value.as_object_mut() {
         map.remove("customer_id");
         map.remove("updated_at");
+        map.remove("version");
     }
     value
 }
 
 fn api_answer(state: &Lifecycle) -> crate::query::CustomerLifecycle {
-    crate::query::CustomerLifecycle::new("1".to_owned(), state.clone(), chrono::DateTime::UNIX_EPOCH)
+    crate::query::CustomerLifecycle::new("1".to_owned(), state.clone(), 0, chrono::DateTime::UNIX_EPOCH)
 }
 
 #[test]

@@ -1,0 +1,295 @@
+//! The outbox relay: publishes recorded lifecycle changes
+//! ([`crate::store::changes`]) to `CONNECTFLOW_CHANGES_TOPIC`, in
+//! `(customer, version)` order, and deletes them from the outbox only after
+//! Kafka confirmed them.
+//!
+//! - **Wakes without busy polling**: the consumer's lanes wake the relay of
+//!   their own process after each batch that recorded changes (in memory: a
+//!   `NOTIFY` from every batch would serialise the lanes' commits, since
+//!   Postgres takes a database-wide lock to commit a notifying
+//!   transaction). Writers outside `consume` (`reproject`) `NOTIFY` on
+//!   [`CHANGES_CHANNEL`](crate::store::changes::CHANGES_CHANNEL), which the
+//!   relay `LISTEN`s to, and it polls every [`SAFETY_POLL`] anyway (a
+//!   notification is lost while the listening connection is down).
+//! - **Several relays (one per `consume` process) never publish one
+//!   customer's versions concurrently or out of order**: a relay claims
+//!   customers with a transaction-scoped advisory lock of their own
+//!   (`pg_try_advisory_xact_lock` on `connectflow.relay:<customer>`; a
+//!   customer another relay holds is skipped, not waited for), publishes each
+//!   claimed customer's unpublished versions one after another, and marks
+//!   them in the same transaction. Customers are claimed per transaction,
+//!   not by Kafka partition, so a relay needs no partition assignment and
+//!   keeps working when consumers come and go.
+//! - **Exactly one record per change, except after a crash**: a relay that
+//!   dies between Kafka's confirmation and its commit leaves the rows
+//!   unpublished, and they are published again: subscribers de-duplicate by
+//!   `change_id`. Never a gap: a version is marked only when it and every
+//!   earlier one are confirmed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaArgs;
+use crate::kafka::client_config;
+use crate::metrics::Metrics;
+use crate::store::changes::{CHANGE_SCHEMA_V1, CHANGES_CHANNEL};
+use crate::store::error::{StoreError, StoreResultExt};
+
+/// How often the relay looks for unpublished changes without a notification.
+pub const SAFETY_POLL: Duration = Duration::from_secs(5);
+/// Customers claimed per relay transaction: many, so that a backlog is
+/// published in large Kafka batches and few claim queries.
+const CUSTOMERS_PER_CLAIM: i64 = 1000;
+/// How often the backlog gauges are measured at most.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one change may wait for Kafka's confirmation.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The relay: a Postgres pool, an idempotent producer and the changes topic.
+pub struct Relay {
+    pool: PgPool,
+    producer: FutureProducer,
+    topic: String,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    /// When the backlog gauges were last measured.
+    backlog_measured: std::sync::Mutex<Option<Instant>>,
+}
+
+/// One unpublished change.
+struct Pending {
+    customer_id: String,
+    version: i64,
+    change: String,
+    recorded_at: DateTime<Utc>,
+}
+
+impl Relay {
+    /// An idempotent, `acks=all` producer for the changes topic.
+    pub fn new(kafka: &KafkaArgs, pool: PgPool, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let timeout_ms = SEND_TIMEOUT.as_millis().to_string();
+        let producer: FutureProducer = client_config(
+            kafka,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                // The claimed customers' changes go out side by side: a few
+                // milliseconds of linger and lz4 make them a few large
+                // requests instead of one per change (the broker's CPU is
+                // most of a change's cost).
+                ("linger.ms", "5"),
+                ("compression.type", "lz4"),
+                ("message.timeout.ms", &timeout_ms),
+            ],
+        )
+        .create()
+        .context("creating the lifecycle-change producer")?;
+        Ok(Self {
+            pool,
+            producer,
+            topic: kafka.changes_topic.clone(),
+            metrics,
+            wake: Arc::new(Notify::new()),
+            backlog_measured: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// A handle that wakes this relay: the consumer's lanes use it after a
+    /// batch recorded changes.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Publishes until `shutdown`: every change recorded so far, then each
+    /// time a batch announces new ones (or the safety poll comes round).
+    /// Postgres and Kafka outages are waited out, like the consumer does.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut listener: Option<PgListener> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            match self.publish_all().await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "publishing lifecycle changes failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            self.export_backlog().await;
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = self.wake.notified() => {}
+                ok = notified => if !ok {
+                    // The listening connection failed: poll until it is back.
+                    listener = None;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                },
+                () = tokio::time::sleep(SAFETY_POLL) => {}
+            }
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen(CHANGES_CHANNEL).await.ok()?;
+        Some(listener)
+    }
+
+    /// Publishes claimed batches until nothing unclaimed is left.
+    pub async fn publish_all(&self) -> Result<(), StoreError> {
+        while self.publish_batch(false).await? > 0 {}
+        Ok(())
+    }
+
+    /// Claims up to [`CUSTOMERS_PER_CLAIM`] customers with unpublished
+    /// changes, publishes them in version order and marks what Kafka
+    /// confirmed. Returns how many changes were published. With
+    /// `crash_before_mark` (tests only) it publishes and then rolls back, as
+    /// a relay that died between the confirmation and the commit would.
+    #[doc(hidden)]
+    pub async fn publish_batch(&self, crash_before_mark: bool) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await.store("beginning a relay transaction")?;
+        let claimed: Vec<String> = sqlx::query_scalar!(
+            r#"
+            SELECT customer_id AS "customer_id!" FROM (
+                SELECT DISTINCT customer_id FROM lifecycle_outbox ORDER BY customer_id LIMIT $1
+            ) AS waiting
+            WHERE pg_try_advisory_xact_lock(hashtextextended('connectflow.relay:' || customer_id, 0))
+            "#,
+            CUSTOMERS_PER_CLAIM
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .store("claiming customers with unpublished changes")?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        // A later statement than the locks: it sees what a relay that held
+        // them before committed.
+        let rows = sqlx::query_as!(
+            Pending,
+            r#"
+            SELECT c.customer_id, c.version, c.change, c.recorded_at
+            FROM lifecycle_outbox o JOIN lifecycle_changes c USING (customer_id, version)
+            WHERE o.customer_id = ANY($1::text[])
+            ORDER BY c.customer_id, c.version
+            "#,
+            &claimed
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .store("reading unpublished changes")?;
+        let mut by_customer: BTreeMap<&str, Vec<&Pending>> = BTreeMap::new();
+        for row in &rows {
+            by_customer.entry(row.customer_id.as_str()).or_default().push(row);
+        }
+        // Customers side by side, each customer's versions one after another.
+        let published: Vec<Vec<(&str, i64)>> =
+            futures::future::join_all(by_customer.values().map(|changes| self.publish_in_order(changes))).await;
+        let (customers, versions): (Vec<String>, Vec<i64>) =
+            published.iter().flatten().map(|(c, v)| ((*c).to_owned(), *v)).unzip();
+        if crash_before_mark {
+            tx.rollback().await.store("rolling back (simulated crash)")?;
+            return Ok(customers.len());
+        }
+        sqlx::query!(
+            r#"
+            DELETE FROM lifecycle_outbox o
+            USING UNNEST($1::text[], $2::int8[]) AS p(customer_id, version)
+            WHERE o.customer_id = p.customer_id AND o.version = p.version
+            "#,
+            &customers,
+            &versions
+        )
+        .execute(&mut *tx)
+        .await
+        .store("marking changes published")?;
+        tx.commit().await.store("committing the relay transaction")?;
+        self.metrics.changes_published.inc_by(customers.len() as u64);
+        if customers.len() < rows.len() {
+            // Kafka refused or timed out: the rest waits for the next round.
+            return Err(StoreError::Transient {
+                context: "publishing lifecycle changes",
+                source: sqlx::Error::Protocol(format!(
+                    "{} changes not confirmed by Kafka",
+                    rows.len() - customers.len()
+                )),
+            });
+        }
+        Ok(customers.len())
+    }
+
+    /// Publishes one customer's changes in version order, stopping at the
+    /// first that Kafka does not confirm; returns those confirmed.
+    async fn publish_in_order<'a>(&self, changes: &[&'a Pending]) -> Vec<(&'a str, i64)> {
+        let mut confirmed = Vec::with_capacity(changes.len());
+        for change in changes {
+            let change_id = format!("{}:{}", change.customer_id, change.version);
+            let value = change.change.as_bytes();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header { key: "change_id", value: Some(change_id.as_bytes()) })
+                .insert(Header { key: "schema", value: Some(CHANGE_SCHEMA_V1.as_bytes()) });
+            let record =
+                FutureRecord::to(&self.topic).key(change.customer_id.as_bytes()).payload(value).headers(headers);
+            match self.producer.send(record, Timeout::After(SEND_TIMEOUT)).await {
+                Ok(_) => {
+                    let waited = (Utc::now() - change.recorded_at).to_std().unwrap_or_default();
+                    self.metrics.change_publish_seconds.observe(waited.as_secs_f64());
+                    confirmed.push((change.customer_id.as_str(), change.version));
+                }
+                Err((err, _)) => {
+                    tracing::warn!(change_id, error = %err, "publishing a lifecycle change failed");
+                    break;
+                }
+            }
+        }
+        confirmed
+    }
+
+    /// Sets the backlog gauges: changes waiting and the oldest one's age, at
+    /// most once per [`BACKLOG_INTERVAL`] (counting the outbox on every
+    /// wake-up would cost more than the publishing under load).
+    async fn export_backlog(&self) {
+        let started = Instant::now();
+        {
+            let Ok(mut last) = self.backlog_measured.lock() else { return };
+            if last.is_some_and(|at| started.duration_since(at) < BACKLOG_INTERVAL) {
+                return;
+            }
+            *last = Some(started);
+        }
+        let row = sqlx::query!(r#"SELECT count(*) AS "waiting!", min(recorded_at) AS oldest FROM lifecycle_outbox"#)
+            .fetch_one(&self.pool)
+            .await;
+        if let Ok(row) = row {
+            self.metrics.changes_waiting.set(row.waiting);
+            let age = row.oldest.map_or(0.0, |at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0);
+            self.metrics.changes_oldest_waiting_seconds.set(age);
+        }
+        tracing::trace!(took = ?started.elapsed(), "outbox backlog measured");
+    }
+}

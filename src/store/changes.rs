@@ -1,0 +1,190 @@
+//! The lifecycle-change outbox: each change of a customer's visible
+//! lifecycle becomes a record (`connectflow.lifecycle_change.v1`), written to
+//! `lifecycle_changes` in the same transaction as the lifecycle it describes;
+//! the relay ([`crate::consume::relay`]) publishes it afterwards.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, Transaction};
+use utoipa::ToSchema;
+
+use crate::event::{ConnectEvent, CustomerId, rfc3339_ms};
+use crate::lifecycle::{Dimension, Lifecycle, VisibleLifecycle};
+use crate::store::error::{StoreError, StoreResultExt};
+
+/// The value of the `schema` field and header of every change record.
+pub const CHANGE_SCHEMA_V1: &str = "connectflow.lifecycle_change.v1";
+
+/// The Postgres channel a committed change is announced on (the relay
+/// listens; the payload is empty).
+pub const CHANGES_CHANNEL: &str = "connectflow_lifecycle_changes";
+
+/// An event that caused a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cause {
+    /// The event's id.
+    pub event_id: String,
+    /// The event's type.
+    pub event_type: String,
+}
+
+/// One change of a customer's visible lifecycle, as published on
+/// `CONNECTFLOW_CHANGES_TOPIC` and listed by `/v1/customers/{id}/changes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LifecycleChange {
+    /// Always `connectflow.lifecycle_change.v1`.
+    pub schema: String,
+    /// `<customer_id>:<version>`: subscribers de-duplicate by it.
+    pub change_id: String,
+    /// Finicity's customer id (also the record key).
+    pub customer_id: String,
+    /// Per customer: 1 for the first change, +1 per change, never reused or
+    /// skipped.
+    pub version: i64,
+    /// The visible lifecycle before the change; null for a customer's first
+    /// change (and when the stored state could not be read).
+    pub before: Option<VisibleLifecycle>,
+    /// The visible lifecycle after it.
+    pub after: VisibleLifecycle,
+    /// Which dimensions changed (empty only for a re-projection that changed
+    /// nothing but the accounts' details).
+    pub changed: Vec<Dimension>,
+    /// The events whose application produced the change; empty for a
+    /// re-projection (`connectflow reproject`).
+    pub caused_by: Vec<Cause>,
+    /// True when the customer was recomputed from their whole history (a
+    /// late event, or a re-projection).
+    pub recomputed: bool,
+    /// `occurred_at` of the latest causing event (of the latest recorded
+    /// event for a re-projection).
+    #[serde(with = "rfc3339_ms")]
+    pub occurred_at: DateTime<Utc>,
+    /// When connectflow recorded the change.
+    #[serde(with = "rfc3339_ms")]
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Numbers a customer's changes as they are found.
+#[derive(Debug)]
+pub struct Versioner<'a> {
+    customer_id: &'a CustomerId,
+    version: i64,
+    recorded_at: DateTime<Utc>,
+    /// Whether the customer had a readable stored lifecycle before.
+    known_before: bool,
+    /// The changes found.
+    pub changes: Vec<LifecycleChange>,
+}
+
+impl<'a> Versioner<'a> {
+    /// Starts from the customer's stored `version`.
+    pub fn new(customer_id: &'a CustomerId, version: i64, known_before: bool, recorded_at: DateTime<Utc>) -> Self {
+        Self { customer_id, version, recorded_at, known_before, changes: Vec::new() }
+    }
+
+    /// The version after the changes found so far.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Records a change from `before` to `after` when a visible dimension
+    /// moved (or always, with `force`, for a re-projection that rewrote the
+    /// lifecycle).
+    pub fn observe(
+        &mut self,
+        before: &Lifecycle,
+        after: &Lifecycle,
+        causes: &[&ConnectEvent],
+        recomputed: bool,
+        force: bool,
+    ) {
+        let changed = crate::lifecycle::changed(before, after);
+        if changed.is_empty() && !force {
+            return;
+        }
+        let first = self.changes.is_empty() && !self.known_before;
+        self.version += 1;
+        let occurred_at = causes
+            .iter()
+            .map(|e| e.occurred_at)
+            .max()
+            .or_else(|| after.last_event.as_ref().map(|l| l.occurred_at))
+            .unwrap_or(self.recorded_at);
+        self.changes.push(LifecycleChange {
+            schema: CHANGE_SCHEMA_V1.to_owned(),
+            change_id: format!("{}:{}", self.customer_id, self.version),
+            customer_id: self.customer_id.to_string(),
+            version: self.version,
+            before: (!first).then(|| VisibleLifecycle::from(before)),
+            after: VisibleLifecycle::from(after),
+            changed,
+            caused_by: causes
+                .iter()
+                .map(|e| Cause { event_id: e.event_id.clone(), event_type: e.event_type.clone() })
+                .collect(),
+            recomputed,
+            occurred_at,
+            recorded_at: self.recorded_at,
+        });
+    }
+}
+
+/// How the relays learn that changes were recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// `NOTIFY` on [`CHANGES_CHANNEL`] at commit, for writers outside a
+    /// `consume` process (`reproject`). Postgres serialises the commits of
+    /// notifying transactions, so the consumer does not use it.
+    Notify,
+    /// Nothing here: the caller wakes its own process's relay after the
+    /// commit (the consumer's lanes do), and the relays of other processes
+    /// find the rows on their own wake-ups or safety poll.
+    InProcess,
+}
+
+/// Writes the changes (history and outbox) in one statement, announcing
+/// them as `announce` says (a notification is delivered at commit).
+pub async fn record_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &[LifecycleChange],
+    announce: Announce,
+) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut customers = Vec::with_capacity(changes.len());
+    let mut versions = Vec::with_capacity(changes.len());
+    let mut documents = Vec::with_capacity(changes.len());
+    let mut recorded = Vec::with_capacity(changes.len());
+    for change in changes {
+        customers.push(change.customer_id.clone());
+        versions.push(change.version);
+        documents
+            .push(serde_json::to_string(change).map_err(|err| StoreError::undecodable("encoding a change", &err))?);
+        recorded.push(change.recorded_at);
+    }
+    sqlx::query!(
+        r#"
+        WITH written AS (
+            INSERT INTO lifecycle_changes (customer_id, version, change, recorded_at)
+            SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::timestamptz[])
+            RETURNING customer_id, version, recorded_at
+        ), queued AS (
+            INSERT INTO lifecycle_outbox (customer_id, version, recorded_at)
+            SELECT customer_id, version, recorded_at FROM written
+            RETURNING 1
+        )
+        SELECT pg_notify($5, '') AS "notified" FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued WHERE $6
+        "#,
+        &customers,
+        &versions,
+        &documents,
+        &recorded,
+        CHANGES_CHANNEL,
+        announce == Announce::Notify,
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .store("recording lifecycle changes")?;
+    Ok(())
+}
