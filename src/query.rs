@@ -326,7 +326,7 @@ pub async fn get_events(
     get,
     path = "/v1/customers/{customer_id}/changes",
     tag = "query",
-    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits"), PageParams),
+    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22), PageParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of changes, in version order", body = ChangePage),

@@ -176,6 +176,41 @@ async fn baseline_server(addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- normalise
+
+/// CPU of the receiver's pure part, without HTTP or Kafka: signature check,
+/// parse and normalise, and the record's serialisation, per webhook body of
+/// the bench's mix (`bench normalise`, not part of `all`).
+fn bench_normalise() -> anyhow::Result<()> {
+    let bodies: Vec<Vec<u8>> = customer_flows(6_000, 0)
+        .iter()
+        .flat_map(|(_, b)| b.iter().filter_map(|body| serde_json::to_vec(body).ok()))
+        .collect();
+    let signatures: Vec<String> = bodies.iter().map(|raw| sign(SECRET, raw)).collect();
+    let secrets: connectflow::config::SecretList = SECRET.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let verifier = connectflow::receive::signature::SignatureVerifier::new(&secrets);
+    let now = Utc::now();
+    let mut per_body = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut bytes = 0usize;
+        for (raw, signature) in bodies.iter().zip(&signatures) {
+            anyhow::ensure!(verifier.verify(Some(signature.as_bytes()), raw).is_ok(), "signature");
+            if let Ok(Webhook::Event(event)) = normalise(raw, now) {
+                bytes += serde_json::to_vec(&event)?.len();
+            }
+        }
+        std::hint::black_box(bytes);
+        per_body.push(started.elapsed().as_secs_f64() * 1e6 / bodies.len() as f64);
+    }
+    println!(
+        "normalise: {} bodies, median {:.2} us per body (verify + normalise + serialise)",
+        bodies.len(),
+        median(per_body).unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------- consumer
 
 #[derive(Debug, Default)]
@@ -597,6 +632,9 @@ async fn main() -> anyhow::Result<()> {
         return baseline_server(args.get(1).map_or("127.0.0.1:0", String::as_str)).await;
     }
     let what = args.first().map_or("all", String::as_str);
+    if what == "normalise" {
+        return bench_normalise();
+    }
     let quick = std::env::var("CONNECTFLOW_BENCH_QUICK").is_ok();
     let seconds = if quick { 3 } else { 8 };
     let run = |name: &str| what == "all" || what == name;

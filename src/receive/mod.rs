@@ -19,7 +19,6 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use http_body_util::LengthLimitError;
-use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, field};
 
@@ -101,8 +100,10 @@ pub async fn handle(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, b
         };
         metrics.webhooks.get_or_create(&WebhookLabels { event_type: label, outcome }).inc();
         match result {
-            Ok(Accepted::Pong) => Json(json!({"status": "pong"})).into_response(),
-            Ok(Accepted::Event(event_id)) => Json(json!({"status": "accepted", "event_id": event_id})).into_response(),
+            Ok(Accepted::Pong) => Json(Answer { status: "pong", event_id: None }).into_response(),
+            Ok(Accepted::Event(event_id)) => {
+                Json(Answer { status: "accepted", event_id: Some(&event_id) }).into_response()
+            }
             Err(err) => {
                 match &err {
                     ReceiveError::Unavailable(cause) => {
@@ -116,6 +117,15 @@ pub async fn handle(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, b
     }
     .instrument(span)
     .await
+}
+
+/// The 200 body, serialised without building a `Value` first (the same
+/// JSON as [`AcceptedBody`]; a pong has no `event_id`).
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
 }
 
 enum Accepted {

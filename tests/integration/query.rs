@@ -286,7 +286,11 @@ async fn the_openapi_document_states_the_constraints_the_server_enforces() {
             .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
             .unwrap_or_else(|| panic!("{path} has no parameter {name}"))
     };
-    for path in ["/v1/customers/{customer_id}/lifecycle", "/v1/customers/{customer_id}/events"] {
+    for path in [
+        "/v1/customers/{customer_id}/lifecycle",
+        "/v1/customers/{customer_id}/events",
+        "/v1/customers/{customer_id}/changes",
+    ] {
         let id = parameter(path, "customer_id");
         assert_eq!(id["required"], true);
         assert_eq!(
@@ -296,7 +300,7 @@ async fn the_openapi_document_states_the_constraints_the_server_enforces() {
         );
         assert_eq!(id["schema"]["maxLength"], connectflow::event::CustomerId::MAX_LEN);
     }
-    for path in ["/v1/customers", "/v1/customers/{customer_id}/events"] {
+    for path in ["/v1/customers", "/v1/customers/{customer_id}/events", "/v1/customers/{customer_id}/changes"] {
         let limit = parameter(path, "limit");
         assert!(limit["schema"]["type"].to_string().contains("integer"), "{path}: {limit}");
         assert_eq!(limit["schema"]["minimum"], 1);
