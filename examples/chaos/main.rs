@@ -2,7 +2,8 @@
 //! with faults injected while Finicity-like senders keep sending, then the
 //! promises checked: every event answered 200 recorded exactly once, every
 //! stored lifecycle the fold of its events, every customer in the state its
-//! flow ends in, and only 200 or 503 answered meanwhile.
+//! flow ends in, only 200 or 503 answered meanwhile, and every recorded
+//! lifecycle change on the changes topic, in order, without a gap.
 //!
 //! The run (about 3 to 5 minutes):
 //! 1. a fresh database and topics (replication factor 3, `min.insync.replicas`
@@ -15,7 +16,9 @@
 //!    partition (restarted later); `kill -9` of one consumer, SIGTERM of
 //!    another, a new one started; Postgres stopped and started; `reproject`
 //!    run beside the consumers;
-//! 5. when sending is done and the consumers have drained, the checks.
+//! 5. when sending is done and the consumers have drained, the checks; then,
+//!    once the relays have emptied the outbox, the consumers are stopped and
+//!    the changes topic is read whole and held against Postgres.
 //!
 //! Prints a summary and writes `target/chaos/summary.json`; exits 1 when a
 //! check fails. Environment: `CONNECTFLOW_CHAOS_BROKERS` (default the
@@ -38,9 +41,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::Utc;
+use connectflow::config::{KafkaArgs, KafkaProperties};
+use connectflow::simulate::changes::{ChangeRecord, ChangesReader, TopicAudit};
 use connectflow::simulate::flows::FLOWS;
 use connectflow::simulate::plan::{Plan, PlanSpec};
+use connectflow::store::changes::LifecycleChange;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::{Value, json};
+use sqlx::PgPool;
 
 use procs::{connectflow_bin, free_addr, fresh_database, wait_for};
 use report::{Fault, Report, ReportCounts};
@@ -49,6 +57,11 @@ use send::Senders;
 const CLUSTER: &str = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094";
 const SECRET: &str = procs::SECRET;
 const RATE_PER_S: f64 = 60.0;
+/// How long the relays may take to empty the outbox once the consumers
+/// drained, and the changes topic to be read.
+const CHANGES_DEADLINE: Duration = Duration::from_secs(120);
+/// Problems printed (and kept in the summary) at most.
+const PROBLEMS_SHOWN: usize = 20;
 
 /// A connectflow process whose output goes to a log file.
 struct Service {
@@ -305,6 +318,33 @@ async fn main() -> anyhow::Result<()> {
     }
     let dead_letters = procs_dead_letters(&brokers, &format!("cf-chaos-{id}.dlq"));
 
+    // The changes topic, once the relays have published what was recorded.
+    // The consumers are stopped first, so that nothing is recorded or
+    // published while Postgres and the topic are compared.
+    let outbox_deadline = Instant::now() + CHANGES_DEADLINE;
+    let unpublished = loop {
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM lifecycle_outbox").fetch_one(&pool).await.unwrap_or(-1);
+        if waiting == 0 || Instant::now() > outbox_deadline {
+            break waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "chaos: outbox {} after {:.0}s",
+        if unpublished == 0 { "empty" } else { "NOT empty" },
+        t0.elapsed().as_secs_f64()
+    );
+    drop(consumers);
+    let changes_topic = format!("cf-chaos-{id}.changes");
+    let changes =
+        check_changes(&pool, &brokers, &changes_topic, unpublished).await.unwrap_or_else(|err| ChangesCheck {
+            topic: changes_topic.clone(),
+            unpublished,
+            read_error: Some(format!("{err:#}")),
+            ..ChangesCheck::default()
+        });
+
     let report = Report::build(
         &sent,
         &faults,
@@ -320,17 +360,196 @@ async fn main() -> anyhow::Result<()> {
             duration_s: started.elapsed().as_secs_f64(),
         },
     );
-    report.print();
+    let passed = report.passed() && changes.passed();
+    let mut summary = report.json();
+    summary["passed"] = json!(passed);
+    summary["lifecycle_changes"] = changes.json();
+    print_summary(&summary, passed);
     std::fs::create_dir_all("target/chaos")?;
-    std::fs::write("target/chaos/summary.json", serde_json::to_string_pretty(&report.json())?)?;
+    std::fs::write("target/chaos/summary.json", serde_json::to_string_pretty(&summary)?)?;
     println!("wrote target/chaos/summary.json");
     drop(receivers);
-    drop(consumers);
     procs::drop_database(&database).await;
-    if !report.passed() {
+    if !passed {
         bail!("chaos: a promise was broken (see above)");
     }
     Ok(())
+}
+
+fn print_summary(summary: &Value, passed: bool) {
+    println!();
+    println!("chaos summary");
+    if let Ok(text) = serde_json::to_string_pretty(summary) {
+        println!("{text}");
+    }
+    println!("{}", if passed { "chaos: PASSED" } else { "chaos: FAILED" });
+}
+
+/// What the changes topic holds, against Postgres.
+#[derive(Debug, Default)]
+struct ChangesCheck {
+    topic: String,
+    /// Records read from the topic.
+    records: u64,
+    /// Records repeating a change already read (a relay died between
+    /// Kafka's confirmation and its commit): allowed.
+    duplicates: u64,
+    /// Customers with a stored row.
+    customers_checked: u64,
+    /// Of those, customers with at least one problem.
+    customers_failed: u64,
+    /// Records of customers with no stored row, or without a key.
+    records_unknown: u64,
+    /// Changes still in the outbox when the deadline passed (-1: not known).
+    unpublished: i64,
+    /// The topic could not be read to its end.
+    read_error: Option<String>,
+    /// The first problems found, one line each.
+    problems: Vec<String>,
+    /// How many problems there were in all.
+    problem_count: usize,
+}
+
+impl ChangesCheck {
+    fn problem(&mut self, line: String) {
+        self.problem_count += 1;
+        if self.problems.len() < PROBLEMS_SHOWN {
+            self.problems.push(line);
+        }
+    }
+
+    fn passed(&self) -> bool {
+        self.read_error.is_none()
+            && self.unpublished == 0
+            && self.customers_failed == 0
+            && self.records_unknown == 0
+            && self.problem_count == 0
+            && self.customers_checked > 0
+            && self.records > 0
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "topic": self.topic,
+            "changes_read": self.records,
+            "duplicates": self.duplicates,
+            "customers_checked": self.customers_checked,
+            "customers_with_problems": self.customers_failed,
+            "records_of_unknown_customers": self.records_unknown,
+            "unpublished_after_deadline": self.unpublished,
+            "read_error": self.read_error,
+            "problems": self.problem_count,
+            "first_problems": self.problems,
+        })
+    }
+}
+
+/// Reads the whole changes topic and checks, for every customer with a
+/// stored row: the versions on the topic are exactly 1..=`customers.version`
+/// (duplicates counted, not refused), in their partition's order as the
+/// relay promises (a record continues the run before it or repeats an
+/// earlier version, never skips ahead), with matching `change_id` header and
+/// value, and the highest version's `after` is that of the customer's latest
+/// row in `lifecycle_changes`.
+async fn check_changes(pool: &PgPool, brokers: &str, topic: &str, unpublished: i64) -> anyhow::Result<ChangesCheck> {
+    let mut check = ChangesCheck { topic: topic.to_owned(), unpublished, ..ChangesCheck::default() };
+    let customers: Vec<(String, i64)> =
+        sqlx::query_as("SELECT customer_id, version FROM customers ORDER BY customer_id").fetch_all(pool).await?;
+    let latest: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (customer_id) customer_id, version, change FROM lifecycle_changes \
+         ORDER BY customer_id, version DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    let latest: HashMap<String, (i64, String)> = latest.into_iter().map(|(c, v, change)| (c, (v, change))).collect();
+    // Should the outbox not have emptied: a customer's first unpublished version.
+    let outbox: Vec<(String, i64)> =
+        sqlx::query_as("SELECT customer_id, min(version) FROM lifecycle_outbox GROUP BY customer_id")
+            .fetch_all(pool)
+            .await?;
+    let outbox: HashMap<String, i64> = outbox.into_iter().collect();
+
+    let kafka = KafkaArgs {
+        brokers: brokers.to_owned(),
+        events_topic: String::new(),
+        changes_topic: topic.to_owned(),
+        dlq_topic: String::new(),
+        properties: KafkaProperties::default(),
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let mut reader = ChangesReader::new(&kafka)?;
+        reader.read_to_end(CHANGES_DEADLINE, |_| true)
+    })
+    .await?;
+    let records = match read {
+        Ok(records) => records,
+        Err(err) => {
+            check.read_error = Some(format!("{err:#}"));
+            Vec::new()
+        }
+    };
+    check.records = records.len() as u64;
+    let mut by_customer: HashMap<Option<String>, Vec<ChangeRecord>> = HashMap::new();
+    for record in records {
+        by_customer.entry(record.key.clone()).or_default().push(record);
+    }
+
+    for (customer_id, version) in &customers {
+        check.customers_checked += 1;
+        let records = by_customer.remove(&Some(customer_id.clone())).unwrap_or_default();
+        let audit = TopicAudit::of(customer_id, &records);
+        check.duplicates += audit.duplicates;
+        // With changes left in the outbox, the versions from the first of
+        // them on may or may not have been published.
+        let published_to = match outbox.get(customer_id) {
+            Some(first_unpublished) => audit.highest.clamp(first_unpublished - 1, *version),
+            None => *version,
+        };
+        let mut problems = audit.problems_at(published_to);
+        match latest.get(customer_id) {
+            None if *version > 0 => problems.push(format!("at version {version} but no row in lifecycle_changes")),
+            None => {}
+            Some((latest_version, stored)) => {
+                if latest_version != version {
+                    problems.push(format!("latest row in lifecycle_changes is version {latest_version}"));
+                }
+                if audit.highest == *latest_version {
+                    match serde_json::from_str::<LifecycleChange>(stored) {
+                        Ok(stored) if audit.last().map(|last| &last.after) != Some(&stored.after) => problems.push(
+                            format!("version {latest_version} on the topic has another `after` than the stored one"),
+                        ),
+                        Ok(_) => {}
+                        Err(err) => problems.push(format!("stored version {latest_version} unreadable: {err}")),
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            check.customers_failed += 1;
+            for problem in problems {
+                check.problem(format!("customer {customer_id}: {problem}"));
+            }
+        }
+    }
+    for (key, records) in by_customer {
+        check.records_unknown += records.len() as u64;
+        match key {
+            Some(key) => check.problem(format!("{} records of {key:?}, a customer with no stored row", records.len())),
+            None => check.problem(format!("{} records without a key", records.len())),
+        }
+    }
+    println!(
+        "chaos: changes topic: {} records ({} duplicates) for {} customers, {} with problems{}",
+        check.records,
+        check.duplicates,
+        check.customers_checked,
+        check.customers_failed,
+        check.read_error.as_ref().map(|e| format!("; NOT READ: {e}")).unwrap_or_default()
+    );
+    for problem in &check.problems {
+        println!("chaos: changes: {problem}");
+    }
+    Ok(check)
 }
 
 fn plan_spec(plan: &Plan) -> PlanSpec {

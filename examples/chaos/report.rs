@@ -150,13 +150,4 @@ impl Report {
             "faults": self.faults,
         })
     }
-
-    pub fn print(&self) {
-        println!();
-        println!("chaos summary");
-        if let Ok(text) = serde_json::to_string_pretty(&self.json()) {
-            println!("{text}");
-        }
-        println!("{}", if self.passed() { "chaos: PASSED" } else { "chaos: FAILED" });
-    }
 }

@@ -6,10 +6,12 @@
 //! The journey of a run: [`plan`] draws the customers and the order of their
 //! webhooks from a seed (no network, unit-tested); [`send`] signs and POSTs
 //! them with Finicity's headers and (compressed) retries; [`verify`] polls
-//! the query API; [`summary`] counts and prints. Each simulated customer
+//! the query API; [`changes`] reads the lifecycle-change topic back
+//! (`--verify-changes`); [`summary`] counts and prints. Each simulated customer
 //! starts with the `ping` Finicity sends when a Connect URL is generated,
 //! then its flow's events ([`flows`]).
 
+pub mod changes;
 pub mod flows;
 pub mod plan;
 pub mod send;
@@ -26,11 +28,12 @@ use clap::builder::{PossibleValuesParser, RangedU64ValueParser};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, Secret, SecretList};
+use crate::config::{ConfigError, KafkaArgs, Secret, SecretList};
+use changes::ChangesExpectation;
 use flows::{FLOWS, Flow};
 use plan::{Plan, PlanSpec};
 use send::{RetryPolicy, Sender};
-use summary::{Summary, Verification};
+use summary::{ChangesVerification, Summary, Verification};
 use verify::{Expectation, Verifier};
 
 /// How long one webhook or API request may take before it counts as not
@@ -110,9 +113,23 @@ pub struct SimulateArgs {
     #[arg(long, env = "CONNECTFLOW_API_TOKENS", hide_env_values = true)]
     pub api_token: Option<SecretList>,
 
-    /// How long --verify waits for every customer to match, in seconds.
+    /// How long --verify waits for every customer to match, in seconds
+    /// (and --verify-changes, after it, for the changes to be published).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub verify_timeout_s: u64,
+
+    /// After --verify passed, read the lifecycle-change topic
+    /// (--changes-topic on --kafka-brokers) and check that every simulated
+    /// customer has exactly the versions 1 to its lifecycle's `version` on it,
+    /// in order (a repeat allowed, a gap never), the last in its flow's
+    /// states; exit non-zero otherwise. Reads the whole topic from its
+    /// beginning: meant for rehearsal deployments.
+    #[arg(long, env = "CONNECTFLOW_SIMULATE_VERIFY_CHANGES")]
+    pub verify_changes: bool,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
 }
 
 impl SimulateArgs {
@@ -139,6 +156,19 @@ impl SimulateArgs {
         })
     }
 
+    /// Refuses `--verify-changes` without `--verify`: the topic is checked
+    /// against the versions the query API showed for verified customers.
+    pub fn changes_verification(&self) -> Result<bool, ConfigError> {
+        if self.verify_changes && !self.verify {
+            return Err(ConfigError {
+                variable: "CONNECTFLOW_SIMULATE_VERIFY_CHANGES",
+                problem: "--verify-changes needs --verify (the topic is checked against the verified lifecycles)"
+                    .into(),
+            });
+        }
+        Ok(self.verify_changes)
+    }
+
     /// The query API token: `--api-token`, else the first API token.
     pub fn verification_token(&self) -> Result<Secret, ConfigError> {
         self.api_token.as_ref().and_then(|list| list.iter().next().cloned()).ok_or(ConfigError {
@@ -155,6 +185,9 @@ pub struct Outcome {
     pub summary: Summary,
     /// The verification, when asked for and the sending was not interrupted.
     pub verification: Option<Verification>,
+    /// The changes-topic verification, when asked for and the verification
+    /// passed.
+    pub changes: Option<ChangesVerification>,
 }
 
 impl Outcome {
@@ -174,6 +207,17 @@ impl Outcome {
             Some(v) if !v.passed() => {
                 anyhow::bail!("{} of {} customers are not in their expected states", v.checked - v.matched, v.checked)
             }
+            _ => {}
+        }
+        match &self.changes {
+            Some(c) if c.interrupted => anyhow::bail!("changes verification interrupted"),
+            Some(ChangesVerification { error: Some(error), .. }) => anyhow::bail!("{error}"),
+            Some(c) if !c.passed() => anyhow::bail!(
+                "{} of {} customers' changes on {} are not their lifecycle's versions in order",
+                c.checked - c.matched,
+                c.checked,
+                c.topic
+            ),
             _ => Ok(()),
         }
     }
@@ -184,6 +228,9 @@ impl fmt::Display for Outcome {
         write!(f, "{}", self.summary)?;
         if let Some(verification) = &self.verification {
             write!(f, "\n{verification}")?;
+        }
+        if let Some(changes) = &self.changes {
+            write!(f, "\n{changes}")?;
         }
         Ok(())
     }
@@ -203,10 +250,12 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
 }
 
 /// Sends the planned webhooks and, with `--verify`, checks the resulting
-/// lifecycles. Errors only for what stops the run from starting (missing
+/// lifecycles (and with `--verify-changes` then the lifecycle-change topic).
+/// Errors only for what stops the run from starting (missing
 /// secret, bad option); webhooks not accepted, mismatches and a refused API
 /// token are in the [`Outcome`].
 pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyhow::Result<Outcome> {
+    let verify_changes = args.changes_verification()?;
     let secret = args.signing_secret()?;
     let token = if args.verify { Some(args.verification_token()?) } else { None };
     let url = reqwest::Url::parse(&args.url).with_context(|| format!("--url {:?} is not a URL", args.url))?;
@@ -249,7 +298,25 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
         }
         _ => None,
     };
-    Ok(Outcome { summary: sent.summary, verification })
+    let changes = match &verification {
+        Some(verification) if verify_changes && verification.passed() => {
+            let expectations: Vec<ChangesExpectation> = plan
+                .customers
+                .iter()
+                .map(|customer| ChangesExpectation {
+                    customer_id: customer.customer_id.clone(),
+                    flow: customer.flow.name,
+                    consent: customer.flow.expected_consent,
+                    authentication: customer.flow.expected_authentication,
+                    version: verification.versions.get(&customer.customer_id).copied(),
+                })
+                .collect();
+            let timeout = Duration::from_secs(args.verify_timeout_s);
+            Some(changes::verify_changes(&args.kafka, expectations, timeout, shutdown).await)
+        }
+        _ => None,
+    };
+    Ok(Outcome { summary: sent.summary, verification, changes })
 }
 
 /// The `--list-flows` table: each flow, the states it should end in, and

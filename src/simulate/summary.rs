@@ -108,6 +108,10 @@ pub struct Verification {
     pub interrupted: bool,
     /// Why the query API could not be asked at all (it refused the token).
     pub refused: Option<String>,
+    /// The lifecycle `version` of every matched customer, as the query API
+    /// showed it (what `--verify-changes` expects on the topic); absent for
+    /// an API that shows none.
+    pub versions: BTreeMap<String, i64>,
 }
 
 impl Verification {
@@ -137,6 +141,68 @@ impl fmt::Display for Verification {
         if self.skipped > 0 {
             write!(f, "\n  {} customers not checked: some of their webhooks were not accepted", self.skipped)?;
         }
+        for m in &self.mismatches {
+            write!(f, "\n  MISMATCH customer {} ({}): {}", m.customer_id, m.flow, m.problem)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `--verify-changes` found on the lifecycle-change topic.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangesVerification {
+    /// The topic read.
+    pub topic: String,
+    /// Customers checked (those the query API verified).
+    pub checked: u64,
+    /// Customers whose changes are versions 1..=`version` in order, the
+    /// last in the flow's states.
+    pub matched: u64,
+    /// Records of the checked customers read from the topic.
+    pub records: u64,
+    /// Of those, records that repeat a change already read (allowed: a
+    /// relay published them again after a crash).
+    pub duplicates: u64,
+    /// Every checked customer whose changes are not as they should be.
+    pub mismatches: Vec<Mismatch>,
+    /// How long the check took.
+    pub elapsed: Duration,
+    /// Whether a shutdown signal stopped it early.
+    pub interrupted: bool,
+    /// Why the topic could not be read (to its end, in time).
+    pub error: Option<String>,
+}
+
+impl ChangesVerification {
+    /// Whether every checked customer matched.
+    pub fn passed(&self) -> bool {
+        !self.interrupted && self.error.is_none() && self.mismatches.is_empty() && self.matched == self.checked
+    }
+
+    /// This verification ended by `error`.
+    pub(crate) fn failed(mut self, error: String, started: std::time::Instant) -> Self {
+        self.error = Some(error);
+        self.elapsed = started.elapsed();
+        self
+    }
+}
+
+impl fmt::Display for ChangesVerification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(error) = &self.error {
+            return write!(f, "verify-changes: {error}");
+        }
+        write!(
+            f,
+            "verify-changes: {} of {} customers with every version in order on {} ({} records, {} duplicates) after {:.1} s{}",
+            self.matched,
+            self.checked,
+            self.topic,
+            self.records,
+            self.duplicates,
+            self.elapsed.as_secs_f64(),
+            interrupted(self.interrupted)
+        )?;
         for m in &self.mismatches {
             write!(f, "\n  MISMATCH customer {} ({}): {}", m.customer_id, m.flow, m.problem)?;
         }

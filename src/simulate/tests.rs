@@ -1,5 +1,6 @@
 use clap::Parser;
 
+use super::summary::Mismatch;
 use super::*;
 use crate::config::{Cli, Command};
 
@@ -27,6 +28,20 @@ fn defaults_match_the_contract() {
     assert_eq!(args.retries, 5);
     assert_eq!(args.api_url, "http://127.0.0.1:8080");
     assert_eq!(args.verify_timeout_s, 60);
+    assert!(!args.verify_changes);
+    assert_eq!(args.kafka.changes_topic, "finicity.connect.lifecycle.v1");
+}
+
+#[test]
+fn verifying_the_changes_topic_needs_verify() {
+    let alone = parse(&["--verify-changes"]).expect("parses");
+    let err = alone.changes_verification().expect_err("--verify-changes alone is refused");
+    assert_eq!(err.variable, "CONNECTFLOW_SIMULATE_VERIFY_CHANGES");
+    assert!(err.to_string().contains("needs --verify"), "{err}");
+    let args =
+        parse(&["--verify", "--verify-changes", "--changes-topic", "t", "--kafka-brokers", "k:1"]).expect("parses");
+    assert!(args.verify && args.changes_verification().expect("with --verify"));
+    assert_eq!((args.kafka.changes_topic.as_str(), args.kafka.brokers.as_str()), ("t", "k:1"));
 }
 
 #[test]
@@ -78,13 +93,31 @@ fn the_flow_table_names_every_flow_and_its_end_states() {
 #[test]
 fn the_outcome_fails_on_anything_not_accepted_or_not_verified() {
     let sent = Summary { planned: 4, sent: 4, accepted: 4, ..Summary::default() };
-    let ok = Outcome { summary: sent.clone(), verification: None };
+    let ok = Outcome { summary: sent.clone(), verification: None, changes: None };
     assert!(ok.check().is_ok());
-    let rejected = Outcome { summary: Summary { accepted: 1, not_accepted: 3, ..sent.clone() }, verification: None };
+    let rejected = Outcome {
+        summary: Summary { accepted: 1, not_accepted: 3, ..sent.clone() },
+        verification: None,
+        changes: None,
+    };
     assert_eq!(rejected.check().expect_err("not accepted").to_string(), "3 of 4 webhooks were not accepted");
     let unverified = Outcome {
-        summary: sent,
+        summary: sent.clone(),
         verification: Some(Verification { checked: 2, matched: 1, ..Verification::default() }),
+        changes: None,
     };
     assert!(unverified.check().is_err());
+    let verified = Some(Verification { checked: 2, matched: 2, ..Verification::default() });
+    let changes = ChangesVerification { topic: "t".into(), checked: 2, matched: 2, ..ChangesVerification::default() };
+    let published = Outcome { summary: sent.clone(), verification: verified.clone(), changes: Some(changes.clone()) };
+    assert!(published.check().is_ok());
+    let gap = Mismatch { customer_id: "1".into(), flow: "revoked", problem: "versions 2 of 1..=3 missing".into() };
+    let gapped = Outcome {
+        summary: sent,
+        verification: verified,
+        changes: Some(ChangesVerification { matched: 1, mismatches: vec![gap], ..changes }),
+    };
+    let err = gapped.check().expect_err("a gap fails the run");
+    assert_eq!(err.to_string(), "1 of 2 customers' changes on t are not their lifecycle's versions in order");
+    assert!(gapped.to_string().contains("MISMATCH customer 1 (revoked): versions 2 of 1..=3 missing"), "{gapped}");
 }

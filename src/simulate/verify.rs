@@ -7,6 +7,7 @@
 //! passes through the expected states on the way (or whose events arrive out
 //! of order) wait until everything sent has been applied.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -84,6 +85,9 @@ struct SeenLifecycle {
     authentication: SeenState,
     event_count: u64,
     last_event: Option<SeenEvent>,
+    /// Absent from a release before the lifecycle-change topic.
+    #[serde(default)]
+    version: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,7 +102,8 @@ struct SeenEvent {
 
 /// One look at one customer.
 enum Look {
-    Matches,
+    /// With the lifecycle's version, when the API shows one.
+    Matches(Option<i64>),
     Differs(String),
     /// The API refused the token: no point in waiting.
     Refused(StatusCode),
@@ -138,6 +143,7 @@ impl Verifier {
             expectations.into_iter().map(|e| (e, "not looked at yet".to_owned())).collect();
         let mut interrupted = false;
         let mut refused = None;
+        let mut versions = BTreeMap::new();
         loop {
             let looks: Vec<(Expectation, Look)> = futures::stream::iter(pending)
                 .map(|(expectation, _)| async move {
@@ -150,7 +156,12 @@ impl Verifier {
             pending = Vec::with_capacity(looks.len());
             for (expectation, look) in looks {
                 match look {
-                    Look::Matches => progress.inc(1),
+                    Look::Matches(version) => {
+                        progress.inc(1);
+                        if let Some(version) = version {
+                            versions.insert(expectation.customer_id, version);
+                        }
+                    }
                     Look::Differs(problem) => pending.push((expectation, problem)),
                     Look::Refused(status) => {
                         refused = Some(format!(
@@ -181,6 +192,7 @@ impl Verifier {
             elapsed: started.elapsed(),
             interrupted,
             refused,
+            versions,
         }
     }
 
@@ -197,7 +209,7 @@ impl Verifier {
             status => return Look::Differs(format!("query API answered {status}")),
         }
         match response.json::<SeenLifecycle>().await {
-            Ok(seen) => expectation.compare(&seen).map_or(Look::Matches, Look::Differs),
+            Ok(seen) => expectation.compare(&seen).map_or(Look::Matches(seen.version), Look::Differs),
             Err(err) => Look::Differs(format!("unreadable lifecycle: {err}")),
         }
     }

@@ -10,15 +10,18 @@ use chrono::Utc;
 use connectflow::config::SecretList;
 use connectflow::receive::signature::sign;
 use connectflow::simulate::flows::{FLOWS, bodies, flow};
+use connectflow::simulate::summary::Verification;
 use connectflow::simulate::{Outcome, SimulateArgs, simulate};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{API_TOKEN, PARTNER_SECRET, TestApp, spawn_app, spawn_pipeline};
+use crate::helpers::{API_TOKEN, PARTNER_SECRET, TestApp, spawn_app, spawn_pipeline, unique_kafka_args};
 
-/// `simulate --flow all --customers 2 --verify` aimed at `app`.
+/// `simulate --flow all --customers 2 --verify --verify-changes` aimed at `app`.
 fn args_for(app: &TestApp) -> SimulateArgs {
     SimulateArgs {
         api_url: app.base_url.clone(),
+        verify_changes: true,
+        kafka: app.kafka.clone(),
         ..args_for_url(&format!("{}/webhooks/finicity/connect", app.base_url))
     }
 }
@@ -41,6 +44,8 @@ fn args_for_url(url: &str) -> SimulateArgs {
         api_url: "http://127.0.0.1:8080".to_owned(),
         api_token: SecretList::new([API_TOKEN]),
         verify_timeout_s: 60,
+        verify_changes: false,
+        kafka: unique_kafka_args("127.0.0.1:9"),
     }
 }
 
@@ -75,6 +80,13 @@ async fn every_flow_verifies_against_the_pipeline() {
     assert_eq!(summary.duplicates, 0);
     let verification = outcome.verification.as_ref().expect("verified");
     assert_eq!((verification.checked, verification.matched), (customers, customers), "{outcome}");
+    let changes = outcome.changes.as_ref().expect("the changes topic verified");
+    assert_eq!((changes.checked, changes.matched), (customers, customers), "{outcome}");
+    assert!(changes.records >= customers, "every flow changes its customers' lifecycle: {outcome}");
+    assert!(
+        outcome.to_string().contains(&format!("verify-changes: {customers} of {customers} customers")),
+        "{outcome}"
+    );
     assert_eq!(recorded_events(&app).await, 2 * events_of_every_flow() as i64);
     app.stop().await;
 }
@@ -93,7 +105,29 @@ async fn shuffled_and_duplicated_flows_verify_and_are_recorded_once() {
     assert_eq!(summary.accepted, events + summary.duplicates + 3 * FLOWS.len() as u64);
     let verification = outcome.verification.as_ref().expect("verified");
     assert_eq!(verification.matched, 3 * FLOWS.len() as u64, "{outcome}");
+    let changes = outcome.changes.as_ref().expect("the changes topic verified");
+    assert_eq!(changes.matched, 3 * FLOWS.len() as u64, "late events recompute, never skip a version: {outcome}");
     assert_eq!(recorded_events(&app).await, events as i64, "each event recorded once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn changes_missing_from_the_topic_fail_the_run() {
+    // The pipeline publishes its changes, but simulate reads another topic
+    // (the empty dead-letter topic): every version is missing there.
+    let app = spawn_pipeline().await;
+    let mut args =
+        SimulateArgs { flow: vec!["revoked".to_owned()], customers: 1, verify_timeout_s: 15, ..args_for(&app) };
+    args.kafka.changes_topic = app.kafka.dlq_topic.clone();
+
+    let outcome = run(&args).await;
+
+    assert!(outcome.verification.as_ref().is_some_and(Verification::passed), "{outcome}");
+    let changes = outcome.changes.as_ref().expect("the changes topic verified");
+    assert_eq!((changes.checked, changes.matched, changes.records), (1, 0, 0), "{outcome}");
+    assert!(changes.mismatches[0].problem.contains("missing"), "{outcome}");
+    let err = outcome.check().expect_err("missing changes fail the run");
+    assert!(err.to_string().starts_with("1 of 1 customers' changes on"), "{err}");
     app.stop().await;
 }
 
@@ -113,6 +147,7 @@ async fn verification_fails_when_nothing_applies_the_events() {
     assert!(outcome.summary.all_accepted(), "{outcome}");
     let verification = outcome.verification.as_ref().expect("verified");
     assert_eq!((verification.checked, verification.matched), (2, 0));
+    assert!(outcome.changes.is_none(), "the changes topic is read only after the lifecycles verified");
     assert_eq!(verification.mismatches.len(), 2);
     assert!(verification.mismatches.iter().all(|m| m.problem.contains("unknown to the query API")), "{outcome}");
     let err = outcome.check().expect_err("a failed verification fails the run");
