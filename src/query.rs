@@ -180,6 +180,19 @@ pub struct PageParams {
     cursor: Option<String>,
 }
 
+/// Paging parameters of the changes listing: its cursor is a version.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChangePageParams {
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page (opaque: hex of the last
+    /// version on it).
+    #[param(pattern = r"^763a(3[0-9]){1,18}$")]
+    cursor: Option<String>,
+}
+
 /// Listing filters and paging.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -326,7 +339,7 @@ pub async fn get_events(
     get,
     path = "/v1/customers/{customer_id}/changes",
     tag = "query",
-    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22), PageParams),
+    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22), ChangePageParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of changes, in version order", body = ChangePage),
@@ -340,7 +353,7 @@ pub async fn get_events(
 pub async fn get_changes(
     State(state): State<Arc<AppState>>,
     Path(customer_id): Path<String>,
-    query: Result<axum::extract::Query<PageParams>, axum::extract::rejection::QueryRejection>,
+    query: Result<axum::extract::Query<ChangePageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ChangePage>, ApiError> {
     let customer_id = valid_customer_id(&customer_id)?.to_string();
     let axum::extract::Query(params) = query.map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
@@ -464,6 +477,25 @@ mod tests {
         assert!(decode_cursor(&hex::encode("1:0:a\u{0}b")).is_err(), "NUL in the id");
         assert!(decode_cursor(&hex::encode("1:0:")).is_err(), "empty id");
         assert!(decode_cursor(&hex::encode(format!("1:0:{}", "x".repeat(200)))).is_err(), "long id");
+    }
+
+    /// Every cursor the changes listing documents (its pattern) decodes: the
+    /// longest run of digits the pattern allows still fits a version.
+    #[test]
+    fn version_cursors_round_trip_and_every_documented_one_decodes() {
+        assert_eq!(decode_version_cursor(&encode_version_cursor(42)).ok(), Some(42));
+        for digits in ["0", "7", "000000000000000000", "999999999999999999"] {
+            let cursor = hex::encode(format!("v:{digits}"));
+            assert!(decode_version_cursor(&cursor).is_ok(), "{cursor}");
+            let pattern = "^763a(3[0-9]){1,18}$";
+            let matches = cursor.starts_with("763a")
+                && cursor[4..].len() % 2 == 0
+                && (1..=18).contains(&(cursor[4..].len() / 2))
+                && cursor.as_bytes()[4..].chunks(2).all(|c| c[0] == b'3' && c[1].is_ascii_digit());
+            assert!(matches, "{cursor} matches {pattern}");
+        }
+        assert!(decode_version_cursor(&hex::encode("v:-1")).is_err());
+        assert!(decode_version_cursor(&hex::encode("1:0: ")).is_err());
     }
 
     #[test]
