@@ -18,7 +18,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use http_body_util::LengthLimitError;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, field};
 
@@ -189,21 +188,38 @@ async fn receive(
 /// undeclared one is read only up to the limit.
 async fn read_body(receiver: &Receiver, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ReceiveError> {
     let max = receiver.max_body_bytes;
+    // A body somewhat over the limit is read to its end and thrown away
+    // before the 413: a client still sending it would otherwise meet a reset
+    // connection instead of the answer (hyper closes a connection whose body
+    // was left unread). A body over twice the limit is not read at all.
+    let drain_limit = max.saturating_mul(2);
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
+    if declared.is_some_and(|len| len > drain_limit as u64) {
         return Err(ReceiveError::TooLarge(max));
     }
-    let limited = http_body_util::Limited::new(body, max);
-    match tokio::time::timeout(receiver.request_timeout, http_body_util::BodyExt::collect(limited)).await {
+    let read = async move {
+        let mut body = body;
+        let mut kept = bytes::BytesMut::new();
+        let mut seen = 0usize;
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            let Ok(data) = frame.map_err(|_| ReceiveError::BodyUnreadable)?.into_data() else { continue };
+            seen = seen.saturating_add(data.len());
+            if seen > drain_limit {
+                return Err(ReceiveError::TooLarge(max));
+            }
+            if seen <= max {
+                kept.extend_from_slice(&data);
+            }
+        }
+        if seen > max { Err(ReceiveError::TooLarge(max)) } else { Ok(kept.freeze()) }
+    };
+    match tokio::time::timeout(receiver.request_timeout, read).await {
         Err(_) => Err(ReceiveError::BodyTimeout(receiver.request_timeout)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<LengthLimitError>() => Err(ReceiveError::TooLarge(max)),
-        Ok(Err(_)) => Err(ReceiveError::BodyUnreadable),
+        Ok(result) => result,
     }
 }
 
-/// `application/json` with any parameters, or no Content-Type at all.
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return true;

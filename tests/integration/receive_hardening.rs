@@ -209,3 +209,41 @@ async fn past_the_concurrency_cap_webhooks_are_shed_with_503_before_their_body_i
     assert!(ok.is_some(), "capacity returns when the slow clients go");
     app.stop().await;
 }
+
+/// A client still sending a body a little over the limit gets its 413, not a
+/// reset connection: the receiver reads the rest and throws it away before
+/// answering (up to twice the limit).
+#[tokio::test]
+async fn a_slightly_oversized_body_sent_slowly_still_gets_its_413() {
+    let app = spawn_with(|h| h.request_timeout = Duration::from_secs(10), false).await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    let size = 64 * 1024 + 8 * 1024;
+    for attempt in 0..3 {
+        let mut client = TcpStream::connect(&addr).await.expect("connect");
+        let head = format!(
+            "POST /webhooks/finicity/connect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Connection: close\r\nX-Finicity-Signature: 00\r\nContent-Length: {size}\r\n\r\n"
+        );
+        client.write_all(head.as_bytes()).await.expect("write");
+        // The body in slices, so most of it arrives after the receiver
+        // could have answered.
+        for chunk in vec![b' '; size].chunks(8 * 1024) {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            client.write_all(chunk).await.unwrap_or_else(|e| panic!("attempt {attempt}: write refused: {e}"));
+        }
+        let (answer, _) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "attempt {attempt}: {answer:?}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+    }
+    // Over twice the limit, it is refused on its Content-Length alone.
+    let mut huge = TcpStream::connect(&addr).await.expect("connect");
+    huge.write_all(
+        b"POST /webhooks/finicity/connect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          X-Finicity-Signature: 00\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let (answer, _) = read_until_closed(&mut huge, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    app.stop().await;
+}
