@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 use crate::config::{HttpSettings, KafkaArgs};
 use crate::consume::health::ConsumerHealth;
 use crate::error::error_response;
+use crate::lifecycle::AuthorizationPolicy;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::receive::{self, Receiver, signature::SignatureVerifier};
@@ -38,6 +39,8 @@ pub struct AppState {
     /// The lifecycle consumer's lanes when it runs in this process
     /// (`connectflow all`), for `/livez`.
     pub consumer: Option<Arc<ConsumerHealth>>,
+    /// How long authorizations last, for the query API's expiry fields.
+    pub authorization: AuthorizationPolicy,
 }
 
 /// The OpenAPI document's frame; the paths come from the routes themselves.
@@ -145,6 +148,7 @@ impl HttpServer {
             metrics,
             api: query::ApiAuth::new(&settings.api_tokens),
             consumer: None,
+            authorization: settings.authorization,
         });
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::lifecycle::AuthorizationPolicy;
+
 /// connectflow: Finicity Connect webhooks -> Kafka -> consent and
 /// authentication lifecycle in Postgres, with a query API.
 #[derive(Debug, Parser)]
@@ -167,6 +169,14 @@ pub struct HttpArgs {
     /// inside one.
     #[arg(long = "api-tokens", env = "CONNECTFLOW_API_TOKENS", hide_env_values = true)]
     pub api_tokens: Option<SecretList>,
+
+    /// How long a customer's authorization lasts, in days from its date (the
+    /// latest `added` of a login): the query API shows
+    /// `authorization_expires_at` and `expired` from it, and
+    /// `/v1/customers?authorization_expires_before=` filters by it. 0: no
+    /// expiry. 12 CFR 1033 asks for one year.
+    #[arg(long = "authorization-days", env = "CONNECTFLOW_AUTHORIZATION_DAYS", default_value_t = AuthorizationPolicy::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub authorization_days: u32,
 
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     #[arg(long = "max-body-bytes", env = "CONNECTFLOW_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -386,6 +396,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Most webhooks handled at once.
     pub max_concurrent_webhooks: usize,
+    /// How long authorizations last.
+    pub authorization: AuthorizationPolicy,
 }
 
 impl HttpArgs {
@@ -408,6 +420,7 @@ impl HttpArgs {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
+            authorization: AuthorizationPolicy::new(self.authorization_days),
         })
     }
 }

@@ -21,7 +21,9 @@ use crate::app::AppState;
 use crate::config::SecretList;
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{CustomerId, rfc3339_ms};
-use crate::lifecycle::{AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent, Lifecycle};
+use crate::lifecycle::{
+    AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, InstitutionLogin, LastEvent, Lifecycle,
+};
 use crate::store::read;
 
 /// The accepted bearer tokens, kept as SHA-256 digests. The presented token
@@ -87,18 +89,60 @@ pub const MAX_LIMIT: i64 = 500;
 /// Page size when none is asked for.
 pub const DEFAULT_LIMIT: i64 = 50;
 
+/// Consent as the API shows it: the stored consent and when its latest
+/// authorization lapses (`CONNECTFLOW_AUTHORIZATION_DAYS` after it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsentView {
+    /// State, since when, first grant and latest authorization.
+    #[serde(flatten)]
+    pub consent: Consent,
+    /// `authorized_at` plus the authorization period; null when nothing is
+    /// authorized now or authorizations do not lapse.
+    #[serde(with = "crate::lifecycle::rfc3339_ms_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// Whether `authorization_expires_at` has passed (at the time of the
+    /// answer): the customer must reauthorize before data is collected again.
+    pub expired: bool,
+}
+
+impl ConsentView {
+    /// The view of `consent` at `now`.
+    pub fn new(consent: Consent, policy: AuthorizationPolicy, now: DateTime<Utc>) -> Self {
+        let authorization_expires_at = policy.expires_at(consent.authorized_at);
+        let expired = policy.expired(consent.authorized_at, now);
+        Self { consent, authorization_expires_at, expired }
+    }
+}
+
+/// An institution login as the API shows it, with when its authorization
+/// lapses.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstitutionLoginView {
+    /// The login, its accounts and `authorized_at`.
+    #[serde(flatten)]
+    pub login: InstitutionLogin,
+    /// `authorized_at` plus the authorization period; null when unknown or
+    /// authorizations do not lapse.
+    #[serde(with = "crate::lifecycle::rfc3339_ms_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// Whether `authorization_expires_at` has passed.
+    pub expired: bool,
+}
+
 /// A customer's lifecycle.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CustomerLifecycle {
     /// Finicity's customer id.
     #[schema(example = "1005061234")]
     pub customer_id: String,
-    /// Consent state and since when.
-    pub consent: Consent,
+    /// Consent state, since when, and its authorization's dates.
+    pub consent: ConsentView,
     /// Authentication state, since when, and why when failed or abandoned.
     pub authentication: Authentication,
     /// Shared accounts grouped by institution login.
-    pub institution_logins: Vec<InstitutionLogin>,
+    pub institution_logins: Vec<InstitutionLoginView>,
     /// The latest event by `(occurred_at, event_id)`.
     pub last_event: Option<LastEvent>,
     /// How many distinct events are recorded.
@@ -112,12 +156,37 @@ pub struct CustomerLifecycle {
 }
 
 impl CustomerLifecycle {
-    /// The API's answer for a stored lifecycle: everything but the fold's
-    /// bookkeeping (`pending_adding`).
-    pub fn new(customer_id: String, lifecycle: Lifecycle, version: i64, updated_at: DateTime<Utc>) -> Self {
+    /// The API's answer for a stored lifecycle at `now`: everything but the
+    /// fold's bookkeeping (`pending_adding`), with the expiry of each
+    /// authorization.
+    pub fn new(
+        customer_id: String,
+        lifecycle: Lifecycle,
+        version: i64,
+        updated_at: DateTime<Utc>,
+        policy: AuthorizationPolicy,
+        now: DateTime<Utc>,
+    ) -> Self {
         let Lifecycle { consent, authentication, institution_logins, last_event, event_count, pending_adding: _ } =
             lifecycle;
-        Self { customer_id, consent, authentication, institution_logins, last_event, event_count, version, updated_at }
+        let institution_logins = institution_logins
+            .into_iter()
+            .map(|login| InstitutionLoginView {
+                authorization_expires_at: policy.expires_at(login.authorized_at),
+                expired: policy.expired(login.authorized_at, now),
+                login,
+            })
+            .collect();
+        Self {
+            customer_id,
+            consent: ConsentView::new(consent, policy, now),
+            authentication,
+            institution_logins,
+            last_event,
+            event_count,
+            version,
+            updated_at,
+        }
     }
 }
 
@@ -147,8 +216,8 @@ pub struct EventPage {
 pub struct CustomerSummary {
     /// Finicity's customer id.
     pub customer_id: String,
-    /// Consent state and since when.
-    pub consent: Consent,
+    /// Consent state, since when, and its authorization's dates.
+    pub consent: ConsentView,
     /// Authentication state, since when, and why.
     pub authentication: Authentication,
     /// The latest event.
@@ -207,6 +276,12 @@ pub struct ListParams {
     /// Only customers updated at or after this RFC 3339 time.
     #[param(value_type = Option<String>, format = DateTime)]
     updated_since: Option<String>,
+    /// Only customers whose current authorization (`consent.authorization_expires_at`)
+    /// lapses before this RFC 3339 time, already lapsed ones included: whom
+    /// to ask to reauthorize in time. None match when authorizations do not
+    /// lapse (`CONNECTFLOW_AUTHORIZATION_DAYS=0`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    authorization_expires_before: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
@@ -267,6 +342,14 @@ fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
+/// An RFC 3339 time from the query string.
+fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(text) = value else { return Ok(None) };
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|_| ApiError::BadRequest(format!("{name} must be an RFC 3339 time")))
+}
+
 fn parse_state<T: for<'de> Deserialize<'de>>(name: &str, value: Option<&str>) -> Result<Option<String>, ApiError> {
     let Some(value) = value else { return Ok(None) };
     serde_json::from_value::<T>(serde_json::Value::String(value.to_owned()))
@@ -298,7 +381,7 @@ pub async fn get_lifecycle(
     let (lifecycle, version, updated_at) = read::lifecycle(&state.pool, &customer_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
-    Ok(Json(CustomerLifecycle::new(customer_id, lifecycle, version, updated_at)))
+    Ok(Json(CustomerLifecycle::new(customer_id, lifecycle, version, updated_at, state.authorization, Utc::now())))
 }
 
 /// A customer's recorded events.
@@ -403,27 +486,26 @@ pub async fn list_customers(
     query: Result<axum::extract::Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<CustomerPage>, ApiError> {
     let axum::extract::Query(params) = query.map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
+    let expires_before = parse_time("authorization_expires_before", params.authorization_expires_before.as_deref())?;
     let filter = read::CustomerFilter {
         consent: parse_state::<ConsentState>("consent", params.consent.as_deref())?,
         authentication: parse_state::<AuthState>("authentication", params.authentication.as_deref())?,
-        updated_since: params
-            .updated_since
-            .as_deref()
-            .map(|text| {
-                DateTime::parse_from_rfc3339(text)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| ApiError::BadRequest("updated_since must be an RFC 3339 time".into()))
-            })
-            .transpose()?,
+        updated_since: parse_time("updated_since", params.updated_since.as_deref())?,
+        authorized_before: expires_before.and_then(|before| state.authorization.authorized_before(before)),
     };
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    if expires_before.is_some() && filter.authorized_before.is_none() {
+        // Authorizations do not lapse (or the time is before any that could).
+        return Ok(Json(CustomerPage { customers: Vec::new(), next_cursor: None }));
+    }
     let (rows, next) = read::customers(&state.pool, &filter, after.as_ref(), limit).await?;
+    let now = Utc::now();
     let customers = rows
         .into_iter()
         .map(|(customer_id, lifecycle, updated_at)| CustomerSummary {
             customer_id,
-            consent: lifecycle.consent,
+            consent: ConsentView::new(lifecycle.consent, state.authorization, now),
             authentication: lifecycle.authentication,
             last_event: lifecycle.last_event,
             updated_at,

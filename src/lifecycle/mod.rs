@@ -12,6 +12,7 @@
 //!
 //! No I/O here: the consumer and any re-projection share this code.
 
+mod authorization;
 mod change;
 mod state;
 mod transition;
@@ -23,6 +24,7 @@ mod tests;
 
 use std::collections::HashSet;
 
+pub use authorization::AuthorizationPolicy;
 pub use change::{Dimension, VisibleLifecycle, changed};
 pub use state::{
     Account, AccountStatus, AuthReason, AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent,

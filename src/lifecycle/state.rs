@@ -44,6 +44,17 @@ pub struct Consent {
     /// never changed.
     #[serde(with = "rfc3339_ms_option")]
     pub since: Option<DateTime<Utc>>,
+    /// When consent was first granted: `occurred_at` of the first event after
+    /// which an account was shared; null while none ever was. Never moves
+    /// afterwards (a revocation and a new grant leave it).
+    #[serde(default, with = "rfc3339_ms_option")]
+    pub granted_at: Option<DateTime<Utc>>,
+    /// The latest authorization among the logins that share an active
+    /// account (their `authorized_at`); null when none does. The
+    /// authorization lapses `CONNECTFLOW_AUTHORIZATION_DAYS` after it unless
+    /// the customer reauthorizes.
+    #[serde(default, with = "rfc3339_ms_option")]
+    pub authorized_at: Option<DateTime<Utc>>,
 }
 
 /// Whether the customer shares accounts.
@@ -162,6 +173,12 @@ pub struct InstitutionLogin {
     /// Whether the login is OAuth, from the latest `added` (or its pending
     /// `adding`) that said so.
     pub oauth: Option<bool>,
+    /// When the customer last authorized access through this login:
+    /// `occurred_at` of the latest `added` that listed accounts under it (a
+    /// Connect Fix session's `added` is a reauthorization); null for
+    /// accounts known only from events without a date of authorization.
+    #[serde(default, with = "rfc3339_ms_option")]
+    pub authorized_at: Option<DateTime<Utc>>,
     /// Never empty; sorted by account id.
     pub accounts: Vec<Account>,
 }

@@ -31,7 +31,8 @@ pub fn apply(state: &mut Lifecycle, event: &ConnectEvent) {
     if let Some((auth_state, reason, error_code)) = authentication_after(&state.authentication, event) {
         set_authentication(&mut state.authentication, auth_state, reason, error_code, at);
     }
-    set_consent(&mut state.consent, consent_of(&state.institution_logins), at);
+    let authorized_at = latest_authorization(&state.institution_logins);
+    set_consent(&mut state.consent, consent_of(&state.institution_logins), authorized_at, at);
     state.last_event =
         Some(LastEvent { event_id: event.event_id.clone(), event_type: event.event_type.clone(), occurred_at: at });
     state.event_count += 1;
@@ -77,10 +78,24 @@ fn set_authentication(
     }
 }
 
-fn set_consent(consent: &mut Consent, state: ConsentState, at: DateTime<Utc>) {
+fn set_consent(consent: &mut Consent, state: ConsentState, authorized_at: Option<DateTime<Utc>>, at: DateTime<Utc>) {
     if consent.state != state {
-        *consent = Consent { state, since: Some(at) };
+        consent.state = state;
+        consent.since = Some(at);
     }
+    if state == ConsentState::Granted && consent.granted_at.is_none() {
+        consent.granted_at = Some(at);
+    }
+    consent.authorized_at = authorized_at;
+}
+
+/// The latest `authorized_at` among the logins that share an active account.
+fn latest_authorization(logins: &[InstitutionLogin]) -> Option<DateTime<Utc>> {
+    logins
+        .iter()
+        .filter(|login| login.accounts.iter().any(|account| account.status == AccountStatus::Active))
+        .filter_map(|login| login.authorized_at)
+        .max()
 }
 
 /// Consent is a view of the accounts, never stored apart from them, so the
@@ -125,6 +140,7 @@ fn add_accounts(state: &mut Lifecycle, event: &ConnectEvent) {
         if oauth.is_some() {
             login.oauth = oauth;
         }
+        login.authorized_at = Some(event.occurred_at);
         let account = merged_account(account_id, listed, previous);
         match login.accounts.binary_search_by(|a| a.account_id.cmp(&account.account_id)) {
             Ok(at) => login.accounts[at] = account,
@@ -182,6 +198,7 @@ fn login_mut(logins: &mut Vec<InstitutionLogin>, login_id: Option<String>) -> &m
                 institution_login_id: login_id,
                 institution_id: None,
                 oauth: None,
+                authorized_at: None,
                 accounts: vec![],
             };
             logins.insert(at, login);

@@ -292,6 +292,7 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
     let mut ids = Vec::with_capacity(n);
     let mut consent: Vec<&str> = Vec::with_capacity(n);
     let mut consent_since: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut authorized_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut auth: Vec<&str> = Vec::with_capacity(n);
     let mut auth_since: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut reason: Vec<Option<&str>> = Vec::with_capacity(n);
@@ -310,6 +311,7 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         versions.push(*version);
         consent.push(state.consent.state.as_str());
         consent_since.push(state.consent.since);
+        authorized_at.push(state.consent.authorized_at);
         auth.push(state.authentication.state.as_str());
         auth_since.push(state.authentication.since);
         reason.push(state.authentication.reason.map(AuthReason::as_str));
@@ -325,17 +327,18 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         r#"
         INSERT INTO customers (customer_id, consent_state, consent_since, auth_state, auth_since, auth_reason,
                                auth_error_code, last_event_id, last_event_type, last_occurred_at, event_count,
-                               lifecycle, version, updated_at)
+                               lifecycle, version, consent_authorized_at, updated_at)
         SELECT *, now() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
                                     $6::text[], $7::int8[], $8::text[], $9::text[], $10::timestamptz[],
-                                    $11::int8[], $12::jsonb[], $13::int8[])
+                                    $11::int8[], $12::jsonb[], $13::int8[], $14::timestamptz[])
         ON CONFLICT (customer_id) DO UPDATE SET
             consent_state = EXCLUDED.consent_state, consent_since = EXCLUDED.consent_since,
             auth_state = EXCLUDED.auth_state, auth_since = EXCLUDED.auth_since,
             auth_reason = EXCLUDED.auth_reason, auth_error_code = EXCLUDED.auth_error_code,
             last_event_id = EXCLUDED.last_event_id, last_event_type = EXCLUDED.last_event_type,
             last_occurred_at = EXCLUDED.last_occurred_at, event_count = EXCLUDED.event_count,
-            lifecycle = EXCLUDED.lifecycle, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+            lifecycle = EXCLUDED.lifecycle, version = EXCLUDED.version,
+            consent_authorized_at = EXCLUDED.consent_authorized_at, updated_at = EXCLUDED.updated_at
         "#,
         &ids as &[&str],
         &consent as &[&str],
@@ -350,6 +353,7 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         &count,
         &documents as _,
         &versions,
+        &authorized_at as &[Option<DateTime<Utc>>],
     )
     .execute(&mut **tx)
     .await

@@ -121,6 +121,9 @@ pub struct CustomerFilter {
     pub authentication: Option<String>,
     /// Updated at or after.
     pub updated_since: Option<DateTime<Utc>>,
+    /// Current authorization (`consent.authorized_at`) given before this
+    /// time.
+    pub authorized_before: Option<DateTime<Utc>>,
 }
 
 /// A page of customers after `after` (`(updated_at, customer_id)`).
@@ -142,6 +145,7 @@ pub async fn customers(
           AND ($2::text IS NULL OR auth_state = $2)
           AND ($3::timestamptz IS NULL OR updated_at >= $3)
           AND ($4::timestamptz IS NULL OR (updated_at, customer_id) > ($4, $5::text))
+          AND ($7::timestamptz IS NULL OR consent_authorized_at < $7)
         ORDER BY updated_at, customer_id
         LIMIT $6
         "#,
@@ -151,6 +155,7 @@ pub async fn customers(
         after_at,
         after_id,
         limit + 1,
+        filter.authorized_before,
     )
     .fetch_all(pool)
     .await

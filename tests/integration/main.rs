@@ -2,6 +2,7 @@
 
 mod changes;
 mod config;
+mod consent;
 mod consumer;
 mod foundations;
 mod helpers;

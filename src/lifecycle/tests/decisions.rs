@@ -204,3 +204,49 @@ fn fold_keeps_the_first_copy_of_an_event_id() {
     assert_eq!(fold(&[later_copy.clone(), first.clone()]), fold(&[first.clone(), later_copy]));
     assert_eq!(fold(&[retry, first]).authentication.state, AuthState::InProgress);
 }
+
+/// Dated authorizations (issue 14): each login is authorized by the latest
+/// `added` that listed its accounts, consent's `authorized_at` is the latest
+/// of the logins with an active account, and `granted_at` the first grant.
+#[test]
+fn authorizations_are_dated_by_the_latest_added_of_each_login() {
+    let first = fold(&[event("started", 0), added(2, "L1", &["a1"])]);
+    assert_eq!(first.institution_logins[0].authorized_at, Some(at(2)));
+    assert_eq!((first.consent.granted_at, first.consent.authorized_at), (Some(at(2)), Some(at(2))));
+
+    // A Connect Fix session a year later lists the same account again: a
+    // reauthorization; the first grant stays.
+    let later = 365 * 24 * 3600;
+    let fixed = fold(&[event("started", 0), added(2, "L1", &["a1"]), added(later, "L1", &["a1"])]);
+    assert_eq!(fixed.institution_logins[0].authorized_at, Some(at(later)));
+    assert_eq!((fixed.consent.granted_at, fixed.consent.authorized_at), (Some(at(2)), Some(at(later))));
+
+    // Two logins: consent follows the latest one with an active account.
+    let two = fold(&[added(2, "L1", &["a1"]), added(5, "L2", &["b1"])]);
+    assert_eq!(two.consent.authorized_at, Some(at(5)));
+    let second_deleted = fold(&[added(2, "L1", &["a1"]), added(5, "L2", &["b1"]), deleted(7, &["b1"])]);
+    assert_eq!(second_deleted.consent.state, ConsentState::Granted);
+    assert_eq!(second_deleted.consent.authorized_at, Some(at(2)), "L2 shares nothing active any more");
+    assert_eq!(second_deleted.institution_logins[1].authorized_at, Some(at(5)), "the login keeps its date");
+
+    // Nothing active: no current authorization, but the first grant stays;
+    // a new `added` is a new authorization.
+    let revoked = fold(&[added(2, "L1", &["a1"]), deleted(3, &["a1"])]);
+    assert_eq!(revoked.consent.state, ConsentState::Revoked);
+    assert_eq!((revoked.consent.granted_at, revoked.consent.authorized_at), (Some(at(2)), None));
+    let again = fold(&[added(2, "L1", &["a1"]), deleted(3, &["a1"]), added(9, "L1", &["a1"])]);
+    assert_eq!((again.consent.granted_at, again.consent.authorized_at), (Some(at(2)), Some(at(9))));
+
+    // `discovered` lists accounts but authorizes nothing.
+    let discovered = fold(&[ConnectEvent { accounts: vec![account("a1", Some("L1"))], ..event("discovered", 1) }]);
+    assert_eq!((discovered.consent.granted_at, discovered.consent.authorized_at), (None, None));
+}
+
+/// A reauthorization is a visible change of consent (when it lapses moves),
+/// even though the consent state and the accounts stay the same.
+#[test]
+fn a_reauthorization_is_a_change_of_consent() {
+    let before = fold(&[added(2, "L1", &["a1"])]);
+    let after = fold(&[added(2, "L1", &["a1"]), added(100, "L1", &["a1"])]);
+    assert_eq!(crate::lifecycle::changed(&before, &after), vec![crate::lifecycle::Dimension::Consent]);
+}

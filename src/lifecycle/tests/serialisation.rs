@@ -18,7 +18,14 @@ fn api_shape(state: &Lifecycle) -> serde_json::Value {
 }
 
 fn api_answer(state: &Lifecycle) -> crate::query::CustomerLifecycle {
-    crate::query::CustomerLifecycle::new("1".to_owned(), state.clone(), 0, chrono::DateTime::UNIX_EPOCH)
+    crate::query::CustomerLifecycle::new(
+        "1".to_owned(),
+        state.clone(),
+        0,
+        chrono::DateTime::UNIX_EPOCH,
+        AuthorizationPolicy::default(),
+        chrono::DateTime::UNIX_EPOCH,
+    )
 }
 
 #[test]
@@ -29,7 +36,8 @@ fn no_events_is_the_default_state() {
     assert_eq!(
         api_shape(&state),
         json!({
-            "consent": {"state": "none", "since": null},
+            "consent": {"state": "none", "since": null, "granted_at": null, "authorized_at": null,
+                        "authorization_expires_at": null, "expired": false},
             "authentication": {"state": "not_started", "since": null, "reason": null, "error_code": null},
             "institution_logins": [],
             "last_event": null,
@@ -70,17 +78,23 @@ fn view_serialises_to_the_api_contract() {
     let text = api_shape(&state).to_string();
     let raw = serde_json::to_string(&api_answer(&state)).expect("serialisable");
 
-    let contract = r#"{ "consent": {"state": "granted", "since": "2026-11-20T10:15:02.123Z"},
+    let contract = r#"{ "consent": {"state": "granted", "since": "2026-11-20T10:15:02.123Z",
+               "granted_at": "2026-11-20T10:15:02.123Z", "authorized_at": "2026-11-20T10:15:02.123Z",
+               "authorization_expires_at": "2027-11-20T10:15:02.123Z", "expired": false},
   "authentication": {"state": "authenticated", "since": "2026-11-20T10:15:02.123Z", "reason": null, "error_code": null},
   "institution_logins": [
     {"institution_login_id": "1022599285", "institution_id": "101732", "oauth": true,
+     "authorized_at": "2026-11-20T10:15:02.123Z", "authorization_expires_at": "2027-11-20T10:15:02.123Z",
+     "expired": false,
      "accounts": [{"account_id": "1045121390", "type": "checking", "status": "active", "last4": "1111", "name": "Checking"}]}],
   "last_event": {"event_id": "1611877956869-28ebb24c66699bf3c77f04b1", "event_type": "added", "occurred_at": "2026-11-20T10:15:02.123Z"},
   "event_count": 5 }"#;
     let contract: serde_json::Value = serde_json::from_str(contract).expect("valid JSON");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&text).expect("valid JSON"), contract);
     // Field order as in the contract, for readers of the raw JSON.
-    assert!(raw.starts_with(r#"{"customer_id":"1","consent":{"state":"granted","since":"2026-11-20T10:15:02.123Z"},"authentication":{"state":"authenticated","since""#));
+    assert!(raw.starts_with(
+        r#"{"customer_id":"1","consent":{"state":"granted","since":"2026-11-20T10:15:02.123Z","granted_at":"#
+    ));
     assert!(raw.contains(
         r#"{"account_id":"1045121390","type":"checking","status":"active","last4":"1111","name":"Checking"}"#
     ));
