@@ -73,6 +73,7 @@ pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(query::get_events))
         .routes(routes!(query::get_changes))
         .routes(routes!(query::list_customers))
+        .routes(routes!(crate::revocation::revoke))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), query::require_token));
     let webhooks = OpenApiRouter::new().routes(routes!(receive::handle)).with_state(state.receiver.clone());
     let ops = health::routes(Arc::new(health::OpsState {

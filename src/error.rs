@@ -25,6 +25,10 @@ pub enum ApiError {
     /// 404: the customer is not known.
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request conflicts with an earlier one (an `Idempotency-Key`
+    /// reused for another request).
+    #[error("{0}")]
+    Conflict(String),
     /// 408: the request body did not arrive in time.
     #[error("{0}")]
     RequestTimeout(String),
@@ -78,6 +82,7 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),

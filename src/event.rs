@@ -20,6 +20,33 @@ pub use customer_id::{CustomerId, InvalidCustomerId};
 /// The value of the `schema` field and header of every published record.
 pub const SCHEMA_V1: &str = "connectflow.connect_event.v1";
 
+/// The `event_type` of a revocation of consent recorded by the issuer
+/// (`POST /v1/customers/{id}/consent/revocations`). Finicity's types are
+/// camelCase words without dots, and only a record with `source:
+/// "connectflow"` (which no webhook can produce) is applied as one.
+pub const CONSENT_REVOKED: &str = "connectflow.consent.revoked";
+
+/// Who produced an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventSource {
+    /// A Finicity webhook (every record written before this field existed).
+    #[default]
+    Finicity,
+    /// connectflow itself (a revocation recorded through the API).
+    Connectflow,
+}
+
+/// Who asked for a revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokedBy {
+    /// The customer (through the issuer's app or support line).
+    Customer,
+    /// The issuer (data recipient) itself.
+    Partner,
+}
+
 /// One Finicity Connect event, normalised and minimised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnectEvent {
@@ -62,6 +89,17 @@ pub struct ConnectEvent {
     /// True when `webhookData` was dropped for its size; absent otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub webhook_data_dropped: bool,
+    /// Who produced the event: `finicity` (every webhook; also assumed for
+    /// records without the field) or `connectflow`.
+    #[serde(default)]
+    pub source: EventSource,
+    /// For a revocation ([`CONSENT_REVOKED`]): who asked; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<RevokedBy>,
+    /// For a revocation: the reason given, if any (free text, cleaned and
+    /// capped like `query`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A minimised account: identifiers and display data only.

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod publish;
 pub mod query;
 pub mod receive;
+pub mod revocation;
 pub mod serve;
 pub mod simulate;
 pub mod store;

@@ -58,6 +58,7 @@ impl ConnectEvent {
     /// nothing more.
     pub fn sanitise(&mut self) {
         clean_option(&mut self.query, MAX_TEXT_CHARS);
+        clean_option(&mut self.reason, MAX_TEXT_CHARS);
         for account in &mut self.accounts {
             clean_option(&mut account.name, MAX_TEXT_CHARS);
             clean_option(&mut account.account_type, MAX_TEXT_CHARS);

@@ -43,14 +43,15 @@ impl From<&Lifecycle> for VisibleLifecycle {
 }
 
 /// The dimensions in which `after` differs from `before` that subscribers
-/// are told about: the consent state or its latest authorization (a
-/// reauthorization moves when it lapses); the authentication state, reason or
+/// are told about: the consent state, its latest authorization (a
+/// reauthorization moves when it lapses) or its latest revocation; the authentication state, reason or
 /// error code; the set of shared accounts (by login and account id) or the
 /// status of one. A change of `since` alone, or of an account's name, type
 /// or last4, or of a login's institution or `oauth`, is not a change.
 pub fn changed(before: &Lifecycle, after: &Lifecycle) -> Vec<Dimension> {
     let mut dimensions = Vec::new();
-    if (before.consent.state, before.consent.authorized_at) != (after.consent.state, after.consent.authorized_at) {
+    let consent = |c: &crate::lifecycle::Consent| (c.state, c.authorized_at, c.revocation.clone());
+    if consent(&before.consent) != consent(&after.consent) {
         dimensions.push(Dimension::Consent);
     }
     let (a, b) = (&before.authentication, &after.authentication);

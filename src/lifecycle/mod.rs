@@ -28,7 +28,7 @@ pub use authorization::AuthorizationPolicy;
 pub use change::{Dimension, VisibleLifecycle, changed};
 pub use state::{
     Account, AccountStatus, AuthReason, AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent,
-    Lifecycle, PendingAdding, rfc3339_ms_option,
+    Lifecycle, PendingAdding, Revocation, rfc3339_ms_option,
 };
 pub use transition::apply;
 

@@ -29,6 +29,9 @@ const EVENT_TYPES: &[&str] = &[
     "accountsDeleted",
     "institutionSupported",
     "somethingNew",
+    // connectflow's own: applied only with `source: "connectflow"` (the
+    // generator gives it that source half of the time).
+    crate::event::CONSENT_REVOKED,
 ];
 const ACCOUNT_IDS: &[&str] = &["a1", "a2", "a3"];
 const LOGIN_IDS: &[&str] = &["L1", "L2"];
@@ -79,8 +82,9 @@ fn arb_event() -> impl Strategy<Value = ConnectEvent> {
     // Extra weight on the account events, so that revoked consent and
     // re-added accounts are common too.
     let event_type = prop_oneof![3 => select(EVENT_TYPES), 1 => select(&["added", "accountsDeleted"][..])];
-    (event_type, 0i64..8, 0u8..100, 0i64..3000, payload).prop_map(
-        |(event_type, second, id_prefix, delay_ms, payload)| {
+    let revocation = (any::<bool>(), any::<bool>(), some_of(&["lost card", "moved bank"]));
+    (event_type, 0i64..8, 0u8..100, 0i64..3000, payload, revocation).prop_map(
+        |(event_type, second, id_prefix, delay_ms, payload, (ours, by_customer, reason))| {
             let (institution_id, institution_login_id, oauth, mfa, accounts, deleted, error_code) = payload;
             let occurred_at = base() + Duration::seconds(second);
             // As `normalise` does: accounts only on added/discovered, ids only on accountsDeleted.
@@ -107,6 +111,17 @@ fn arb_event() -> impl Strategy<Value = ConnectEvent> {
                 received_at: occurred_at + Duration::milliseconds(delay_ms),
                 webhook_data: None,
                 webhook_data_dropped: false,
+                source: if ours && event_type == crate::event::CONSENT_REVOKED {
+                    crate::event::EventSource::Connectflow
+                } else {
+                    crate::event::EventSource::Finicity
+                },
+                revoked_by: (event_type == crate::event::CONSENT_REVOKED).then_some(if by_customer {
+                    crate::event::RevokedBy::Customer
+                } else {
+                    crate::event::RevokedBy::Partner
+                }),
+                reason: if event_type == crate::event::CONSENT_REVOKED { reason } else { None },
             }
         },
     )

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::event::rfc3339_ms;
+use crate::event::{RevokedBy, rfc3339_ms};
 
 /// A customer's consent and authentication lifecycle, folded from their
 /// distinct events.
@@ -55,6 +55,28 @@ pub struct Consent {
     /// the customer reauthorizes.
     #[serde(default, with = "rfc3339_ms_option")]
     pub authorized_at: Option<DateTime<Utc>>,
+    /// The latest revocation recorded by the issuer
+    /// (`POST /v1/customers/{id}/consent/revocations`); null while none was.
+    /// It stays after a new grant, as the record of that revocation.
+    #[serde(default)]
+    pub revocation: Option<Revocation>,
+}
+
+/// A revocation of consent recorded by the issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Revocation {
+    /// When it was recorded (the revocation event's `occurred_at`).
+    #[serde(with = "crate::event::rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub revoked_at: DateTime<Utc>,
+    /// Who asked: `customer` or `partner`.
+    pub revoked_by: RevokedBy,
+    /// The login revoked; null when every login was.
+    pub institution_login_id: Option<String>,
+    /// The reason given, if any.
+    pub reason: Option<String>,
+    /// The revocation event's id.
+    pub event_id: String,
 }
 
 /// Whether the customer shares accounts.
@@ -208,6 +230,9 @@ pub enum AccountStatus {
     Active,
     /// Listed by an `accountsDeleted` after its latest `added`.
     Deleted,
+    /// Revoked by the customer or the issuer after its latest `added`
+    /// (distinct from Finicity's `deleted`).
+    Revoked,
 }
 
 impl AccountStatus {
@@ -216,6 +241,7 @@ impl AccountStatus {
         match self {
             Self::Active => "active",
             Self::Deleted => "deleted",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -308,7 +334,7 @@ mod tests {
         ] {
             assert_eq!(reason.as_str(), serde_name(reason));
         }
-        for status in [AccountStatus::Active, AccountStatus::Deleted] {
+        for status in [AccountStatus::Active, AccountStatus::Deleted, AccountStatus::Revoked] {
             assert_eq!(status.as_str(), serde_name(status));
         }
     }

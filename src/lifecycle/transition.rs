@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 
 use super::state::{
     Account, AccountStatus, AuthReason, AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent,
-    Lifecycle, PendingAdding,
+    Lifecycle, PendingAdding, Revocation,
 };
-use crate::event::{AccountRef, ConnectEvent};
+use crate::event::{AccountRef, CONSENT_REVOKED, ConnectEvent, EventSource, RevokedBy};
 
 /// Applies one event that sorts after every event already applied, by
 /// `(occurred_at, event_id)`.
@@ -26,6 +26,7 @@ pub fn apply(state: &mut Lifecycle, event: &ConnectEvent) {
         }
         "added" => add_accounts(state, event),
         "accountsDeleted" => delete_accounts(&mut state.institution_logins, &event.deleted_account_ids),
+        CONSENT_REVOKED if event.source == EventSource::Connectflow => revoke(state, event),
         _ => {}
     }
     if let Some((auth_state, reason, error_code)) = authentication_after(&state.authentication, event) {
@@ -180,6 +181,30 @@ fn delete_accounts(logins: &mut [InstitutionLogin], account_ids: &[String]) {
             account.status = AccountStatus::Deleted;
         }
     }
+}
+
+/// A revocation recorded by the issuer: the active accounts of the login
+/// (of every login when none is named) become `revoked`, and the revocation
+/// is kept on the consent. A later `added` shares them again: a new grant.
+fn revoke(state: &mut Lifecycle, event: &ConnectEvent) {
+    let login_id = event.institution_login_id.as_deref();
+    for login in &mut state.institution_logins {
+        if login_id.is_some() && login.institution_login_id.as_deref() != login_id {
+            continue;
+        }
+        for account in &mut login.accounts {
+            if account.status == AccountStatus::Active {
+                account.status = AccountStatus::Revoked;
+            }
+        }
+    }
+    state.consent.revocation = Some(Revocation {
+        revoked_at: event.occurred_at,
+        revoked_by: event.revoked_by.unwrap_or(RevokedBy::Customer),
+        institution_login_id: event.institution_login_id.clone(),
+        reason: event.reason.clone(),
+        event_id: event.event_id.clone(),
+    });
 }
 
 fn take_account(logins: &mut [InstitutionLogin], account_id: &str) -> Option<Account> {

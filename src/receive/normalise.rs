@@ -149,6 +149,9 @@ pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, Pars
         received_at,
         webhook_data: envelope.get("webhookData").filter(|d| d.is_object()).cloned(),
         webhook_data_dropped: false,
+        source: crate::event::EventSource::Finicity,
+        revoked_by: None,
+        reason: None,
     };
     event.check().map_err(ParseError::Invalid)?;
     event.sanitise();

@@ -41,3 +41,4 @@ pub mod changes;
 pub mod error;
 pub mod read;
 pub mod reproject;
+pub mod revocations;

@@ -250,3 +250,72 @@ fn a_reauthorization_is_a_change_of_consent() {
     let after = fold(&[added(2, "L1", &["a1"]), added(100, "L1", &["a1"])]);
     assert_eq!(crate::lifecycle::changed(&before, &after), vec![crate::lifecycle::Dimension::Consent]);
 }
+
+fn revoked(second: i64, login: Option<&str>) -> ConnectEvent {
+    ConnectEvent {
+        source: crate::event::EventSource::Connectflow,
+        revoked_by: Some(crate::event::RevokedBy::Customer),
+        reason: Some("moved bank".to_owned()),
+        institution_login_id: login.map(str::to_owned),
+        ..event(crate::event::CONSENT_REVOKED, second)
+    }
+}
+
+/// Revocations recorded by the issuer (issue 14).
+#[test]
+fn a_revocation_revokes_the_active_accounts_of_its_login_or_of_all() {
+    let two = [added(2, "L1", &["a1"]), added(3, "L2", &["b1"])];
+
+    let one = fold(two.iter().chain([&revoked(5, Some("L1"))]));
+    assert_eq!(one.consent.state, ConsentState::Granted, "L2 still shares b1");
+    assert_eq!(one.institution_logins[0].accounts[0].status, AccountStatus::Revoked);
+    assert_eq!(one.institution_logins[1].accounts[0].status, AccountStatus::Active);
+    let revocation = one.consent.revocation.clone().expect("recorded");
+    assert_eq!(
+        (revocation.revoked_at, revocation.revoked_by, revocation.institution_login_id.as_deref()),
+        (at(5), crate::event::RevokedBy::Customer, Some("L1"))
+    );
+    assert_eq!(revocation.reason.as_deref(), Some("moved bank"));
+    assert_eq!(one.consent.authorized_at, Some(at(3)));
+
+    let all = fold(two.iter().chain([&revoked(5, None)]));
+    assert_eq!(all.consent.state, ConsentState::Revoked);
+    assert_eq!((all.consent.since, all.consent.authorized_at), (Some(at(5)), None));
+    assert!(all.institution_logins.iter().flat_map(|l| &l.accounts).all(|a| a.status == AccountStatus::Revoked));
+
+    // A later `added` for the login is a new grant; the revocation stays on
+    // record.
+    let regranted = fold(two.iter().chain([&revoked(5, None), &added(9, "L1", &["a1"])]));
+    assert_eq!(regranted.consent.state, ConsentState::Granted);
+    assert_eq!(regranted.consent.authorized_at, Some(at(9)));
+    assert!(regranted.consent.revocation.is_some());
+
+    // The same event type from a webhook (source finicity) is an unknown
+    // type: a signed body cannot revoke.
+    let forged = ConnectEvent { source: crate::event::EventSource::Finicity, ..revoked(5, None) };
+    let state = fold(two.iter().chain([&forged]));
+    assert_eq!(state.consent.state, ConsentState::Granted);
+    assert_eq!(state.consent.revocation, None);
+}
+
+#[test]
+fn a_flow_with_a_revocation_ends_the_same_in_any_order() {
+    let events = vec![
+        event("started", 0),
+        added(2, "L1", &["a1"]),
+        added(3, "L2", &["b1"]),
+        event("done", 4),
+        revoked(5, Some("L2")),
+        deleted(6, &["a1"]),
+    ];
+    let in_order = fold(&events);
+    assert_eq!(in_order.consent.state, ConsentState::Revoked);
+    let mut reversed = events.clone();
+    reversed.reverse();
+    assert_eq!(fold(&reversed), in_order);
+    for rotation in 1..events.len() {
+        let mut rotated = events.clone();
+        rotated.rotate_left(rotation);
+        assert_eq!(fold(&rotated), in_order, "rotation {rotation}");
+    }
+}

@@ -38,6 +38,9 @@ fn event(event_type: &str, second: i64) -> ConnectEvent {
         received_at: occurred_at + Duration::milliseconds(40),
         webhook_data: None,
         webhook_data_dropped: false,
+        source: crate::event::EventSource::Finicity,
+        revoked_by: None,
+        reason: None,
     }
 }
 

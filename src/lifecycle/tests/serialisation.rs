@@ -37,7 +37,7 @@ fn no_events_is_the_default_state() {
         api_shape(&state),
         json!({
             "consent": {"state": "none", "since": null, "granted_at": null, "authorized_at": null,
-                        "authorization_expires_at": null, "expired": false},
+                        "revocation": null, "authorization_expires_at": null, "expired": false},
             "authentication": {"state": "not_started", "since": null, "reason": null, "error_code": null},
             "institution_logins": [],
             "last_event": null,
@@ -80,7 +80,7 @@ fn view_serialises_to_the_api_contract() {
 
     let contract = r#"{ "consent": {"state": "granted", "since": "2026-11-20T10:15:02.123Z",
                "granted_at": "2026-11-20T10:15:02.123Z", "authorized_at": "2026-11-20T10:15:02.123Z",
-               "authorization_expires_at": "2027-11-20T10:15:02.123Z", "expired": false},
+               "revocation": null, "authorization_expires_at": "2027-11-20T10:15:02.123Z", "expired": false},
   "authentication": {"state": "authenticated", "since": "2026-11-20T10:15:02.123Z", "reason": null, "error_code": null},
   "institution_logins": [
     {"institution_login_id": "1022599285", "institution_id": "101732", "oauth": true,
@@ -203,7 +203,7 @@ fn openapi_schemas_name_the_serialised_fields() {
         json!(["not_started", "in_progress", "mfa_challenge", "authenticated", "failed", "abandoned"])
     );
     assert_eq!(schema_of::<ConsentState>()["enum"], json!(["none", "granted", "revoked"]));
-    assert_eq!(schema_of::<AccountStatus>()["enum"], json!(["active", "deleted"]));
+    assert_eq!(schema_of::<AccountStatus>()["enum"], json!(["active", "deleted", "revoked"]));
     assert_eq!(
         schema_of::<AuthReason>()["enum"],
         json!([

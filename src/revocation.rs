@@ -1,0 +1,195 @@
+//! `POST /v1/customers/{id}/consent/revocations`: a revocation of consent
+//! that the customer makes through the card issuer (its app, its support
+//! line), or that the issuer makes itself. It becomes an event of
+//! connectflow's own ([`CONSENT_REVOKED`], `source: "connectflow"`),
+//! published to the events topic like a webhook and applied by the consumer
+//! like any event; the answer (202) comes only once Kafka has it.
+//!
+//! Retries are safe: the `Idempotency-Key` header names the request, and
+//! the same key with the same request always gives the same event (id and
+//! time), so a repeated publish is a duplicate the consumer skips; the same
+//! key with another request is refused (409).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::event::{
+    CONSENT_REVOKED, ConnectEvent, CustomerId, EventSource, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS,
+    RevokedBy, SCHEMA_V1,
+};
+use crate::store::read;
+use crate::store::revocations::{self, RevocationRequest};
+
+/// The header naming a request for safe retries.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A revocation to record.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationBody {
+    /// The institution login whose accounts are revoked; omitted or null:
+    /// every login of the customer.
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub institution_login_id: Option<String>,
+    /// Who asked: `customer` or `partner`.
+    pub revoked_by: RevokedBy,
+    /// Why, in a few words (at most 256 characters; control characters are
+    /// removed).
+    #[serde(default)]
+    #[schema(max_length = 256)]
+    pub reason: Option<String>,
+}
+
+/// The answer once Kafka has the revocation event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationAccepted {
+    /// Always `accepted`: the consumer applies it next (the lifecycle and the
+    /// changes topic show it within moments).
+    #[schema(example = "accepted")]
+    pub status: &'static str,
+    /// The revocation event's id (the same for every retry with the key).
+    pub event_id: String,
+}
+
+/// Records a revocation of the customer's consent.
+#[utoipa::path(
+    post,
+    path = "/v1/customers/{customer_id}/consent/revocations",
+    tag = "consent",
+    params(
+        ("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22),
+        ("Idempotency-Key" = String, Header, description = "Names this request for retries: 1 to 128 printable ASCII characters. The same key with the same request returns the same answer; with another request, 409", min_length = 1, max_length = 128),
+    ),
+    request_body(content = RevocationBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Published to the events topic: the revocation will be applied", body = RevocationAccepted),
+        (status = 400, description = "Missing or invalid Idempotency-Key, body not the documented JSON, a field outside its limits, or an invalid customer id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 404, description = "Customer (or the named institution login) not found", body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used for another request", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "Kafka did not confirm the event, or the database is unavailable; retry with the same Idempotency-Key (Retry-After)", body = ErrorBody),
+    )
+)]
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let customer_id = CustomerId::parse(&customer_id)
+        .map_err(|_| ApiError::BadRequest("customer id must be 1 to 22 digits".into()))?;
+    let key = idempotency_key(&headers)?;
+    let body: RevocationBody = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::BadRequest(
+            "body must be a JSON object with revoked_by (customer or partner) and optionally institution_login_id \
+             and reason"
+                .into(),
+        )
+    })?;
+    check_body(&body)?;
+
+    let (lifecycle, _, _) = read::lifecycle(&state.pool, customer_id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
+    if let Some(login) = &body.institution_login_id
+        && !lifecycle.institution_logins.iter().any(|l| l.institution_login_id.as_deref() == Some(login.as_str()))
+    {
+        return Err(ApiError::NotFound(format!("customer {customer_id} has no institution login {login}")));
+    }
+
+    let now = Utc.timestamp_millis_opt(Utc::now().timestamp_millis()).single().unwrap_or_else(Utc::now);
+    let request = RevocationRequest {
+        customer_id: customer_id.to_string(),
+        request_sha256: request_digest(&customer_id, &body),
+        event_id: format!("connectflow-revocation-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..40]),
+        occurred_at: now,
+    };
+    let recorded = revocations::remember(&state.pool, key, &request).await?;
+    if recorded.customer_id != request.customer_id || recorded.request_sha256 != request.request_sha256 {
+        return Err(ApiError::Conflict("this Idempotency-Key was used for another request".into()));
+    }
+
+    let mut event = ConnectEvent {
+        schema: SCHEMA_V1.to_owned(),
+        event_id: recorded.event_id.clone(),
+        event_type: CONSENT_REVOKED.to_owned(),
+        customer_id,
+        consumer_id: None,
+        institution_id: None,
+        institution_login_id: body.institution_login_id,
+        oauth: None,
+        mfa: None,
+        accounts: Vec::new(),
+        deleted_account_ids: Vec::new(),
+        error_code: None,
+        query: None,
+        occurred_at: recorded.occurred_at,
+        received_at: recorded.occurred_at,
+        webhook_data: None,
+        webhook_data_dropped: false,
+        source: EventSource::Connectflow,
+        revoked_by: Some(body.revoked_by),
+        reason: body.reason,
+    };
+    event.check().map_err(|err| ApiError::BadRequest(format!("{}: {}", err.field, err.problem)))?;
+    event.sanitise();
+    state.receiver.publisher.publish(&event).await.map_err(|err| {
+        tracing::warn!(error = %err, event_id = %event.event_id, "publishing a revocation failed");
+        ApiError::Unavailable {
+            message: "Kafka did not confirm the revocation; retry with the same Idempotency-Key",
+            retry_after_s: 5,
+        }
+    })?;
+    tracing::info!(event_id = %event.event_id, customer_id = %event.customer_id, "revocation recorded");
+    Ok((StatusCode::ACCEPTED, Json(RevocationAccepted { status: "accepted", event_id: event.event_id }))
+        .into_response())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let invalid = || {
+        ApiError::BadRequest(format!(
+            "the Idempotency-Key header is required: 1 to {MAX_EVENT_ID_LEN} printable ASCII characters"
+        ))
+    };
+    let key = headers.get(IDEMPOTENCY_KEY).ok_or_else(invalid)?.to_str().map_err(|_| invalid())?;
+    let printable = key.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if key.is_empty() || key.len() > MAX_EVENT_ID_LEN || !printable {
+        return Err(invalid());
+    }
+    Ok(key)
+}
+
+fn check_body(body: &RevocationBody) -> Result<(), ApiError> {
+    if let Some(login) = &body.institution_login_id {
+        let printable = login.bytes().all(|b| b.is_ascii_graphic());
+        if login.is_empty() || login.len() > MAX_IDENTIFIER_LEN || !printable {
+            return Err(ApiError::BadRequest(format!(
+                "institution_login_id must be 1 to {MAX_IDENTIFIER_LEN} printable ASCII characters"
+            )));
+        }
+    }
+    if body.reason.as_ref().is_some_and(|reason| reason.chars().count() > MAX_TEXT_CHARS) {
+        return Err(ApiError::BadRequest(format!("reason must be at most {MAX_TEXT_CHARS} characters")));
+    }
+    Ok(())
+}
+
+/// What makes two requests the same: the customer and the body's meaning.
+fn request_digest(customer_id: &CustomerId, body: &RevocationBody) -> Vec<u8> {
+    let canonical = serde_json::json!([customer_id.as_str(), body.institution_login_id, body.revoked_by, body.reason,]);
+    Sha256::digest(canonical.to_string().as_bytes()).to_vec()
+}
