@@ -16,3 +16,10 @@ CREATE TABLE consent_revocation_requests (
     occurred_at      timestamptz NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now()
 );
+
+-- Lapsed authorizations: `consume` publishes one lifecycle change when a
+-- customer's current authorization (consent_authorized_at) lapses, and
+-- records here which authorization that was, so each lapse is announced
+-- once, whatever the number of consumers; a reauthorization (a new
+-- consent_authorized_at) can lapse and be announced in its turn.
+ALTER TABLE customers ADD COLUMN authorization_expiry_announced_for timestamptz;

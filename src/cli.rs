@@ -47,21 +47,26 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
-            let settings = args.http.settings()?;
+            let mut settings = args.http.settings()?;
+            settings.authorization = args.lifecycle.policy();
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
             let server = HttpServer::bind(settings, &args.kafka, pool, metrics).await?;
             server.run(shutdown).await
         }
         Command::Consume(args) => {
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            let consumer = LifecycleConsumer::build(&args.consumer, &args.kafka, args.listen, pool, metrics).await?;
+            let consumer = LifecycleConsumer::build(&args.consumer, &args.kafka, args.listen, pool, metrics)
+                .await?
+                .with_authorization(args.lifecycle.policy());
             consumer.run(shutdown).await
         }
         Command::All(args) => {
-            let settings = args.http.settings()?;
+            let mut settings = args.http.settings()?;
+            settings.authorization = args.lifecycle.policy();
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            let consumer =
-                LifecycleConsumer::build(&args.consumer, &args.kafka, None, pool.clone(), metrics.clone()).await?;
+            let consumer = LifecycleConsumer::build(&args.consumer, &args.kafka, None, pool.clone(), metrics.clone())
+                .await?
+                .with_authorization(args.lifecycle.policy());
             let server =
                 HttpServer::bind(settings, &args.kafka, pool, metrics).await?.with_consumer_health(consumer.health());
             let consumer = consumer.run(shutdown.clone());

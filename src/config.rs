@@ -170,14 +170,6 @@ pub struct HttpArgs {
     #[arg(long = "api-tokens", env = "CONNECTFLOW_API_TOKENS", hide_env_values = true)]
     pub api_tokens: Option<SecretList>,
 
-    /// How long a customer's authorization lasts, in days from its date (the
-    /// latest `added` of a login): the query API shows
-    /// `authorization_expires_at` and `expired` from it, and
-    /// `/v1/customers?authorization_expires_before=` filters by it. 0: no
-    /// expiry. 12 CFR 1033 asks for one year.
-    #[arg(long = "authorization-days", env = "CONNECTFLOW_AUTHORIZATION_DAYS", default_value_t = AuthorizationPolicy::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(0..=36_500))]
-    pub authorization_days: u32,
-
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     #[arg(long = "max-body-bytes", env = "CONNECTFLOW_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -244,6 +236,26 @@ pub struct ConsumerArgs {
     pub dlq_timeout_seconds: u64,
 }
 
+/// The lifecycle's configuration (`serve`, `consume` and `all`).
+#[derive(Debug, Clone, Args)]
+pub struct LifecycleArgs {
+    /// How long a customer's authorization lasts, in days from its date (the
+    /// latest `added` of a login): the query API shows
+    /// `authorization_expires_at` and `expired` from it,
+    /// `/v1/customers?authorization_expires_before=` filters by it, and
+    /// `consume` publishes a lifecycle change when one lapses. 0: no expiry.
+    /// 12 CFR 1033 asks for one year.
+    #[arg(long = "authorization-days", env = "CONNECTFLOW_AUTHORIZATION_DAYS", default_value_t = AuthorizationPolicy::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub authorization_days: u32,
+}
+
+impl LifecycleArgs {
+    /// The authorization period.
+    pub fn policy(&self) -> AuthorizationPolicy {
+        AuthorizationPolicy::new(self.authorization_days)
+    }
+}
+
 /// `connectflow serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -259,6 +271,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub migration: MigrationArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lifecycle: LifecycleArgs,
 }
 
 /// `connectflow consume`.
@@ -283,6 +298,9 @@ pub struct ConsumeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub migration: MigrationArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lifecycle: LifecycleArgs,
 }
 
 /// `connectflow all`.
@@ -303,6 +321,9 @@ pub struct AllArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub migration: MigrationArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lifecycle: LifecycleArgs,
 }
 
 /// `connectflow migrate`.
@@ -420,7 +441,7 @@ impl HttpArgs {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
-            authorization: AuthorizationPolicy::new(self.authorization_days),
+            authorization: AuthorizationPolicy::default(),
         })
     }
 }

@@ -30,6 +30,7 @@
 
 pub mod assignment;
 pub mod dead_letter;
+pub mod expiry;
 pub mod health;
 mod lane;
 pub mod record;
@@ -136,6 +137,8 @@ pub struct LifecycleConsumer {
     ops: Option<tokio::net::TcpListener>,
     ops_state: Option<Arc<crate::health::OpsState>>,
     relay: relay::Relay,
+    pool: PgPool,
+    authorization: crate::lifecycle::AuthorizationPolicy,
 }
 
 impl std::fmt::Debug for LifecycleConsumer {
@@ -174,6 +177,7 @@ impl LifecycleConsumer {
         let health = Arc::new(ConsumerHealth::new(lane_count, Duration::from_secs(args.stall_seconds)));
         let dead_letters = DeadLetters::new(kafka, Duration::from_secs(args.dlq_timeout_seconds), metrics.clone())?;
         let relay = relay::Relay::new(kafka, pool.clone(), metrics.clone())?;
+        let expiry_pool = pool.clone();
         let relay_wake = relay.waker();
         let lanes = Lanes::new(lane::Shared {
             consumer: consumer.clone(),
@@ -205,7 +209,26 @@ impl LifecycleConsumer {
             None => (None, None),
         };
         let queue_bytes = usize::try_from(args.queue_bytes).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
-        Ok(Self { consumer, lanes, assignment, health, queue_bytes, ops, ops_state, relay })
+        Ok(Self {
+            consumer,
+            lanes,
+            assignment,
+            health,
+            queue_bytes,
+            ops,
+            ops_state,
+            relay,
+            pool: expiry_pool,
+            authorization: crate::lifecycle::AuthorizationPolicy::default(),
+        })
+    }
+
+    /// Sets the authorization period the expiry job announces lapses by
+    /// (default one year).
+    #[must_use]
+    pub fn with_authorization(mut self, policy: crate::lifecycle::AuthorizationPolicy) -> Self {
+        self.authorization = policy;
+        self
     }
 
     /// The lanes' health, for a `/livez` served elsewhere (`connectflow all`).
@@ -223,7 +246,8 @@ impl LifecycleConsumer {
     /// batch it applies, queued records are left for the next owner, and the
     /// stored offsets are committed so a restart resumes exactly there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, lanes, assignment, health: _, queue_bytes, ops, ops_state, relay } = self;
+        let Self { consumer, lanes, assignment, health: _, queue_bytes, ops, ops_state, relay, pool, authorization } =
+            self;
         let stop = shutdown.child_token();
         // Dropping this future (a caller that gave up on it) stops the poll
         // thread too, so no orphaned member stays in the group.
@@ -232,6 +256,7 @@ impl LifecycleConsumer {
             (Some(listener), Some(state)) => Some(tokio::spawn(crate::health::serve(listener, state, stop.clone()))),
             _ => None,
         };
+        let expiry_task = tokio::spawn(expiry::run(pool, authorization, relay.waker(), stop.clone()));
         let relay_task = tokio::spawn(relay.run(stop.clone()));
         tracing::info!(lanes = lanes.count(), "consumer started");
         let (senders, lane_tasks) = lanes.spawn(&stop);
@@ -284,6 +309,7 @@ impl LifecycleConsumer {
         // revocation callback, which must not block the runtime.
         tokio::task::spawn_blocking(move || drop(consumer)).await.context("closing the consumer")?;
         relay_task.await.context("the lifecycle-change relay")??;
+        expiry_task.await.context("the authorization expiry job")?;
         if let Some(ops) = ops_task {
             ops.await.context("operations endpoints")??;
         }

@@ -470,6 +470,7 @@ mod tests {
             recomputed: false,
             occurred_at: at(),
             recorded_at: at(),
+            reason: None,
         }
     }
 

@@ -62,6 +62,19 @@ pub struct LifecycleChange {
     /// When connectflow recorded the change.
     #[serde(with = "rfc3339_ms")]
     pub recorded_at: DateTime<Utc>,
+    /// Why, when no event caused it: `authorization_expired` (the current
+    /// authorization lapsed; `before` and `after` are then the same, and
+    /// `occurred_at` is the lapse). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ChangeReason>,
+}
+
+/// Why a change happened without an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeReason {
+    /// `authorized_at` plus `CONNECTFLOW_AUTHORIZATION_DAYS` passed.
+    AuthorizationExpired,
 }
 
 /// Numbers a customer's changes as they are found.
@@ -125,6 +138,29 @@ impl<'a> Versioner<'a> {
             recomputed,
             occurred_at,
             recorded_at: self.recorded_at,
+            reason: None,
+        });
+    }
+
+    /// Records that the customer's current authorization lapsed at
+    /// `expired_at`: a change of consent that no event caused, with the
+    /// (unchanged) visible lifecycle as `before` and `after`.
+    pub fn expired(&mut self, state: &Lifecycle, expired_at: DateTime<Utc>) {
+        self.version += 1;
+        let visible = VisibleLifecycle::from(state);
+        self.changes.push(LifecycleChange {
+            schema: CHANGE_SCHEMA_V1.to_owned(),
+            change_id: format!("{}:{}", self.customer_id, self.version),
+            customer_id: self.customer_id.to_string(),
+            version: self.version,
+            before: Some(visible.clone()),
+            after: visible,
+            changed: vec![Dimension::Consent],
+            caused_by: Vec::new(),
+            recomputed: false,
+            occurred_at: expired_at,
+            recorded_at: self.recorded_at,
+            reason: Some(ChangeReason::AuthorizationExpired),
         });
     }
 }

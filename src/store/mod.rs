@@ -39,6 +39,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 pub mod apply;
 pub mod changes;
 pub mod error;
+pub mod expiry;
 pub mod read;
 pub mod reproject;
 pub mod revocations;

@@ -197,7 +197,6 @@ pub fn http_settings() -> HttpSettings {
         shutdown_grace_ms: 5_000,
         request_timeout_ms: 10_000,
         max_concurrent_webhooks: 256,
-        authorization_days: connectflow::lifecycle::AuthorizationPolicy::DEFAULT_DAYS,
     }
     .settings()
     .expect("complete test settings")
