@@ -75,7 +75,17 @@ pub const FLOWS: &[Flow] = &[
         expected_consent: "revoked",
         expected_authentication: "authenticated",
     },
+    Flow {
+        name: "reauthorized",
+        description: "an OAuth success a year ago, then a Connect Fix session's added now (a reauthorization)",
+        expected_consent: "granted",
+        expected_authentication: "authenticated",
+    },
 ];
+
+/// How long before its Connect Fix `added` the `reauthorized` flow's first
+/// session happened: the authorization period of 12 CFR 1033.
+pub const REAUTHORIZED_AFTER: chrono::Duration = chrono::Duration::days(365);
 
 /// Looks a flow up by name.
 pub fn flow(name: &str) -> Option<&'static Flow> {
@@ -132,7 +142,7 @@ fn account(customer_id: &str, index: usize, login_id: i64, oauth: bool) -> Value
 pub fn bodies(flow: &Flow, customer_id: &str, start: DateTime<Utc>, seed: u64) -> Vec<Value> {
     let seed_text = seed.to_string();
     let login_id: i64 = digits(&format!("{customer_id}/login/{seed}"), 9).parse::<i64>().unwrap_or(1) + 1_000_000_000;
-    let oauth = flow.name == "oauth-success";
+    let oauth = matches!(flow.name, "oauth-success" | "reauthorized");
     let accounts = json!([account(customer_id, 0, login_id, oauth), account(customer_id, 1, login_id, oauth)]);
     let account_ids: Vec<Value> =
         accounts.as_array().into_iter().flatten().filter_map(|a| a.get("id").cloned()).collect();
@@ -166,6 +176,7 @@ pub fn bodies(flow: &Flow, customer_id: &str, start: DateTime<Utc>, seed: u64) -
             vec![started, ("institutionNotSupported", json!({"institutionId": "999999"})), done]
         }
         "abandoned" => vec![started, adding, done],
+        "reauthorized" => vec![started, adding, added.clone(), done, added],
         "revoked" => vec![
             started,
             adding,
@@ -177,11 +188,17 @@ pub fn bodies(flow: &Flow, customer_id: &str, start: DateTime<Utc>, seed: u64) -
         _ => Vec::new(),
     };
     let consumer_id = hex24(&[customer_id, "consumer", &seed_text]) + "00000000";
+    let last = steps.len().saturating_sub(1);
     steps
         .into_iter()
         .enumerate()
         .map(|(i, (event_type, payload))| {
-            let at = start + chrono::Duration::seconds(i as i64);
+            let mut at = start + chrono::Duration::seconds(i as i64);
+            // The first session of `reauthorized` happened a year before
+            // its Connect Fix `added` (the last step).
+            if flow.name == "reauthorized" && i < last {
+                at -= REAUTHORIZED_AFTER;
+            }
             let event_id =
                 format!("{}-{}", at.timestamp_millis(), hex24(&[customer_id, event_type, &i.to_string(), &seed_text]));
             json!({
@@ -226,5 +243,19 @@ mod tests {
         assert_eq!(account["number"].as_str().map(str::len), Some(16));
         assert!(account["balance"].is_number());
         assert!(account["institutionLoginId"].is_i64());
+    }
+
+    #[test]
+    fn reauthorized_renews_a_year_old_authorization_with_a_second_added() {
+        let start = DateTime::from_timestamp_millis(1_764_000_000_000).expect("time");
+        let bodies = bodies(flow("reauthorized").expect("flow"), "1", start, 1);
+        let millis = |body: &Value| -> i64 {
+            body["eventId"].as_str().and_then(|id| id.split_once('-')).and_then(|(ms, _)| ms.parse().ok()).expect("ms")
+        };
+        let added: Vec<&Value> = bodies.iter().filter(|b| b["eventType"] == "added").collect();
+        assert_eq!(added.len(), 2);
+        assert_eq!(millis(added[1]) - millis(added[0]), REAUTHORIZED_AFTER.num_milliseconds() + 2_000);
+        assert_eq!(added[0]["payload"]["accounts"], added[1]["payload"]["accounts"], "the same login and accounts");
+        assert_eq!(added[1]["payload"]["oauth"], true);
     }
 }

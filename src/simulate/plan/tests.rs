@@ -125,7 +125,8 @@ fn the_duplicate_share_is_respected_and_duplicates_are_exact_resends() {
 #[test]
 fn events_occur_just_before_now_one_second_apart() {
     let plan = plan(&spec(4));
-    for customer in &plan.customers {
+    // (`reauthorized` puts its first session a year earlier, on purpose.)
+    for customer in plan.customers.iter().filter(|c| c.flow.name != "reauthorized") {
         let millis: Vec<i64> = event_ids(&customer.deliveries())
             .iter()
             .map(|id| id.split_once('-').and_then(|(ms, _)| ms.parse().ok()).expect("epoch-ms prefix"))
