@@ -41,7 +41,7 @@ pub struct RevocationBody {
     /// The institution login whose accounts are revoked; omitted or null:
     /// every login of the customer.
     #[serde(default)]
-    #[schema(max_length = 64)]
+    #[schema(max_length = 64, pattern = "^[!-~]{1,64}$")]
     pub institution_login_id: Option<String>,
     /// Who asked: `customer` or `partner`.
     pub revoked_by: RevokedBy,
@@ -70,7 +70,7 @@ pub struct RevocationAccepted {
     tag = "consent",
     params(
         ("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22),
-        ("Idempotency-Key" = String, Header, description = "Names this request for retries: 1 to 128 printable ASCII characters. The same key with the same request returns the same answer; with another request, 409", min_length = 1, max_length = 128),
+        ("Idempotency-Key" = String, Header, description = "Names this request for retries: 1 to 128 printable ASCII characters, not starting or ending with a space. The same key with the same request returns the same answer; with another request, 409", min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]{0,126}[!-~])?$"),
     ),
     request_body(content = RevocationBody, content_type = "application/json"),
     security(("bearer" = [])),
@@ -162,12 +162,14 @@ pub async fn revoke(
 fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     let invalid = || {
         ApiError::BadRequest(format!(
-            "the Idempotency-Key header is required: 1 to {MAX_EVENT_ID_LEN} printable ASCII characters"
+            "the Idempotency-Key header is required: 1 to {MAX_EVENT_ID_LEN} printable ASCII characters, not \
+             starting or ending with a space"
         ))
     };
     let key = headers.get(IDEMPOTENCY_KEY).ok_or_else(invalid)?.to_str().map_err(|_| invalid())?;
     let printable = key.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-    if key.is_empty() || key.len() > MAX_EVENT_ID_LEN || !printable {
+    let padded = key.starts_with(' ') || key.ends_with(' ');
+    if key.is_empty() || key.len() > MAX_EVENT_ID_LEN || !printable || padded {
         return Err(invalid());
     }
     Ok(key)
