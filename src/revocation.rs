@@ -195,3 +195,50 @@ fn request_digest(customer_id: &CustomerId, body: &RevocationBody) -> Vec<u8> {
     let canonical = serde_json::json!([customer_id.as_str(), body.institution_login_id, body.revoked_by, body.reason,]);
     Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn with_key(key: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_bytes(key) {
+            headers.insert(IDEMPOTENCY_KEY, value);
+        }
+        headers
+    }
+
+    #[test]
+    fn idempotency_keys_are_printable_unpadded_and_bounded() {
+        for good in [&b"k"[..], b"order 42/retry", &[b'x'; 128]] {
+            assert!(idempotency_key(&with_key(good)).is_ok(), "{good:?}");
+        }
+        for bad in [&b""[..], b" k", b"k ", b"\xc3\xa9t\xc3\xa9", &[b'x'; 129]] {
+            assert!(idempotency_key(&with_key(bad)).is_err(), "{bad:?}");
+        }
+        assert!(idempotency_key(&HeaderMap::new()).is_err(), "required");
+    }
+
+    #[test]
+    fn the_digest_tells_requests_apart() {
+        let customer = CustomerId::parse("1005061234").expect("id");
+        let body = |login: Option<&str>, by, reason: Option<&str>| RevocationBody {
+            institution_login_id: login.map(str::to_owned),
+            revoked_by: by,
+            reason: reason.map(str::to_owned),
+        };
+        let one = request_digest(&customer, &body(Some("L1"), RevokedBy::Customer, None));
+        assert_eq!(one, request_digest(&customer, &body(Some("L1"), RevokedBy::Customer, None)));
+        for other in [
+            body(None, RevokedBy::Customer, None),
+            body(Some("L1"), RevokedBy::Partner, None),
+            body(Some("L1"), RevokedBy::Customer, Some("")),
+        ] {
+            assert_ne!(one, request_digest(&customer, &other), "{other:?}");
+        }
+        let someone_else = CustomerId::parse("1005061235").expect("id");
+        assert_ne!(one, request_digest(&someone_else, &body(Some("L1"), RevokedBy::Customer, None)));
+    }
+}
