@@ -115,7 +115,7 @@ pub async fn revoke(
     let request = RevocationRequest {
         customer_id: customer_id.to_string(),
         request_sha256: request_digest(&customer_id, &body),
-        event_id: format!("connectflow-revocation-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..40]),
+        event_id: revocation_event_id(key),
         occurred_at: now,
     };
     let recorded = revocations::remember(&state.pool, key, &request).await?;
@@ -157,6 +157,11 @@ pub async fn revoke(
     tracing::info!(event_id = %event.event_id, customer_id = %event.customer_id, "revocation recorded");
     Ok((StatusCode::ACCEPTED, Json(RevocationAccepted { status: "accepted", event_id: event.event_id }))
         .into_response())
+}
+
+/// The id of the revocation event recorded under an `Idempotency-Key`.
+pub fn revocation_event_id(key: &str) -> String {
+    format!("connectflow-revocation-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..40])
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {

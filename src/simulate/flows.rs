@@ -83,13 +83,39 @@ pub const FLOWS: &[Flow] = &[
     },
 ];
 
+/// Flows that also call connectflow's own API (`simulate` only, with an API
+/// token): after the webhooks of an OAuth success, the customer revokes
+/// their consent through the issuer (`POST
+/// /v1/customers/{id}/consent/revocations`). Kept apart from [`FLOWS`],
+/// whose flows are webhooks alone, so everything that only sends webhooks
+/// (tests, chaos, bench) can rely on those reaching their states.
+pub const API_FLOWS: &[Flow] = &[Flow {
+    name: "revoked-by-customer",
+    description: "an OAuth success, then the customer revokes through the issuer (the revocation API)",
+    expected_consent: "revoked",
+    expected_authentication: "authenticated",
+}];
+
+/// Every flow `simulate` knows: [`FLOWS`], then [`API_FLOWS`].
+pub fn all_flows() -> impl Iterator<Item = &'static Flow> {
+    FLOWS.iter().chain(API_FLOWS)
+}
+
+impl Flow {
+    /// Whether the flow ends with a revocation through the API (after its
+    /// webhooks).
+    pub fn revokes_through_api(&self) -> bool {
+        API_FLOWS.iter().any(|flow| flow.name == self.name)
+    }
+}
+
 /// How long before its Connect Fix `added` the `reauthorized` flow's first
 /// session happened: the authorization period of 12 CFR 1033.
 pub const REAUTHORIZED_AFTER: chrono::Duration = chrono::Duration::days(365);
 
-/// Looks a flow up by name.
+/// Looks a flow up by name (API flows included).
 pub fn flow(name: &str) -> Option<&'static Flow> {
-    FLOWS.iter().find(|f| f.name == name)
+    all_flows().find(|f| f.name == name)
 }
 
 const INSTITUTION: &str = "101732";
@@ -142,7 +168,7 @@ fn account(customer_id: &str, index: usize, login_id: i64, oauth: bool) -> Value
 pub fn bodies(flow: &Flow, customer_id: &str, start: DateTime<Utc>, seed: u64) -> Vec<Value> {
     let seed_text = seed.to_string();
     let login_id: i64 = digits(&format!("{customer_id}/login/{seed}"), 9).parse::<i64>().unwrap_or(1) + 1_000_000_000;
-    let oauth = matches!(flow.name, "oauth-success" | "reauthorized");
+    let oauth = matches!(flow.name, "oauth-success" | "reauthorized" | "revoked-by-customer");
     let accounts = json!([account(customer_id, 0, login_id, oauth), account(customer_id, 1, login_id, oauth)]);
     let account_ids: Vec<Value> =
         accounts.as_array().into_iter().flatten().filter_map(|a| a.get("id").cloned()).collect();
@@ -153,7 +179,8 @@ pub fn bodies(flow: &Flow, customer_id: &str, start: DateTime<Utc>, seed: u64) -
     let done = ("done", json!({}));
     let steps: Vec<(&str, Value)> = match flow.name {
         "legacy-success" => vec![started, adding, discovered, added, done],
-        "oauth-success" => vec![started, adding, added, done],
+        // The revocation of `revoked-by-customer` is an API call, not a webhook.
+        "oauth-success" | "revoked-by-customer" => vec![started, adding, added, done],
         "mfa-success" => vec![
             started,
             adding,

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, KafkaArgs, Secret, SecretList};
 use changes::ChangesExpectation;
-use flows::{FLOWS, Flow};
+use flows::Flow;
 use plan::{Plan, PlanSpec};
 use send::{RetryPolicy, Sender};
 use summary::{ChangesVerification, Summary, Verification};
@@ -134,13 +134,25 @@ pub struct SimulateArgs {
 
 impl SimulateArgs {
     /// The flows selected by `--flow`, each once, in the order given.
+    ///
+    /// `all` is every webhook flow, and the flows that call the revocation
+    /// API too when an API token is given (`--api-token`, or
+    /// `CONNECTFLOW_API_TOKENS`); naming such a flow without a token is an
+    /// error.
     pub fn selected_flows(&self) -> anyhow::Result<Vec<&'static Flow>> {
         if self.flow.is_empty() || self.flow.iter().any(|name| name == ALL_FLOWS) {
-            return Ok(FLOWS.iter().collect());
+            let with_api = self.api_token.is_some();
+            return Ok(flows::all_flows().filter(|flow| with_api || !flow.revokes_through_api()).collect());
         }
         let mut selected: Vec<&'static Flow> = Vec::new();
         for name in &self.flow {
             let flow = flows::flow(name).with_context(|| format!("unknown flow {name:?} (see --list-flows)"))?;
+            if flow.revokes_through_api() && self.api_token.is_none() {
+                anyhow::bail!(
+                    "flow {name:?} revokes through the API: it needs an API token (set --api-token or \
+                     CONNECTFLOW_API_TOKENS)"
+                );
+            }
             if !selected.contains(&flow) {
                 selected.push(flow);
             }
@@ -200,6 +212,9 @@ impl Outcome {
         }
         if !summary.all_accepted() {
             anyhow::bail!("{} of {} webhooks were not accepted", summary.planned - summary.accepted, summary.planned);
+        }
+        if summary.revocations_failed > 0 {
+            anyhow::bail!("{} revocations through the API were not accepted", summary.revocations_failed);
         }
         match &self.verification {
             Some(v) if v.interrupted => anyhow::bail!("verification interrupted"),
@@ -274,7 +289,11 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
         .build()
         .context("building the HTTP client")?;
 
-    let sender = Sender::new(client.clone(), url, secret, RetryPolicy::rehearsal(args.retries), args.rate);
+    let mut sender = Sender::new(client.clone(), url, secret, RetryPolicy::rehearsal(args.retries), args.rate);
+    if plan.customers.iter().any(|customer| customer.flow.revokes_through_api()) {
+        let token = args.verification_token()?;
+        sender = sender.with_revocations(&args.api_url, token, plan.seed);
+    }
     let progress = progress_bar(plan.deliveries(), "webhooks");
     let sent = sender.send(&plan, args.concurrency, &progress, shutdown).await;
     progress.finish_and_clear();
@@ -286,7 +305,7 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
                 .iter()
                 .zip(&sent.all_accepted)
                 .filter(|(_, all_accepted)| **all_accepted)
-                .map(|(customer, _)| Expectation::of(customer))
+                .map(|(customer, _)| Expectation::of(customer, plan.seed))
                 .collect();
             let skipped = plan.customers.len() as u64 - expectations.len() as u64;
             let progress = progress_bar(expectations.len() as u64, "customers verified");
@@ -323,7 +342,7 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
 /// what it rehearses.
 pub fn flow_table() -> String {
     let mut table = format!("{:<27} {:<9} {:<15} {}\n", "FLOW", "CONSENT", "AUTHENTICATION", "WHAT HAPPENS");
-    for flow in FLOWS {
+    for flow in flows::all_flows() {
         table.push_str(&format!(
             "{:<27} {:<9} {:<15} {}\n",
             flow.name, flow.expected_consent, flow.expected_authentication, flow.description
@@ -348,7 +367,7 @@ fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
 
 /// `--flow` values: every flow's name and `all`.
 fn flow_names() -> PossibleValuesParser {
-    PossibleValuesParser::new(std::iter::once(ALL_FLOWS).chain(FLOWS.iter().map(|f| f.name)))
+    PossibleValuesParser::new(std::iter::once(ALL_FLOWS).chain(flows::all_flows().map(|f| f.name)))
 }
 
 /// An `http://` or `https://` URL.

@@ -106,7 +106,21 @@ pub struct Sender {
     secret: Secret,
     retry: RetryPolicy,
     pacer: Option<Pacer>,
+    revocations: Option<Revocations>,
 }
+
+/// Where and how the flows that revoke through the API do so.
+#[derive(Debug)]
+struct Revocations {
+    /// The query API's base URL, without a trailing `/`.
+    api: String,
+    token: Secret,
+    seed: u64,
+}
+
+/// How long a revoking flow waits for its consent to be granted (the
+/// consumer to apply its `added`) before revoking.
+const REVOCABLE_WITHIN: Duration = Duration::from_secs(60);
 
 impl Sender {
     /// A sender; `rate` is requests per second over all customers, `None` or
@@ -118,7 +132,17 @@ impl Sender {
         retry: RetryPolicy,
         rate: Option<f64>,
     ) -> Self {
-        Self { client, url, secret, retry, pacer: rate.and_then(Pacer::new) }
+        Self { client, url, secret, retry, pacer: rate.and_then(Pacer::new), revocations: None }
+    }
+
+    /// Lets the flows that revoke through the API ([`Flow::revokes_through_api`](super::flows::Flow::revokes_through_api))
+    /// do so at the query API at `api` with `token`; `seed` makes their
+    /// `Idempotency-Key`s, so a repeated run with the same seed repeats
+    /// rather than adds revocations.
+    #[must_use]
+    pub fn with_revocations(mut self, api: &str, token: Secret, seed: u64) -> Self {
+        self.revocations = Some(Revocations { api: api.trim_end_matches('/').to_owned(), token, seed });
+        self
     }
 
     /// Sends every customer's webhooks, up to `concurrency` customers at a
@@ -175,7 +199,80 @@ impl Sender {
             }
             progress.inc(1);
         }
+        if customer.flow.revokes_through_api() {
+            // Without its webhooks the customer never shares, so never
+            // becomes revocable.
+            let fate = if all_accepted { self.revoke(customer, shutdown).await } else { Fate::NotAccepted };
+            match fate {
+                Fate::Accepted => tally(summary, |s| s.revocations += 1),
+                Fate::NotAccepted => {
+                    tally(summary, |s| s.revocations_failed += 1);
+                    all_accepted = false;
+                }
+                Fate::Cancelled => return false,
+            }
+        }
         all_accepted
+    }
+
+    /// The customer revokes their consent through the issuer: once the
+    /// consumer shows it was granted, `POST .../consent/revocations`, retried
+    /// like a webhook on 5xx or no answer (with the same key).
+    async fn revoke(&self, customer: &PlannedCustomer, shutdown: &CancellationToken) -> Fate {
+        let Some(revocations) = &self.revocations else {
+            tracing::warn!(customer_id = %customer.customer_id, "no API token: the flow cannot revoke");
+            return Fate::NotAccepted;
+        };
+        let id = &customer.customer_id;
+        let lifecycle = format!("{}/v1/customers/{id}/lifecycle", revocations.api);
+        let revoke = format!("{}/v1/customers/{id}/consent/revocations", revocations.api);
+        let deadline = Instant::now() + REVOCABLE_WITHIN;
+        loop {
+            let request = self.client.get(&lifecycle).bearer_auth(revocations.token.expose()).send();
+            let Some(answer) = shutdown.run_until_cancelled(request).await else { return Fate::Cancelled };
+            let state: Option<serde_json::Value> = match answer {
+                Ok(response) if response.status().is_success() => response.json().await.ok(),
+                _ => None,
+            };
+            // Granted at least once: its `added` is applied (a repeated run
+            // finds it revoked already, and revokes again with the same key).
+            if state.is_some_and(|state| state["consent"]["granted_at"].is_string()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(customer_id = %id, "consent never granted: not revoking");
+                return Fate::NotAccepted;
+            }
+            if shutdown.run_until_cancelled(tokio::time::sleep(Duration::from_millis(200))).await.is_none() {
+                return Fate::Cancelled;
+            }
+        }
+        let key = revocation_key(revocations.seed, id);
+        let body = serde_json::json!({"revoked_by": "customer", "reason": "simulated: revoked through the issuer"});
+        for attempt in 0..=self.retry.retries {
+            if attempt > 0
+                && shutdown.run_until_cancelled(tokio::time::sleep(self.retry.backoff(attempt))).await.is_none()
+            {
+                return Fate::Cancelled;
+            }
+            let request = self
+                .client
+                .post(&revoke)
+                .bearer_auth(revocations.token.expose())
+                .header("idempotency-key", key.as_str())
+                .json(&body)
+                .send();
+            let Some(answer) = shutdown.run_until_cancelled(request).await else { return Fate::Cancelled };
+            match answer {
+                Ok(response) if response.status().is_success() => return Fate::Accepted,
+                Ok(response) if !response.status().is_server_error() => {
+                    tracing::warn!(customer_id = %id, status = %response.status(), "revocation refused");
+                    return Fate::NotAccepted;
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+        Fate::NotAccepted
     }
 
     /// One webhook, retried per the policy.
@@ -240,6 +337,12 @@ impl Sender {
         tally(summary, |s| s.not_accepted += 1);
         Fate::NotAccepted
     }
+}
+
+/// The `Idempotency-Key` a revoking flow's customer uses in the run with
+/// `seed`.
+pub fn revocation_key(seed: u64, customer_id: &str) -> String {
+    format!("simulate-{seed}-{customer_id}")
 }
 
 /// Updates the shared counts.

@@ -35,6 +35,11 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Whether a shutdown signal stopped the run early.
     pub interrupted: bool,
+    /// Revocations sent through the API (flows that revoke) and answered 202.
+    pub revocations: u64,
+    /// Revocations that were not accepted (an error answer, or the customer
+    /// never became revocable in time).
+    pub revocations_failed: u64,
 }
 
 impl Summary {
@@ -68,6 +73,13 @@ impl fmt::Display for Summary {
             answers.push("none".to_owned());
         }
         writeln!(f, "  answers    {}", answers.join(", "))?;
+        if self.revocations + self.revocations_failed > 0 {
+            writeln!(
+                f,
+                "  revocations {} accepted through the API, {} not accepted",
+                self.revocations, self.revocations_failed
+            )?;
+        }
         write!(f, "  elapsed    {:.2} s, {:.1} webhooks/s", self.elapsed.as_secs_f64(), self.rate())
     }
 }

@@ -3,6 +3,7 @@ use clap::Parser;
 use super::summary::Mismatch;
 use super::*;
 use crate::config::{Cli, Command};
+use crate::simulate::flows::{API_FLOWS, FLOWS};
 
 fn parse(args: &[&str]) -> Result<SimulateArgs, clap::Error> {
     let cli = Cli::try_parse_from(
@@ -84,10 +85,22 @@ fn secrets_come_from_the_flag_or_the_first_of_the_list() {
 #[test]
 fn the_flow_table_names_every_flow_and_its_end_states() {
     let table = flow_table();
-    for flow in FLOWS {
+    for flow in flows::all_flows() {
         let line = table.lines().find(|l| l.starts_with(flow.name)).expect("a line per flow");
         assert!(line.contains(flow.expected_consent) && line.contains(flow.expected_authentication), "{line}");
     }
+}
+
+#[test]
+fn flows_that_revoke_through_the_api_need_a_token() {
+    let without = parse(&["--flow", "all"]).expect("parses");
+    assert!(without.selected_flows().expect("flows").iter().all(|f| !f.revokes_through_api()));
+    let with = parse(&["--flow", "all", "--api-token", "t"]).expect("parses");
+    assert_eq!(with.selected_flows().expect("flows").len(), FLOWS.len() + API_FLOWS.len());
+    let named = parse(&["--flow", "revoked-by-customer"]).expect("parses");
+    assert!(named.selected_flows().is_err(), "named without a token");
+    let named = parse(&["--flow", "revoked-by-customer", "--api-token", "t"]).expect("parses");
+    assert_eq!(named.selected_flows().expect("flows")[0].name, "revoked-by-customer");
 }
 
 #[test]
@@ -95,6 +108,9 @@ fn the_outcome_fails_on_anything_not_accepted_or_not_verified() {
     let sent = Summary { planned: 4, sent: 4, accepted: 4, ..Summary::default() };
     let ok = Outcome { summary: sent.clone(), verification: None, changes: None };
     assert!(ok.check().is_ok());
+    let revocation_refused =
+        Outcome { summary: Summary { revocations_failed: 1, ..sent.clone() }, verification: None, changes: None };
+    assert!(revocation_refused.check().is_err());
     let rejected = Outcome {
         summary: Summary { accepted: 1, not_accepted: 3, ..sent.clone() },
         verification: None,

@@ -42,15 +42,21 @@ pub struct Expectation {
 }
 
 impl Expectation {
-    /// What `customer`'s lifecycle should show once its webhooks are applied.
-    pub fn of(customer: &PlannedCustomer) -> Self {
+    /// What `customer`'s lifecycle should show once its webhooks (and, for
+    /// a flow that revokes through the API, its revocation in the run with
+    /// `seed`) are applied.
+    pub fn of(customer: &PlannedCustomer, seed: u64) -> Self {
+        let revocation = customer
+            .flow
+            .revokes_through_api()
+            .then(|| crate::revocation::revocation_event_id(&super::send::revocation_key(seed, &customer.customer_id)));
         Self {
             customer_id: customer.customer_id.clone(),
             flow: customer.flow.name,
             consent: customer.flow.expected_consent,
             authentication: customer.flow.expected_authentication,
-            events: customer.distinct_events() as u64,
-            last_event_id: customer.last_event_id(),
+            events: customer.distinct_events() as u64 + u64::from(revocation.is_some()),
+            last_event_id: revocation.or_else(|| customer.last_event_id()),
         }
     }
 

@@ -26,12 +26,14 @@ fn args_for(app: &TestApp) -> SimulateArgs {
     }
 }
 
-/// `simulate --flow all --customers 2 --verify` sending to `url`.
+/// `simulate --customers 2 --verify` of every webhook flow (`FLOWS`: `all`
+/// with an API token adds the flows that revoke through the API, tested on
+/// their own below) sending to `url`.
 fn args_for_url(url: &str) -> SimulateArgs {
     SimulateArgs {
         url: url.to_owned(),
         secret: SecretList::new([PARTNER_SECRET]),
-        flow: vec!["all".to_owned()],
+        flow: FLOWS.iter().map(|flow| flow.name.to_owned()).collect(),
         list_flows: false,
         customers: 2,
         rate: None,
@@ -270,4 +272,34 @@ async fn an_outage_is_retried_and_every_webhook_is_the_exact_signed_bytes() {
         .collect();
     assert_eq!(event_ids.len() as u64, events);
     server.abort();
+}
+
+#[tokio::test]
+async fn a_customer_revokes_through_the_issuer_and_it_verifies_on_the_api_and_the_topic() {
+    let app = spawn_pipeline().await;
+    let args =
+        SimulateArgs { flow: vec!["revoked-by-customer".to_owned(), "oauth-success".to_owned()], ..args_for(&app) };
+
+    let outcome = run(&args).await;
+
+    outcome.check().unwrap_or_else(|err| panic!("{err}\n{outcome}"));
+    assert_eq!((outcome.summary.revocations, outcome.summary.revocations_failed), (2, 0), "{outcome}");
+    let verification = outcome.verification.as_ref().expect("verified");
+    assert_eq!(verification.matched, 4, "{outcome}");
+    assert_eq!(outcome.changes.as_ref().map(|c| c.matched), Some(4), "{outcome}");
+    let revoked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customers WHERE consent_state = 'revoked' AND lifecycle->'consent'->'revocation' IS NOT NULL \
+         AND lifecycle->'consent'->'revocation' <> 'null'::jsonb",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(revoked, 2, "the two revoking customers, revoked through the API");
+
+    let revocations: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM connect_events WHERE event_type = 'connectflow.consent.revoked'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+    assert_eq!(revocations, 2, "one revocation event per revoking customer");
 }
