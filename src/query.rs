@@ -327,7 +327,7 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, String), ApiError> {
 
 /// `customer_id` must be a [`CustomerId`]: exactly the ids the receiver
 /// accepts.
-fn valid_customer_id(customer_id: &str) -> Result<CustomerId, ApiError> {
+pub(crate) fn valid_customer_id(customer_id: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(customer_id).map_err(|_| ApiError::BadRequest("customer_id must be 1 to 22 digits".into()))
 }
 

@@ -17,7 +17,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -90,8 +90,7 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let customer_id = CustomerId::parse(&customer_id)
-        .map_err(|_| ApiError::BadRequest("customer id must be 1 to 22 digits".into()))?;
+    let customer_id = crate::query::valid_customer_id(&customer_id)?;
     let key = idempotency_key(&headers)?;
     let body: RevocationBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::BadRequest(
@@ -111,7 +110,7 @@ pub async fn revoke(
         return Err(ApiError::NotFound(format!("customer {customer_id} has no institution login {login}")));
     }
 
-    let now = Utc.timestamp_millis_opt(Utc::now().timestamp_millis()).single().unwrap_or_else(Utc::now);
+    let now = crate::receive::normalise::truncate_to_millis(Utc::now());
     let request = RevocationRequest {
         customer_id: customer_id.to_string(),
         request_sha256: request_digest(&customer_id, &body),

@@ -50,8 +50,8 @@ impl From<&Lifecycle> for VisibleLifecycle {
 /// or last4, or of a login's institution or `oauth`, is not a change.
 pub fn changed(before: &Lifecycle, after: &Lifecycle) -> Vec<Dimension> {
     let mut dimensions = Vec::new();
-    let consent = |c: &crate::lifecycle::Consent| (c.state, c.authorized_at, c.revocation.clone());
-    if consent(&before.consent) != consent(&after.consent) {
+    let (a, b) = (&before.consent, &after.consent);
+    if (a.state, a.authorized_at, &a.revocation) != (b.state, b.authorized_at, &b.revocation) {
         dimensions.push(Dimension::Consent);
     }
     let (a, b) = (&before.authentication, &after.authentication);

@@ -195,7 +195,9 @@ fn last_four(text: &str) -> String {
     chars[chars.len().saturating_sub(4)..].iter().collect()
 }
 
-fn truncate_to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+/// `at` without its sub-millisecond part (event times are kept to the
+/// millisecond).
+pub(crate) fn truncate_to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(at.timestamp_millis()).single().unwrap_or(at)
 }
 

@@ -19,16 +19,7 @@ fn start() -> DateTime<Utc> {
 }
 
 fn normalised(bodies: &[Value]) -> Vec<ConnectEvent> {
-    bodies
-        .iter()
-        .filter_map(|body| {
-            let raw = serde_json::to_vec(body).ok()?;
-            match connectflow::receive::normalise::normalise(&raw, start()).ok()? {
-                connectflow::receive::normalise::Webhook::Event(event) => Some(*event),
-                connectflow::receive::normalise::Webhook::Ping => None,
-            }
-        })
-        .collect()
+    crate::helpers::normalised(bodies, start())
 }
 
 /// The visible states after each event that changes one, in fold order:

@@ -288,16 +288,8 @@ async fn a_stored_lifecycle_that_does_not_decode_is_recomputed_from_the_events()
 async fn a_writer_that_waited_for_the_lock_sees_what_the_holder_committed() {
     let app = spawn_app().await;
     let customer = "7600000001";
-    let events: Vec<ConnectEvent> = bodies(flow("legacy-success").expect("flow"), customer, start(), 7)
-        .iter()
-        .filter_map(|body| {
-            let raw = serde_json::to_vec(body).ok()?;
-            match connectflow::receive::normalise::normalise(&raw, start()).ok()? {
-                connectflow::receive::normalise::Webhook::Event(event) => Some(*event),
-                connectflow::receive::normalise::Webhook::Ping => None,
-            }
-        })
-        .collect();
+    let events: Vec<ConnectEvent> =
+        crate::helpers::normalised(&bodies(flow("legacy-success").expect("flow"), customer, start(), 7), start());
     assert!(events.len() >= 4, "a flow with a few events");
     let (head, tail) = events.split_at(events.len() - 2);
     connectflow::store::apply::apply_batch(&app.pool, head).await.expect("seed");

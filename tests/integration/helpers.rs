@@ -356,6 +356,22 @@ where
     }
 }
 
+/// The events the receiver would publish for these webhook bodies, received
+/// at `received_at` (pings and refused bodies left out).
+pub fn normalised(
+    bodies: &[serde_json::Value],
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> Vec<connectflow::event::ConnectEvent> {
+    use connectflow::receive::normalise::{Webhook, normalise};
+    bodies
+        .iter()
+        .filter_map(|body| match normalise(&serde_json::to_vec(body).ok()?, received_at).ok()? {
+            Webhook::Event(event) => Some(*event),
+            Webhook::Ping => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database_name;

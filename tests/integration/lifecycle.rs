@@ -198,17 +198,7 @@ async fn a_restarted_consumer_and_a_shared_group_lose_nothing_and_apply_nothing_
 #[tokio::test]
 async fn reproject_restores_state_from_the_recorded_events() {
     let app = spawn_app().await;
-    let events: Vec<connectflow::event::ConnectEvent> =
-        bodies(flow("revoked").expect("flow"), "8005061234", start(), 5)
-            .iter()
-            .filter_map(|body| {
-                let raw = serde_json::to_vec(body).ok()?;
-                match connectflow::receive::normalise::normalise(&raw, Utc::now()).ok()? {
-                    connectflow::receive::normalise::Webhook::Event(event) => Some(*event),
-                    connectflow::receive::normalise::Webhook::Ping => None,
-                }
-            })
-            .collect();
+    let events = normalised(&bodies(flow("revoked").expect("flow"), "8005061234", start(), 5));
     connectflow::store::apply::apply_batch(&app.pool, &events).await.expect("seed");
     let good = lifecycle_with(&app, "8005061234", events.len() as u64).await;
     // Simulate a stale projection (as after a state-machine change).
@@ -276,16 +266,7 @@ async fn a_postgres_outage_is_retried_and_no_event_is_lost() {
 }
 
 fn normalised(bodies: &[Value]) -> Vec<connectflow::event::ConnectEvent> {
-    bodies
-        .iter()
-        .filter_map(|body| {
-            let raw = serde_json::to_vec(body).ok()?;
-            match connectflow::receive::normalise::normalise(&raw, Utc::now()).ok()? {
-                connectflow::receive::normalise::Webhook::Event(event) => Some(*event),
-                connectflow::receive::normalise::Webhook::Ping => None,
-            }
-        })
-        .collect()
+    crate::helpers::normalised(bodies, Utc::now())
 }
 
 /// Asserts that the relational projection (institution_logins, accounts) of

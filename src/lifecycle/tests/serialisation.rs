@@ -110,19 +110,26 @@ fn failed_and_abandoned_serialise_their_reason() {
         json!({"state": "failed", "since": "2026-11-20T10:15:01.000Z", "reason": "unable_to_connect", "error_code": 103})
     );
     assert_eq!(serde_json::to_value(&abandoned.authentication).expect("serialisable")["reason"], json!("abandoned"));
-    let names: Vec<_> = [
+    // The serde names, which `as_str` (the database columns) repeats.
+    fn names<T: serde::Serialize + Copy>(values: &[T], as_str: fn(T) -> &'static str) -> Vec<String> {
+        let names: Vec<String> = values
+            .iter()
+            .map(|v| serde_json::to_value(v).expect("serialisable").as_str().unwrap_or("").to_owned())
+            .collect();
+        let columns: Vec<String> = values.iter().map(|v| as_str(*v).to_owned()).collect();
+        assert_eq!(names, columns, "as_str is the serde name");
+        names
+    }
+    let reasons = [
         AuthReason::InvalidCredentials,
         AuthReason::UnableToConnect,
         AuthReason::InstitutionNotFound,
         AuthReason::InstitutionNotSupported,
         AuthReason::Cancelled,
         AuthReason::Abandoned,
-    ]
-    .iter()
-    .map(|reason| serde_json::to_value(reason).expect("serialisable"))
-    .collect();
+    ];
     assert_eq!(
-        names,
+        names(&reasons, AuthReason::as_str),
         [
             "invalid_credentials",
             "unable_to_connect",
@@ -132,23 +139,22 @@ fn failed_and_abandoned_serialise_their_reason() {
             "abandoned"
         ]
     );
-    let states: Vec<_> = [
+    let states = [
         AuthState::NotStarted,
         AuthState::InProgress,
         AuthState::MfaChallenge,
         AuthState::Authenticated,
         AuthState::Failed,
         AuthState::Abandoned,
-    ]
-    .iter()
-    .map(|state| serde_json::to_value(state).expect("serialisable"))
-    .collect();
-    assert_eq!(states, ["not_started", "in_progress", "mfa_challenge", "authenticated", "failed", "abandoned"]);
-    let consents: Vec<_> = [ConsentState::None, ConsentState::Granted, ConsentState::Revoked]
-        .iter()
-        .map(|state| serde_json::to_value(state).expect("serialisable"))
-        .collect();
-    assert_eq!(consents, ["none", "granted", "revoked"]);
+    ];
+    assert_eq!(
+        names(&states, AuthState::as_str),
+        ["not_started", "in_progress", "mfa_challenge", "authenticated", "failed", "abandoned"]
+    );
+    let consents = [ConsentState::None, ConsentState::Granted, ConsentState::Revoked];
+    assert_eq!(names(&consents, ConsentState::as_str), ["none", "granted", "revoked"]);
+    let statuses = [AccountStatus::Active, AccountStatus::Deleted, AccountStatus::Revoked];
+    assert_eq!(names(&statuses, AccountStatus::as_str), ["active", "deleted", "revoked"]);
 }
 
 #[test]
