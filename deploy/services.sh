@@ -15,6 +15,8 @@
 #   bash deploy/services.sh postgres-start  start it again and wait until it accepts connections
 #
 # What `up` guarantees (the contract `make services` / `make test` rely on):
+#   Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)
+#     for the console's browser tests, installed when missing (single-broker `up` only);
 #   postgres://connectflow:connectflow@127.0.0.1:5432/connectflow  (role LOGIN
 #     CREATEDB, database owned by it), PostgreSQL from Debian's packages;
 #   a Kafka 4.1 broker (KRaft, single node) answering on 127.0.0.1:9092,
@@ -178,6 +180,18 @@ apt_install() {
     show_tail "$LOCAL/apt.log"
     die "apt-get install $* failed"
   fi
+}
+
+# ------------------------------------------------------------------- Browser
+
+# The console's browser tests drive Debian's Chromium through chromedriver
+# (tests/integration/browser.rs); both come from Debian's packages.
+ensure_browser_installed() {
+  [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] && return 0
+  say "browser: chromium or chromedriver missing, installing Debian's chromium and chromium-driver"
+  apt_install chromium chromium-driver
+  [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || die "chromium installed but /usr/bin/chromium or /usr/bin/chromedriver is missing"
+  say "browser: installed $(/usr/bin/chromium --version 2>/dev/null || echo chromium)"
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -1231,6 +1245,7 @@ up)
   case $KAFKA_NODES in
   1)
     ensure_pg_installed
+    ensure_browser_installed
     kafka_up_start
     postgres_up
     kafka_up_wait

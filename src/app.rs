@@ -74,6 +74,9 @@ pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(query::get_changes))
         .routes(routes!(query::list_customers))
         .routes(routes!(crate::revocation::revoke))
+        .routes(routes!(crate::stats::get_funnel))
+        .routes(routes!(crate::stats::get_timeseries))
+        .routes(routes!(crate::stats::get_institutions))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), query::require_token));
     let webhooks = OpenApiRouter::new().routes(routes!(receive::handle)).with_state(state.receiver.clone());
     let ops = health::routes(Arc::new(health::OpsState {
@@ -91,6 +94,7 @@ pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
         .merge(webhooks)
         .merge(ops)
         .split_for_parts();
+    let router = router.merge(crate::console::routes());
     openapi.paths.add_path_operation(
         OPENAPI_PATH,
         vec![utoipa::openapi::HttpMethod::Get],

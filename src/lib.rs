@@ -4,7 +4,8 @@
 //! The modules follow the data's journey: [`receive`] (HTTP, signature,
 //! normalise) -> [`publish`] (Kafka producer) -> [`consume`] (Kafka consumer)
 //! -> [`lifecycle`] (the pure state machine) -> [`store`] (Postgres) ->
-//! [`query`] (the HTTP API).
+//! [`query`] (the HTTP API), [`stats`] (its aggregates) and [`console`] (the
+//! operator console on top of them).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,6 +13,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod consume;
 pub mod error;
 pub mod event;
@@ -25,5 +27,6 @@ pub mod receive;
 pub mod revocation;
 pub mod serve;
 pub mod simulate;
+pub mod stats;
 pub mod store;
 pub mod telemetry;

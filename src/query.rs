@@ -22,7 +22,8 @@ use crate::config::SecretList;
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{CustomerId, rfc3339_ms};
 use crate::lifecycle::{
-    AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, InstitutionLogin, LastEvent, Lifecycle,
+    AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, Funnel, InstitutionLogin, LastEvent,
+    Lifecycle,
 };
 use crate::store::read;
 
@@ -143,6 +144,10 @@ pub struct CustomerLifecycle {
     pub authentication: Authentication,
     /// Shared accounts grouped by institution login.
     pub institution_logins: Vec<InstitutionLoginView>,
+    /// How far the customer got through Connect: the funnel steps reached,
+    /// the first event's time and the institution chosen last (what
+    /// `/v1/stats` counts them by).
+    pub funnel: Funnel,
     /// The latest event by `(occurred_at, event_id)`.
     pub last_event: Option<LastEvent>,
     /// How many distinct events are recorded.
@@ -167,8 +172,15 @@ impl CustomerLifecycle {
         policy: AuthorizationPolicy,
         now: DateTime<Utc>,
     ) -> Self {
-        let Lifecycle { consent, authentication, institution_logins, last_event, event_count, pending_adding: _ } =
-            lifecycle;
+        let Lifecycle {
+            consent,
+            authentication,
+            institution_logins,
+            last_event,
+            event_count,
+            pending_adding: _,
+            funnel,
+        } = lifecycle;
         let institution_logins = institution_logins
             .into_iter()
             .map(|login| InstitutionLoginView {
@@ -182,6 +194,7 @@ impl CustomerLifecycle {
             consent: ConsentView::new(consent, policy, now),
             authentication,
             institution_logins,
+            funnel,
             last_event,
             event_count,
             version,
@@ -282,6 +295,18 @@ pub struct ListParams {
     /// lapse (`CONNECTFLOW_AUTHORIZATION_DAYS=0`).
     #[param(value_type = Option<String>, format = DateTime)]
     authorization_expires_before: Option<String>,
+    /// Only customers whose institution chosen last (`funnel.institution_id`,
+    /// what `/v1/stats/institutions` counts them under) is this one.
+    #[param(pattern = r"^[ -~]{1,64}$", min_length = 1, max_length = 64)]
+    institution_id: Option<String>,
+    /// Only customers whose first event occurred at or after this RFC 3339
+    /// time (the `since` of `/v1/stats`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    first_event_since: Option<String>,
+    /// Only customers whose first event occurred before this RFC 3339 time
+    /// (the `until` of `/v1/stats`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    first_event_until: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
@@ -331,7 +356,17 @@ pub(crate) fn valid_customer_id(customer_id: &str) -> Result<CustomerId, ApiErro
     CustomerId::parse(customer_id).map_err(|_| ApiError::BadRequest("customer_id must be 1 to 22 digits".into()))
 }
 
-fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
+/// An institution id as the event schema allows it: 1 to 64 printable
+/// ASCII characters.
+fn valid_institution_id(id: String) -> Result<String, ApiError> {
+    if (1..=64).contains(&id.len()) && id.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        Ok(id)
+    } else {
+        Err(ApiError::BadRequest("institution_id must be 1 to 64 printable ASCII characters".into()))
+    }
+}
+
+pub(crate) fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
         Some(text) => text
@@ -343,7 +378,7 @@ fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
 }
 
 /// An RFC 3339 time from the query string.
-fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(crate) fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     let Some(text) = value else { return Ok(None) };
     DateTime::parse_from_rfc3339(text)
         .map(|t| Some(t.with_timezone(&Utc)))
@@ -492,6 +527,9 @@ pub async fn list_customers(
         authentication: parse_state::<AuthState>("authentication", params.authentication.as_deref())?,
         updated_since: parse_time("updated_since", params.updated_since.as_deref())?,
         authorized_before: expires_before.and_then(|before| state.authorization.authorized_before(before)),
+        institution_id: params.institution_id.map(valid_institution_id).transpose()?,
+        first_event_since: parse_time("first_event_since", params.first_event_since.as_deref())?,
+        first_event_until: parse_time("first_event_until", params.first_event_until.as_deref())?,
     };
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;

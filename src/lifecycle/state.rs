@@ -33,6 +33,9 @@ pub struct Lifecycle {
     /// payload lacks them.
     #[serde(default)]
     pub pending_adding: Option<PendingAdding>,
+    /// How far the customer got through Connect (the connect funnel).
+    #[serde(default)]
+    pub funnel: super::Funnel,
 }
 
 /// The consent dimension.

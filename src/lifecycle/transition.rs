@@ -34,6 +34,7 @@ pub fn apply(state: &mut Lifecycle, event: &ConnectEvent) {
     }
     let authorized_at = latest_authorization(&state.institution_logins);
     set_consent(&mut state.consent, consent_of(&state.institution_logins), authorized_at, at);
+    super::funnel::advance(&mut state.funnel, event, state.authentication.state, &state.consent);
     state.last_event =
         Some(LastEvent { event_id: event.event_id.clone(), event_type: event.event_type.clone(), occurred_at: at });
     state.event_count += 1;

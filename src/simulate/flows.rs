@@ -107,6 +107,52 @@ impl Flow {
     pub fn revokes_through_api(&self) -> bool {
         API_FLOWS.iter().any(|flow| flow.name == self.name)
     }
+
+    /// The funnel steps a customer of this flow reaches
+    /// ([`crate::lifecycle::Steps`]): what `/v1/stats` must count for them.
+    pub fn expected_steps(&self) -> crate::lifecycle::Steps {
+        let (started, institution_chosen, mfa_challenged, authenticated, consent_granted) = match self.name {
+            "legacy-success" | "oauth-success" | "revoked" | "reauthorized" | "revoked-by-customer" => {
+                (true, true, false, true, true)
+            }
+            "mfa-success" => (true, true, true, true, true),
+            "invalid-credentials" | "unable-to-connect" | "institution-not-supported" | "abandoned" => {
+                (true, true, false, false, false)
+            }
+            "institution-not-found" => (true, false, false, false, false),
+            _ => (false, false, false, false, false),
+        };
+        crate::lifecycle::Steps { started, institution_chosen, mfa_challenged, authenticated, consent_granted }
+    }
+
+    /// When the first event of a customer whose flow starts at `start`
+    /// occurs (see [`bodies`]).
+    pub fn first_event_at(&self, start: DateTime<Utc>) -> DateTime<Utc> {
+        if self.name == "reauthorized" { start - REAUTHORIZED_AFTER } else { start }
+    }
+
+    /// The reason its authentication ends with, as `/v1/stats` counts it
+    /// (`failed` or `abandoned`); `None` for the others.
+    pub fn expected_reason(&self) -> Option<&'static str> {
+        match self.name {
+            "invalid-credentials" => Some("invalid_credentials"),
+            "unable-to-connect" => Some("unable_to_connect"),
+            "institution-not-found" => Some("institution_not_found"),
+            "institution-not-supported" => Some("institution_not_supported"),
+            "abandoned" => Some("abandoned"),
+            _ => None,
+        }
+    }
+
+    /// The institution `/v1/stats/institutions` counts its customers under
+    /// (the one chosen last); `None` when they choose none.
+    pub fn expected_institution(&self) -> Option<&'static str> {
+        match self.name {
+            "institution-not-found" => None,
+            "institution-not-supported" => Some(UNSUPPORTED_INSTITUTION),
+            _ => Some(INSTITUTION),
+        }
+    }
 }
 
 /// How long before its Connect Fix `added` the `reauthorized` flow's first
@@ -118,7 +164,10 @@ pub fn flow(name: &str) -> Option<&'static Flow> {
     all_flows().find(|f| f.name == name)
 }
 
-const INSTITUTION: &str = "101732";
+/// The institution of every simulated flow but `institution-not-supported`.
+pub const INSTITUTION: &str = "101732";
+/// The institution `institution-not-supported` chooses.
+pub const UNSUPPORTED_INSTITUTION: &str = "999999";
 
 /// 24 hex characters derived from the inputs: ids look like Finicity's and
 /// are the same for the same customer, step and seed.
@@ -200,7 +249,7 @@ pub fn bodies(flow: &Flow, customer_id: &str, start: DateTime<Utc>, seed: u64) -
             vec![started, ("institutionNotFound", json!({"query": "first bank of nowhere"})), done]
         }
         "institution-not-supported" => {
-            vec![started, ("institutionNotSupported", json!({"institutionId": "999999"})), done]
+            vec![started, ("institutionNotSupported", json!({"institutionId": UNSUPPORTED_INSTITUTION})), done]
         }
         "abandoned" => vec![started, adding, done],
         "reauthorized" => vec![started, adding, added.clone(), done, added],
@@ -258,6 +307,31 @@ mod tests {
                 assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
             }
             assert_eq!(bodies, super::bodies(flow, "1005061234", start, 7), "deterministic");
+        }
+    }
+
+    /// Each flow's customer, folded, reaches exactly the funnel steps, the
+    /// reason and the institution the flow declares: what `simulate` says
+    /// the funnel must show.
+    #[test]
+    fn every_flow_reaches_the_funnel_steps_it_declares() {
+        use crate::receive::normalise::{Webhook, normalise};
+        let start = DateTime::from_timestamp_millis(1_764_000_000_000).expect("time");
+        for flow in all_flows() {
+            let events: Vec<_> = bodies(flow, "1005061234", start, 7)
+                .iter()
+                .filter_map(|body| match normalise(&serde_json::to_vec(body).ok()?, start).ok()? {
+                    Webhook::Event(event) => Some(*event),
+                    Webhook::Ping => None,
+                })
+                .collect();
+            let state = crate::lifecycle::fold(&events);
+            assert_eq!(state.funnel.steps, flow.expected_steps(), "{}", flow.name);
+            assert_eq!(state.authentication.reason.map(|r| r.as_str()), flow.expected_reason(), "{}", flow.name);
+            assert_eq!(state.funnel.institution_id.as_deref(), flow.expected_institution(), "{}", flow.name);
+            let first = events.iter().map(|e| e.occurred_at).min();
+            assert_eq!(state.funnel.first_event_at, first, "{}", flow.name);
+            assert_eq!(first, Some(flow.first_event_at(start)), "{}", flow.name);
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod changes;
 pub mod flows;
+pub mod funnel;
 pub mod plan;
 pub mod send;
 pub mod summary;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, KafkaArgs, Secret, SecretList};
 use changes::ChangesExpectation;
 use flows::Flow;
+use funnel::ExpectedFunnel;
 use plan::{Plan, PlanSpec};
 use send::{RetryPolicy, Sender};
 use summary::{ChangesVerification, Summary, Verification};
@@ -200,6 +202,8 @@ pub struct Outcome {
     /// The changes-topic verification, when asked for and the verification
     /// passed.
     pub changes: Option<ChangesVerification>,
+    /// The funnel the API must show for the simulated customers.
+    pub funnel: Option<ExpectedFunnel>,
 }
 
 impl Outcome {
@@ -246,6 +250,9 @@ impl fmt::Display for Outcome {
         }
         if let Some(changes) = &self.changes {
             write!(f, "\n{changes}")?;
+        }
+        if let Some(funnel) = &self.funnel {
+            write!(f, "\n{funnel}")?;
         }
         Ok(())
     }
@@ -335,7 +342,7 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
         }
         _ => None,
     };
-    Ok(Outcome { summary: sent.summary, verification, changes })
+    Ok(Outcome { summary: sent.summary, verification, changes, funnel: ExpectedFunnel::of(&plan.customers) })
 }
 
 /// The `--list-flows` table: each flow, the states it should end in, and

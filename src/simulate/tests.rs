@@ -106,32 +106,40 @@ fn flows_that_revoke_through_the_api_need_a_token() {
 #[test]
 fn the_outcome_fails_on_anything_not_accepted_or_not_verified() {
     let sent = Summary { planned: 4, sent: 4, accepted: 4, ..Summary::default() };
-    let ok = Outcome { summary: sent.clone(), verification: None, changes: None };
+    let ok = Outcome { summary: sent.clone(), verification: None, changes: None, funnel: None };
     assert!(ok.check().is_ok());
-    let revocation_refused =
-        Outcome { summary: Summary { revocations_failed: 1, ..sent.clone() }, verification: None, changes: None };
+    let revocation_refused = Outcome {
+        summary: Summary { revocations_failed: 1, ..sent.clone() },
+        verification: None,
+        changes: None,
+        funnel: None,
+    };
     assert!(revocation_refused.check().is_err());
     let rejected = Outcome {
         summary: Summary { accepted: 1, not_accepted: 3, ..sent.clone() },
         verification: None,
         changes: None,
+        funnel: None,
     };
     assert_eq!(rejected.check().expect_err("not accepted").to_string(), "3 of 4 webhooks were not accepted");
     let unverified = Outcome {
         summary: sent.clone(),
         verification: Some(Verification { checked: 2, matched: 1, ..Verification::default() }),
         changes: None,
+        funnel: None,
     };
     assert!(unverified.check().is_err());
     let verified = Some(Verification { checked: 2, matched: 2, ..Verification::default() });
     let changes = ChangesVerification { topic: "t".into(), checked: 2, matched: 2, ..ChangesVerification::default() };
-    let published = Outcome { summary: sent.clone(), verification: verified.clone(), changes: Some(changes.clone()) };
+    let published =
+        Outcome { summary: sent.clone(), verification: verified.clone(), changes: Some(changes.clone()), funnel: None };
     assert!(published.check().is_ok());
     let gap = Mismatch { customer_id: "1".into(), flow: "revoked", problem: "versions 2 of 1..=3 missing".into() };
     let gapped = Outcome {
         summary: sent,
         verification: verified,
         changes: Some(ChangesVerification { matched: 1, mismatches: vec![gap], ..changes }),
+        funnel: None,
     };
     let err = gapped.check().expect_err("a gap fails the run");
     assert_eq!(err.to_string(), "1 of 2 customers' changes on t are not their lifecycle's versions in order");

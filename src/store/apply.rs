@@ -90,6 +90,12 @@ pub async fn apply_batch<'a>(
             continue;
         }
         let stored = states.get(*customer_id);
+        if stored.is_some_and(|s| s.lifecycle.funnel.is_missing(s.lifecycle.event_count)) {
+            // Stored before the funnel existed: its progress can only come
+            // from the whole history.
+            recompute.push(customer_id);
+            continue;
+        }
         let mut state = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
         let mut versioner = Versioner::new(customer_id, stored.map_or(0, |s| s.version), stored.is_some(), recorded_at);
         let advanced = lifecycle::advance_each(&mut state, events.iter().copied(), |event, before, after| {
@@ -302,6 +308,9 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
     let mut last_at = Vec::with_capacity(n);
     let mut count = Vec::with_capacity(n);
     let mut documents = Vec::with_capacity(n);
+    let mut first_event_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut funnel_steps: Vec<i16> = Vec::with_capacity(n);
+    let mut institution: Vec<Option<&str>> = Vec::with_capacity(n);
     for Projected { customer_id, lifecycle: state, version } in states {
         let Some(last) = &state.last_event else {
             // A customer exists once an event was applied; nothing to write.
@@ -320,6 +329,9 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         last_type.push(last.event_type.as_str());
         last_at.push(last.occurred_at);
         count.push(i64::try_from(state.event_count).unwrap_or(i64::MAX));
+        first_event_at.push(state.funnel.first_event_at);
+        funnel_steps.push(state.funnel.steps.bits());
+        institution.push(state.funnel.institution_id.as_deref());
         // Serialised straight into the bind buffer, no `Value` in between.
         documents.push(Json(state));
     }
@@ -327,10 +339,12 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         r#"
         INSERT INTO customers (customer_id, consent_state, consent_since, auth_state, auth_since, auth_reason,
                                auth_error_code, last_event_id, last_event_type, last_occurred_at, event_count,
-                               lifecycle, version, consent_authorized_at, updated_at)
+                               lifecycle, version, consent_authorized_at, first_event_at, funnel_steps,
+                               chosen_institution_id, updated_at)
         SELECT *, now() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
                                     $6::text[], $7::int8[], $8::text[], $9::text[], $10::timestamptz[],
-                                    $11::int8[], $12::jsonb[], $13::int8[], $14::timestamptz[])
+                                    $11::int8[], $12::jsonb[], $13::int8[], $14::timestamptz[],
+                                    $15::timestamptz[], $16::int2[], $17::text[])
         ON CONFLICT (customer_id) DO UPDATE SET
             consent_state = EXCLUDED.consent_state, consent_since = EXCLUDED.consent_since,
             auth_state = EXCLUDED.auth_state, auth_since = EXCLUDED.auth_since,
@@ -338,7 +352,9 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
             last_event_id = EXCLUDED.last_event_id, last_event_type = EXCLUDED.last_event_type,
             last_occurred_at = EXCLUDED.last_occurred_at, event_count = EXCLUDED.event_count,
             lifecycle = EXCLUDED.lifecycle, version = EXCLUDED.version,
-            consent_authorized_at = EXCLUDED.consent_authorized_at, updated_at = EXCLUDED.updated_at
+            consent_authorized_at = EXCLUDED.consent_authorized_at, first_event_at = EXCLUDED.first_event_at,
+            funnel_steps = EXCLUDED.funnel_steps, chosen_institution_id = EXCLUDED.chosen_institution_id,
+            updated_at = EXCLUDED.updated_at
         "#,
         &ids as &[&str],
         &consent as &[&str],
@@ -354,6 +370,9 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         &documents as _,
         &versions,
         &authorized_at as &[Option<DateTime<Utc>>],
+        &first_event_at as &[Option<DateTime<Utc>>],
+        &funnel_steps,
+        &institution as &[Option<&str>],
     )
     .execute(&mut **tx)
     .await

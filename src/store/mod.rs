@@ -43,3 +43,4 @@ pub mod expiry;
 pub mod read;
 pub mod reproject;
 pub mod revocations;
+pub mod stats;

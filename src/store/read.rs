@@ -124,6 +124,12 @@ pub struct CustomerFilter {
     /// Current authorization (`consent.authorized_at`) given before this
     /// time.
     pub authorized_before: Option<DateTime<Utc>>,
+    /// The institution chosen last (`funnel.institution_id`).
+    pub institution_id: Option<String>,
+    /// First event at or after.
+    pub first_event_since: Option<DateTime<Utc>>,
+    /// First event before.
+    pub first_event_until: Option<DateTime<Utc>>,
 }
 
 /// A page of customers after `after` (`(updated_at, customer_id)`).
@@ -146,6 +152,9 @@ pub async fn customers(
           AND ($3::timestamptz IS NULL OR updated_at >= $3)
           AND ($4::timestamptz IS NULL OR (updated_at, customer_id) > ($4, $5::text))
           AND ($7::timestamptz IS NULL OR consent_authorized_at < $7)
+          AND ($8::text IS NULL OR chosen_institution_id = $8)
+          AND ($9::timestamptz IS NULL OR first_event_at >= $9)
+          AND ($10::timestamptz IS NULL OR first_event_at < $10)
         ORDER BY updated_at, customer_id
         LIMIT $6
         "#,
@@ -156,6 +165,9 @@ pub async fn customers(
         after_id,
         limit + 1,
         filter.authorized_before,
+        filter.institution_id.as_deref(),
+        filter.first_event_since,
+        filter.first_event_until,
     )
     .fetch_all(pool)
     .await

@@ -1,8 +1,10 @@
 //! Integration tests on real Postgres and real Kafka (see helpers.rs).
 
+mod browser;
 mod changes;
 mod config;
 mod consent;
+mod console;
 mod consumer;
 mod foundations;
 mod helpers;
@@ -14,4 +16,5 @@ mod receive;
 mod receive_hardening;
 mod receive_properties;
 mod simulate;
+mod stats;
 mod topics;

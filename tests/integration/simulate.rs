@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::{API_TOKEN, PARTNER_SECRET, TestApp, spawn_app, spawn_pipeline, unique_kafka_args};
 
 /// `simulate --flow all --customers 2 --verify --verify-changes` aimed at `app`.
-fn args_for(app: &TestApp) -> SimulateArgs {
+pub(crate) fn args_for(app: &TestApp) -> SimulateArgs {
     SimulateArgs {
         api_url: app.base_url.clone(),
         verify_changes: true,

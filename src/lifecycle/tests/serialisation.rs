@@ -40,6 +40,9 @@ fn no_events_is_the_default_state() {
                         "revocation": null, "authorization_expires_at": null, "expired": false},
             "authentication": {"state": "not_started", "since": null, "reason": null, "error_code": null},
             "institution_logins": [],
+            "funnel": {"first_event_at": null, "institution_id": null,
+                       "steps": {"started": false, "institution_chosen": false, "mfa_challenged": false,
+                                 "authenticated": false, "consent_granted": false}},
             "last_event": null,
             "event_count": 0
         })
@@ -87,6 +90,9 @@ fn view_serialises_to_the_api_contract() {
      "authorized_at": "2026-11-20T10:15:02.123Z", "authorization_expires_at": "2027-11-20T10:15:02.123Z",
      "expired": false,
      "accounts": [{"account_id": "1045121390", "type": "checking", "status": "active", "last4": "1111", "name": "Checking"}]}],
+  "funnel": {"first_event_at": "2026-11-20T10:14:30.000Z", "institution_id": "101732",
+             "steps": {"started": true, "institution_chosen": true, "mfa_challenged": false,
+                       "authenticated": true, "consent_granted": true}},
   "last_event": {"event_id": "1611877956869-28ebb24c66699bf3c77f04b1", "event_type": "added", "occurred_at": "2026-11-20T10:15:02.123Z"},
   "event_count": 5 }"#;
     let contract: serde_json::Value = serde_json::from_str(contract).expect("valid JSON");

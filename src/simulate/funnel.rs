@@ -1,0 +1,137 @@
+//! The funnel a simulation implies: what `/v1/stats/funnel` must show for
+//! the simulated customers, from what each flow declares
+//! ([`Flow::expected_steps`](super::flows::Flow::expected_steps) and the
+//! rest), printed with the summary so it can be compared with the API or the
+//! console.
+
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::plan::PlannedCustomer;
+use crate::event::rfc3339_ms;
+use crate::stats::FunnelCounts;
+use crate::store::stats::Counts;
+
+/// The expected funnel of a simulation's customers.
+#[derive(Debug, Clone)]
+pub struct ExpectedFunnel {
+    /// The earliest first event.
+    pub since: DateTime<Utc>,
+    /// Just after the latest first event: `[since, until)` holds them all.
+    pub until: DateTime<Utc>,
+    /// The counts the API must show for that window (when no other customer
+    /// started in it).
+    pub counts: FunnelCounts,
+}
+
+impl ExpectedFunnel {
+    /// Of these customers (`None` when there are none).
+    pub fn of(customers: &[PlannedCustomer]) -> Option<Self> {
+        let mut counts = Counts::default();
+        let mut firsts = Vec::with_capacity(customers.len());
+        for customer in customers {
+            let flow = customer.flow;
+            firsts.push(flow.first_event_at(customer.start));
+            let steps = flow.expected_steps();
+            let add = |count: &mut i64, yes: bool| *count += i64::from(yes);
+            add(&mut counts.customers, true);
+            add(&mut counts.started, steps.started);
+            add(&mut counts.institution_chosen, steps.institution_chosen);
+            add(&mut counts.mfa_challenged, steps.mfa_challenged);
+            add(&mut counts.authenticated, steps.authenticated);
+            add(&mut counts.consent_granted, steps.consent_granted);
+            add(&mut counts.failed, flow.expected_authentication == "failed");
+            add(&mut counts.abandoned, flow.expected_authentication == "abandoned");
+            add(&mut counts.in_progress, matches!(flow.expected_authentication, "in_progress" | "mfa_challenge"));
+            add(&mut counts.consent_revoked, flow.expected_consent == "revoked");
+            match flow.expected_reason() {
+                Some("invalid_credentials") => counts.failed_invalid_credentials += 1,
+                Some("unable_to_connect") => counts.failed_unable_to_connect += 1,
+                Some("institution_not_found") => counts.failed_institution_not_found += 1,
+                Some("institution_not_supported") => counts.failed_institution_not_supported += 1,
+                Some("cancelled") => counts.abandoned_cancelled += 1,
+                Some("abandoned") => counts.abandoned_abandoned += 1,
+                _ => {}
+            }
+        }
+        let since = firsts.iter().min().copied()?;
+        let until = firsts.iter().max().copied()? + Duration::milliseconds(1);
+        Some(Self { since, until, counts: counts.into() })
+    }
+}
+
+impl fmt::Display for ExpectedFunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
+        let s = &c.steps;
+        let failed = &c.failed.by_reason;
+        let abandoned = &c.abandoned.by_reason;
+        write!(
+            f,
+            "expected funnel (GET /v1/stats/funnel?since={}&until={}): {} customers; started {}, \
+             institution_chosen {}, mfa_challenged {}, authenticated {}, consent_granted {}; failed {} \
+             (invalid_credentials {}, unable_to_connect {}, institution_not_found {}, institution_not_supported {}); \
+             abandoned {} (cancelled {}, abandoned {}); in_progress {}; consent_revoked {}",
+            rfc3339_ms::format(&self.since),
+            rfc3339_ms::format(&self.until),
+            c.customers,
+            s.started,
+            s.institution_chosen,
+            s.mfa_challenged,
+            s.authenticated,
+            s.consent_granted,
+            c.failed.total,
+            failed.invalid_credentials,
+            failed.unable_to_connect,
+            failed.institution_not_found,
+            failed.institution_not_supported,
+            c.abandoned.total,
+            abandoned.cancelled,
+            abandoned.abandoned,
+            c.in_progress,
+            c.consent_revoked,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::flows::all_flows;
+    use crate::simulate::plan::{Plan, PlanSpec};
+
+    /// Two customers of every flow: each count is twice the number of flows
+    /// that reach it, the window spans the year-old first session of
+    /// `reauthorized`.
+    #[test]
+    fn the_expected_funnel_adds_up_what_each_flow_declares() {
+        let now = DateTime::from_timestamp_millis(1_764_000_000_000).expect("time");
+        let spec = PlanSpec {
+            flows: all_flows().collect(),
+            customers_per_flow: 2,
+            duplicates: 0.0,
+            shuffle: false,
+            seed: 3,
+            now,
+        };
+        let plan = Plan::build(&spec).expect("plan");
+        let funnel = ExpectedFunnel::of(&plan.customers).expect("customers");
+        let c = &funnel.counts;
+        assert_eq!(c.customers, 22);
+        assert_eq!(
+            (c.steps.started, c.steps.institution_chosen, c.steps.mfa_challenged),
+            (22, 20, 2),
+            "all but institution-not-found choose"
+        );
+        assert_eq!((c.steps.authenticated, c.steps.consent_granted), (12, 12), "six flows share accounts");
+        assert_eq!((c.failed.total, c.failed.by_reason.institution_not_supported), (8, 2));
+        assert_eq!((c.abandoned.total, c.abandoned.by_reason.abandoned, c.in_progress), (2, 2, 0));
+        assert_eq!(c.consent_revoked, 4, "revoked and revoked-by-customer");
+        assert_eq!(c.conversion, Some(12.0 / 22.0));
+        let firsts: Vec<_> = plan.customers.iter().map(|c| c.flow.first_event_at(c.start)).collect();
+        assert!(firsts.iter().all(|first| (funnel.since..funnel.until).contains(first)));
+        assert!(funnel.since < now - Duration::days(364), "the reauthorized customers' first session");
+        assert!(funnel.to_string().contains("22 customers; started 22, institution_chosen 20"), "{funnel}");
+    }
+}
