@@ -33,6 +33,7 @@ run: services ## Run `connectflow all` locally with development credentials
 	@echo "connectflow (development only): partner secret '$(DEV_PARTNER_SECRET)', API token '$(DEV_API_TOKEN)'"
 	@echo "  webhooks:  POST http://127.0.0.1:8080/webhooks/finicity/connect"
 	@echo "  readiness: GET  http://127.0.0.1:8080/readyz"
+	@echo "  console:   http://127.0.0.1:8080/console/  (sign in with the API token above)"
 	cargo build --bin connectflow
 	FINICITY_PARTNER_SECRETS='$(DEV_PARTNER_SECRET)' CONNECTFLOW_API_TOKENS='$(DEV_API_TOKEN)' \
 	DATABASE_URL='$(LOCAL_DATABASE_URL)' KAFKA_BROKERS='$(LOCAL_KAFKA_BROKERS)' \

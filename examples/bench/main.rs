@@ -370,6 +370,87 @@ struct ApiFigures {
     customers: i64,
     lookups_per_s: Option<f64>,
     p99_ms: Option<f64>,
+    /// p95 of each `/v1/stats` route over the whole seeded window.
+    stats: StatsFigures,
+}
+
+#[derive(Debug, Default)]
+struct StatsFigures {
+    funnel_p95_ms: Option<f64>,
+    timeseries_day_p95_ms: Option<f64>,
+    timeseries_hour_p95_ms: Option<f64>,
+    institutions_p95_ms: Option<f64>,
+    requests: usize,
+}
+
+/// Days of first events the seeded customers spread over.
+const SEEDED_DAYS: i64 = 90;
+/// Institutions the seeded customers chose among.
+const SEEDED_INSTITUTIONS: i64 = 500;
+
+/// Each flow's funnel columns (steps, authentication, reason, consent), from
+/// the fold of its events: the seeded customers cycle through them.
+fn flow_outcomes() -> (Vec<i16>, Vec<String>, Vec<Option<String>>, Vec<String>) {
+    let mut outcomes = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, flow) in FLOWS.iter().enumerate() {
+        let flows = vec![(format!("7{i:011}"), bodies(flow, &format!("7{i:011}"), Utc::now(), 1))];
+        let state = connectflow::lifecycle::fold(&normalised(&flows));
+        outcomes.0.push(state.funnel.steps.bits());
+        outcomes.1.push(state.authentication.state.as_str().to_owned());
+        outcomes.2.push(state.authentication.reason.map(|r| r.as_str().to_owned()));
+        outcomes.3.push(state.consent.state.as_str().to_owned());
+    }
+    outcomes
+}
+
+/// Sequential requests to each `/v1/stats` route over the whole seeded
+/// window (every customer counted: the worst case), as the console's
+/// funnel screen makes them; p95 of each.
+async fn bench_stats(addr: std::net::SocketAddr, requests: usize) -> anyhow::Result<StatsFigures> {
+    let client = reqwest::Client::new();
+    let until = Utc::now() + chrono::Duration::hours(1);
+    let since = until - chrono::Duration::days(SEEDED_DAYS + 1);
+    let window = format!(
+        "since={}&until={}",
+        connectflow::event::rfc3339_ms::format(&since),
+        connectflow::event::rfc3339_ms::format(&until)
+    );
+    let mut p95 = Vec::new();
+    for path in [
+        format!("/v1/stats/funnel?{window}"),
+        format!("/v1/stats/timeseries?{window}&bucket=day"),
+        format!("/v1/stats/timeseries?{window}&bucket=hour"),
+        format!("/v1/stats/institutions?{window}&limit=50"),
+    ] {
+        let url = format!("http://{addr}{path}");
+        let mut latencies_us = Vec::with_capacity(requests);
+        for i in 0..requests + 3 {
+            let started = Instant::now();
+            let response = client.get(&url).bearer_auth(TOKEN).send().await?;
+            anyhow::ensure!(response.status().is_success(), "{path}: {}", response.status());
+            let body = response.bytes().await?;
+            let elapsed = started.elapsed();
+            if i == 0 {
+                let answer: Value = serde_json::from_slice(&body)?;
+                let customers = answer["customers"].as_i64().or_else(|| {
+                    answer["buckets"].as_array().map(|b| b.iter().filter_map(|b| b["customers"].as_i64()).sum())
+                });
+                eprintln!("api: {path} counted {customers:?} customers ({} bytes)", body.len());
+            }
+            // The first three warm the connection and the plan cache.
+            if i >= 3 {
+                latencies_us.push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+            }
+        }
+        p95.push(percentile_ms(&latencies_us, 95.0));
+    }
+    Ok(StatsFigures {
+        funnel_p95_ms: Some(p95[0]),
+        timeseries_day_p95_ms: Some(p95[1]),
+        timeseries_hour_p95_ms: Some(p95[2]),
+        institutions_p95_ms: Some(p95[3]),
+        requests,
+    })
 }
 
 async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
@@ -381,18 +462,35 @@ async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
     let state = connectflow::lifecycle::fold(&normalised(&flows));
     let document = serde_json::to_value(&state)?;
     let seeded = Instant::now();
+    // The funnel columns the statistics count cycle through the flows'
+    // outcomes; first events spread evenly over SEEDED_DAYS, institutions
+    // over SEEDED_INSTITUTIONS (the lookups read the document alone).
+    let (steps, auth, reason, consent) = flow_outcomes();
     sqlx::query(
         "INSERT INTO customers (customer_id, consent_state, consent_since, auth_state, auth_since, auth_reason, \
-           auth_error_code, last_event_id, last_event_type, last_occurred_at, event_count, lifecycle, updated_at) \
-         SELECT (8000000000 + g)::text, 'granted', now(), 'authenticated', now(), NULL, NULL, \
-                'e' || g, 'done', now(), 5, $1, now() - (g || ' ms')::interval \
-         FROM generate_series(1, $2::bigint) AS g",
+           auth_error_code, last_event_id, last_event_type, last_occurred_at, event_count, lifecycle, updated_at, \
+           first_event_at, funnel_steps, chosen_institution_id) \
+         SELECT (8000000000 + g)::text, f.consent, now(), f.auth, now(), f.reason, NULL, \
+                'e' || g, 'done', now(), 5, $1, now() - (g || ' ms')::interval, \
+                now() - make_interval(secs => (g * 86400.0 * $7) / $2), f.steps, \
+                (100000 + (g * 7919) % $8)::text \
+         FROM generate_series(1, $2::bigint) AS g \
+         JOIN UNNEST($3::int2[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS f(steps, auth, reason, consent, n) \
+           ON f.n = g % cardinality($3::int2[]) + 1",
     )
     .bind(&document)
     .bind(customers)
+    .bind(&steps)
+    .bind(&auth)
+    .bind(&reason)
+    .bind(&consent)
+    .bind(SEEDED_DAYS as f64)
+    .bind(SEEDED_INSTITUTIONS)
     .execute(&pool)
     .await?;
-    sqlx::query("ANALYZE customers").execute(&pool).await?;
+    // As autovacuum leaves a table whose rows have settled: the visibility
+    // map lets the statistics' index-only scans skip the rows.
+    sqlx::query("VACUUM ANALYZE customers").execute(&pool).await?;
     eprintln!("api: seeded {customers} customers in {:.1}s", seeded.elapsed().as_secs_f64());
     pool.close().await;
 
@@ -427,9 +525,13 @@ async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
         rates.push(result.per_second());
         p99s.push(result.percentile_ms(99.0));
     }
+    let stats = bench_stats(addr, 40).await.unwrap_or_else(|e| {
+        eprintln!("stats bench failed: {e:#}");
+        StatsFigures::default()
+    });
     server.stop();
     drop_database(&database).await;
-    Ok(ApiFigures { customers, lookups_per_s: median(rates), p99_ms: median(p99s) })
+    Ok(ApiFigures { customers, lookups_per_s: median(rates), p99_ms: median(p99s), stats })
 }
 
 // ---------------------------------------------------------------- end to end
@@ -696,6 +798,10 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("api lookups/s (32 conns)", api.lookups_per_s, None, ">= 10000"),
         ("api p99 ms", api.p99_ms, None, "<= 10"),
+        ("stats funnel p95 ms (all customers)", api.stats.funnel_p95_ms, None, "<= 500"),
+        ("stats timeseries p95 ms (by day)", api.stats.timeseries_day_p95_ms, None, "<= 500"),
+        ("stats timeseries p95 ms (by hour)", api.stats.timeseries_hour_p95_ms, None, "<= 500"),
+        ("stats institutions p95 ms", api.stats.institutions_p95_ms, None, "<= 500"),
         ("end to end p50 ms at 2,000/s", e2e.p50_ms, None, ""),
         ("end to end p99 ms at 2,000/s", e2e.p99_ms, None, "<= 250"),
         ("200 to change on topic p50 ms at 2,000/s", e2e.change_p50_ms, None, ""),
@@ -706,9 +812,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{name:<44} {:>12} {baseline:>12}   {target}", fmt(value));
     }
     println!(
-        "(receiver and api: median of {RUNS} runs of {seconds}s; consumer: {} events; api: {} customers; e2e: {} sampled, {} changes, {:.0} webhooks/s sent)",
+        "(receiver and api: median of {RUNS} runs of {seconds}s; consumer: {} events; api: {} customers, stats: {} sequential requests per route over all of them; e2e: {} sampled, {} changes, {:.0} webhooks/s sent)",
         consumer.events,
         api.customers,
+        api.stats.requests,
         e2e.sampled,
         e2e.change_samples,
         e2e.sent_per_s.unwrap_or(0.0)
@@ -732,6 +839,10 @@ async fn main() -> anyhow::Result<()> {
         "change_p99_ms": round(e2e.change_p99_ms),
         "api_lookups_per_s": round(api.lookups_per_s),
         "api_p99_ms": round(api.p99_ms),
+        "stats_funnel_p95_ms": round(api.stats.funnel_p95_ms),
+        "stats_timeseries_day_p95_ms": round(api.stats.timeseries_day_p95_ms),
+        "stats_timeseries_hour_p95_ms": round(api.stats.timeseries_hour_p95_ms),
+        "stats_institutions_p95_ms": round(api.stats.institutions_p95_ms),
         "machine": machine(),
         "git_commit": git_commit(),
     });
