@@ -8,7 +8,6 @@
 //! reached since and the authentication and consent they have now
 //! (`docs/lifecycle.md`, "The connect funnel").
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -370,11 +369,7 @@ pub async fn get_timeseries(
         Some(_) => return Err(ApiError::BadRequest("bucket must be hour or day".into())),
     };
     let starts = bucket_starts(since, until, bucket)?;
-    let found: BTreeMap<DateTime<Utc>, Counts> = stats::timeseries(&state.pool, since, until, bucket.as_str())
-        .await?
-        .into_iter()
-        .map(|b| (b.start, b.counts))
-        .collect();
+    let found = stats::timeseries(&state.pool, since, until, bucket.length()).await?;
     let buckets = starts
         .into_iter()
         .map(|start| BucketFunnel { start, counts: found.get(&start).copied().unwrap_or_default().into() })
@@ -422,10 +417,10 @@ pub async fn get_institutions(
     let institutions = stats::institutions(&state.pool, since, until, limit)
         .await?
         .into_iter()
-        .map(|row| {
-            let counts = FunnelCounts::from(row.counts);
+        .map(|(institution_id, counts)| {
+            let counts = FunnelCounts::from(counts);
             InstitutionFunnel {
-                institution_id: row.institution_id,
+                institution_id,
                 customers: counts.customers,
                 authenticated: counts.steps.authenticated,
                 consent_granted: counts.steps.consent_granted,

@@ -2,22 +2,27 @@
 //! customers' funnel columns (written with their lifecycle, see
 //! `migrations/20261127000001_connect_funnel.sql`).
 //!
-//! A window holds the customers whose first event occurred in it. Every
+//! A window holds the customers whose first event occurred in it. Each
 //! aggregate is one statement over the index `customers_by_first_event`,
 //! which carries every column counted, so Postgres answers with an
-//! index-only scan and never reads the lifecycle documents.
+//! index-only scan and never reads the lifecycle documents. It groups the
+//! customers by what is counted of them (steps, authentication, reason,
+//! consent: a few dozen combinations), and [`Counts::add`] turns each group
+//! into counts: one count per row in Postgres instead of sixteen filtered
+//! ones, which halves the time of a million-customer window.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
+use sqlx::postgres::types::PgInterval;
 
 use crate::lifecycle::Steps;
 
 /// The counts of one group of customers (a window, a bucket, an
-/// institution), as Postgres returns them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+/// institution).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Customers in the group.
     pub customers: i64,
@@ -53,113 +58,206 @@ pub struct Counts {
     pub consent_revoked: i64,
 }
 
-/// The select list of [`Counts`]; the step bits are those of [`Steps`].
-/// Built once from constants (no input reaches it), so the statements are
-/// `'static`.
-fn counts_sql() -> String {
-    let step = |name: &str, bit: i16| format!("count(*) FILTER (WHERE funnel_steps & {bit} <> 0) AS {name}");
-    let reason = |state: &str, reason: &str| {
-        format!("count(*) FILTER (WHERE auth_state = '{state}' AND auth_reason = '{reason}') AS {state}_{reason}")
-    };
-    [
-        "count(*) AS customers".to_owned(),
-        step("started", Steps::STARTED),
-        step("institution_chosen", Steps::INSTITUTION_CHOSEN),
-        step("mfa_challenged", Steps::MFA_CHALLENGED),
-        step("authenticated", Steps::AUTHENTICATED),
-        step("consent_granted", Steps::CONSENT_GRANTED),
-        "count(*) FILTER (WHERE auth_state = 'failed') AS failed".to_owned(),
-        reason("failed", "invalid_credentials"),
-        reason("failed", "unable_to_connect"),
-        reason("failed", "institution_not_found"),
-        reason("failed", "institution_not_supported"),
-        "count(*) FILTER (WHERE auth_state = 'abandoned') AS abandoned".to_owned(),
-        reason("abandoned", "cancelled"),
-        reason("abandoned", "abandoned"),
-        "count(*) FILTER (WHERE auth_state IN ('in_progress', 'mfa_challenge')) AS in_progress".to_owned(),
-        "count(*) FILTER (WHERE consent_state = 'revoked') AS consent_revoked".to_owned(),
-    ]
-    .join(", ")
+/// Customers alike in everything counted: the columns of
+/// `customers_by_first_event` but the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// `funnel_steps` (the bits of [`Steps`]).
+    pub steps: i16,
+    /// `auth_state`.
+    pub auth_state: String,
+    /// `auth_reason`.
+    pub auth_reason: Option<String>,
+    /// `consent_state`.
+    pub consent_state: String,
+    /// How many customers.
+    pub customers: i64,
+}
+
+impl Counts {
+    /// Adds a group of customers.
+    pub fn add(&mut self, group: &Group) {
+        let n = group.customers;
+        let count = |yes: bool| if yes { n } else { 0 };
+        let reached = |bit: i16| count(group.steps & bit != 0);
+        self.customers += n;
+        self.started += reached(Steps::STARTED);
+        self.institution_chosen += reached(Steps::INSTITUTION_CHOSEN);
+        self.mfa_challenged += reached(Steps::MFA_CHALLENGED);
+        self.authenticated += reached(Steps::AUTHENTICATED);
+        self.consent_granted += reached(Steps::CONSENT_GRANTED);
+        let reason = group.auth_reason.as_deref();
+        match group.auth_state.as_str() {
+            "failed" => {
+                self.failed += n;
+                self.failed_invalid_credentials += count(reason == Some("invalid_credentials"));
+                self.failed_unable_to_connect += count(reason == Some("unable_to_connect"));
+                self.failed_institution_not_found += count(reason == Some("institution_not_found"));
+                self.failed_institution_not_supported += count(reason == Some("institution_not_supported"));
+            }
+            "abandoned" => {
+                self.abandoned += n;
+                self.abandoned_cancelled += count(reason == Some("cancelled"));
+                self.abandoned_abandoned += count(reason == Some("abandoned"));
+            }
+            "in_progress" | "mfa_challenge" => self.in_progress += n,
+            _ => {}
+        }
+        self.consent_revoked += count(group.consent_state == "revoked");
+    }
 }
 
 /// The customers whose first event is in `[since, until)`.
 pub async fn funnel(pool: &PgPool, since: DateTime<Utc>, until: DateTime<Utc>) -> anyhow::Result<Counts> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!("SELECT {} FROM customers WHERE first_event_at >= $1 AND first_event_at < $2", counts_sql())
-    });
-    sqlx::query_as::<_, Counts>(SQL.as_str())
-        .bind(since)
-        .bind(until)
-        .fetch_one(pool)
-        .await
-        .context("counting the funnel")
+    let groups = sqlx::query_as!(
+        Group,
+        r#"
+        SELECT funnel_steps AS steps, auth_state, auth_reason, consent_state, count(*) AS "customers!"
+        FROM customers
+        WHERE first_event_at >= $1 AND first_event_at < $2
+        GROUP BY 1, 2, 3, 4
+        "#,
+        since,
+        until,
+    )
+    .fetch_all(pool)
+    .await
+    .context("counting the funnel")?;
+    let mut counts = Counts::default();
+    groups.iter().for_each(|group| counts.add(group));
+    Ok(counts)
 }
 
-/// A bucket of a time series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
-pub struct BucketCounts {
-    /// The bucket's start (UTC).
-    pub start: DateTime<Utc>,
-    /// Its customers' counts.
-    #[sqlx(flatten)]
-    pub counts: Counts,
-}
-
-/// [`funnel`] per `unit` (`hour` or `day`, UTC) of first events; buckets
-/// without customers are absent.
+/// [`funnel`] per `bucket` of first events (an hour or a day, UTC: the
+/// bins start at midnight UTC), by bucket start; buckets without customers
+/// are absent.
 pub async fn timeseries(
     pool: &PgPool,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
-    unit: &str,
-) -> anyhow::Result<Vec<BucketCounts>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT date_trunc($3, first_event_at, 'UTC') AS start, {} FROM customers \
-             WHERE first_event_at >= $1 AND first_event_at < $2 GROUP BY 1 ORDER BY 1",
-            counts_sql()
-        )
-    });
-    sqlx::query_as::<_, BucketCounts>(SQL.as_str())
-        .bind(since)
-        .bind(until)
-        .bind(unit)
-        .fetch_all(pool)
-        .await
-        .context("counting the funnel per bucket")
+    bucket: Duration,
+) -> anyhow::Result<HashMap<DateTime<Utc>, Counts>> {
+    // date_bin is arithmetic on the instant; date_trunc(.., 'UTC') would
+    // convert every row's time zone and take a third longer.
+    let bucket = PgInterval::try_from(bucket).map_err(|err| anyhow::anyhow!("bucket {bucket}: {err}"))?;
+    let rows = sqlx::query!(
+        r#"
+        SELECT date_bin($3, first_event_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "start!",
+               funnel_steps AS steps, auth_state, auth_reason, consent_state, count(*) AS "customers!"
+        FROM customers
+        WHERE first_event_at >= $1 AND first_event_at < $2
+        GROUP BY 1, 2, 3, 4, 5
+        "#,
+        since,
+        until,
+        bucket,
+    )
+    .fetch_all(pool)
+    .await
+    .context("counting the funnel per bucket")?;
+    let mut buckets: HashMap<DateTime<Utc>, Counts> = HashMap::new();
+    for row in rows {
+        let group = Group {
+            steps: row.steps,
+            auth_state: row.auth_state,
+            auth_reason: row.auth_reason,
+            consent_state: row.consent_state,
+            customers: row.customers,
+        };
+        buckets.entry(row.start).or_default().add(&group);
+    }
+    Ok(buckets)
 }
 
-/// An institution's customers.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct InstitutionCounts {
-    /// The institution chosen last.
-    pub institution_id: String,
-    /// Its customers' counts.
-    #[sqlx(flatten)]
-    pub counts: Counts,
-}
-
-/// [`funnel`] per institution chosen last, the `limit` institutions with the
-/// most customers (then by id); customers who chose none are left out.
+/// [`funnel`] per institution chosen last, of the `limit` institutions with
+/// the most customers, most first (then by id); customers who chose none
+/// are left out.
 pub async fn institutions(
     pool: &PgPool,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
     limit: i64,
-) -> anyhow::Result<Vec<InstitutionCounts>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT chosen_institution_id AS institution_id, {} FROM customers \
-             WHERE first_event_at >= $1 AND first_event_at < $2 AND chosen_institution_id IS NOT NULL \
-             GROUP BY 1 ORDER BY customers DESC, 1 LIMIT $3",
-            counts_sql()
-        )
-    });
-    sqlx::query_as::<_, InstitutionCounts>(SQL.as_str())
-        .bind(since)
-        .bind(until)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .context("counting the funnel per institution")
+) -> anyhow::Result<Vec<(String, Counts)>> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT institution_id AS "institution_id!", steps AS "steps!", auth_state AS "auth_state!",
+               auth_reason, consent_state AS "consent_state!", customers AS "customers!"
+        FROM (
+            SELECT grouped.*, dense_rank() OVER (ORDER BY total DESC, institution_id) AS rank
+            FROM (
+                SELECT chosen_institution_id AS institution_id, funnel_steps AS steps, auth_state, auth_reason,
+                       consent_state, count(*) AS customers,
+                       sum(count(*)) OVER (PARTITION BY chosen_institution_id) AS total
+                FROM customers
+                WHERE first_event_at >= $1 AND first_event_at < $2 AND chosen_institution_id IS NOT NULL
+                GROUP BY 1, 2, 3, 4, 5
+            ) AS grouped
+        ) AS ranked
+        WHERE rank <= $3
+        "#,
+        since,
+        until,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+    .context("counting the funnel per institution")?;
+    let mut institutions: HashMap<String, Counts> = HashMap::new();
+    for row in rows {
+        let group = Group {
+            steps: row.steps,
+            auth_state: row.auth_state,
+            auth_reason: row.auth_reason,
+            consent_state: row.consent_state,
+            customers: row.customers,
+        };
+        institutions.entry(row.institution_id).or_default().add(&group);
+    }
+    let mut institutions: Vec<(String, Counts)> = institutions.into_iter().collect();
+    institutions.sort_by(|(a_id, a), (b_id, b)| b.customers.cmp(&a.customers).then_with(|| a_id.cmp(b_id)));
+    Ok(institutions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(steps: i16, auth: &str, reason: Option<&str>, consent: &str, customers: i64) -> Group {
+        Group {
+            steps,
+            auth_state: auth.to_owned(),
+            auth_reason: reason.map(str::to_owned),
+            consent_state: consent.to_owned(),
+            customers,
+        }
+    }
+
+    #[test]
+    fn groups_add_up_to_the_counts() {
+        let mut counts = Counts::default();
+        counts.add(&group(27, "authenticated", None, "granted", 5));
+        counts.add(&group(31, "authenticated", None, "revoked", 2));
+        counts.add(&group(3, "failed", Some("invalid_credentials"), "none", 4));
+        counts.add(&group(1, "failed", Some("institution_not_found"), "none", 1));
+        counts.add(&group(3, "abandoned", Some("cancelled"), "none", 3));
+        counts.add(&group(7, "mfa_challenge", None, "none", 6));
+        counts.add(&group(0, "not_started", None, "none", 9));
+        let expected = Counts {
+            customers: 30,
+            started: 21,
+            institution_chosen: 20,
+            mfa_challenged: 8,
+            authenticated: 7,
+            consent_granted: 7,
+            failed: 5,
+            failed_invalid_credentials: 4,
+            failed_institution_not_found: 1,
+            abandoned: 3,
+            abandoned_cancelled: 3,
+            in_progress: 6,
+            consent_revoked: 2,
+            ..Counts::default()
+        };
+        assert_eq!(counts, expected);
+    }
 }
