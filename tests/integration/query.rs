@@ -247,6 +247,9 @@ async fn the_openapi_document_covers_every_route() {
         ("get", "/v1/customers/{customer_id}/lifecycle"),
         ("get", "/v1/customers/{customer_id}/events"),
         ("get", "/v1/customers"),
+        ("get", "/v1/stats/funnel"),
+        ("get", "/v1/stats/timeseries"),
+        ("get", "/v1/stats/institutions"),
         ("get", "/v1/openapi.json"),
         ("get", "/livez"),
         ("get", "/readyz"),
@@ -270,7 +273,7 @@ async fn the_openapi_document_covers_every_route() {
         }
     }
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
-    for schema in ["ErrorBody", "CustomerLifecycle", "CustomerPage", "EventPage"] {
+    for schema in ["ErrorBody", "CustomerLifecycle", "CustomerPage", "EventPage", "Funnel", "Timeseries", "Institutions"] {
         assert!(schemas.contains_key(schema), "{schema} missing");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
@@ -300,7 +303,12 @@ async fn the_openapi_document_states_the_constraints_the_server_enforces() {
         );
         assert_eq!(id["schema"]["maxLength"], connectflow::event::CustomerId::MAX_LEN);
     }
-    for path in ["/v1/customers", "/v1/customers/{customer_id}/events", "/v1/customers/{customer_id}/changes"] {
+    for path in [
+        "/v1/customers",
+        "/v1/customers/{customer_id}/events",
+        "/v1/customers/{customer_id}/changes",
+        "/v1/stats/institutions",
+    ] {
         let limit = parameter(path, "limit");
         assert!(limit["schema"]["type"].to_string().contains("integer"), "{path}: {limit}");
         assert_eq!(limit["schema"]["minimum"], 1);
@@ -308,8 +316,12 @@ async fn the_openapi_document_states_the_constraints_the_server_enforces() {
     }
     // The state filters name exactly the states the server accepts.
     let schemas = &doc["components"]["schemas"];
-    for (name, schema) in [("consent", "ConsentState"), ("authentication", "AuthState")] {
-        let filter = parameter("/v1/customers", name).to_string();
+    for (path, name, schema) in [
+        ("/v1/customers", "consent", "ConsentState"),
+        ("/v1/customers", "authentication", "AuthState"),
+        ("/v1/stats/timeseries", "bucket", "Bucket"),
+    ] {
+        let filter = parameter(path, name).to_string();
         assert!(filter.contains(&format!("#/components/schemas/{schema}")), "{name}: {filter}");
         assert!(schemas[schema]["enum"].as_array().is_some_and(|e| !e.is_empty()), "{schema}");
     }
