@@ -22,7 +22,7 @@ use crate::config::SecretList;
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{CustomerId, rfc3339_ms};
 use crate::lifecycle::{
-    AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, Funnel, InstitutionLogin, LastEvent,
+    AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, FunnelProgress, InstitutionLogin, LastEvent,
     Lifecycle,
 };
 use crate::store::read;
@@ -147,7 +147,7 @@ pub struct CustomerLifecycle {
     /// How far the customer got through Connect: the funnel steps reached,
     /// the first event's time and the institution chosen last (what
     /// `/v1/stats` counts them by).
-    pub funnel: Funnel,
+    pub funnel: FunnelProgress,
     /// The latest event by `(occurred_at, event_id)`.
     pub last_event: Option<LastEvent>,
     /// How many distinct events are recorded.

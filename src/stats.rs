@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -36,7 +36,8 @@ pub struct WindowParams {
     /// (default: 30 days before `until`).
     #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
-    /// RFC 3339 time; ... and before it (default: now). Must be after `since`.
+    /// RFC 3339 time; ... and before it (default: now). A window whose
+    /// `since` is not before `until` is empty.
     #[param(value_type = Option<String>, format = DateTime)]
     until: Option<String>,
 }
@@ -49,10 +50,12 @@ pub struct TimeseriesParams {
     /// (default: 30 days before `until`).
     #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
-    /// RFC 3339 time; ... and before it (default: now). Must be after `since`.
+    /// RFC 3339 time; ... and before it (default: now). A window whose
+    /// `since` is not before `until` is empty.
     #[param(value_type = Option<String>, format = DateTime)]
     until: Option<String>,
-    /// `hour` or `day` (UTC; default `day`). At most 2,400 buckets.
+    /// `hour` or `day` (UTC; default `day`). At most 2,400 buckets: a longer
+    /// window is cut to its last 2,400 (see `truncated`).
     #[param(value_type = Option<Bucket>)]
     bucket: Option<String>,
 }
@@ -65,7 +68,8 @@ pub struct InstitutionParams {
     /// (default: 30 days before `until`).
     #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
-    /// RFC 3339 time; ... and before it (default: now). Must be after `since`.
+    /// RFC 3339 time; ... and before it (default: now). A window whose
+    /// `since` is not before `until` is empty.
     #[param(value_type = Option<String>, format = DateTime)]
     until: Option<String>,
     /// How many institutions, 1 to 500 (default 50), those with the most
@@ -89,13 +93,6 @@ impl Bucket {
         match self {
             Self::Hour => Duration::hours(1),
             Self::Day => Duration::days(1),
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Hour => "hour",
-            Self::Day => "day",
         }
     }
 }
@@ -255,6 +252,9 @@ pub struct Timeseries {
     pub until: DateTime<Utc>,
     /// The bucket size.
     pub bucket: Bucket,
+    /// True when the window spans more than 2,400 buckets: it was cut to
+    /// its last 2,400, and `since` is the first one's start.
+    pub truncated: bool,
     /// Every bucket the window touches, in time order, empty ones included.
     pub buckets: Vec<BucketFunnel>,
 }
@@ -294,7 +294,9 @@ pub struct Institutions {
     pub institutions: Vec<InstitutionFunnel>,
 }
 
-/// The window from the query string, defaulted and checked.
+/// The window from the query string, defaulted and checked. A window whose
+/// `since` is not before its `until` is empty (every count 0, no buckets),
+/// not an error: the parameters are each valid alone.
 fn window(
     since: Option<&str>,
     until: Option<&str>,
@@ -307,9 +309,7 @@ fn window(
             until.checked_sub_signed(DEFAULT_WINDOW).ok_or_else(|| ApiError::BadRequest("until is too early".into()))?
         }
     };
-    if since >= until {
-        return Err(ApiError::BadRequest("since must be before until".into()));
-    }
+    // A `since` not before `until` makes an empty window: nobody in it.
     Ok((since, until))
 }
 
@@ -326,7 +326,7 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The funnel", body = Funnel),
-        (status = 400, description = "Invalid time, or since not before until", body = ErrorBody),
+        (status = 400, description = "Invalid time", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry (Retry-After)", body = ErrorBody),
@@ -351,7 +351,7 @@ pub async fn get_funnel(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The funnel per bucket", body = Timeseries),
-        (status = 400, description = "Invalid time or bucket, since not before until, or more than 2,400 buckets", body = ErrorBody),
+        (status = 400, description = "Invalid time or bucket", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry (Retry-After)", body = ErrorBody),
@@ -368,28 +368,38 @@ pub async fn get_timeseries(
         Some("hour") => Bucket::Hour,
         Some(_) => return Err(ApiError::BadRequest("bucket must be hour or day".into())),
     };
-    let starts = bucket_starts(since, until, bucket)?;
+    let (starts, truncated) = bucket_starts(since, until, bucket)?;
+    // A window cut to its last buckets starts at the first of them.
+    let since = match starts.first() {
+        Some(first) if truncated => *first,
+        _ => since,
+    };
     let found = stats::timeseries(&state.pool, since, until, bucket.length()).await?;
     let buckets = starts
         .into_iter()
         .map(|start| BucketFunnel { start, counts: found.get(&start).copied().unwrap_or_default().into() })
         .collect();
-    Ok(Json(Timeseries { since, until, bucket, buckets }))
+    Ok(Json(Timeseries { since, until, bucket, truncated, buckets }))
 }
 
-/// The starts of the buckets `[since, until)` touches.
-fn bucket_starts(since: DateTime<Utc>, until: DateTime<Utc>, bucket: Bucket) -> Result<Vec<DateTime<Utc>>, ApiError> {
+/// The starts of the buckets `[since, until)` touches, at most the last
+/// [`MAX_BUCKETS`] of them; and whether earlier ones were cut.
+fn bucket_starts(
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    bucket: Bucket,
+) -> Result<(Vec<DateTime<Utc>>, bool), ApiError> {
     let length = bucket.length();
-    let first = since.duration_trunc(length).map_err(|_| ApiError::BadRequest("since is out of range".into()))?;
+    // By whole seconds since the epoch (chrono's `duration_trunc` refuses
+    // times outside the nanosecond range, before 1677).
+    let step = length.num_seconds();
+    let first = DateTime::from_timestamp(since.timestamp().div_euclid(step) * step, 0)
+        .ok_or_else(|| ApiError::BadRequest("since is out of range".into()))?;
     let span = (until - first).num_seconds();
-    let count = (span + length.num_seconds() - 1) / length.num_seconds();
-    if count > MAX_BUCKETS {
-        return Err(ApiError::BadRequest(format!(
-            "the window spans {count} buckets of a {}; at most {MAX_BUCKETS}",
-            bucket.as_str()
-        )));
-    }
-    Ok((0..count).filter_map(|i| first.checked_add_signed(length * i32::try_from(i).ok()?)).collect())
+    let count = (span + step - 1).div_euclid(step).max(0);
+    let skipped = (count - MAX_BUCKETS).max(0);
+    let starts = (skipped..count).filter_map(|i| first.checked_add_signed(length * i32::try_from(i).ok()?)).collect();
+    Ok((starts, skipped > 0))
 }
 
 /// The connect funnel per institution chosen last.
@@ -401,7 +411,7 @@ fn bucket_starts(since: DateTime<Utc>, until: DateTime<Utc>, bucket: Bucket) -> 
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The institutions with the most customers", body = Institutions),
-        (status = 400, description = "Invalid time or limit, or since not before until", body = ErrorBody),
+        (status = 400, description = "Invalid time or limit", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry (Retry-After)", body = ErrorBody),
@@ -442,30 +452,36 @@ mod tests {
     }
 
     #[test]
-    fn windows_default_to_the_last_30_days_and_must_not_be_empty() {
+    fn windows_default_to_the_last_30_days() {
         let now = at("2026-11-26T12:00:00Z");
         assert_eq!(window(None, None, now).ok(), Some((at("2026-10-27T12:00:00Z"), now)));
         let until = "2026-01-31T00:00:00Z";
         assert_eq!(window(None, Some(until), now).ok(), Some((at("2026-01-01T00:00:00Z"), at(until))));
-        assert!(window(Some(until), Some(until), now).is_err(), "empty");
-        assert!(window(Some("2026-02-01T00:00:00Z"), Some(until), now).is_err(), "backwards");
         assert!(window(Some("yesterday"), None, now).is_err());
+        let backwards = window(Some("2026-02-01T00:00:00Z"), Some(until), now).expect("an empty window");
+        assert_eq!(bucket_starts(backwards.0, backwards.1, Bucket::Day).ok(), Some((vec![], false)));
     }
 
     #[test]
     fn buckets_cover_the_window_from_the_truncated_start() {
         let starts = bucket_starts(at("2026-11-01T10:30:00Z"), at("2026-11-03T00:00:00Z"), Bucket::Day).expect("ok");
-        assert_eq!(starts, vec![at("2026-11-01T00:00:00Z"), at("2026-11-02T00:00:00Z")]);
+        assert_eq!(starts, (vec![at("2026-11-01T00:00:00Z"), at("2026-11-02T00:00:00Z")], false));
         let starts = bucket_starts(at("2026-11-01T10:30:00Z"), at("2026-11-01T12:00:01Z"), Bucket::Hour).expect("ok");
-        assert_eq!(starts, vec![at("2026-11-01T10:00:00Z"), at("2026-11-01T11:00:00Z"), at("2026-11-01T12:00:00Z")]);
-        assert!(
-            bucket_starts(at("2026-01-01T00:00:00Z"), at("2026-11-01T00:00:00Z"), Bucket::Hour).is_err(),
-            "too many"
-        );
-        assert_eq!(
-            bucket_starts(at("2020-01-01T00:00:00Z"), at("2026-01-01T00:00:00Z"), Bucket::Day).map(|s| s.len()).ok(),
-            Some(2192)
-        );
+        assert_eq!(starts.0, vec![at("2026-11-01T10:00:00Z"), at("2026-11-01T11:00:00Z"), at("2026-11-01T12:00:00Z")]);
+        let days = bucket_starts(at("2020-01-01T00:00:00Z"), at("2026-01-01T00:00:00Z"), Bucket::Day).expect("ok");
+        assert_eq!((days.0.len(), days.1), (2192, false));
+        let ancient = bucket_starts(at("0309-08-01T23:16:05Z"), at("0309-08-30T23:16:05Z"), Bucket::Day).expect("ok");
+        assert_eq!(ancient.0.first().copied(), Some(at("0309-08-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn a_window_of_too_many_buckets_keeps_its_last_ones() {
+        let until = at("2026-11-01T00:00:00Z");
+        let (starts, truncated) = bucket_starts(at("2026-01-01T00:00:00Z"), until, Bucket::Hour).expect("ok");
+        assert!(truncated);
+        assert_eq!(starts.len() as i64, MAX_BUCKETS);
+        assert_eq!(starts.last().copied(), Some(at("2026-10-31T23:00:00Z")));
+        assert_eq!(starts.first().copied(), Some(until - Duration::hours(MAX_BUCKETS)));
     }
 
     #[test]

@@ -970,7 +970,12 @@
       timeseriesChart(buckets, series.bucket || bucket),
       h("div", { class: "legend" },
         h("span", { class: "key started" }, "started"),
-        h("span", { class: "key granted" }, "consent granted")));
+        h("span", { class: "key granted" }, "consent granted")),
+      // The API keeps at most 2,400 buckets: the last ones of a longer window.
+      series.truncated
+        ? h("p", { class: "notice", testid: "timeseries-truncated" },
+          `Only the last ${buckets.length} ${series.bucket || bucket}s are shown, from ${fmtTime(series.since)}.`)
+        : null);
   }
 
   // Paired bars per bucket (started, consent granted); x in percent, y in pixels.

@@ -65,7 +65,7 @@ impl Steps {
 
 /// A customer's progress through the connect funnel.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-pub struct Funnel {
+pub struct FunnelProgress {
     /// `occurred_at` of the customer's first event (of any type): the
     /// funnel statistics count a customer in the window holding it. Null
     /// only in a lifecycle stored before the funnel existed (the consumer
@@ -82,7 +82,7 @@ pub struct Funnel {
     pub steps: Steps,
 }
 
-impl Funnel {
+impl FunnelProgress {
     /// Whether this was stored before the funnel existed, so that it says
     /// nothing about the `event_count` events already folded.
     pub fn is_missing(&self, event_count: u64) -> bool {
@@ -92,7 +92,7 @@ impl Funnel {
 
 /// Folds `event`, after the rest of the lifecycle took it into account
 /// (`authentication` and `consent` are the states after it).
-pub fn advance(funnel: &mut Funnel, event: &ConnectEvent, authentication: AuthState, consent: &Consent) {
+pub fn advance(funnel: &mut FunnelProgress, event: &ConnectEvent, authentication: AuthState, consent: &Consent) {
     if funnel.first_event_at.is_none_or(|first| event.occurred_at < first) {
         funnel.first_event_at = Some(event.occurred_at);
     }

@@ -35,7 +35,7 @@ pub struct Lifecycle {
     pub pending_adding: Option<PendingAdding>,
     /// How far the customer got through Connect (the connect funnel).
     #[serde(default)]
-    pub funnel: super::Funnel,
+    pub funnel: super::FunnelProgress,
 }
 
 /// The consent dimension.

@@ -140,6 +140,11 @@ async fn the_console_shows_the_funnel_a_customer_and_an_institutions_failures() 
     browser.goto(&format!("{}/console/#/customer/99999999999999", app.base_url)).await;
     browser.wait_for_text_containing("empty", "99999999999999").await;
 
+    // A year of hours: the API keeps the last 2,400, and the page says so.
+    let year = "since=2025-01-01T00:00:00.000Z&until=2026-01-01T00:00:00.000Z&bucket=hour";
+    browser.goto(&format!("{}/console/#/funnel?{year}", app.base_url)).await;
+    browser.wait_for_text_containing("timeseries-truncated", "Only the last 2400 hours").await;
+
     // A narrow screen: the funnel still fits its width.
     browser.resize(375, 800).await;
     browser.goto(&format!("{}/console/#/funnel?since={since}&until={until}&bucket=day", app.base_url)).await;

@@ -273,7 +273,9 @@ async fn the_openapi_document_covers_every_route() {
         }
     }
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
-    for schema in ["ErrorBody", "CustomerLifecycle", "CustomerPage", "EventPage", "Funnel", "Timeseries", "Institutions"] {
+    for schema in
+        ["ErrorBody", "CustomerLifecycle", "CustomerPage", "EventPage", "Funnel", "Timeseries", "Institutions"]
+    {
         assert!(schemas.contains_key(schema), "{schema} missing");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
