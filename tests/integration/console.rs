@@ -150,6 +150,9 @@ async fn the_console_shows_the_funnel_a_customer_and_an_institutions_failures() 
     browser.goto(&format!("{}/console/#/funnel?since={since}&until={until}&bucket=day", app.base_url)).await;
     browser.wait_for_text("funnel-customers", "22").await;
     assert!(fits_the_width(&browser).await, "the funnel fits 375 pixels");
+    browser.goto(&format!("{}/console/#/customer/{customer}", app.base_url)).await;
+    browser.wait_for_count("timeline-row", types.len()).await;
+    assert!(fits_the_width(&browser).await, "the customer's card and timeline fit 375 pixels");
 
     // The token stays in the tab's session: no cookie, not in the address.
     assert_eq!(browser.eval("return document.cookie;").await, Value::String(String::new()));
