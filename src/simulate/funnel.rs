@@ -23,75 +23,107 @@ pub struct ExpectedFunnel {
     /// The counts the API must show for that window (when no other customer
     /// started in it).
     pub counts: FunnelCounts,
+    /// When some first events are older than the 30 days before `until`
+    /// (the `reauthorized` flow's first session is a year old): the counts
+    /// of the customers in those 30 days, which the console's default
+    /// window shows.
+    pub recent: Option<FunnelCounts>,
 }
 
 impl ExpectedFunnel {
     /// Of these customers (`None` when there are none).
     pub fn of(customers: &[PlannedCustomer]) -> Option<Self> {
-        let mut counts = Counts::default();
-        let mut firsts = Vec::with_capacity(customers.len());
-        for customer in customers {
-            let flow = customer.flow;
-            firsts.push(flow.first_event_at(customer.start));
-            let steps = flow.expected_steps();
-            let add = |count: &mut i64, yes: bool| *count += i64::from(yes);
-            add(&mut counts.customers, true);
-            add(&mut counts.started, steps.started);
-            add(&mut counts.institution_chosen, steps.institution_chosen);
-            add(&mut counts.mfa_challenged, steps.mfa_challenged);
-            add(&mut counts.authenticated, steps.authenticated);
-            add(&mut counts.consent_granted, steps.consent_granted);
-            add(&mut counts.failed, flow.expected_authentication == "failed");
-            add(&mut counts.abandoned, flow.expected_authentication == "abandoned");
-            add(&mut counts.in_progress, matches!(flow.expected_authentication, "in_progress" | "mfa_challenge"));
-            add(&mut counts.consent_revoked, flow.expected_consent == "revoked");
-            match flow.expected_reason() {
-                Some("invalid_credentials") => counts.failed_invalid_credentials += 1,
-                Some("unable_to_connect") => counts.failed_unable_to_connect += 1,
-                Some("institution_not_found") => counts.failed_institution_not_found += 1,
-                Some("institution_not_supported") => counts.failed_institution_not_supported += 1,
-                Some("cancelled") => counts.abandoned_cancelled += 1,
-                Some("abandoned") => counts.abandoned_abandoned += 1,
-                _ => {}
-            }
-        }
-        let since = firsts.iter().min().copied()?;
-        let until = firsts.iter().max().copied()? + Duration::milliseconds(1);
-        Some(Self { since, until, counts: counts.into() })
+        let first = |c: &PlannedCustomer| c.flow.first_event_at(c.start);
+        let since = customers.iter().map(first).min()?;
+        let until = customers.iter().map(first).max()? + Duration::milliseconds(1);
+        let recent_since = until - crate::stats::DEFAULT_WINDOW;
+        let recent: Vec<&PlannedCustomer> = customers.iter().filter(|c| first(c) >= recent_since).collect();
+        Some(Self {
+            since,
+            until,
+            counts: counts_of(customers.iter()).into(),
+            recent: (recent.len() < customers.len()).then(|| counts_of(recent.into_iter()).into()),
+        })
     }
+}
+
+/// What the flows of these customers declare, added up.
+fn counts_of<'a>(customers: impl Iterator<Item = &'a PlannedCustomer>) -> Counts {
+    let mut counts = Counts::default();
+    for customer in customers {
+        let flow = customer.flow;
+        let steps = flow.expected_steps();
+        let add = |count: &mut i64, yes: bool| *count += i64::from(yes);
+        add(&mut counts.customers, true);
+        add(&mut counts.started, steps.started);
+        add(&mut counts.institution_chosen, steps.institution_chosen);
+        add(&mut counts.mfa_challenged, steps.mfa_challenged);
+        add(&mut counts.authenticated, steps.authenticated);
+        add(&mut counts.consent_granted, steps.consent_granted);
+        add(&mut counts.failed, flow.expected_authentication == "failed");
+        add(&mut counts.abandoned, flow.expected_authentication == "abandoned");
+        add(&mut counts.in_progress, matches!(flow.expected_authentication, "in_progress" | "mfa_challenge"));
+        add(&mut counts.consent_revoked, flow.expected_consent == "revoked");
+        match flow.expected_reason() {
+            Some("invalid_credentials") => counts.failed_invalid_credentials += 1,
+            Some("unable_to_connect") => counts.failed_unable_to_connect += 1,
+            Some("institution_not_found") => counts.failed_institution_not_found += 1,
+            Some("institution_not_supported") => counts.failed_institution_not_supported += 1,
+            Some("cancelled") => counts.abandoned_cancelled += 1,
+            Some("abandoned") => counts.abandoned_abandoned += 1,
+            _ => {}
+        }
+    }
+    counts
+}
+
+/// The counts, in one line.
+fn describe(c: &FunnelCounts) -> String {
+    let s = &c.steps;
+    let failed = &c.failed.by_reason;
+    let abandoned = &c.abandoned.by_reason;
+    format!(
+        "{} customers; started {}, institution_chosen {}, mfa_challenged {}, authenticated {}, consent_granted {}; \
+         failed {} (invalid_credentials {}, unable_to_connect {}, institution_not_found {}, \
+         institution_not_supported {}); abandoned {} (cancelled {}, abandoned {}); in_progress {}; consent_revoked {}",
+        c.customers,
+        s.started,
+        s.institution_chosen,
+        s.mfa_challenged,
+        s.authenticated,
+        s.consent_granted,
+        c.failed.total,
+        failed.invalid_credentials,
+        failed.unable_to_connect,
+        failed.institution_not_found,
+        failed.institution_not_supported,
+        c.abandoned.total,
+        abandoned.cancelled,
+        abandoned.abandoned,
+        c.in_progress,
+        c.consent_revoked,
+    )
 }
 
 impl fmt::Display for ExpectedFunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.counts;
-        let s = &c.steps;
-        let failed = &c.failed.by_reason;
-        let abandoned = &c.abandoned.by_reason;
         write!(
             f,
-            "expected funnel (GET /v1/stats/funnel?since={}&until={}): {} customers; started {}, \
-             institution_chosen {}, mfa_challenged {}, authenticated {}, consent_granted {}; failed {} \
-             (invalid_credentials {}, unable_to_connect {}, institution_not_found {}, institution_not_supported {}); \
-             abandoned {} (cancelled {}, abandoned {}); in_progress {}; consent_revoked {}",
+            "expected funnel (GET /v1/stats/funnel?since={}&until={}): {}",
             rfc3339_ms::format(&self.since),
             rfc3339_ms::format(&self.until),
-            c.customers,
-            s.started,
-            s.institution_chosen,
-            s.mfa_challenged,
-            s.authenticated,
-            s.consent_granted,
-            c.failed.total,
-            failed.invalid_credentials,
-            failed.unable_to_connect,
-            failed.institution_not_found,
-            failed.institution_not_supported,
-            c.abandoned.total,
-            abandoned.cancelled,
-            abandoned.abandoned,
-            c.in_progress,
-            c.consent_revoked,
-        )
+            describe(&self.counts)
+        )?;
+        if let Some(recent) = &self.recent {
+            write!(
+                f,
+                "\nexpected funnel of the 30 days before {} (the console's default window; older first events are \
+                 not in it): {}",
+                rfc3339_ms::format(&self.until),
+                describe(recent)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -133,5 +165,8 @@ mod tests {
         assert!(firsts.iter().all(|first| (funnel.since..funnel.until).contains(first)));
         assert!(funnel.since < now - Duration::days(364), "the reauthorized customers' first session");
         assert!(funnel.to_string().contains("22 customers; started 22, institution_chosen 20"), "{funnel}");
+        let recent = funnel.recent.expect("the reauthorized customers' first sessions are older");
+        assert_eq!((recent.customers, recent.steps.consent_granted), (20, 10), "all but the two reauthorized");
+        assert!(funnel.to_string().contains("default window; older first events are not in it): 20 customers"));
     }
 }
