@@ -27,7 +27,7 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 impl Browser {
-    /// Starts chromedriver and a headless Chromium at 1280x800.
+    /// Starts chromedriver and a headless Chromium with a 1280x800 viewport.
     pub async fn start() -> Self {
         for program in [CHROMEDRIVER, CHROMIUM] {
             assert!(
@@ -62,7 +62,9 @@ impl Browser {
                 Err(err) => panic!("no WebDriver session after {WAIT:?}: {err}"),
             }
         };
-        Self { client, _driver: driver }
+        let browser = Self { client, _driver: driver };
+        browser.resize(1280, 800).await;
+        browser
     }
 
     /// Goes to `url`.
@@ -160,9 +162,16 @@ impl Browser {
         self.client.execute(script, vec![]).await.unwrap_or_else(|err| panic!("{script}: {err}"))
     }
 
-    /// Resizes the window.
+    /// Makes the page's viewport `width` x `height` CSS pixels: the window
+    /// is resized, then grown by whatever the browser's frame takes.
     pub async fn resize(&self, width: u32, height: u32) {
         self.client.set_window_size(width, height).await.expect("resizing");
+        let inner = self.eval("return [window.innerWidth, window.innerHeight];").await;
+        let size = |i: usize| inner[i].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+        let (extra_width, extra_height) = (width.saturating_sub(size(0)), height.saturating_sub(size(1)));
+        if extra_width > 0 || extra_height > 0 {
+            self.client.set_window_size(width + extra_width, height + extra_height).await.expect("resizing");
+        }
     }
 
     /// Saves a screenshot as `<dir>/<name>.png` when

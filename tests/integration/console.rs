@@ -93,6 +93,8 @@ async fn the_console_shows_the_funnel_a_customer_and_an_institutions_failures() 
     browser.wait_for("timeseries-chart").await;
     browser.wait_for_count("institution-row", 2).await;
     browser.screenshot("funnel").await;
+    let viewport = browser.eval("return [window.innerWidth, window.innerHeight];").await;
+    assert_eq!(viewport, serde_json::json!([1280, 800]));
     assert!(fits_the_width(&browser).await, "the funnel fits 1280x800");
 
     // The unsupported institution's failing customers.
