@@ -76,16 +76,23 @@ async fn without_postgres_a_receiver_stays_ready_and_takes_webhooks_while_the_ap
         .expect("webhook");
     assert_eq!(accepted.status(), 200, "webhooks are still accepted");
 
-    let api = client
-        .get(format!("http://{addr}/v1/customers/1005061299/lifecycle"))
-        .bearer_auth(crate::helpers::API_TOKEN)
-        .send()
-        .await
-        .expect("api request");
-    assert_eq!(api.status(), 503, "the query API says retry, not 500");
-    assert!(api.headers().contains_key("retry-after"));
-    let body: Value = api.json().await.expect("json");
-    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    for path in [
+        "/v1/customers/1005061299/lifecycle",
+        "/v1/stats/funnel",
+        "/v1/stats/timeseries?bucket=hour",
+        "/v1/stats/institutions",
+    ] {
+        let api = client
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(crate::helpers::API_TOKEN)
+            .send()
+            .await
+            .expect("api request");
+        assert_eq!(api.status(), 503, "{path}: the API says retry, not 500");
+        assert!(api.headers().contains_key("retry-after"), "{path}");
+        let body: Value = api.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "unavailable", "{path}: {body}");
+    }
     token.cancel();
     handle.await.expect("join").expect("clean stop");
 }
