@@ -12,6 +12,7 @@
 //! ones, which halves the time of a million-customer window.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
 use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
@@ -58,10 +59,13 @@ pub struct Counts {
     pub consent_revoked: i64,
 }
 
-/// Customers alike in everything counted: the columns of
-/// `customers_by_first_event` but the time.
+/// Customers alike in everything counted (the columns of
+/// `customers_by_first_event` but the time), in the group `key` of an
+/// aggregate (a bucket's start, an institution).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
+pub struct Group<K> {
+    /// What the aggregate groups by.
+    pub key: K,
     /// `funnel_steps` (the bits of [`Steps`]).
     pub steps: i16,
     /// `auth_state`.
@@ -74,9 +78,25 @@ pub struct Group {
     pub customers: i64,
 }
 
+/// A group of the whole window (its key is always true).
+type WindowGroup = Group<bool>;
+/// A group of one bucket.
+type BucketGroup = Group<DateTime<Utc>>;
+/// A group of one institution.
+type InstitutionGroup = Group<String>;
+
+/// The counts of each key.
+fn tally<K: Eq + Hash + Clone>(groups: &[Group<K>]) -> HashMap<K, Counts> {
+    let mut counts: HashMap<K, Counts> = HashMap::new();
+    for group in groups {
+        counts.entry(group.key.clone()).or_default().add(group);
+    }
+    counts
+}
+
 impl Counts {
     /// Adds a group of customers.
-    pub fn add(&mut self, group: &Group) {
+    pub fn add<K>(&mut self, group: &Group<K>) {
         let n = group.customers;
         let count = |yes: bool| if yes { n } else { 0 };
         let reached = |bit: i16| count(group.steps & bit != 0);
@@ -110,12 +130,13 @@ impl Counts {
 /// The customers whose first event is in `[since, until)`.
 pub async fn funnel(pool: &PgPool, since: DateTime<Utc>, until: DateTime<Utc>) -> anyhow::Result<Counts> {
     let groups = sqlx::query_as!(
-        Group,
+        WindowGroup,
         r#"
-        SELECT funnel_steps AS steps, auth_state, auth_reason, consent_state, count(*) AS "customers!"
+        SELECT TRUE AS "key!", funnel_steps AS steps, auth_state, auth_reason, consent_state,
+               count(*) AS "customers!"
         FROM customers
         WHERE first_event_at >= $1 AND first_event_at < $2
-        GROUP BY 1, 2, 3, 4
+        GROUP BY 2, 3, 4, 5
         "#,
         since,
         until,
@@ -123,9 +144,7 @@ pub async fn funnel(pool: &PgPool, since: DateTime<Utc>, until: DateTime<Utc>) -
     .fetch_all(pool)
     .await
     .context("counting the funnel")?;
-    let mut counts = Counts::default();
-    groups.iter().for_each(|group| counts.add(group));
-    Ok(counts)
+    Ok(tally(&groups).remove(&true).unwrap_or_default())
 }
 
 /// [`funnel`] per `bucket` of first events (an hour or a day, UTC: the
@@ -140,9 +159,10 @@ pub async fn timeseries(
     // date_bin is arithmetic on the instant; date_trunc(.., 'UTC') would
     // convert every row's time zone and take a third longer.
     let bucket = PgInterval::try_from(bucket).map_err(|err| anyhow::anyhow!("bucket {bucket}: {err}"))?;
-    let rows = sqlx::query!(
+    let groups = sqlx::query_as!(
+        BucketGroup,
         r#"
-        SELECT date_bin($3, first_event_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "start!",
+        SELECT date_bin($3, first_event_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "key!",
                funnel_steps AS steps, auth_state, auth_reason, consent_state, count(*) AS "customers!"
         FROM customers
         WHERE first_event_at >= $1 AND first_event_at < $2
@@ -155,18 +175,7 @@ pub async fn timeseries(
     .fetch_all(pool)
     .await
     .context("counting the funnel per bucket")?;
-    let mut buckets: HashMap<DateTime<Utc>, Counts> = HashMap::new();
-    for row in rows {
-        let group = Group {
-            steps: row.steps,
-            auth_state: row.auth_state,
-            auth_reason: row.auth_reason,
-            consent_state: row.consent_state,
-            customers: row.customers,
-        };
-        buckets.entry(row.start).or_default().add(&group);
-    }
-    Ok(buckets)
+    Ok(tally(&groups))
 }
 
 /// [`funnel`] per institution chosen last, of the `limit` institutions with
@@ -178,9 +187,10 @@ pub async fn institutions(
     until: DateTime<Utc>,
     limit: i64,
 ) -> anyhow::Result<Vec<(String, Counts)>> {
-    let rows = sqlx::query!(
+    let groups = sqlx::query_as!(
+        InstitutionGroup,
         r#"
-        SELECT institution_id AS "institution_id!", steps AS "steps!", auth_state AS "auth_state!",
+        SELECT institution_id AS "key!", steps AS "steps!", auth_state AS "auth_state!",
                auth_reason, consent_state AS "consent_state!", customers AS "customers!"
         FROM (
             SELECT grouped.*, dense_rank() OVER (ORDER BY total DESC, institution_id) AS rank
@@ -202,18 +212,7 @@ pub async fn institutions(
     .fetch_all(pool)
     .await
     .context("counting the funnel per institution")?;
-    let mut institutions: HashMap<String, Counts> = HashMap::new();
-    for row in rows {
-        let group = Group {
-            steps: row.steps,
-            auth_state: row.auth_state,
-            auth_reason: row.auth_reason,
-            consent_state: row.consent_state,
-            customers: row.customers,
-        };
-        institutions.entry(row.institution_id).or_default().add(&group);
-    }
-    let mut institutions: Vec<(String, Counts)> = institutions.into_iter().collect();
+    let mut institutions: Vec<(String, Counts)> = tally(&groups).into_iter().collect();
     institutions.sort_by(|(a_id, a), (b_id, b)| b.customers.cmp(&a.customers).then_with(|| a_id.cmp(b_id)));
     Ok(institutions)
 }
@@ -222,8 +221,9 @@ pub async fn institutions(
 mod tests {
     use super::*;
 
-    fn group(steps: i16, auth: &str, reason: Option<&str>, consent: &str, customers: i64) -> Group {
+    fn group(steps: i16, auth: &str, reason: Option<&str>, consent: &str, customers: i64) -> Group<()> {
         Group {
+            key: (),
             steps,
             auth_state: auth.to_owned(),
             auth_reason: reason.map(str::to_owned),
