@@ -356,6 +356,14 @@ pub(crate) fn valid_customer_id(customer_id: &str) -> Result<CustomerId, ApiErro
     CustomerId::parse(customer_id).map_err(|_| ApiError::BadRequest("customer_id must be 1 to 22 digits".into()))
 }
 
+/// The query string's parameters, or a 400 (the JSON error shape, not
+/// axum's plain-text rejection).
+pub(crate) fn query_params<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query.map(|axum::extract::Query(params)| params).map_err(|_| ApiError::BadRequest("invalid query string".into()))
+}
+
 /// An institution id as the event schema allows it: 1 to 64 printable
 /// ASCII characters.
 fn valid_institution_id(id: String) -> Result<String, ApiError> {
@@ -441,7 +449,7 @@ pub async fn get_events(
     query: Result<axum::extract::Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventPage>, ApiError> {
     let customer_id = valid_customer_id(&customer_id)?.to_string();
-    let axum::extract::Query(params) = query.map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
+    let params = query_params(query)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
     if !read::customer_exists(&state.pool, &customer_id).await? {
@@ -474,7 +482,7 @@ pub async fn get_changes(
     query: Result<axum::extract::Query<ChangePageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ChangePage>, ApiError> {
     let customer_id = valid_customer_id(&customer_id)?.to_string();
-    let axum::extract::Query(params) = query.map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
+    let params = query_params(query)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_version_cursor).transpose()?;
     if !read::customer_exists(&state.pool, &customer_id).await? {
@@ -520,7 +528,7 @@ pub async fn list_customers(
     State(state): State<Arc<AppState>>,
     query: Result<axum::extract::Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<CustomerPage>, ApiError> {
-    let axum::extract::Query(params) = query.map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
+    let params = query_params(query)?;
     let expires_before = parse_time("authorization_expires_before", params.authorization_expires_before.as_deref())?;
     let filter = read::CustomerFilter {
         consent: parse_state::<ConsentState>("consent", params.consent.as_deref())?,

@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::event::rfc3339_ms;
-use crate::query::{parse_limit, parse_time};
+use crate::query::{parse_limit, parse_time, query_params};
 use crate::store::stats::{self, Counts};
 
 /// The window when none is given: the 30 days before `until` (now).
@@ -313,10 +313,6 @@ fn window(
     Ok((since, until))
 }
 
-fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    query.map(|Query(params)| params).map_err(|_| ApiError::BadRequest("invalid query string".into()))
-}
-
 /// The connect funnel of the customers whose first event is in the window.
 #[utoipa::path(
     get,
@@ -336,7 +332,7 @@ pub async fn get_funnel(
     State(state): State<Arc<AppState>>,
     params: Result<Query<WindowParams>, QueryRejection>,
 ) -> Result<Json<Funnel>, ApiError> {
-    let params = query(params)?;
+    let params = query_params(params)?;
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
     let counts = stats::funnel(&state.pool, since, until).await?;
     Ok(Json(Funnel { since, until, counts: counts.into() }))
@@ -361,7 +357,7 @@ pub async fn get_timeseries(
     State(state): State<Arc<AppState>>,
     params: Result<Query<TimeseriesParams>, QueryRejection>,
 ) -> Result<Json<Timeseries>, ApiError> {
-    let params = query(params)?;
+    let params = query_params(params)?;
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
     let bucket = match params.bucket.as_deref() {
         None | Some("day") => Bucket::Day,
@@ -421,7 +417,7 @@ pub async fn get_institutions(
     State(state): State<Arc<AppState>>,
     params: Result<Query<InstitutionParams>, QueryRejection>,
 ) -> Result<Json<Institutions>, ApiError> {
-    let params = query(params)?;
+    let params = query_params(params)?;
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
     let limit = parse_limit(params.limit.as_deref())?;
     let institutions = stats::institutions(&state.pool, since, until, limit)
