@@ -16,31 +16,25 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::{self, ApiAuth, ApiState};
 use crate::config::{HttpSettings, KafkaArgs};
 use crate::consume::health::ConsumerHealth;
 use crate::error::error_response;
-use crate::lifecycle::AuthorizationPolicy;
+use crate::health;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::receive::{self, Receiver, signature::SignatureVerifier};
-use crate::{health, query};
 
-/// Shared state of every handler.
-#[derive(Debug)]
+/// What the listener serves: the webhook receiver, the API and the
+/// operations endpoints, each room with its own state.
+#[derive(Debug, Clone)]
 pub struct AppState {
-    /// Postgres pool.
-    pub pool: PgPool,
     /// The webhook receiver.
     pub receiver: Arc<Receiver>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The query API's bearer tokens.
-    pub api: query::ApiAuth,
-    /// The lifecycle consumer's lanes when it runs in this process
-    /// (`connectflow all`), for `/livez`.
-    pub consumer: Option<Arc<ConsumerHealth>>,
-    /// How long authorizations last, for the query API's expiry fields.
-    pub authorization: AuthorizationPolicy,
+    /// The `/v1` API.
+    pub api: Arc<ApiState>,
+    /// `/livez`, `/readyz`, `/metrics`.
+    pub ops: Arc<health::OpsState>,
 }
 
 /// The OpenAPI document's frame; the paths come from the routes themselves.
@@ -67,32 +61,12 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route and the OpenAPI document generated from them, so the
 /// document cannot miss a route.
-pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
-    let authenticated = OpenApiRouter::new()
-        .routes(routes!(query::get_lifecycle))
-        .routes(routes!(query::get_events))
-        .routes(routes!(query::get_changes))
-        .routes(routes!(query::list_customers))
-        .routes(routes!(crate::revocation::revoke))
-        .routes(routes!(crate::stats::get_funnel))
-        .routes(routes!(crate::stats::get_timeseries))
-        .routes(routes!(crate::stats::get_institutions))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), query::require_token));
+pub fn routes(state: &AppState) -> (Router, utoipa::openapi::OpenApi) {
     let webhooks = OpenApiRouter::new().routes(routes!(receive::handle)).with_state(state.receiver.clone());
-    let ops = health::routes(Arc::new(health::OpsState {
-        pool: state.pool.clone(),
-        publisher: state.receiver.publisher.clone(),
-        metrics: state.metrics.clone(),
-        consumer: state.consumer.clone(),
-        // `all` consumes too; `serve` takes webhooks with Kafka alone.
-        readiness_needs_postgres: state.consumer.is_some(),
-        readiness: health::ReadinessCache::default(),
-    }));
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(authenticated)
-        .with_state(state)
+        .merge(api::routes(state.api.clone()))
         .merge(webhooks)
-        .merge(ops)
+        .merge(health::routes(state.ops.clone()))
         .split_for_parts();
     let router = router.merge(crate::console::routes());
     openapi.paths.add_path_operation(
@@ -118,7 +92,7 @@ pub fn routes(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi) {
 pub const OPENAPI_PATH: &str = "/v1/openapi.json";
 
 /// Builds the router.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: &AppState) -> Router {
     routes(state).0
 }
 
@@ -126,7 +100,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 #[derive(Debug)]
 pub struct HttpServer {
     listener: TcpListener,
-    state: Arc<AppState>,
+    receiver: Arc<Receiver>,
+    api: Arc<ApiState>,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    consumer: Option<Arc<ConsumerHealth>>,
     settings: HttpSettings,
 }
 
@@ -141,33 +119,29 @@ impl HttpServer {
         let publisher = Publisher::new(kafka, settings.publish_timeout)?;
         let receiver = Arc::new(Receiver {
             verifier: Arc::new(SignatureVerifier::new(&settings.partner_secrets)),
-            publisher,
+            publisher: publisher.clone(),
             metrics: metrics.clone(),
             max_body_bytes: settings.max_body_bytes,
             request_timeout: settings.request_timeout,
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_webhooks)),
         });
-        let state = Arc::new(AppState {
-            pool,
-            receiver,
-            metrics,
-            api: query::ApiAuth::new(&settings.api_tokens),
-            consumer: None,
+        let api = Arc::new(ApiState {
+            pool: pool.clone(),
+            auth: ApiAuth::new(&settings.api_tokens),
             authorization: settings.authorization,
+            publisher,
         });
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding CONNECTFLOW_LISTEN={}", settings.listen))?;
-        Ok(Self { listener, state, settings })
+        Ok(Self { listener, receiver, api, pool, metrics, consumer: None, settings })
     }
 
     /// Makes `/livez` report the health of a consumer running in the same
     /// process (`connectflow all`).
     #[must_use]
     pub fn with_consumer_health(mut self, consumer: Arc<ConsumerHealth>) -> Self {
-        if let Some(state) = Arc::get_mut(&mut self.state) {
-            state.consumer = Some(consumer);
-        }
+        self.consumer = Some(consumer);
         self
     }
 
@@ -180,10 +154,19 @@ impl HttpServer {
     /// in-flight requests finish (bounded by the grace period) and flushes
     /// the producer so nothing acknowledged is left in memory.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, state, settings } = self;
-        let publisher = state.receiver.publisher.clone();
+        let Self { listener, receiver, api, pool, metrics, consumer, settings } = self;
+        let publisher = receiver.publisher.clone();
+        let ops = Arc::new(health::OpsState {
+            pool,
+            publisher: publisher.clone(),
+            metrics,
+            // `all` consumes too; `serve` takes webhooks with Kafka alone.
+            readiness_needs_postgres: consumer.is_some(),
+            consumer,
+            readiness: health::ReadinessCache::default(),
+        });
         tracing::info!(listen = %listener.local_addr()?, "HTTP server listening");
-        let app = router(state);
+        let app = router(&AppState { receiver, api, ops });
         let serve = crate::serve::serve(listener, app, settings.request_timeout, shutdown.clone());
         let grace = settings.shutdown_grace;
         tokio::select! {

@@ -10,6 +10,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::store::error::{StoreError, is_transient_sqlx};
+
 /// Everything an HTTP handler can answer with instead of success.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -19,9 +21,10 @@ pub enum ApiError {
     /// 401 on the query API: missing or invalid bearer token.
     #[error("missing or invalid credentials")]
     Unauthorized,
-    /// 401 on the webhook: missing, malformed or wrong signature.
+    /// 401 on the webhook: missing, malformed or wrong signature (the
+    /// message says which).
     #[error("{0}")]
-    BadSignature(#[from] crate::receive::signature::SignatureError),
+    BadSignature(String),
     /// 404: the customer is not known.
     #[error("{0}")]
     NotFound(String),
@@ -96,26 +99,18 @@ impl ApiError {
 const DATABASE_UNAVAILABLE: ApiError =
     ApiError::Unavailable { message: "the database is unavailable; retry later", retry_after_s: 5 };
 
-impl From<sqlx::Error> for ApiError {
-    fn from(err: sqlx::Error) -> Self {
-        Self::from(anyhow::Error::from(err))
-    }
-}
-
-impl From<anyhow::Error> for ApiError {
+impl From<StoreError> for ApiError {
     /// A transient database failure (Postgres down, pool exhausted) is a
     /// 503 the client may retry; anything else is a 500. Either way the
     /// cause is only logged.
-    fn from(err: anyhow::Error) -> Self {
-        let transient = err
-            .chain()
-            .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
-            .is_some_and(crate::store::error::is_transient_sqlx);
-        if transient {
-            tracing::warn!(error = format!("{err:#}"), "database unavailable");
-            return DATABASE_UNAVAILABLE;
+    fn from(err: StoreError) -> Self {
+        match &err {
+            StoreError::Transient { source, .. } if is_transient_sqlx(source) => {
+                tracing::warn!(error = %err, "database unavailable");
+                DATABASE_UNAVAILABLE
+            }
+            _ => Self::Internal(err.into()),
         }
-        Self::Internal(err)
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod checks;
 mod customer_id;
+mod event_type;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,15 +17,10 @@ pub use checks::{
     InvalidField, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, MAX_WEBHOOK_DATA_BYTES, clean_text,
 };
 pub use customer_id::{CustomerId, InvalidCustomerId};
+pub use event_type::EventType;
 
 /// The value of the `schema` field and header of every published record.
 pub const SCHEMA_V1: &str = "connectflow.connect_event.v1";
-
-/// The `event_type` of a revocation of consent recorded by the issuer
-/// (`POST /v1/customers/{id}/consent/revocations`). Finicity's types are
-/// camelCase words without dots, and only a record with `source:
-/// "connectflow"` (which no webhook can produce) is applied as one.
-pub const CONSENT_REVOKED: &str = "connectflow.consent.revoked";
 
 /// Who produced an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -55,7 +51,7 @@ pub struct ConnectEvent {
     /// Finicity's `eventId`, or `sha256:<hex of the raw body>` when absent.
     pub event_id: String,
     /// Finicity's `eventType`, verbatim (unknown types included).
-    pub event_type: String,
+    pub event_type: EventType,
     /// Finicity's `customerId`.
     pub customer_id: CustomerId,
     /// Finicity's `consumerId`, when sent.
@@ -93,7 +89,7 @@ pub struct ConnectEvent {
     /// records without the field) or `connectflow`.
     #[serde(default)]
     pub source: EventSource,
-    /// For a revocation ([`CONSENT_REVOKED`]): who asked; absent otherwise.
+    /// For a revocation ([`EventType::ConsentRevoked`]): who asked; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_by: Option<RevokedBy>,
     /// For a revocation: the reason given, if any (free text, cleaned and
@@ -127,6 +123,19 @@ impl ConnectEvent {
     pub fn order_key(&self) -> (DateTime<Utc>, &str) {
         (self.occurred_at, self.event_id.as_str())
     }
+}
+
+/// `at` cut to whole milliseconds: the precision of every time connectflow
+/// records, so a stored time compares exactly with its published text.
+pub fn truncate_to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
+}
+
+/// The id of the [`EventType::ConsentRevoked`] event a revocation recorded
+/// under `Idempotency-Key: key` becomes (the same for every retry).
+pub fn revocation_event_id(key: &str) -> String {
+    use sha2::Digest;
+    format!("connectflow-revocation-{}", &hex::encode(sha2::Sha256::digest(key.as_bytes()))[..40])
 }
 
 /// Timestamps as RFC 3339, UTC, millisecond precision (`2026-11-20T10:15:02.123Z`).

@@ -4,12 +4,13 @@
 //! The modules follow the data's journey: [`receive`] (HTTP, signature,
 //! normalise) -> [`publish`] (Kafka producer) -> [`consume`] (Kafka consumer)
 //! -> [`lifecycle`] (the pure state machine) -> [`store`] (Postgres) ->
-//! [`query`] (the HTTP API), [`stats`] (its aggregates) and [`console`] (the
-//! operator console on top of them).
+//! [`api`] (the HTTP API under `/v1`) and [`console`] (the operator console
+//! on top of it).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -22,11 +23,8 @@ pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
 pub mod publish;
-pub mod query;
 pub mod receive;
-pub mod revocation;
 pub mod serve;
 pub mod simulate;
-pub mod stats;
 pub mod store;
 pub mod telemetry;

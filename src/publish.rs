@@ -74,7 +74,7 @@ impl Publisher {
         let value = serde_json::to_vec(event)?;
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header { key: "event_id", value: Some(event.event_id.as_bytes()) })
-            .insert(Header { key: "event_type", value: Some(event.event_type.as_bytes()) })
+            .insert(Header { key: "event_type", value: Some(event.event_type.as_str().as_bytes()) })
             .insert(Header { key: "schema", value: Some(SCHEMA_V1.as_bytes()) });
         let record =
             FutureRecord::to(&self.topic).key(event.customer_id.as_str().as_bytes()).payload(&value).headers(headers);

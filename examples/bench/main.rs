@@ -348,7 +348,7 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
         )
         .bind(chunk.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.customer_id.to_string()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.event_type.to_string()).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.received_at).collect::<Vec<_>>())
         .bind(records)

@@ -311,7 +311,10 @@ async fn main() -> anyhow::Result<()> {
         if !sent.customer_complete(&customer.customer_id) {
             continue;
         }
-        let expected = (customer.flow.expected_consent.to_owned(), customer.flow.expected_authentication.to_owned());
+        let expected = (
+            customer.flow.expected_consent.as_str().to_owned(),
+            customer.flow.expected_authentication.as_str().to_owned(),
+        );
         if states.get(&customer.customer_id) != Some(&expected) {
             state_mismatches.push(customer.customer_id.clone());
         }

@@ -36,7 +36,7 @@ impl ConnectEvent {
     /// empty, the event type may not). `customer_id` is checked by its type.
     pub fn check(&self) -> Result<(), InvalidField> {
         identifier("event_id", &self.event_id, 1, MAX_EVENT_ID_LEN)?;
-        identifier("event_type", &self.event_type, 1, MAX_IDENTIFIER_LEN)?;
+        identifier("event_type", self.event_type.as_str(), 1, MAX_IDENTIFIER_LEN)?;
         optional_identifier("consumer_id", self.consumer_id.as_deref())?;
         optional_identifier("institution_id", self.institution_id.as_deref())?;
         optional_identifier("institution_login_id", self.institution_login_id.as_deref())?;

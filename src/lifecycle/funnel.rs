@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::state::{AuthState, Consent};
-use crate::event::ConnectEvent;
+use super::state::{AuthReason, AuthState, Consent, ConsentState};
+use super::transition::FlowPlace;
+use crate::event::{ConnectEvent, EventType};
 
 /// The funnel steps a customer reached, each implied by any later one:
 /// a customer who authenticated chose an institution and started, whatever
@@ -61,6 +62,18 @@ impl Steps {
         .filter(|(reached, _)| *reached)
         .fold(0, |bits, (_, bit)| bits | bit)
     }
+
+    /// The steps of a column's value (the inverse of [`Steps::bits`]).
+    pub fn from_bits(bits: i16) -> Self {
+        let reached = |bit: i16| bits & bit != 0;
+        Self {
+            started: reached(Self::STARTED),
+            institution_chosen: reached(Self::INSTITUTION_CHOSEN),
+            mfa_challenged: reached(Self::MFA_CHALLENGED),
+            authenticated: reached(Self::AUTHENTICATED),
+            consent_granted: reached(Self::CONSENT_GRANTED),
+        }
+    }
 }
 
 /// A customer's progress through the connect funnel.
@@ -90,6 +103,21 @@ impl FunnelProgress {
     }
 }
 
+/// What the funnel counts of a customer: the steps they reached and the
+/// authentication and consent they have now. Customers alike in these are
+/// counted together (`/v1/stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The funnel steps reached.
+    pub steps: Steps,
+    /// The authentication state now.
+    pub authentication: AuthState,
+    /// Its reason (`failed` and `abandoned` only).
+    pub reason: Option<AuthReason>,
+    /// The consent state now.
+    pub consent: ConsentState,
+}
+
 /// Folds `event`, after the rest of the lifecycle took it into account
 /// (`authentication` and `consent` are the states after it).
 pub fn advance(funnel: &mut FunnelProgress, event: &ConnectEvent, authentication: AuthState, consent: &Consent) {
@@ -97,25 +125,14 @@ pub fn advance(funnel: &mut FunnelProgress, event: &ConnectEvent, authentication
         funnel.first_event_at = Some(event.occurred_at);
     }
     let steps = &mut funnel.steps;
-    let at_institution = matches!(
-        event.event_type.as_str(),
-        "adding"
-            | "institutionSupported"
-            | "institutionNotSupported"
-            | "credentialsUpdated"
-            | "mfa"
-            | "invalidCredentials"
-            | "unableToConnect"
-            | "discovered"
-            | "added"
-    );
-    let in_flow =
-        at_institution || matches!(event.event_type.as_str(), "started" | "institutionNotFound" | "cancel" | "done");
+    let place = super::transition::place_in_flow(&event.event_type);
+    let (in_flow, at_institution) = (place != FlowPlace::Outside, place == FlowPlace::AtInstitution);
     if at_institution && let Some(institution_id) = &event.institution_id {
         funnel.institution_id = Some(institution_id.clone());
     }
     steps.consent_granted |= consent.granted_at.is_some();
-    steps.authenticated |= steps.consent_granted || matches!(event.event_type.as_str(), "discovered" | "added");
+    steps.authenticated |=
+        steps.consent_granted || matches!(event.event_type, EventType::Discovered | EventType::Added);
     steps.mfa_challenged |= authentication == AuthState::MfaChallenge;
     steps.institution_chosen |= at_institution || steps.authenticated || steps.mfa_challenged;
     steps.started |= in_flow || steps.institution_chosen;

@@ -27,7 +27,7 @@ use std::collections::HashSet;
 
 pub use authorization::AuthorizationPolicy;
 pub use change::{Dimension, VisibleLifecycle, changed};
-pub use funnel::{FunnelProgress, Steps};
+pub use funnel::{FunnelProgress, Outcome, Steps};
 pub use state::{
     Account, AccountStatus, AuthReason, AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent,
     Lifecycle, PendingAdding, Revocation, rfc3339_ms_option,

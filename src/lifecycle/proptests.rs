@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::sample::{Index, select};
 
 use super::*;
-use crate::event::{AccountRef, SCHEMA_V1};
+use crate::event::{AccountRef, EventType, SCHEMA_V1};
 
 /// Every type the transition table names, one it records only, and one it
 /// has never heard of.
@@ -31,7 +31,7 @@ const EVENT_TYPES: &[&str] = &[
     "somethingNew",
     // connectflow's own: applied only with `source: "connectflow"` (the
     // generator gives it that source half of the time).
-    crate::event::CONSENT_REVOKED,
+    "connectflow.consent.revoked",
 ];
 const ACCOUNT_IDS: &[&str] = &["a1", "a2", "a3"];
 const LOGIN_IDS: &[&str] = &["L1", "L2"];
@@ -88,7 +88,8 @@ fn arb_event() -> impl Strategy<Value = ConnectEvent> {
             let (institution_id, institution_login_id, oauth, mfa, accounts, deleted, error_code) = payload;
             let occurred_at = base() + Duration::seconds(second);
             // As `normalise` does: accounts only on added/discovered, ids only on accountsDeleted.
-            let lists_accounts = matches!(event_type, "added" | "discovered");
+            let event_type = EventType::parse(event_type);
+            let lists_accounts = matches!(event_type, EventType::Added | EventType::Discovered);
             let accounts = if lists_accounts { accounts } else { vec![] };
             // As `normalise` does: the first account's login id, else the payload's.
             let institution_login_id =
@@ -96,7 +97,6 @@ fn arb_event() -> impl Strategy<Value = ConnectEvent> {
             ConnectEvent {
                 schema: SCHEMA_V1.to_owned(),
                 event_id: format!("{id_prefix:02}"),
-                event_type: event_type.to_owned(),
                 customer_id: "1".parse().expect("a customer id"),
                 consumer_id: None,
                 institution_id,
@@ -104,24 +104,25 @@ fn arb_event() -> impl Strategy<Value = ConnectEvent> {
                 oauth,
                 mfa,
                 accounts,
-                deleted_account_ids: if event_type == "accountsDeleted" { deleted } else { vec![] },
+                deleted_account_ids: if event_type == EventType::AccountsDeleted { deleted } else { vec![] },
                 error_code,
                 query: None,
                 occurred_at,
                 received_at: occurred_at + Duration::milliseconds(delay_ms),
                 webhook_data: None,
                 webhook_data_dropped: false,
-                source: if ours && event_type == crate::event::CONSENT_REVOKED {
+                source: if ours && event_type == EventType::ConsentRevoked {
                     crate::event::EventSource::Connectflow
                 } else {
                     crate::event::EventSource::Finicity
                 },
-                revoked_by: (event_type == crate::event::CONSENT_REVOKED).then_some(if by_customer {
+                revoked_by: (event_type == EventType::ConsentRevoked).then_some(if by_customer {
                     crate::event::RevokedBy::Customer
                 } else {
                     crate::event::RevokedBy::Partner
                 }),
-                reason: if event_type == crate::event::CONSENT_REVOKED { reason } else { None },
+                reason: if event_type == EventType::ConsentRevoked { reason } else { None },
+                event_type,
             }
         },
     )
@@ -208,7 +209,7 @@ fn check_invariants(state: &Lifecycle, events: &[ConnectEvent]) -> Result<(), Te
     // Only accounts some `added` shared; a `discovered` one is never shared.
     let added: HashSet<&str> = events
         .iter()
-        .filter(|e| e.event_type == "added")
+        .filter(|e| e.event_type == EventType::Added)
         .flat_map(|e| e.accounts.iter().filter_map(|a| a.account_id.as_deref()))
         .collect();
     prop_assert!(distinct.is_subset(&added));

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::event::{RevokedBy, rfc3339_ms};
+use crate::event::{EventType, RevokedBy, rfc3339_ms};
 
 /// A customer's consent and authentication lifecycle, folded from their
 /// distinct events.
@@ -13,7 +13,7 @@ use crate::event::{RevokedBy, rfc3339_ms};
 /// [`pending_adding`](Self::pending_adding), which a later `added` may still
 /// need. Dropping that field would make a state reloaded from the store
 /// differ from the fold of the same events. The API shows
-/// [`crate::query::CustomerLifecycle`] instead.
+/// [`crate::api::model::CustomerLifecycle`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct Lifecycle {
     /// Whether the customer shares accounts now.
@@ -82,6 +82,33 @@ pub struct Revocation {
     pub event_id: String,
 }
 
+/// The contract names of a state enum, declared once: `as_str` (the serde
+/// name, also the database column's value), `from_name` and `ALL`. A new
+/// variant must be named here, or `as_str` does not compile.
+macro_rules! contract_names {
+    ($ty:ident { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $ty {
+            /// Every value, in the contract's order.
+            pub const ALL: &[Self] = &[$(Self::$variant),*];
+
+            /// The contract name (the serde name), e.g. for a database column.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                }
+            }
+
+            /// The value named `name` (its contract name), if any.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Self::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
 /// Whether the customer shares accounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -95,16 +122,7 @@ pub enum ConsentState {
     Revoked,
 }
 
-impl ConsentState {
-    /// The contract name (the serde name), e.g. for a database column.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Granted => "granted",
-            Self::Revoked => "revoked",
-        }
-    }
-}
+contract_names!(ConsentState { None => "none", Granted => "granted", Revoked => "revoked" });
 
 /// The authentication dimension.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
@@ -140,19 +158,7 @@ pub enum AuthState {
     Abandoned,
 }
 
-impl AuthState {
-    /// The contract name (the serde name), e.g. for a database column.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::NotStarted => "not_started",
-            Self::InProgress => "in_progress",
-            Self::MfaChallenge => "mfa_challenge",
-            Self::Authenticated => "authenticated",
-            Self::Failed => "failed",
-            Self::Abandoned => "abandoned",
-        }
-    }
-}
+contract_names!(AuthState { NotStarted => "not_started", InProgress => "in_progress", MfaChallenge => "mfa_challenge", Authenticated => "authenticated", Failed => "failed", Abandoned => "abandoned" });
 
 /// Why the flow is `failed` or `abandoned`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -172,19 +178,7 @@ pub enum AuthReason {
     Abandoned,
 }
 
-impl AuthReason {
-    /// The contract name (the serde name), e.g. for a database column.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidCredentials => "invalid_credentials",
-            Self::UnableToConnect => "unable_to_connect",
-            Self::InstitutionNotFound => "institution_not_found",
-            Self::InstitutionNotSupported => "institution_not_supported",
-            Self::Cancelled => "cancelled",
-            Self::Abandoned => "abandoned",
-        }
-    }
-}
+contract_names!(AuthReason { InvalidCredentials => "invalid_credentials", UnableToConnect => "unable_to_connect", InstitutionNotFound => "institution_not_found", InstitutionNotSupported => "institution_not_supported", Cancelled => "cancelled", Abandoned => "abandoned" });
 
 /// One institution login and the accounts shared through it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -238,16 +232,7 @@ pub enum AccountStatus {
     Revoked,
 }
 
-impl AccountStatus {
-    /// The contract name (the serde name), e.g. for a database column.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Deleted => "deleted",
-            Self::Revoked => "revoked",
-        }
-    }
-}
+contract_names!(AccountStatus { Active => "active", Deleted => "deleted", Revoked => "revoked" });
 
 /// The latest event folded in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -255,7 +240,8 @@ pub struct LastEvent {
     /// Its `event_id`.
     pub event_id: String,
     /// Its `event_type`, verbatim.
-    pub event_type: String,
+    #[schema(value_type = String)]
+    pub event_type: EventType,
     /// Its `occurred_at`.
     #[serde(with = "rfc3339_ms")]
     pub occurred_at: DateTime<Utc>,

@@ -7,7 +7,7 @@ use super::state::{
     Account, AccountStatus, AuthReason, AuthState, Authentication, Consent, ConsentState, InstitutionLogin, LastEvent,
     Lifecycle, PendingAdding, Revocation,
 };
-use crate::event::{AccountRef, CONSENT_REVOKED, ConnectEvent, EventSource, RevokedBy};
+use crate::event::{AccountRef, ConnectEvent, EventSource, EventType, RevokedBy};
 
 /// Applies one event that sorts after every event already applied, by
 /// `(occurred_at, event_id)`.
@@ -17,16 +17,16 @@ use crate::event::{AccountRef, CONSENT_REVOKED, ConnectEvent, EventSource, Revok
 /// event applied twice would be counted twice.
 pub fn apply(state: &mut Lifecycle, event: &ConnectEvent) {
     let at = event.occurred_at;
-    match event.event_type.as_str() {
+    match event.event_type {
         // A new session: whatever an earlier `adding` said belongs to the old one.
-        "started" => state.pending_adding = None,
-        "adding" => {
+        EventType::Started => state.pending_adding = None,
+        EventType::Adding => {
             state.pending_adding =
                 Some(PendingAdding { institution_id: event.institution_id.clone(), oauth: event.oauth });
         }
-        "added" => add_accounts(state, event),
-        "accountsDeleted" => delete_accounts(&mut state.institution_logins, &event.deleted_account_ids),
-        CONSENT_REVOKED if event.source == EventSource::Connectflow => revoke(state, event),
+        EventType::Added => add_accounts(state, event),
+        EventType::AccountsDeleted => delete_accounts(&mut state.institution_logins, &event.deleted_account_ids),
+        EventType::ConsentRevoked if event.source == EventSource::Connectflow => revoke(state, event),
         _ => {}
     }
     if let Some((auth_state, reason, error_code)) = authentication_after(&state.authentication, event) {
@@ -40,6 +40,37 @@ pub fn apply(state: &mut Lifecycle, event: &ConnectEvent) {
     state.event_count += 1;
 }
 
+/// Where an event type stands in the Connect flow, for the funnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FlowPlace {
+    /// Not a step of the flow.
+    Outside,
+    /// A step before an institution is chosen (or without one).
+    InFlow,
+    /// A step at a chosen institution.
+    AtInstitution,
+}
+
+/// The funnel's reading of an event type (`docs/lifecycle.md`, "The connect
+/// funnel").
+pub(super) fn place_in_flow(event_type: &EventType) -> FlowPlace {
+    match event_type {
+        EventType::Adding
+        | EventType::InstitutionSupported
+        | EventType::InstitutionNotSupported
+        | EventType::CredentialsUpdated
+        | EventType::Mfa
+        | EventType::InvalidCredentials
+        | EventType::UnableToConnect
+        | EventType::Discovered
+        | EventType::Added => FlowPlace::AtInstitution,
+        EventType::Started | EventType::InstitutionNotFound | EventType::Cancel | EventType::Done => FlowPlace::InFlow,
+        EventType::Ping | EventType::AccountsDeleted | EventType::ConsentRevoked | EventType::Other(_) => {
+            FlowPlace::Outside
+        }
+    }
+}
+
 /// Where `event` takes the authentication, or `None` when it leaves it alone.
 fn authentication_after(
     current: &Authentication,
@@ -47,22 +78,31 @@ fn authentication_after(
 ) -> Option<(AuthState, Option<AuthReason>, Option<i64>)> {
     let to = |state| Some((state, None, None));
     let fail = |reason| Some((AuthState::Failed, Some(reason), None));
-    match event.event_type.as_str() {
-        "started" | "adding" => to(AuthState::InProgress),
-        "credentialsUpdated" if event.mfa == Some(true) => to(AuthState::MfaChallenge),
-        "credentialsUpdated" => to(AuthState::InProgress),
-        "mfa" => to(AuthState::MfaChallenge),
-        "discovered" | "added" => to(AuthState::Authenticated),
-        "invalidCredentials" => fail(AuthReason::InvalidCredentials),
-        "unableToConnect" => Some((AuthState::Failed, Some(AuthReason::UnableToConnect), event.error_code)),
-        "institutionNotFound" => fail(AuthReason::InstitutionNotFound),
-        "institutionNotSupported" => fail(AuthReason::InstitutionNotSupported),
-        "cancel" => Some((AuthState::Abandoned, Some(AuthReason::Cancelled), None)),
+    match event.event_type {
+        EventType::Started | EventType::Adding => to(AuthState::InProgress),
+        EventType::CredentialsUpdated if event.mfa == Some(true) => to(AuthState::MfaChallenge),
+        EventType::CredentialsUpdated => to(AuthState::InProgress),
+        EventType::Mfa => to(AuthState::MfaChallenge),
+        EventType::Discovered | EventType::Added => to(AuthState::Authenticated),
+        EventType::InvalidCredentials => fail(AuthReason::InvalidCredentials),
+        EventType::UnableToConnect => Some((AuthState::Failed, Some(AuthReason::UnableToConnect), event.error_code)),
+        EventType::InstitutionNotFound => fail(AuthReason::InstitutionNotFound),
+        EventType::InstitutionNotSupported => fail(AuthReason::InstitutionNotSupported),
+        EventType::Cancel => Some((AuthState::Abandoned, Some(AuthReason::Cancelled), None)),
         // `done` normally follows `added`; only a flow left half-way is abandoned by it.
-        "done" if matches!(current.state, AuthState::InProgress | AuthState::MfaChallenge) => {
+        EventType::Done if matches!(current.state, AuthState::InProgress | AuthState::MfaChallenge) => {
             Some((AuthState::Abandoned, Some(AuthReason::Abandoned), None))
         }
-        _ => None,
+        // Nothing the authentication shows (`ping` is never published;
+        // `institutionSupported` waits for the sign-in; a revocation and
+        // `accountsDeleted` change the consent; unknown types are recorded
+        // only).
+        EventType::Done
+        | EventType::Ping
+        | EventType::InstitutionSupported
+        | EventType::AccountsDeleted
+        | EventType::ConsentRevoked
+        | EventType::Other(_) => None,
     }
 }
 

@@ -74,7 +74,7 @@ impl From<ReceiveError> for ApiError {
             ReceiveError::NotJson => ApiError::UnsupportedMediaType(
                 "Content-Type must be application/json (XML webhooks are not supported yet)",
             ),
-            ReceiveError::Signature(err) => ApiError::BadSignature(err),
+            ReceiveError::Signature(err) => ApiError::BadSignature(err.to_string()),
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::error::ErrorBody;
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::publish::Publisher;
 use error::ReceiveError;
-use normalise::{Webhook, event_type_label};
+use normalise::Webhook;
 use signature::SignatureVerifier;
 
 /// The header Finicity signs with (header names match case-insensitively).
@@ -162,7 +162,7 @@ async fn receive(
         Webhook::Ping => return ("ping", Ok(Accepted::Pong)),
         Webhook::Event(event) => event,
     };
-    let label = event_type_label(&event.event_type);
+    let label = event.event_type.label();
     if event.webhook_data_dropped {
         receiver.metrics.webhook_data_dropped.inc();
     }

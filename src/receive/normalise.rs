@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::event::{AccountRef, ConnectEvent, CustomerId, InvalidField, SCHEMA_V1};
+use crate::event::{AccountRef, ConnectEvent, CustomerId, EventType, InvalidField, SCHEMA_V1, truncate_to_millis};
 
 /// Why a verified body cannot be accepted. Each is a 400 naming the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,31 +56,6 @@ pub enum Webhook {
     Event(Box<ConnectEvent>),
 }
 
-/// The event types of Finicity's Connect catalogue (metrics label them by
-/// name; any other type is labelled `other`).
-pub const KNOWN_EVENT_TYPES: &[&str] = &[
-    "ping",
-    "started",
-    "adding",
-    "credentialsUpdated",
-    "discovered",
-    "added",
-    "accountsDeleted",
-    "institutionNotFound",
-    "institutionNotSupported",
-    "unableToConnect",
-    "done",
-    "invalidCredentials",
-    "institutionSupported",
-    "mfa",
-    "cancel",
-];
-
-/// The metrics label of an event type: its name when known, else `other`.
-pub fn event_type_label(event_type: &str) -> &'static str {
-    KNOWN_EVENT_TYPES.iter().copied().find(|known| *known == event_type).unwrap_or("other")
-}
-
 /// Parses and normalises a verified webhook body received at `received_at`.
 pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, ParseError> {
     let value: Value = serde_json::from_slice(raw).map_err(|_| ParseError::NotJson)?;
@@ -88,10 +63,10 @@ pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, Pars
         return Err(ParseError::NotObject);
     };
     let event_type = match envelope.get("eventType") {
-        Some(Value::String(t)) => t.clone(),
+        Some(Value::String(t)) => EventType::parse(t),
         _ => return Err(ParseError::NoEventType),
     };
-    if event_type == "ping" {
+    if event_type == EventType::Ping {
         return Ok(Webhook::Ping);
     }
     let customer_id = match envelope.get("customerId") {
@@ -115,12 +90,12 @@ pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, Pars
     };
     let account_objects = || wire_accounts.iter().filter_map(Value::as_object);
 
-    let accounts = if event_type == "added" || event_type == "discovered" {
+    let accounts = if matches!(event_type, EventType::Added | EventType::Discovered) {
         account_objects().map(account_ref).collect()
     } else {
         Vec::new()
     };
-    let deleted_account_ids = if event_type == "accountsDeleted" {
+    let deleted_account_ids = if event_type == EventType::AccountsDeleted {
         wire_accounts.iter().filter_map(|id| id_text(Some(id))).collect()
     } else {
         Vec::new()
@@ -193,12 +168,6 @@ fn id_text(value: Option<&Value>) -> Option<String> {
 fn last_four(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     chars[chars.len().saturating_sub(4)..].iter().collect()
-}
-
-/// `at` without its sub-millisecond part (event times are kept to the
-/// millisecond).
-pub(crate) fn truncate_to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(at.timestamp_millis()).single().unwrap_or(at)
 }
 
 /// Finicity's event ids start with the epoch milliseconds of the event

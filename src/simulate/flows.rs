@@ -6,80 +6,181 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// A named flow.
+use crate::event::EventType;
+use crate::lifecycle::{AuthReason, AuthState, ConsentState, Steps};
+
+/// A named flow: the webhooks Finicity sends for it and what the customer's
+/// lifecycle must show after them. Everything about a flow is declared
+/// here; nothing elsewhere branches on its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
     /// The `--flow` name.
     pub name: &'static str,
     /// What it rehearses.
     pub description: &'static str,
+    /// The webhooks' event types, in the order Finicity sends them (each
+    /// payload is [`payload`]'s for the type).
+    pub events: &'static [EventType],
+    /// The institution the customer chooses (`None`: none found).
+    pub institution: Option<&'static str>,
+    /// Whether the institution signs in with OAuth.
+    pub oauth: bool,
+    /// When set, every webhook but the last happened this long before the
+    /// last one (a Connect Fix session renewing an old authorization).
+    pub earlier_session_ago: Option<chrono::Duration>,
+    /// Whether the flow ends with a revocation through the API (after its
+    /// webhooks): see [`API_FLOWS`].
+    pub revokes_through_api: bool,
     /// Consent state it should end in.
-    pub expected_consent: &'static str,
+    pub expected_consent: ConsentState,
     /// Authentication state it should end in.
-    pub expected_authentication: &'static str,
+    pub expected_authentication: AuthState,
+    /// The reason its authentication ends with (`failed` or `abandoned`);
+    /// `None` for the others.
+    pub expected_reason: Option<AuthReason>,
+    /// The funnel steps a customer of this flow reaches: what `/v1/stats`
+    /// must count for them.
+    pub expected_steps: Steps,
+}
+
+/// A flow that signs in and shares accounts, without MFA.
+const SHARED: Steps = Steps {
+    started: true,
+    institution_chosen: true,
+    mfa_challenged: false,
+    authenticated: true,
+    consent_granted: true,
+};
+/// A flow that stops at the chosen institution.
+const AT_INSTITUTION: Steps = Steps {
+    started: true,
+    institution_chosen: true,
+    mfa_challenged: false,
+    authenticated: false,
+    consent_granted: false,
+};
+
+/// The fields every flow that ends as `legacy-success` does shares.
+const SUCCESS: Flow = Flow {
+    name: "legacy-success",
+    description: "credentials, accounts discovered, accounts added, done",
+    events: &[EventType::Started, EventType::Adding, EventType::Discovered, EventType::Added, EventType::Done],
+    institution: Some(INSTITUTION),
+    oauth: false,
+    earlier_session_ago: None,
+    revokes_through_api: false,
+    expected_consent: ConsentState::Granted,
+    expected_authentication: AuthState::Authenticated,
+    expected_reason: None,
+    expected_steps: SHARED,
+};
+
+/// A flow that fails at the chosen institution with `reason`.
+const fn failing(
+    name: &'static str,
+    description: &'static str,
+    events: &'static [EventType],
+    reason: AuthReason,
+) -> Flow {
+    Flow {
+        name,
+        description,
+        events,
+        expected_consent: ConsentState::None,
+        expected_authentication: AuthState::Failed,
+        expected_reason: Some(reason),
+        expected_steps: AT_INSTITUTION,
+        ..SUCCESS
+    }
 }
 
 /// Every flow, in `--list-flows` order.
 pub const FLOWS: &[Flow] = &[
-    Flow {
-        name: "legacy-success",
-        description: "credentials, accounts discovered, accounts added, done",
-        expected_consent: "granted",
-        expected_authentication: "authenticated",
-    },
+    SUCCESS,
     Flow {
         name: "oauth-success",
         description: "OAuth institution, accounts added, done",
-        expected_consent: "granted",
-        expected_authentication: "authenticated",
+        events: &[EventType::Started, EventType::Adding, EventType::Added, EventType::Done],
+        oauth: true,
+        ..SUCCESS
     },
     Flow {
         name: "mfa-success",
         description: "credentials, MFA challenge, accounts discovered and added, done",
-        expected_consent: "granted",
-        expected_authentication: "authenticated",
+        events: &[
+            EventType::Started,
+            EventType::Adding,
+            EventType::CredentialsUpdated,
+            EventType::Mfa,
+            EventType::Discovered,
+            EventType::Added,
+            EventType::Done,
+        ],
+        expected_steps: Steps { mfa_challenged: true, ..SHARED },
+        ..SUCCESS
+    },
+    failing(
+        "invalid-credentials",
+        "wrong sign-in details, then done",
+        &[EventType::Started, EventType::Adding, EventType::InvalidCredentials, EventType::Done],
+        AuthReason::InvalidCredentials,
+    ),
+    failing(
+        "unable-to-connect",
+        "the institution connection fails (code 102), then done",
+        &[EventType::Started, EventType::Adding, EventType::UnableToConnect, EventType::Done],
+        AuthReason::UnableToConnect,
+    ),
+    Flow {
+        institution: None,
+        expected_steps: Steps { institution_chosen: false, ..AT_INSTITUTION },
+        ..failing(
+            "institution-not-found",
+            "the institution search finds nothing, then done",
+            &[EventType::Started, EventType::InstitutionNotFound, EventType::Done],
+            AuthReason::InstitutionNotFound,
+        )
     },
     Flow {
-        name: "invalid-credentials",
-        description: "wrong sign-in details, then done",
-        expected_consent: "none",
-        expected_authentication: "failed",
-    },
-    Flow {
-        name: "unable-to-connect",
-        description: "the institution connection fails (code 102), then done",
-        expected_consent: "none",
-        expected_authentication: "failed",
-    },
-    Flow {
-        name: "institution-not-found",
-        description: "the institution search finds nothing, then done",
-        expected_consent: "none",
-        expected_authentication: "failed",
-    },
-    Flow {
-        name: "institution-not-supported",
-        description: "the chosen institution is not supported, then done",
-        expected_consent: "none",
-        expected_authentication: "failed",
+        institution: Some(UNSUPPORTED_INSTITUTION),
+        ..failing(
+            "institution-not-supported",
+            "the chosen institution is not supported, then done",
+            &[EventType::Started, EventType::InstitutionNotSupported, EventType::Done],
+            AuthReason::InstitutionNotSupported,
+        )
     },
     Flow {
         name: "abandoned",
         description: "the customer starts, picks an institution and leaves",
-        expected_consent: "none",
-        expected_authentication: "abandoned",
+        events: &[EventType::Started, EventType::Adding, EventType::Done],
+        expected_consent: ConsentState::None,
+        expected_authentication: AuthState::Abandoned,
+        expected_reason: Some(AuthReason::Abandoned),
+        expected_steps: AT_INSTITUTION,
+        ..SUCCESS
     },
     Flow {
         name: "revoked",
         description: "a legacy success, then accountsDeleted for every account",
-        expected_consent: "revoked",
-        expected_authentication: "authenticated",
+        events: &[
+            EventType::Started,
+            EventType::Adding,
+            EventType::Discovered,
+            EventType::Added,
+            EventType::Done,
+            EventType::AccountsDeleted,
+        ],
+        expected_consent: ConsentState::Revoked,
+        ..SUCCESS
     },
     Flow {
         name: "reauthorized",
         description: "an OAuth success a year ago, then a Connect Fix session's added now (a reauthorization)",
-        expected_consent: "granted",
-        expected_authentication: "authenticated",
+        events: &[EventType::Started, EventType::Adding, EventType::Added, EventType::Done, EventType::Added],
+        oauth: true,
+        earlier_session_ago: Some(REAUTHORIZED_AFTER),
+        ..SUCCESS
     },
 ];
 
@@ -92,8 +193,12 @@ pub const FLOWS: &[Flow] = &[
 pub const API_FLOWS: &[Flow] = &[Flow {
     name: "revoked-by-customer",
     description: "an OAuth success, then the customer revokes through the issuer (the revocation API)",
-    expected_consent: "revoked",
-    expected_authentication: "authenticated",
+    // The revocation is an API call, not a webhook.
+    events: &[EventType::Started, EventType::Adding, EventType::Added, EventType::Done],
+    oauth: true,
+    revokes_through_api: true,
+    expected_consent: ConsentState::Revoked,
+    ..SUCCESS
 }];
 
 /// Every flow `simulate` knows: [`FLOWS`], then [`API_FLOWS`].
@@ -102,56 +207,19 @@ pub fn all_flows() -> impl Iterator<Item = &'static Flow> {
 }
 
 impl Flow {
-    /// Whether the flow ends with a revocation through the API (after its
-    /// webhooks).
-    pub fn revokes_through_api(&self) -> bool {
-        API_FLOWS.iter().any(|flow| flow.name == self.name)
-    }
-
-    /// The funnel steps a customer of this flow reaches
-    /// ([`crate::lifecycle::Steps`]): what `/v1/stats` must count for them.
-    pub fn expected_steps(&self) -> crate::lifecycle::Steps {
-        let (started, institution_chosen, mfa_challenged, authenticated, consent_granted) = match self.name {
-            "legacy-success" | "oauth-success" | "revoked" | "reauthorized" | "revoked-by-customer" => {
-                (true, true, false, true, true)
-            }
-            "mfa-success" => (true, true, true, true, true),
-            "invalid-credentials" | "unable-to-connect" | "institution-not-supported" | "abandoned" => {
-                (true, true, false, false, false)
-            }
-            "institution-not-found" => (true, false, false, false, false),
-            _ => (false, false, false, false, false),
-        };
-        crate::lifecycle::Steps { started, institution_chosen, mfa_challenged, authenticated, consent_granted }
-    }
-
     /// When the first event of a customer whose flow starts at `start`
     /// occurs (see [`bodies`]).
     pub fn first_event_at(&self, start: DateTime<Utc>) -> DateTime<Utc> {
-        if self.name == "reauthorized" { start - REAUTHORIZED_AFTER } else { start }
-    }
-
-    /// The reason its authentication ends with, as `/v1/stats` counts it
-    /// (`failed` or `abandoned`); `None` for the others.
-    pub fn expected_reason(&self) -> Option<&'static str> {
-        match self.name {
-            "invalid-credentials" => Some("invalid_credentials"),
-            "unable-to-connect" => Some("unable_to_connect"),
-            "institution-not-found" => Some("institution_not_found"),
-            "institution-not-supported" => Some("institution_not_supported"),
-            "abandoned" => Some("abandoned"),
-            _ => None,
+        match self.earlier_session_ago {
+            Some(ago) => start - ago,
+            None => start,
         }
     }
 
     /// The institution `/v1/stats/institutions` counts its customers under
     /// (the one chosen last); `None` when they choose none.
     pub fn expected_institution(&self) -> Option<&'static str> {
-        match self.name {
-            "institution-not-found" => None,
-            "institution-not-supported" => Some(UNSUPPORTED_INSTITUTION),
-            _ => Some(INSTITUTION),
-        }
+        self.institution
     }
 }
 
@@ -187,7 +255,7 @@ fn digits(seed: &str, len: usize) -> String {
 
 /// An account object as Finicity sends it: full number and balance
 /// included, so the receiver's minimisation is exercised.
-fn account(customer_id: &str, index: usize, login_id: i64, oauth: bool) -> Value {
+fn account(customer_id: &str, index: usize, login_id: i64, institution: &str, oauth: bool) -> Value {
     let number = digits(&format!("{customer_id}/number/{index}"), 16);
     let last4 = &number[12..];
     let kind = if index == 0 { "checking" } else { "savings" };
@@ -202,7 +270,7 @@ fn account(customer_id: &str, index: usize, login_id: i64, oauth: bool) -> Value
         "aggregationStatusCode": 0,
         "status": "active",
         "customerId": customer_id,
-        "institutionId": INSTITUTION,
+        "institutionId": institution,
         "institutionLoginId": login_id,
         "balanceDate": 1_764_000_000,
         "createdDate": 1_764_000_000,
@@ -212,77 +280,66 @@ fn account(customer_id: &str, index: usize, login_id: i64, oauth: bool) -> Value
     })
 }
 
+/// What one customer's webhooks share: the institution, its OAuth flag and
+/// the accounts.
+struct Session<'a> {
+    institution: &'a str,
+    oauth: bool,
+    accounts: Value,
+    account_ids: Vec<Value>,
+}
+
+/// The payload Finicity sends with an event of `event_type` in `session`.
+fn payload(event_type: &EventType, session: &Session<'_>) -> Value {
+    let Session { institution, oauth, accounts, account_ids } = session;
+    match event_type {
+        EventType::Adding => json!({"institutionId": institution, "oauth": oauth}),
+        EventType::CredentialsUpdated => json!({"mfa": true}),
+        EventType::Discovered => json!({"institutionId": institution, "accounts": accounts}),
+        EventType::Added => json!({"institutionId": institution, "oauth": oauth, "accounts": accounts}),
+        EventType::InvalidCredentials | EventType::InstitutionNotSupported => json!({"institutionId": institution}),
+        EventType::UnableToConnect => json!({"institutionId": institution, "code": 102}),
+        EventType::InstitutionNotFound => json!({"query": "first bank of nowhere"}),
+        EventType::AccountsDeleted => json!({"accounts": account_ids, "institutionId": institution}),
+        _ => json!({}),
+    }
+}
+
 /// The webhook bodies of `flow` for one customer, in the order Finicity
-/// sends them; event `i` occurs at `start + i` seconds.
+/// sends them; event `i` occurs at `start + i` seconds (less
+/// [`Flow::earlier_session_ago`] for all but the last, when set).
 pub fn bodies(flow: &Flow, customer_id: &str, start: DateTime<Utc>, seed: u64) -> Vec<Value> {
     let seed_text = seed.to_string();
     let login_id: i64 = digits(&format!("{customer_id}/login/{seed}"), 9).parse::<i64>().unwrap_or(1) + 1_000_000_000;
-    let oauth = matches!(flow.name, "oauth-success" | "reauthorized" | "revoked-by-customer");
-    let accounts = json!([account(customer_id, 0, login_id, oauth), account(customer_id, 1, login_id, oauth)]);
+    let institution = flow.institution.unwrap_or(INSTITUTION);
+    let accounts = json!([
+        account(customer_id, 0, login_id, institution, flow.oauth),
+        account(customer_id, 1, login_id, institution, flow.oauth)
+    ]);
     let account_ids: Vec<Value> =
         accounts.as_array().into_iter().flatten().filter_map(|a| a.get("id").cloned()).collect();
-    let adding = ("adding", json!({"institutionId": INSTITUTION, "oauth": oauth}));
-    let discovered = ("discovered", json!({"institutionId": INSTITUTION, "accounts": accounts}));
-    let added = ("added", json!({"institutionId": INSTITUTION, "oauth": oauth, "accounts": accounts}));
-    let started = ("started", json!({}));
-    let done = ("done", json!({}));
-    let steps: Vec<(&str, Value)> = match flow.name {
-        "legacy-success" => vec![started, adding, discovered, added, done],
-        // The revocation of `revoked-by-customer` is an API call, not a webhook.
-        "oauth-success" | "revoked-by-customer" => vec![started, adding, added, done],
-        "mfa-success" => vec![
-            started,
-            adding,
-            ("credentialsUpdated", json!({"mfa": true})),
-            ("mfa", json!({})),
-            discovered,
-            added,
-            done,
-        ],
-        "invalid-credentials" => {
-            vec![started, adding, ("invalidCredentials", json!({"institutionId": INSTITUTION})), done]
-        }
-        "unable-to-connect" => {
-            vec![started, adding, ("unableToConnect", json!({"institutionId": INSTITUTION, "code": 102})), done]
-        }
-        "institution-not-found" => {
-            vec![started, ("institutionNotFound", json!({"query": "first bank of nowhere"})), done]
-        }
-        "institution-not-supported" => {
-            vec![started, ("institutionNotSupported", json!({"institutionId": UNSUPPORTED_INSTITUTION})), done]
-        }
-        "abandoned" => vec![started, adding, done],
-        "reauthorized" => vec![started, adding, added.clone(), done, added],
-        "revoked" => vec![
-            started,
-            adding,
-            discovered,
-            added,
-            done,
-            ("accountsDeleted", json!({"accounts": account_ids, "institutionId": INSTITUTION})),
-        ],
-        _ => Vec::new(),
-    };
+    let session = Session { institution, oauth: flow.oauth, accounts, account_ids };
     let consumer_id = hex24(&[customer_id, "consumer", &seed_text]) + "00000000";
-    let last = steps.len().saturating_sub(1);
-    steps
-        .into_iter()
+    let last = flow.events.len().saturating_sub(1);
+    flow.events
+        .iter()
         .enumerate()
-        .map(|(i, (event_type, payload))| {
+        .map(|(i, event_type)| {
             let mut at = start + chrono::Duration::seconds(i as i64);
-            // The first session of `reauthorized` happened a year before
-            // its Connect Fix `added` (the last step).
-            if flow.name == "reauthorized" && i < last {
-                at -= REAUTHORIZED_AFTER;
+            if let Some(ago) = flow.earlier_session_ago
+                && i < last
+            {
+                at -= ago;
             }
+            let name = event_type.as_str();
             let event_id =
-                format!("{}-{}", at.timestamp_millis(), hex24(&[customer_id, event_type, &i.to_string(), &seed_text]));
+                format!("{}-{}", at.timestamp_millis(), hex24(&[customer_id, name, &i.to_string(), &seed_text]));
             json!({
                 "customerId": customer_id,
                 "consumerId": consumer_id,
-                "eventType": event_type,
+                "eventType": name,
                 "eventId": event_id,
-                "payload": payload,
+                "payload": payload(event_type, &session),
                 "webhookData": {"simulated": true}
             })
         })
@@ -326,8 +383,12 @@ mod tests {
                 })
                 .collect();
             let state = crate::lifecycle::fold(&events);
-            assert_eq!(state.funnel.steps, flow.expected_steps(), "{}", flow.name);
-            assert_eq!(state.authentication.reason.map(|r| r.as_str()), flow.expected_reason(), "{}", flow.name);
+            assert_eq!(state.funnel.steps, flow.expected_steps, "{}", flow.name);
+            assert_eq!(state.authentication.reason, flow.expected_reason, "{}", flow.name);
+            assert_eq!(state.authentication.state, flow.expected_authentication, "{}", flow.name);
+            if !flow.revokes_through_api {
+                assert_eq!(state.consent.state, flow.expected_consent, "{}", flow.name);
+            }
             assert_eq!(state.funnel.institution_id.as_deref(), flow.expected_institution(), "{}", flow.name);
             let first = events.iter().map(|e| e.occurred_at).min();
             assert_eq!(state.funnel.first_event_at, first, "{}", flow.name);

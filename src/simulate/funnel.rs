@@ -9,9 +9,9 @@ use std::fmt;
 use chrono::{DateTime, Duration, Utc};
 
 use super::plan::PlannedCustomer;
+use crate::api::model::{DEFAULT_WINDOW, FunnelCounts};
 use crate::event::rfc3339_ms;
-use crate::stats::FunnelCounts;
-use crate::store::stats::Counts;
+use crate::lifecycle::Outcome;
 
 /// The expected funnel of a simulation's customers.
 #[derive(Debug, Clone)]
@@ -36,43 +36,29 @@ impl ExpectedFunnel {
         let first = |c: &PlannedCustomer| c.flow.first_event_at(c.start);
         let since = customers.iter().map(first).min()?;
         let until = customers.iter().map(first).max()? + Duration::milliseconds(1);
-        let recent_since = until - crate::stats::DEFAULT_WINDOW;
+        let recent_since = until - DEFAULT_WINDOW;
         let recent: Vec<&PlannedCustomer> = customers.iter().filter(|c| first(c) >= recent_since).collect();
         Some(Self {
             since,
             until,
-            counts: counts_of(customers.iter()).into(),
-            recent: (recent.len() < customers.len()).then(|| counts_of(recent.into_iter()).into()),
+            counts: counts_of(customers.iter()),
+            recent: (recent.len() < customers.len()).then(|| counts_of(recent.into_iter())),
         })
     }
 }
 
 /// What the flows of these customers declare, added up.
-fn counts_of<'a>(customers: impl Iterator<Item = &'a PlannedCustomer>) -> Counts {
-    let mut counts = Counts::default();
+fn counts_of<'a>(customers: impl Iterator<Item = &'a PlannedCustomer>) -> FunnelCounts {
+    let mut counts = FunnelCounts::default();
     for customer in customers {
         let flow = customer.flow;
-        let steps = flow.expected_steps();
-        let add = |count: &mut i64, yes: bool| *count += i64::from(yes);
-        add(&mut counts.customers, true);
-        add(&mut counts.started, steps.started);
-        add(&mut counts.institution_chosen, steps.institution_chosen);
-        add(&mut counts.mfa_challenged, steps.mfa_challenged);
-        add(&mut counts.authenticated, steps.authenticated);
-        add(&mut counts.consent_granted, steps.consent_granted);
-        add(&mut counts.failed, flow.expected_authentication == "failed");
-        add(&mut counts.abandoned, flow.expected_authentication == "abandoned");
-        add(&mut counts.in_progress, matches!(flow.expected_authentication, "in_progress" | "mfa_challenge"));
-        add(&mut counts.consent_revoked, flow.expected_consent == "revoked");
-        match flow.expected_reason() {
-            Some("invalid_credentials") => counts.failed_invalid_credentials += 1,
-            Some("unable_to_connect") => counts.failed_unable_to_connect += 1,
-            Some("institution_not_found") => counts.failed_institution_not_found += 1,
-            Some("institution_not_supported") => counts.failed_institution_not_supported += 1,
-            Some("cancelled") => counts.abandoned_cancelled += 1,
-            Some("abandoned") => counts.abandoned_abandoned += 1,
-            _ => {}
-        }
+        let outcome = Outcome {
+            steps: flow.expected_steps,
+            authentication: flow.expected_authentication,
+            reason: flow.expected_reason,
+            consent: flow.expected_consent,
+        };
+        counts.add(&outcome, 1);
     }
     counts
 }

@@ -144,12 +144,12 @@ impl SimulateArgs {
     pub fn selected_flows(&self) -> anyhow::Result<Vec<&'static Flow>> {
         if self.flow.is_empty() || self.flow.iter().any(|name| name == ALL_FLOWS) {
             let with_api = self.api_token.is_some();
-            return Ok(flows::all_flows().filter(|flow| with_api || !flow.revokes_through_api()).collect());
+            return Ok(flows::all_flows().filter(|flow| with_api || !flow.revokes_through_api).collect());
         }
         let mut selected: Vec<&'static Flow> = Vec::new();
         for name in &self.flow {
             let flow = flows::flow(name).with_context(|| format!("unknown flow {name:?} (see --list-flows)"))?;
-            if flow.revokes_through_api() && self.api_token.is_none() {
+            if flow.revokes_through_api && self.api_token.is_none() {
                 anyhow::bail!(
                     "flow {name:?} revokes through the API: it needs an API token (set --api-token or \
                      CONNECTFLOW_API_TOKENS)"
@@ -297,7 +297,7 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
         .context("building the HTTP client")?;
 
     let mut sender = Sender::new(client.clone(), url, secret, RetryPolicy::rehearsal(args.retries), args.rate);
-    if plan.customers.iter().any(|customer| customer.flow.revokes_through_api()) {
+    if plan.customers.iter().any(|customer| customer.flow.revokes_through_api) {
         let token = args.verification_token()?;
         sender = sender.with_revocations(&args.api_url, token, plan.seed);
     }
@@ -332,8 +332,8 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
                 .map(|customer| ChangesExpectation {
                     customer_id: customer.customer_id.clone(),
                     flow: customer.flow.name,
-                    consent: customer.flow.expected_consent,
-                    authentication: customer.flow.expected_authentication,
+                    consent: customer.flow.expected_consent.as_str(),
+                    authentication: customer.flow.expected_authentication.as_str(),
                     version: verification.versions.get(&customer.customer_id).copied(),
                 })
                 .collect();
@@ -352,7 +352,10 @@ pub fn flow_table() -> String {
     for flow in flows::all_flows() {
         table.push_str(&format!(
             "{:<27} {:<9} {:<15} {}\n",
-            flow.name, flow.expected_consent, flow.expected_authentication, flow.description
+            flow.name,
+            flow.expected_consent.as_str(),
+            flow.expected_authentication.as_str(),
+            flow.description
         ));
     }
     table

@@ -17,6 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::flows::{self, Flow};
+use crate::event::EventType;
 
 /// Digits of the customer id prefix derived from the seed.
 pub const PREFIX_DIGITS: usize = 12;
@@ -106,7 +107,7 @@ pub struct Delivery {
     /// The body's `eventId` (none for a ping).
     pub event_id: Option<String>,
     /// The body's `eventType`.
-    pub event_type: String,
+    pub event_type: EventType,
     /// The exact bytes to sign and send (`Bytes`, so a retry resends the
     /// same bytes without copying).
     pub body: Bytes,
@@ -122,12 +123,13 @@ impl PlannedCustomer {
 
     /// The webhooks in send order, bodies serialised once.
     pub fn deliveries(&self) -> Vec<Delivery> {
-        let bodies: Vec<(Option<String>, String, Bytes)> = self
+        let bodies: Vec<(Option<String>, EventType, Bytes)> = self
             .bodies()
             .iter()
             .map(|body| {
                 let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
-                (text("eventId"), text("eventType").unwrap_or_default(), Bytes::from(body.to_string()))
+                let event_type = EventType::parse(&text("eventType").unwrap_or_default());
+                (text("eventId"), event_type, Bytes::from(body.to_string()))
             })
             .collect();
         self.order
@@ -135,7 +137,7 @@ impl PlannedCustomer {
             .filter_map(|send| match *send {
                 Slot::Ping => Some(Delivery {
                     event_id: None,
-                    event_type: "ping".to_owned(),
+                    event_type: EventType::Ping,
                     body: Bytes::from_static(PING_BODY.as_bytes()),
                     duplicate: false,
                 }),

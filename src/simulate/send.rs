@@ -199,7 +199,7 @@ impl Sender {
             }
             progress.inc(1);
         }
-        if customer.flow.revokes_through_api() {
+        if customer.flow.revokes_through_api {
             // Without its webhooks the customer never shares, so never
             // becomes revocable.
             let fate = if all_accepted { self.revoke(customer, shutdown).await } else { Fate::NotAccepted };

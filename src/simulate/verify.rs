@@ -48,13 +48,13 @@ impl Expectation {
     pub fn of(customer: &PlannedCustomer, seed: u64) -> Self {
         let revocation = customer
             .flow
-            .revokes_through_api()
-            .then(|| crate::revocation::revocation_event_id(&super::send::revocation_key(seed, &customer.customer_id)));
+            .revokes_through_api
+            .then(|| crate::event::revocation_event_id(&super::send::revocation_key(seed, &customer.customer_id)));
         Self {
             customer_id: customer.customer_id.clone(),
             flow: customer.flow.name,
-            consent: customer.flow.expected_consent,
-            authentication: customer.flow.expected_authentication,
+            consent: customer.flow.expected_consent.as_str(),
+            authentication: customer.flow.expected_authentication.as_str(),
             events: customer.distinct_events() as u64 + u64::from(revocation.is_some()),
             last_event_id: revocation.or_else(|| customer.last_event_id()),
         }

@@ -133,7 +133,7 @@ impl<'a> Versioner<'a> {
             changed,
             caused_by: causes
                 .iter()
-                .map(|e| Cause { event_id: e.event_id.clone(), event_type: e.event_type.clone() })
+                .map(|e| Cause { event_id: e.event_id.clone(), event_type: e.event_type.to_string() })
                 .collect(),
             recomputed,
             occurred_at,

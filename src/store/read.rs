@@ -2,22 +2,26 @@
 //! the last row's sort key, so rows that do not change keep their place
 //! between pages whatever is written meanwhile.
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::event::rfc3339_ms;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{AuthState, ConsentState, Lifecycle};
+use crate::store::error::{StoreError, StoreResultExt};
 
 /// One customer's stored lifecycle, its change version and when it was
 /// last updated.
-pub async fn lifecycle(pool: &PgPool, customer_id: &str) -> anyhow::Result<Option<(Lifecycle, i64, DateTime<Utc>)>> {
+pub async fn lifecycle(
+    pool: &PgPool,
+    customer_id: &str,
+) -> Result<Option<(Lifecycle, i64, DateTime<Utc>)>, StoreError> {
     let row = sqlx::query!("SELECT lifecycle, version, updated_at FROM customers WHERE customer_id = $1", customer_id)
         .fetch_optional(pool)
         .await
-        .context("reading a lifecycle")?;
+        .store("reading a lifecycle")?;
     row.map(|row| {
-        let lifecycle = serde_json::from_value(row.lifecycle).context("decoding a stored lifecycle")?;
+        let lifecycle = serde_json::from_value(row.lifecycle)
+            .map_err(|err| StoreError::undecodable("decoding a stored lifecycle", &err))?;
         Ok((lifecycle, row.version, row.updated_at))
     })
     .transpose()
@@ -30,7 +34,7 @@ pub async fn changes(
     customer_id: &str,
     after_version: Option<i64>,
     limit: i64,
-) -> anyhow::Result<(Vec<String>, Option<i64>)> {
+) -> Result<(Vec<String>, Option<i64>), StoreError> {
     let mut rows = sqlx::query!(
         r#"
         SELECT version, change FROM lifecycle_changes
@@ -44,17 +48,17 @@ pub async fn changes(
     )
     .fetch_all(pool)
     .await
-    .context("reading lifecycle changes")?;
+    .store("reading lifecycle changes")?;
     let next = cut_page(&mut rows, limit, |r| r.version);
     Ok((rows.into_iter().map(|r| r.change).collect(), next))
 }
 
 /// Whether any event of this customer was applied.
-pub async fn customer_exists(pool: &PgPool, customer_id: &str) -> anyhow::Result<bool> {
+pub async fn customer_exists(pool: &PgPool, customer_id: &str) -> Result<bool, StoreError> {
     let found = sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM customers WHERE customer_id = $1)", customer_id)
         .fetch_one(pool)
         .await
-        .context("looking up a customer")?;
+        .store("looking up a customer")?;
     Ok(found.unwrap_or(false))
 }
 
@@ -66,7 +70,7 @@ pub async fn events(
     customer_id: &str,
     after: Option<&(DateTime<Utc>, String)>,
     limit: i64,
-) -> anyhow::Result<(Vec<serde_json::Value>, Option<(DateTime<Utc>, String)>)> {
+) -> Result<(Vec<serde_json::Value>, Option<(DateTime<Utc>, String)>), StoreError> {
     let (after_at, after_id) = match after {
         Some((at, id)) => (Some(*at), Some(id.as_str())),
         None => (None, None),
@@ -87,7 +91,7 @@ pub async fn events(
     )
     .fetch_all(pool)
     .await
-    .context("reading events")?;
+    .store("reading events")?;
     let next = cut_page(&mut rows, limit, |r| (r.occurred_at, r.event_id.clone()));
     let events = rows
         .into_iter()
@@ -115,10 +119,10 @@ fn cut_page<R, K>(rows: &mut Vec<R>, limit: i64, key: impl Fn(&R) -> K) -> Optio
 /// Filters of the customer listing; `None` means any.
 #[derive(Debug, Clone, Default)]
 pub struct CustomerFilter {
-    /// Consent state name.
-    pub consent: Option<String>,
-    /// Authentication state name.
-    pub authentication: Option<String>,
+    /// Consent state.
+    pub consent: Option<ConsentState>,
+    /// Authentication state.
+    pub authentication: Option<AuthState>,
     /// Updated at or after.
     pub updated_since: Option<DateTime<Utc>>,
     /// Current authorization (`consent.authorized_at`) given before this
@@ -138,7 +142,7 @@ pub async fn customers(
     filter: &CustomerFilter,
     after: Option<&(DateTime<Utc>, String)>,
     limit: i64,
-) -> anyhow::Result<(Vec<(String, Lifecycle, DateTime<Utc>)>, Option<(DateTime<Utc>, String)>)> {
+) -> Result<(Vec<(String, Lifecycle, DateTime<Utc>)>, Option<(DateTime<Utc>, String)>), StoreError> {
     let (after_at, after_id) = match after {
         Some((at, id)) => (Some(*at), Some(id.as_str())),
         None => (None, None),
@@ -158,8 +162,8 @@ pub async fn customers(
         ORDER BY updated_at, customer_id
         LIMIT $6
         "#,
-        filter.consent.as_deref(),
-        filter.authentication.as_deref(),
+        filter.consent.map(ConsentState::as_str),
+        filter.authentication.map(AuthState::as_str),
         filter.updated_since,
         after_at,
         after_id,
@@ -171,14 +175,15 @@ pub async fn customers(
     )
     .fetch_all(pool)
     .await
-    .context("listing customers")?;
+    .store("listing customers")?;
     let next = cut_page(&mut rows, limit, |r| (r.updated_at, r.customer_id.clone()));
     let customers = rows
         .into_iter()
         .map(|row| {
-            let lifecycle: Lifecycle = serde_json::from_value(row.lifecycle).context("decoding a stored lifecycle")?;
+            let lifecycle: Lifecycle = serde_json::from_value(row.lifecycle)
+                .map_err(|err| StoreError::undecodable("decoding a stored lifecycle", &err))?;
             Ok((row.customer_id, lifecycle, row.updated_at))
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_, StoreError>>()?;
     Ok((customers, next))
 }

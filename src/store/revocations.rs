@@ -1,9 +1,10 @@
 //! The `Idempotency-Key`s of recorded revocations: the same key always
 //! stands for the same request and the same event.
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+
+use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a key was first used for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +21,7 @@ pub struct RevocationRequest {
 
 /// Records `request` under `key` unless the key is known; returns what the
 /// key stands for (this request, or the one it was first used for).
-pub async fn remember(pool: &PgPool, key: &str, request: &RevocationRequest) -> anyhow::Result<RevocationRequest> {
+pub async fn remember(pool: &PgPool, key: &str, request: &RevocationRequest) -> Result<RevocationRequest, StoreError> {
     let inserted = sqlx::query!(
         r#"
         INSERT INTO consent_revocation_requests (idempotency_key, customer_id, request_sha256, event_id, occurred_at)
@@ -35,7 +36,7 @@ pub async fn remember(pool: &PgPool, key: &str, request: &RevocationRequest) -> 
     )
     .execute(pool)
     .await
-    .context("recording an idempotency key")?;
+    .store("recording an idempotency key")?;
     if inserted.rows_affected() == 1 {
         return Ok(request.clone());
     }
@@ -51,6 +52,6 @@ pub async fn remember(pool: &PgPool, key: &str, request: &RevocationRequest) -> 
     )
     .fetch_one(pool)
     .await
-    .context("reading an idempotency key")?;
+    .store("reading an idempotency key")?;
     Ok(row)
 }

@@ -307,7 +307,7 @@ async fn a_writer_that_waited_for_the_lock_sees_what_the_holder_committed() {
     )
     .bind(&holders_event.event_id)
     .bind(customer)
-    .bind(&holders_event.event_type)
+    .bind(holders_event.event_type.as_str())
     .bind(holders_event.occurred_at)
     .bind(holders_event.received_at)
     .bind(serde_json::to_value(holders_event).expect("json"))

@@ -55,8 +55,8 @@ async fn every_flow_ends_in_its_expected_states() {
         let bodies = bodies(flow, &customer, start(), 1);
         send_all(&app, &bodies).await;
         let state = lifecycle_with(&app, &customer, bodies.len() as u64).await;
-        assert_eq!(state["consent"]["state"], flow.expected_consent, "{}: {state}", flow.name);
-        assert_eq!(state["authentication"]["state"], flow.expected_authentication, "{}: {state}", flow.name);
+        assert_eq!(state["consent"]["state"], flow.expected_consent.as_str(), "{}: {state}", flow.name);
+        assert_eq!(state["authentication"]["state"], flow.expected_authentication.as_str(), "{}: {state}", flow.name);
     }
     app.stop().await;
 }
@@ -105,8 +105,8 @@ async fn shuffled_flows_sent_three_times_end_the_same_with_each_event_once() {
         all.rotate_left(i % 3 + 1);
         send_all(&app, &all).await;
         let state = lifecycle_with(&app, &customer, distinct as u64).await;
-        assert_eq!(state["consent"]["state"], flow.expected_consent, "{}: {state}", flow.name);
-        assert_eq!(state["authentication"]["state"], flow.expected_authentication, "{}: {state}", flow.name);
+        assert_eq!(state["consent"]["state"], flow.expected_consent.as_str(), "{}: {state}", flow.name);
+        assert_eq!(state["authentication"]["state"], flow.expected_authentication.as_str(), "{}: {state}", flow.name);
         assert_eq!(recorded_events(&app, &customer).await, distinct as i64, "{}", flow.name);
     }
     let recomputations = app.metrics.recomputations.get();
@@ -183,8 +183,8 @@ async fn a_restarted_consumer_and_a_shared_group_lose_nothing_and_apply_nothing_
     let (token_b, handle_b) = spawn_consumer(&app, &group);
     for (customer, flow, count) in &expected {
         let state = lifecycle_with(&app, customer, *count as u64).await;
-        assert_eq!(state["consent"]["state"], flow.expected_consent, "{customer}");
-        assert_eq!(state["authentication"]["state"], flow.expected_authentication, "{customer}");
+        assert_eq!(state["consent"]["state"], flow.expected_consent.as_str(), "{customer}");
+        assert_eq!(state["authentication"]["state"], flow.expected_authentication.as_str(), "{customer}");
     }
     let recorded: i64 =
         sqlx::query_scalar("SELECT count(*) FROM connect_events").fetch_one(&app.pool).await.expect("count");

@@ -314,7 +314,7 @@ async fn the_openapi_document_states_the_constraints_the_server_enforces() {
         let limit = parameter(path, "limit");
         assert!(limit["schema"]["type"].to_string().contains("integer"), "{path}: {limit}");
         assert_eq!(limit["schema"]["minimum"], 1);
-        assert_eq!(limit["schema"]["maximum"], connectflow::query::MAX_LIMIT);
+        assert_eq!(limit["schema"]["maximum"], connectflow::api::params::MAX_LIMIT);
     }
     // The state filters name exactly the states the server accepts.
     let schemas = &doc["components"]["schemas"];

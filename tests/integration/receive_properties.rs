@@ -4,7 +4,8 @@
 //! statuses.
 
 use chrono::Utc;
-use connectflow::receive::normalise::{KNOWN_EVENT_TYPES, Webhook, normalise};
+use connectflow::event::EventType;
+use connectflow::receive::normalise::{Webhook, normalise};
 use connectflow::receive::signature::sign;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -77,7 +78,7 @@ fn account() -> impl Strategy<Value = Value> {
 /// A Finicity-shaped envelope of every event type, any value in any field.
 fn envelope() -> impl Strategy<Value = Value> {
     let event_type = prop_oneof![
-        8 => prop::sample::select(KNOWN_EVENT_TYPES).prop_map(Value::from),
+        8 => prop::sample::select(EventType::KNOWN).prop_map(|t| Value::from(t.as_str())),
         1 => any_json(),
     ];
     let accounts = prop_oneof![prop::collection::vec(account(), 0..4).prop_map(Value::from), any_json(),];

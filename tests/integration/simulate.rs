@@ -192,7 +192,7 @@ async fn listing_flows_sends_nothing_and_needs_no_secret() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     for flow in FLOWS {
-        assert!(stdout.contains(flow.name) && stdout.contains(flow.expected_authentication), "{stdout}");
+        assert!(stdout.contains(flow.name) && stdout.contains(flow.expected_authentication.as_str()), "{stdout}");
     }
 }
 

@@ -200,7 +200,7 @@ fn fold_keeps_the_first_copy_of_an_event_id() {
     assert_eq!(state.last_event.map(|last| last.occurred_at), Some(at(1)));
 
     // Copies with one key: the first received wins whatever the input order.
-    let later_copy = ConnectEvent { event_type: "cancel".to_owned(), received_at: at(5), ..first.clone() };
+    let later_copy = ConnectEvent { event_type: EventType::Cancel, received_at: at(5), ..first.clone() };
     assert_eq!(fold(&[later_copy.clone(), first.clone()]), fold(&[first.clone(), later_copy]));
     assert_eq!(fold(&[retry, first]).authentication.state, AuthState::InProgress);
 }
@@ -257,7 +257,7 @@ fn revoked(second: i64, login: Option<&str>) -> ConnectEvent {
         revoked_by: Some(crate::event::RevokedBy::Customer),
         reason: Some("moved bank".to_owned()),
         institution_login_id: login.map(str::to_owned),
-        ..event(crate::event::CONSENT_REVOKED, second)
+        ..event("connectflow.consent.revoked", second)
     }
 }
 

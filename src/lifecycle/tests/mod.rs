@@ -7,7 +7,7 @@ mod serialisation;
 mod table;
 
 use super::*;
-use crate::event::{AccountRef, SCHEMA_V1};
+use crate::event::{AccountRef, EventType, SCHEMA_V1};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 const INSTITUTION: &str = "101732";
@@ -23,7 +23,7 @@ fn event(event_type: &str, second: i64) -> ConnectEvent {
     ConnectEvent {
         schema: SCHEMA_V1.to_owned(),
         event_id: format!("{}-{event_type}", occurred_at.timestamp_millis()),
-        event_type: event_type.to_owned(),
+        event_type: EventType::parse(event_type),
         customer_id: "1005061234".parse().expect("a customer id"),
         consumer_id: None,
         institution_id: None,

@@ -17,8 +17,8 @@ fn api_shape(state: &Lifecycle) -> serde_json::Value {
     value
 }
 
-fn api_answer(state: &Lifecycle) -> crate::query::CustomerLifecycle {
-    crate::query::CustomerLifecycle::new(
+fn api_answer(state: &Lifecycle) -> crate::api::model::CustomerLifecycle {
+    crate::api::model::CustomerLifecycle::new(
         "1".to_owned(),
         state.clone(),
         0,
@@ -126,6 +126,19 @@ fn failed_and_abandoned_serialise_their_reason() {
         assert_eq!(names, columns, "as_str is the serde name");
         names
     }
+    // `ALL` lists every value, each found again by its name.
+    fn all_named<T: PartialEq + std::fmt::Debug + Copy>(
+        all: &[T],
+        expected: &[T],
+        as_str: fn(T) -> &'static str,
+        from_name: fn(&str) -> Option<T>,
+    ) {
+        assert_eq!(all, expected);
+        for value in all {
+            assert_eq!(from_name(as_str(*value)), Some(*value));
+        }
+        assert_eq!(from_name("no-such-name"), None);
+    }
     let reasons = [
         AuthReason::InvalidCredentials,
         AuthReason::UnableToConnect,
@@ -161,6 +174,10 @@ fn failed_and_abandoned_serialise_their_reason() {
     assert_eq!(names(&consents, ConsentState::as_str), ["none", "granted", "revoked"]);
     let statuses = [AccountStatus::Active, AccountStatus::Deleted, AccountStatus::Revoked];
     assert_eq!(names(&statuses, AccountStatus::as_str), ["active", "deleted", "revoked"]);
+    all_named(AuthReason::ALL, &reasons, AuthReason::as_str, AuthReason::from_name);
+    all_named(AuthState::ALL, &states, AuthState::as_str, AuthState::from_name);
+    all_named(ConsentState::ALL, &consents, ConsentState::as_str, ConsentState::from_name);
+    all_named(AccountStatus::ALL, &statuses, AccountStatus::as_str, AccountStatus::from_name);
 }
 
 #[test]

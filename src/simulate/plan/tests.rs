@@ -126,7 +126,7 @@ fn the_duplicate_share_is_respected_and_duplicates_are_exact_resends() {
 fn events_occur_just_before_now_one_second_apart() {
     let plan = plan(&spec(4));
     // (`reauthorized` puts its first session a year earlier, on purpose.)
-    for customer in plan.customers.iter().filter(|c| c.flow.name != "reauthorized") {
+    for customer in plan.customers.iter().filter(|c| c.flow.earlier_session_ago.is_none()) {
         let millis: Vec<i64> = event_ids(&customer.deliveries())
             .iter()
             .map(|id| id.split_once('-').and_then(|(ms, _)| ms.parse().ok()).expect("epoch-ms prefix"))

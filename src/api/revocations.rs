@@ -1,7 +1,7 @@
 //! `POST /v1/customers/{id}/consent/revocations`: a revocation of consent
 //! that the customer makes through the card issuer (its app, its support
 //! line), or that the issuer makes itself. It becomes an event of
-//! connectflow's own ([`CONSENT_REVOKED`], `source: "connectflow"`),
+//! connectflow's own ([`EventType::ConsentRevoked`], `source: "connectflow"`),
 //! published to the events topic like a webhook and applied by the consumer
 //! like any event; the answer (202) comes only once Kafka has it.
 //!
@@ -18,50 +18,22 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
 
-use crate::app::AppState;
+use super::ApiState;
+use super::model::{RevocationAccepted, RevocationBody};
+use super::params::valid_customer_id;
+use super::responses::AuthErrors;
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{
-    CONSENT_REVOKED, ConnectEvent, CustomerId, EventSource, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS,
-    RevokedBy, SCHEMA_V1,
+    ConnectEvent, CustomerId, EventSource, EventType, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, SCHEMA_V1,
+    revocation_event_id, truncate_to_millis,
 };
 use crate::store::read;
 use crate::store::revocations::{self, RevocationRequest};
 
 /// The header naming a request for safe retries.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// A revocation to record.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RevocationBody {
-    /// The institution login whose accounts are revoked; omitted or null:
-    /// every login of the customer.
-    #[serde(default)]
-    #[schema(max_length = 64, pattern = "^[!-~]{1,64}$")]
-    pub institution_login_id: Option<String>,
-    /// Who asked: `customer` or `partner`.
-    pub revoked_by: RevokedBy,
-    /// Why, in a few words (at most 256 characters; control characters are
-    /// removed).
-    #[serde(default)]
-    #[schema(max_length = 256)]
-    pub reason: Option<String>,
-}
-
-/// The answer once Kafka has the revocation event.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RevocationAccepted {
-    /// Always `accepted`: the consumer applies it next (the lifecycle and the
-    /// changes topic show it within moments).
-    #[schema(example = "accepted")]
-    pub status: &'static str,
-    /// The revocation event's id (the same for every retry with the key).
-    pub event_id: String,
-}
 
 /// Records a revocation of the customer's consent.
 #[utoipa::path(
@@ -77,20 +49,19 @@ pub struct RevocationAccepted {
     responses(
         (status = 202, description = "Published to the events topic: the revocation will be applied", body = RevocationAccepted),
         (status = 400, description = "Missing or invalid Idempotency-Key, body not the documented JSON, a field outside its limits, or an invalid customer id", body = ErrorBody),
-        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 404, description = "Customer (or the named institution login) not found", body = ErrorBody),
         (status = 409, description = "The Idempotency-Key was used for another request", body = ErrorBody),
-        (status = 500, description = "Internal error", body = ErrorBody),
+        AuthErrors,
         (status = 503, description = "Kafka did not confirm the event, or the database is unavailable; retry with the same Idempotency-Key (Retry-After)", body = ErrorBody),
     )
 )]
 pub async fn revoke(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<ApiState>>,
     Path(customer_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let customer_id = crate::query::valid_customer_id(&customer_id)?;
+    let customer_id = valid_customer_id(&customer_id)?;
     let key = idempotency_key(&headers)?;
     let body: RevocationBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::BadRequest(
@@ -110,7 +81,7 @@ pub async fn revoke(
         return Err(ApiError::NotFound(format!("customer {customer_id} has no institution login {login}")));
     }
 
-    let now = crate::receive::normalise::truncate_to_millis(Utc::now());
+    let now = truncate_to_millis(Utc::now());
     let request = RevocationRequest {
         customer_id: customer_id.to_string(),
         request_sha256: request_digest(&customer_id, &body),
@@ -125,7 +96,7 @@ pub async fn revoke(
     let mut event = ConnectEvent {
         schema: SCHEMA_V1.to_owned(),
         event_id: recorded.event_id.clone(),
-        event_type: CONSENT_REVOKED.to_owned(),
+        event_type: EventType::ConsentRevoked,
         customer_id,
         consumer_id: None,
         institution_id: None,
@@ -146,7 +117,7 @@ pub async fn revoke(
     };
     event.check().map_err(|err| ApiError::BadRequest(format!("{}: {}", err.field, err.problem)))?;
     event.sanitise();
-    state.receiver.publisher.publish(&event).await.map_err(|err| {
+    state.publisher.publish(&event).await.map_err(|err| {
         tracing::warn!(error = %err, event_id = %event.event_id, "publishing a revocation failed");
         ApiError::Unavailable {
             message: "Kafka did not confirm the revocation; retry with the same Idempotency-Key",
@@ -156,11 +127,6 @@ pub async fn revoke(
     tracing::info!(event_id = %event.event_id, customer_id = %event.customer_id, "revocation recorded");
     Ok((StatusCode::ACCEPTED, Json(RevocationAccepted { status: "accepted", event_id: event.event_id }))
         .into_response())
-}
-
-/// The id of the revocation event recorded under an `Idempotency-Key`.
-pub fn revocation_event_id(key: &str) -> String {
-    format!("connectflow-revocation-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..40])
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -205,6 +171,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+    use crate::event::RevokedBy;
 
     fn with_key(key: &[u8]) -> HeaderMap {
         let mut headers = HeaderMap::new();

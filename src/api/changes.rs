@@ -1,0 +1,64 @@
+//! `/v1/customers/{customer_id}/changes`: the lifecycle changes as
+//! published on the changes topic, for a subscriber that missed records.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::ApiState;
+use super::model::ChangePage;
+use super::params::{Params, decode_version_cursor, encode_version_cursor, parse_limit, valid_customer_id};
+use super::responses::ReadErrors;
+use crate::error::{ApiError, ErrorBody};
+use crate::store::read;
+
+/// Paging parameters of the changes listing: its cursor is a version.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChangePageParams {
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page (opaque: hex of the last
+    /// version on it).
+    #[param(pattern = r"^763a(3[0-9]){1,18}$")]
+    cursor: Option<String>,
+}
+
+/// A customer's lifecycle changes, as published on the lifecycle-changes
+/// topic: for a subscriber that missed records to catch up.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}/changes",
+    tag = "query",
+    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22), ChangePageParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of changes, in version order", body = ChangePage),
+        (status = 400, description = "Invalid customer id, limit or cursor", body = ErrorBody),
+        (status = 404, description = "Customer not found", body = ErrorBody),
+        ReadErrors,
+    )
+)]
+pub async fn get_changes(
+    State(state): State<Arc<ApiState>>,
+    Path(customer_id): Path<String>,
+    Params(params): Params<ChangePageParams>,
+) -> Result<Json<ChangePage>, ApiError> {
+    let customer_id = valid_customer_id(&customer_id)?.to_string();
+    let limit = parse_limit(params.limit.as_deref())?;
+    let after = params.cursor.as_deref().map(decode_version_cursor).transpose()?;
+    if !read::customer_exists(&state.pool, &customer_id).await? {
+        return Err(ApiError::NotFound(format!("customer {customer_id} not found")));
+    }
+    let (changes, next) = read::changes(&state.pool, &customer_id, after, limit).await?;
+    let changes = changes
+        .into_iter()
+        .map(|text| serde_json::from_str(&text))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| ApiError::Internal(anyhow::Error::from(err).context("decoding a recorded change")))?;
+    Ok(Json(ChangePage { changes, next_cursor: next.map(encode_version_cursor) }))
+}

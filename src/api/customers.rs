@@ -1,0 +1,134 @@
+//! `/v1/customers`: "where is this customer in the connect lifecycle?", and
+//! customers filtered by state, time and institution.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::Utc;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::ApiState;
+use super::model::{ConsentView, CustomerLifecycle, CustomerPage, CustomerSummary};
+use super::params::{
+    Params, decode_cursor, encode_cursor, parse_limit, parse_state, parse_time, valid_customer_id, valid_institution_id,
+};
+use super::responses::ReadErrors;
+use crate::error::{ApiError, ErrorBody};
+use crate::lifecycle::{AuthState, ConsentState};
+use crate::store::read;
+
+/// Listing filters and paging.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only customers in this consent state (`none`, `granted`, `revoked`).
+    #[param(value_type = Option<ConsentState>)]
+    consent: Option<String>,
+    /// Only customers in this authentication state (`not_started`,
+    /// `in_progress`, `mfa_challenge`, `authenticated`, `failed`, `abandoned`).
+    #[param(value_type = Option<AuthState>)]
+    authentication: Option<String>,
+    /// Only customers updated at or after this RFC 3339 time.
+    #[param(value_type = Option<String>, format = DateTime)]
+    updated_since: Option<String>,
+    /// Only customers whose current authorization (`consent.authorization_expires_at`)
+    /// lapses before this RFC 3339 time, already lapsed ones included: whom
+    /// to ask to reauthorize in time. None match when authorizations do not
+    /// lapse (`CONNECTFLOW_AUTHORIZATION_DAYS=0`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    authorization_expires_before: Option<String>,
+    /// Only customers whose institution chosen last (`funnel.institution_id`,
+    /// what `/v1/stats/institutions` counts them under) is this one.
+    #[param(pattern = r"^[ -~]{1,64}$", min_length = 1, max_length = 64)]
+    institution_id: Option<String>,
+    /// Only customers whose first event occurred at or after this RFC 3339
+    /// time (the `since` of `/v1/stats`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    first_event_since: Option<String>,
+    /// Only customers whose first event occurred before this RFC 3339 time
+    /// (the `until` of `/v1/stats`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    first_event_until: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page (opaque: hex of the last
+    /// row's key).
+    #[param(pattern = r"^313a(3[0-9]){1,16}3a([2-6][0-9a-f]|7[0-9a-e]){1,128}$")]
+    cursor: Option<String>,
+}
+
+/// A customer's lifecycle.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}/lifecycle",
+    tag = "query",
+    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The customer's lifecycle", body = CustomerLifecycle),
+        (status = 400, description = "Invalid customer id", body = ErrorBody),
+        (status = 404, description = "Customer not found", body = ErrorBody),
+        ReadErrors,
+    )
+)]
+pub async fn get_lifecycle(
+    State(state): State<Arc<ApiState>>,
+    Path(customer_id): Path<String>,
+) -> Result<Json<CustomerLifecycle>, ApiError> {
+    let customer_id = valid_customer_id(&customer_id)?.to_string();
+    let (lifecycle, version, updated_at) = read::lifecycle(&state.pool, &customer_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
+    Ok(Json(CustomerLifecycle::new(customer_id, lifecycle, version, updated_at, state.authorization, Utc::now())))
+}
+
+/// Customers, filtered by state and update time.
+#[utoipa::path(
+    get,
+    path = "/v1/customers",
+    tag = "query",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of customers", body = CustomerPage),
+        (status = 400, description = "Unknown state name, invalid time, limit or cursor", body = ErrorBody),
+        ReadErrors,
+    )
+)]
+pub async fn list_customers(
+    State(state): State<Arc<ApiState>>,
+    Params(params): Params<ListParams>,
+) -> Result<Json<CustomerPage>, ApiError> {
+    let expires_before = parse_time("authorization_expires_before", params.authorization_expires_before.as_deref())?;
+    let filter = read::CustomerFilter {
+        consent: parse_state::<ConsentState>("consent", params.consent.as_deref())?,
+        authentication: parse_state::<AuthState>("authentication", params.authentication.as_deref())?,
+        updated_since: parse_time("updated_since", params.updated_since.as_deref())?,
+        authorized_before: expires_before.and_then(|before| state.authorization.authorized_before(before)),
+        institution_id: params.institution_id.map(valid_institution_id).transpose()?,
+        first_event_since: parse_time("first_event_since", params.first_event_since.as_deref())?,
+        first_event_until: parse_time("first_event_until", params.first_event_until.as_deref())?,
+    };
+    let limit = parse_limit(params.limit.as_deref())?;
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    if expires_before.is_some() && filter.authorized_before.is_none() {
+        // Authorizations do not lapse (or the time is before any that could).
+        return Ok(Json(CustomerPage { customers: Vec::new(), next_cursor: None }));
+    }
+    let (rows, next) = read::customers(&state.pool, &filter, after.as_ref(), limit).await?;
+    let now = Utc::now();
+    let customers = rows
+        .into_iter()
+        .map(|(customer_id, lifecycle, updated_at)| CustomerSummary {
+            customer_id,
+            consent: ConsentView::new(lifecycle.consent, state.authorization, now),
+            authentication: lifecycle.authentication,
+            last_event: lifecycle.last_event,
+            updated_at,
+        })
+        .collect();
+    Ok(Json(CustomerPage { customers, next_cursor: next.as_ref().map(encode_cursor) }))
+}

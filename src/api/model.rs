@@ -1,0 +1,470 @@
+//! The API's documents: the JSON a client sends and receives, as the
+//! OpenAPI document describes them. Pure types with no I/O, so a client
+//! (such as `connectflow simulate`) can build and read them without the
+//! server's storage.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::event::{RevokedBy, rfc3339_ms};
+use crate::lifecycle::{
+    AuthReason, AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, FunnelProgress,
+    InstitutionLogin, LastEvent, Lifecycle, Outcome,
+};
+use crate::store::changes::LifecycleChange;
+
+/// The stats window when none is given: the 30 days before `until` (now).
+pub const DEFAULT_WINDOW: Duration = Duration::days(30);
+
+/// Consent as the API shows it: the stored consent and when its latest
+/// authorization lapses (`CONNECTFLOW_AUTHORIZATION_DAYS` after it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsentView {
+    /// State, since when, first grant and latest authorization.
+    #[serde(flatten)]
+    pub consent: Consent,
+    /// `authorized_at` plus the authorization period; null when nothing is
+    /// authorized now or authorizations do not lapse.
+    #[serde(with = "crate::lifecycle::rfc3339_ms_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// Whether `authorization_expires_at` has passed (at the time of the
+    /// answer): the customer must reauthorize before data is collected again.
+    pub expired: bool,
+}
+
+impl ConsentView {
+    /// The view of `consent` at `now`.
+    pub fn new(consent: Consent, policy: AuthorizationPolicy, now: DateTime<Utc>) -> Self {
+        let authorization_expires_at = policy.expires_at(consent.authorized_at);
+        let expired = policy.expired(consent.authorized_at, now);
+        Self { consent, authorization_expires_at, expired }
+    }
+}
+
+/// An institution login as the API shows it, with when its authorization
+/// lapses.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstitutionLoginView {
+    /// The login, its accounts and `authorized_at`.
+    #[serde(flatten)]
+    pub login: InstitutionLogin,
+    /// `authorized_at` plus the authorization period; null when unknown or
+    /// authorizations do not lapse.
+    #[serde(with = "crate::lifecycle::rfc3339_ms_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// Whether `authorization_expires_at` has passed.
+    pub expired: bool,
+}
+
+/// A customer's lifecycle.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerLifecycle {
+    /// Finicity's customer id.
+    #[schema(example = "1005061234")]
+    pub customer_id: String,
+    /// Consent state, since when, and its authorization's dates.
+    pub consent: ConsentView,
+    /// Authentication state, since when, and why when failed or abandoned.
+    pub authentication: Authentication,
+    /// Shared accounts grouped by institution login.
+    pub institution_logins: Vec<InstitutionLoginView>,
+    /// How far the customer got through Connect: the funnel steps reached,
+    /// the first event's time and the institution chosen last (what
+    /// `/v1/stats` counts them by).
+    pub funnel: FunnelProgress,
+    /// The latest event by `(occurred_at, event_id)`.
+    pub last_event: Option<LastEvent>,
+    /// How many distinct events are recorded.
+    pub event_count: u64,
+    /// How many visible changes the lifecycle has had: the `version` of the
+    /// latest record on the lifecycle-changes topic (0 before the first).
+    pub version: i64,
+    /// When connectflow last changed this record.
+    #[serde(with = "rfc3339_ms")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl CustomerLifecycle {
+    /// The API's answer for a stored lifecycle at `now`: everything but the
+    /// fold's bookkeeping (`pending_adding`), with the expiry of each
+    /// authorization.
+    pub fn new(
+        customer_id: String,
+        lifecycle: Lifecycle,
+        version: i64,
+        updated_at: DateTime<Utc>,
+        policy: AuthorizationPolicy,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let Lifecycle {
+            consent,
+            authentication,
+            institution_logins,
+            last_event,
+            event_count,
+            pending_adding: _,
+            funnel,
+        } = lifecycle;
+        let institution_logins = institution_logins
+            .into_iter()
+            .map(|login| InstitutionLoginView {
+                authorization_expires_at: policy.expires_at(login.authorized_at),
+                expired: policy.expired(login.authorized_at, now),
+                login,
+            })
+            .collect();
+        Self {
+            customer_id,
+            consent: ConsentView::new(consent, policy, now),
+            authentication,
+            institution_logins,
+            funnel,
+            last_event,
+            event_count,
+            version,
+            updated_at,
+        }
+    }
+}
+
+/// One page of a customer's lifecycle changes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangePage {
+    /// Change records exactly as published on the lifecycle-changes topic
+    /// (`connectflow.lifecycle_change.v1`), in version order.
+    pub changes: Vec<LifecycleChange>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// One page of a customer's recorded events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    /// Normalised events as published (`connectflow.connect_event.v1`) plus
+    /// `recorded_at`, in `(occurred_at, event_id)` order.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// A customer in a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerSummary {
+    /// Finicity's customer id.
+    pub customer_id: String,
+    /// Consent state, since when, and its authorization's dates.
+    pub consent: ConsentView,
+    /// Authentication state, since when, and why.
+    pub authentication: Authentication,
+    /// The latest event.
+    pub last_event: Option<LastEvent>,
+    /// When connectflow last changed this record.
+    #[serde(with = "rfc3339_ms")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One page of customers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerPage {
+    /// Ordered by `updated_at`, then `customer_id`.
+    pub customers: Vec<CustomerSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// A time series' bucket size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    /// An hour (UTC).
+    Hour,
+    /// A day (UTC).
+    Day,
+}
+
+impl Bucket {
+    /// How long a bucket is.
+    pub fn length(self) -> Duration {
+        match self {
+            Self::Hour => Duration::hours(1),
+            Self::Day => Duration::days(1),
+        }
+    }
+}
+
+/// The steps reached: each counts the customers who reached it or a later
+/// one (`mfa_challenged` only those challenged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct StepCounts {
+    /// Any event of the Connect flow.
+    pub started: i64,
+    /// An event at a chosen institution.
+    pub institution_chosen: i64,
+    /// An MFA challenge.
+    pub mfa_challenged: i64,
+    /// Signed in (`discovered` or `added`).
+    pub authenticated: i64,
+    /// Shared an account (consent granted at least once).
+    pub consent_granted: i64,
+}
+
+/// Customers whose authentication is `failed` now, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct FailedCounts {
+    /// All of them.
+    pub total: i64,
+    /// By `authentication.reason`.
+    pub by_reason: FailureReasons,
+}
+
+/// Failure reasons.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct FailureReasons {
+    /// `invalidCredentials`.
+    pub invalid_credentials: i64,
+    /// `unableToConnect`.
+    pub unable_to_connect: i64,
+    /// `institutionNotFound`.
+    pub institution_not_found: i64,
+    /// `institutionNotSupported`.
+    pub institution_not_supported: i64,
+}
+
+/// Customers whose authentication is `abandoned` now, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct AbandonedCounts {
+    /// All of them.
+    pub total: i64,
+    /// By `authentication.reason`.
+    pub by_reason: AbandonReasons,
+}
+
+/// Abandonment reasons.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct AbandonReasons {
+    /// `cancel`.
+    pub cancelled: i64,
+    /// `done` while unfinished.
+    pub abandoned: i64,
+}
+
+/// The funnel of a group of customers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct FunnelCounts {
+    /// Customers whose first event is in the window (the bucket).
+    pub customers: i64,
+    /// How many reached each step.
+    pub steps: StepCounts,
+    /// How many ended failed, by reason.
+    pub failed: FailedCounts,
+    /// How many ended abandoned, by reason.
+    pub abandoned: AbandonedCounts,
+    /// Authentication `in_progress` or `mfa_challenge` now: neither
+    /// finished nor ended.
+    pub in_progress: i64,
+    /// Consent `revoked` now (granted once, no account shared now).
+    pub consent_revoked: i64,
+    /// `consent_granted / started`, from 0 to 1; null when none started.
+    pub conversion: Option<f64>,
+}
+
+impl FunnelCounts {
+    /// Counts `customers` more customers with `outcome`.
+    pub fn add(&mut self, outcome: &Outcome, customers: i64) {
+        let count = |yes: bool| if yes { customers } else { 0 };
+        let steps = outcome.steps;
+        self.customers += customers;
+        self.steps.started += count(steps.started);
+        self.steps.institution_chosen += count(steps.institution_chosen);
+        self.steps.mfa_challenged += count(steps.mfa_challenged);
+        self.steps.authenticated += count(steps.authenticated);
+        self.steps.consent_granted += count(steps.consent_granted);
+        match outcome.authentication {
+            AuthState::Failed => {
+                self.failed.total += customers;
+                if let Some(reason) = outcome.reason {
+                    self.failed.by_reason.add(reason, customers);
+                }
+            }
+            AuthState::Abandoned => {
+                self.abandoned.total += customers;
+                if let Some(reason) = outcome.reason {
+                    self.abandoned.by_reason.add(reason, customers);
+                }
+            }
+            AuthState::InProgress | AuthState::MfaChallenge => self.in_progress += customers,
+            AuthState::NotStarted | AuthState::Authenticated => {}
+        }
+        self.consent_revoked += count(outcome.consent == ConsentState::Revoked);
+        self.conversion = conversion(self.steps.consent_granted, self.steps.started);
+    }
+}
+
+impl FailureReasons {
+    /// Counts `customers` more failed with `reason` (an abandonment reason
+    /// counts nowhere here).
+    fn add(&mut self, reason: AuthReason, customers: i64) {
+        let count = match reason {
+            AuthReason::InvalidCredentials => &mut self.invalid_credentials,
+            AuthReason::UnableToConnect => &mut self.unable_to_connect,
+            AuthReason::InstitutionNotFound => &mut self.institution_not_found,
+            AuthReason::InstitutionNotSupported => &mut self.institution_not_supported,
+            AuthReason::Cancelled | AuthReason::Abandoned => return,
+        };
+        *count += customers;
+    }
+}
+
+impl AbandonReasons {
+    /// Counts `customers` more abandoned with `reason` (a failure reason
+    /// counts nowhere here).
+    fn add(&mut self, reason: AuthReason, customers: i64) {
+        let count = match reason {
+            AuthReason::Cancelled => &mut self.cancelled,
+            AuthReason::Abandoned => &mut self.abandoned,
+            AuthReason::InvalidCredentials
+            | AuthReason::UnableToConnect
+            | AuthReason::InstitutionNotFound
+            | AuthReason::InstitutionNotSupported => return,
+        };
+        *count += customers;
+    }
+}
+
+impl InstitutionFunnel {
+    /// The row of `institution_id` from its customers' funnel.
+    pub fn new(institution_id: String, counts: FunnelCounts) -> Self {
+        Self {
+            institution_id,
+            customers: counts.customers,
+            authenticated: counts.steps.authenticated,
+            consent_granted: counts.steps.consent_granted,
+            failed: counts.failed,
+            abandoned: counts.abandoned,
+            conversion: conversion(counts.steps.consent_granted, counts.customers),
+        }
+    }
+}
+
+/// `granted / started`; `None` when nobody started.
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+pub fn conversion(granted: i64, started: i64) -> Option<f64> {
+    (started > 0).then(|| granted as f64 / started as f64)
+}
+
+/// The funnel of a window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Funnel {
+    /// The window's start (inclusive).
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: DateTime<Utc>,
+    /// The window's end (exclusive).
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub until: DateTime<Utc>,
+    /// Its customers' funnel.
+    #[serde(flatten)]
+    pub counts: FunnelCounts,
+}
+
+/// One bucket of a time series.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BucketFunnel {
+    /// The bucket's start (UTC); it holds first events in `[start, start +
+    /// bucket)`, cut to the window.
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub start: DateTime<Utc>,
+    /// Its customers' funnel.
+    #[serde(flatten)]
+    pub counts: FunnelCounts,
+}
+
+/// The funnel per bucket.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Timeseries {
+    /// The window's start (inclusive).
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: DateTime<Utc>,
+    /// The window's end (exclusive).
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub until: DateTime<Utc>,
+    /// The bucket size.
+    pub bucket: Bucket,
+    /// True when the window spans more than 2,400 buckets: it was cut to
+    /// its last 2,400, and `since` is the first one's start.
+    pub truncated: bool,
+    /// Every bucket the window touches, in time order, empty ones included.
+    pub buckets: Vec<BucketFunnel>,
+}
+
+/// One institution's customers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstitutionFunnel {
+    /// The institution the customers chose last.
+    pub institution_id: String,
+    /// Customers who chose it last (and whose first event is in the window).
+    pub customers: i64,
+    /// Of those, signed in.
+    pub authenticated: i64,
+    /// Of those, shared an account.
+    pub consent_granted: i64,
+    /// Of those, `failed` now, by reason.
+    pub failed: FailedCounts,
+    /// Of those, `abandoned` now, by reason.
+    pub abandoned: AbandonedCounts,
+    /// `consent_granted / customers`; null when none.
+    pub conversion: Option<f64>,
+}
+
+/// The institutions with the most customers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Institutions {
+    /// The window's start (inclusive).
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: DateTime<Utc>,
+    /// The window's end (exclusive).
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub until: DateTime<Utc>,
+    /// Sorted by `customers`, most first, then by id; customers who chose
+    /// no institution are not in any row.
+    pub institutions: Vec<InstitutionFunnel>,
+}
+
+/// A revocation to record.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationBody {
+    /// The institution login whose accounts are revoked; omitted or null:
+    /// every login of the customer.
+    #[serde(default)]
+    #[schema(max_length = 64, pattern = "^[!-~]{1,64}$")]
+    pub institution_login_id: Option<String>,
+    /// Who asked: `customer` or `partner`.
+    pub revoked_by: RevokedBy,
+    /// Why, in a few words (at most 256 characters; control characters are
+    /// removed).
+    #[serde(default)]
+    #[schema(max_length = 256)]
+    pub reason: Option<String>,
+}
+
+/// The answer once Kafka has the revocation event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationAccepted {
+    /// Always `accepted`: the consumer applies it next (the lifecycle and the
+    /// changes topic show it within moments).
+    #[schema(example = "accepted")]
+    pub status: &'static str,
+    /// The revocation event's id (the same for every retry with the key).
+    pub event_id: String,
+}

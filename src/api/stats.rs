@@ -1,0 +1,281 @@
+//! `/v1/stats`: the connect funnel for a window, per hour or day, and per
+//! institution. Behind the same bearer tokens as the rest of `/v1`; the
+//! operator console (`/console/`) draws its funnel screen from these three
+//! routes.
+//!
+//! A window `[since, until)` holds the customers whose *first* event
+//! occurred in it (a cohort): each is counted once, with every step they
+//! reached since and the authentication and consent they have now
+//! (`docs/lifecycle.md`, "The connect funnel").
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::ApiState;
+use super::model::{
+    Bucket, BucketFunnel, DEFAULT_WINDOW, Funnel, FunnelCounts, InstitutionFunnel, Institutions, Timeseries,
+};
+use super::params::{Params, parse_limit, parse_time};
+use super::responses::ReadErrors;
+use crate::error::{ApiError, ErrorBody};
+use crate::store::stats::{self, Group};
+
+/// Most buckets one time series may have (100 days of hours).
+pub const MAX_BUCKETS: i64 = 2_400;
+
+/// The window of first events.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WindowParams {
+    /// RFC 3339 time; customers whose first event occurred at or after it
+    /// (default: 30 days before `until`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+    /// RFC 3339 time; ... and before it (default: now). A window whose
+    /// `since` is not before `until` is empty.
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
+}
+
+/// The window and the bucket size.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TimeseriesParams {
+    /// RFC 3339 time; customers whose first event occurred at or after it
+    /// (default: 30 days before `until`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+    /// RFC 3339 time; ... and before it (default: now). A window whose
+    /// `since` is not before `until` is empty.
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
+    /// `hour` or `day` (UTC; default `day`). At most 2,400 buckets: a longer
+    /// window is cut to its last 2,400 (see `truncated`).
+    #[param(value_type = Option<Bucket>)]
+    bucket: Option<String>,
+}
+
+/// The window and how many institutions.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InstitutionParams {
+    /// RFC 3339 time; customers whose first event occurred at or after it
+    /// (default: 30 days before `until`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+    /// RFC 3339 time; ... and before it (default: now). A window whose
+    /// `since` is not before `until` is empty.
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
+    /// How many institutions, 1 to 500 (default 50), those with the most
+    /// customers.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
+}
+
+/// The window from the query string, defaulted and checked. A window whose
+/// `since` is not before its `until` is empty (every count 0, no buckets),
+/// not an error: the parameters are each valid alone.
+fn window(
+    since: Option<&str>,
+    until: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    let until = parse_time("until", until)?.unwrap_or(now);
+    let since = match parse_time("since", since)? {
+        Some(since) => since,
+        None => {
+            until.checked_sub_signed(DEFAULT_WINDOW).ok_or_else(|| ApiError::BadRequest("until is too early".into()))?
+        }
+    };
+    // A `since` not before `until` makes an empty window: nobody in it.
+    Ok((since, until))
+}
+
+/// The funnel of each key's customers.
+fn tally<K: Eq + Hash>(groups: Vec<Group<K>>) -> HashMap<K, FunnelCounts> {
+    let mut counts: HashMap<K, FunnelCounts> = HashMap::new();
+    for group in groups {
+        counts.entry(group.key).or_default().add(&group.outcome, group.customers);
+    }
+    counts
+}
+
+/// The connect funnel of the customers whose first event is in the window.
+#[utoipa::path(
+    get,
+    path = "/v1/stats/funnel",
+    tag = "stats",
+    params(WindowParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The funnel", body = Funnel),
+        (status = 400, description = "Invalid time", body = ErrorBody),
+        ReadErrors,
+    )
+)]
+pub async fn get_funnel(
+    State(state): State<Arc<ApiState>>,
+    Params(params): Params<WindowParams>,
+) -> Result<Json<Funnel>, ApiError> {
+    let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
+    let counts = tally(stats::funnel(&state.pool, since, until).await?).remove(&()).unwrap_or_default();
+    Ok(Json(Funnel { since, until, counts }))
+}
+
+/// The connect funnel per hour or day of first events.
+#[utoipa::path(
+    get,
+    path = "/v1/stats/timeseries",
+    tag = "stats",
+    params(TimeseriesParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The funnel per bucket", body = Timeseries),
+        (status = 400, description = "Invalid time or bucket", body = ErrorBody),
+        ReadErrors,
+    )
+)]
+pub async fn get_timeseries(
+    State(state): State<Arc<ApiState>>,
+    Params(params): Params<TimeseriesParams>,
+) -> Result<Json<Timeseries>, ApiError> {
+    let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
+    let bucket = match params.bucket.as_deref() {
+        None | Some("day") => Bucket::Day,
+        Some("hour") => Bucket::Hour,
+        Some(_) => return Err(ApiError::BadRequest("bucket must be hour or day".into())),
+    };
+    let (starts, truncated) = bucket_starts(since, until, bucket)?;
+    // A window cut to its last buckets starts at the first of them.
+    let since = match starts.first() {
+        Some(first) if truncated => *first,
+        _ => since,
+    };
+    let mut found = tally(stats::timeseries(&state.pool, since, until, bucket.length()).await?);
+    let buckets = starts
+        .into_iter()
+        .map(|start| BucketFunnel { start, counts: found.remove(&start).unwrap_or_default() })
+        .collect();
+    Ok(Json(Timeseries { since, until, bucket, truncated, buckets }))
+}
+
+/// The starts of the buckets `[since, until)` touches, at most the last
+/// [`MAX_BUCKETS`] of them; and whether earlier ones were cut.
+fn bucket_starts(
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    bucket: Bucket,
+) -> Result<(Vec<DateTime<Utc>>, bool), ApiError> {
+    let length = bucket.length();
+    // By whole seconds since the epoch (chrono's `duration_trunc` refuses
+    // times outside the nanosecond range, before 1677).
+    let step = length.num_seconds();
+    let first = DateTime::from_timestamp(since.timestamp().div_euclid(step) * step, 0)
+        .ok_or_else(|| ApiError::BadRequest("since is out of range".into()))?;
+    let span = (until - first).num_seconds();
+    let count = (span + step - 1).div_euclid(step).max(0);
+    let skipped = (count - MAX_BUCKETS).max(0);
+    let starts = (skipped..count).filter_map(|i| first.checked_add_signed(length * i32::try_from(i).ok()?)).collect();
+    Ok((starts, skipped > 0))
+}
+
+/// The connect funnel per institution chosen last.
+#[utoipa::path(
+    get,
+    path = "/v1/stats/institutions",
+    tag = "stats",
+    params(InstitutionParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The institutions with the most customers", body = Institutions),
+        (status = 400, description = "Invalid time or limit", body = ErrorBody),
+        ReadErrors,
+    )
+)]
+pub async fn get_institutions(
+    State(state): State<Arc<ApiState>>,
+    Params(params): Params<InstitutionParams>,
+) -> Result<Json<Institutions>, ApiError> {
+    let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let mut institutions: Vec<InstitutionFunnel> = tally(stats::institutions(&state.pool, since, until, limit).await?)
+        .into_iter()
+        .map(|(institution_id, counts)| InstitutionFunnel::new(institution_id, counts))
+        .collect();
+    // Most customers first, then by id.
+    institutions.sort_by(|a, b| b.customers.cmp(&a.customers).then_with(|| a.institution_id.cmp(&b.institution_id)));
+    Ok(Json(Institutions { since, until, institutions }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    use crate::lifecycle::{AuthReason, AuthState, Outcome, Steps};
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).expect("time").with_timezone(&Utc)
+    }
+
+    #[test]
+    fn windows_default_to_the_last_30_days() {
+        let now = at("2026-11-26T12:00:00Z");
+        assert_eq!(window(None, None, now).ok(), Some((at("2026-10-27T12:00:00Z"), now)));
+        let until = "2026-01-31T00:00:00Z";
+        assert_eq!(window(None, Some(until), now).ok(), Some((at("2026-01-01T00:00:00Z"), at(until))));
+        assert!(window(Some("yesterday"), None, now).is_err());
+        let backwards = window(Some("2026-02-01T00:00:00Z"), Some(until), now).expect("an empty window");
+        assert_eq!(bucket_starts(backwards.0, backwards.1, Bucket::Day).ok(), Some((vec![], false)));
+    }
+
+    #[test]
+    fn buckets_cover_the_window_from_the_truncated_start() {
+        let starts = bucket_starts(at("2026-11-01T10:30:00Z"), at("2026-11-03T00:00:00Z"), Bucket::Day).expect("ok");
+        assert_eq!(starts, (vec![at("2026-11-01T00:00:00Z"), at("2026-11-02T00:00:00Z")], false));
+        let starts = bucket_starts(at("2026-11-01T10:30:00Z"), at("2026-11-01T12:00:01Z"), Bucket::Hour).expect("ok");
+        assert_eq!(starts.0, vec![at("2026-11-01T10:00:00Z"), at("2026-11-01T11:00:00Z"), at("2026-11-01T12:00:00Z")]);
+        let days = bucket_starts(at("2020-01-01T00:00:00Z"), at("2026-01-01T00:00:00Z"), Bucket::Day).expect("ok");
+        assert_eq!((days.0.len(), days.1), (2192, false));
+        let ancient = bucket_starts(at("0309-08-01T23:16:05Z"), at("0309-08-30T23:16:05Z"), Bucket::Day).expect("ok");
+        assert_eq!(ancient.0.first().copied(), Some(at("0309-08-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn a_window_of_too_many_buckets_keeps_its_last_ones() {
+        let until = at("2026-11-01T00:00:00Z");
+        let (starts, truncated) = bucket_starts(at("2026-01-01T00:00:00Z"), until, Bucket::Hour).expect("ok");
+        assert!(truncated);
+        assert_eq!(starts.len() as i64, MAX_BUCKETS);
+        assert_eq!(starts.last().copied(), Some(at("2026-10-31T23:00:00Z")));
+        assert_eq!(starts.first().copied(), Some(until - Duration::hours(MAX_BUCKETS)));
+    }
+
+    #[test]
+    fn groups_add_up_by_key() {
+        let outcome = |authentication, reason| Outcome {
+            steps: Steps::from_bits(3),
+            authentication,
+            reason,
+            consent: crate::lifecycle::ConsentState::None,
+        };
+        let groups = vec![
+            Group { key: "a", outcome: outcome(AuthState::Failed, Some(AuthReason::UnableToConnect)), customers: 2 },
+            Group { key: "b", outcome: outcome(AuthState::InProgress, None), customers: 5 },
+            Group { key: "a", outcome: outcome(AuthState::Abandoned, Some(AuthReason::Cancelled)), customers: 1 },
+        ];
+        let counts = tally(groups);
+        let a = counts["a"];
+        assert_eq!((a.customers, a.failed.total, a.failed.by_reason.unable_to_connect), (3, 2, 2));
+        assert_eq!((a.abandoned.total, a.abandoned.by_reason.cancelled, a.in_progress), (1, 1, 0));
+        assert_eq!((counts["b"].customers, counts["b"].in_progress, counts["b"].steps.started), (5, 5, 5));
+    }
+}
