@@ -9,9 +9,11 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiState;
+use super::customers::known_customer;
 use super::model::ChangePage;
-use super::params::{Params, decode_version_cursor, encode_version_cursor, parse_limit, valid_customer_id};
-use super::responses::ReadErrors;
+use super::params::{
+    CustomerPath, Params, decode_version_cursor, encode_version_cursor, parse_limit, valid_customer_id,
+};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::read;
 
@@ -34,26 +36,22 @@ pub struct ChangePageParams {
     get,
     path = "/v1/customers/{customer_id}/changes",
     tag = "query",
-    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22), ChangePageParams),
-    security(("bearer" = [])),
+    params(CustomerPath, ChangePageParams),
     responses(
         (status = 200, description = "A page of changes, in version order", body = ChangePage),
         (status = 400, description = "Invalid customer id, limit or cursor", body = ErrorBody),
         (status = 404, description = "Customer not found", body = ErrorBody),
-        ReadErrors,
     )
 )]
 pub async fn get_changes(
     State(state): State<Arc<ApiState>>,
-    Path(customer_id): Path<String>,
+    Path(CustomerPath { customer_id }): Path<CustomerPath>,
     Params(params): Params<ChangePageParams>,
 ) -> Result<Json<ChangePage>, ApiError> {
-    let customer_id = valid_customer_id(&customer_id)?.to_string();
+    let customer_id = valid_customer_id(&customer_id)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_version_cursor).transpose()?;
-    if !read::customer_exists(&state.pool, &customer_id).await? {
-        return Err(ApiError::NotFound(format!("customer {customer_id} not found")));
-    }
+    let customer_id = known_customer(&state.pool, customer_id).await?;
     let (changes, next) = read::changes(&state.pool, &customer_id, after, limit).await?;
     let changes = changes
         .into_iter()

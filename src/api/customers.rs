@@ -7,22 +7,24 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chrono::Utc;
 use serde::Deserialize;
+use sqlx::PgPool;
 use utoipa::IntoParams;
 
 use super::ApiState;
 use super::model::{ConsentView, CustomerLifecycle, CustomerPage, CustomerSummary};
 use super::params::{
-    Params, decode_cursor, encode_cursor, parse_limit, parse_state, parse_time, valid_customer_id, valid_institution_id,
+    CustomerPath, PageParams, Params, decode_cursor, encode_cursor, parse_limit, parse_state, parse_time,
+    valid_customer_id, valid_institution_id,
 };
-use super::responses::ReadErrors;
 use crate::error::{ApiError, ErrorBody};
+use crate::event::CustomerId;
 use crate::lifecycle::{AuthState, ConsentState};
 use crate::store::read;
 
-/// Listing filters and paging.
+/// Listing filters (paging: [`PageParams`]).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListParams {
+pub struct ListFilters {
     /// Only customers in this consent state (`none`, `granted`, `revoked`).
     #[param(value_type = Option<ConsentState>)]
     consent: Option<String>,
@@ -51,13 +53,16 @@ pub struct ListParams {
     /// (the `until` of `/v1/stats`).
     #[param(value_type = Option<String>, format = DateTime)]
     first_event_until: Option<String>,
-    /// Page size, 1 to 500 (default 50).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
-    limit: Option<String>,
-    /// The `next_cursor` of the previous page (opaque: hex of the last
-    /// row's key).
-    #[param(pattern = r"^313a(3[0-9]){1,16}3a([2-6][0-9a-f]|7[0-9a-e]){1,128}$")]
-    cursor: Option<String>,
+}
+
+/// The id of a customer connectflow knows, else a 404.
+pub(super) async fn known_customer(pool: &PgPool, customer_id: CustomerId) -> Result<String, ApiError> {
+    let customer_id = customer_id.to_string();
+    if read::customer_exists(pool, &customer_id).await? {
+        Ok(customer_id)
+    } else {
+        Err(ApiError::NotFound(format!("customer {customer_id} not found")))
+    }
 }
 
 /// A customer's lifecycle.
@@ -65,18 +70,16 @@ pub struct ListParams {
     get,
     path = "/v1/customers/{customer_id}/lifecycle",
     tag = "query",
-    params(("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22)),
-    security(("bearer" = [])),
+    params(CustomerPath),
     responses(
         (status = 200, description = "The customer's lifecycle", body = CustomerLifecycle),
         (status = 400, description = "Invalid customer id", body = ErrorBody),
         (status = 404, description = "Customer not found", body = ErrorBody),
-        ReadErrors,
     )
 )]
 pub async fn get_lifecycle(
     State(state): State<Arc<ApiState>>,
-    Path(customer_id): Path<String>,
+    Path(CustomerPath { customer_id }): Path<CustomerPath>,
 ) -> Result<Json<CustomerLifecycle>, ApiError> {
     let customer_id = valid_customer_id(&customer_id)?.to_string();
     let (lifecycle, version, updated_at) = read::lifecycle(&state.pool, &customer_id)
@@ -90,17 +93,16 @@ pub async fn get_lifecycle(
     get,
     path = "/v1/customers",
     tag = "query",
-    params(ListParams),
-    security(("bearer" = [])),
+    params(ListFilters, PageParams),
     responses(
         (status = 200, description = "A page of customers", body = CustomerPage),
         (status = 400, description = "Unknown state name, invalid time, limit or cursor", body = ErrorBody),
-        ReadErrors,
     )
 )]
 pub async fn list_customers(
     State(state): State<Arc<ApiState>>,
-    Params(params): Params<ListParams>,
+    Params(params): Params<ListFilters>,
+    Params(page): Params<PageParams>,
 ) -> Result<Json<CustomerPage>, ApiError> {
     let expires_before = parse_time("authorization_expires_before", params.authorization_expires_before.as_deref())?;
     let filter = read::CustomerFilter {
@@ -112,8 +114,8 @@ pub async fn list_customers(
         first_event_since: parse_time("first_event_since", params.first_event_since.as_deref())?,
         first_event_until: parse_time("first_event_until", params.first_event_until.as_deref())?,
     };
-    let limit = parse_limit(params.limit.as_deref())?;
-    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let limit = parse_limit(page.limit.as_deref())?;
+    let after = page.cursor.as_deref().map(decode_cursor).transpose()?;
     if expires_before.is_some() && filter.authorized_before.is_none() {
         // Authorizations do not lapse (or the time is before any that could).
         return Ok(Json(CustomerPage { customers: Vec::new(), next_cursor: None }));

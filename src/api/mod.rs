@@ -46,7 +46,7 @@ pub struct ApiState {
 
 /// Every `/v1` route, each behind the bearer check, documented.
 pub fn routes(state: Arc<ApiState>) -> OpenApiRouter {
-    OpenApiRouter::new()
+    let mut routes = OpenApiRouter::new()
         .routes(routes!(customers::get_lifecycle))
         .routes(routes!(events::get_events))
         .routes(routes!(changes::get_changes))
@@ -54,7 +54,7 @@ pub fn routes(state: Arc<ApiState>) -> OpenApiRouter {
         .routes(routes!(revocations::revoke))
         .routes(routes!(stats::get_funnel))
         .routes(routes!(stats::get_timeseries))
-        .routes(routes!(stats::get_institutions))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
-        .with_state(state)
+        .routes(routes!(stats::get_institutions));
+    responses::describe_shared(routes.get_openapi_mut());
+    routes.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token)).with_state(state)
 }

@@ -5,10 +5,35 @@
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use chrono::{DateTime, Datelike, Utc};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::event::CustomerId;
+
+/// The customer a `/v1/customers/{customer_id}/...` route is about (checked
+/// by [`valid_customer_id`]).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CustomerPath {
+    /// Finicity customer id, 1 to 22 digits
+    #[param(pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22)]
+    pub customer_id: String,
+}
+
+/// Paging parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page (opaque: hex of the last
+    /// row's key).
+    #[param(pattern = r"^313a(3[0-9]){1,16}3a([2-6][0-9a-f]|7[0-9a-e]){1,128}$")]
+    pub cursor: Option<String>,
+}
 
 /// Largest page.
 pub const MAX_LIMIT: i64 = 500;

@@ -1,34 +1,37 @@
-//! The error answers most API routes share, described once for the OpenAPI
-//! document: a handler lists its own answers and adds these.
+//! What every API route has in common, described once for the OpenAPI
+//! document: each sits behind the bearer check ([`super::auth`]) and may
+//! fail inside, so each gets the `bearer` security requirement, the 401 and
+//! 500 answers, and the 503 of an unavailable database unless it documents
+//! a 503 of its own. A handler's annotation lists only its own answers.
 
-use utoipa::IntoResponses;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::SecurityRequirement;
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
 
-use crate::error::ErrorBody;
+/// The answers every route shares: status, description.
+const SHARED: [(&str, &str); 3] = [
+    ("401", "Missing or invalid credentials"),
+    ("500", "Internal error"),
+    ("503", "The database is unavailable; retry (Retry-After)"),
+];
 
-/// 401, 500 and 503 (the database is unavailable): what every read of the
-/// API may answer besides its own.
-#[derive(IntoResponses)]
-#[allow(dead_code)] // Only described, never built: handlers answer [`crate::error::ApiError`].
-pub enum ReadErrors {
-    /// No valid bearer token.
-    #[response(status = 401, description = "Missing or invalid credentials")]
-    Unauthorized(ErrorBody),
-    /// Anything unexpected (the cause is logged, never sent).
-    #[response(status = 500, description = "Internal error")]
-    Internal(ErrorBody),
-    /// Postgres cannot be reached now.
-    #[response(status = 503, description = "The database is unavailable; retry (Retry-After)")]
-    Unavailable(ErrorBody),
+/// Adds the shared security requirement and answers to every operation of
+/// `openapi` (the API's routes alone).
+pub(super) fn describe_shared(openapi: &mut OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            describe(operation);
+        }
+    }
 }
 
-/// 401 and 500, for a route whose 503 says more than [`ReadErrors`]'s.
-#[derive(IntoResponses)]
-#[allow(dead_code)] // Only described, never built.
-pub enum AuthErrors {
-    /// No valid bearer token.
-    #[response(status = 401, description = "Missing or invalid credentials")]
-    Unauthorized(ErrorBody),
-    /// Anything unexpected (the cause is logged, never sent).
-    #[response(status = 500, description = "Internal error")]
-    Internal(ErrorBody),
+fn describe(operation: &mut Operation) {
+    operation.security.get_or_insert_with(Vec::new).push(SecurityRequirement::new("bearer", Vec::<String>::new()));
+    for (status, description) in SHARED {
+        operation.responses.responses.entry(status.to_owned()).or_insert_with(|| {
+            let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+            ResponseBuilder::new().description(description).content("application/json", body).build().into()
+        });
+    }
 }

@@ -22,8 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use super::model::{RevocationAccepted, RevocationBody};
-use super::params::valid_customer_id;
-use super::responses::AuthErrors;
+use super::params::{CustomerPath, valid_customer_id};
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{
     ConnectEvent, CustomerId, EventSource, EventType, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, SCHEMA_V1,
@@ -41,23 +40,21 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     path = "/v1/customers/{customer_id}/consent/revocations",
     tag = "consent",
     params(
-        ("customer_id" = String, Path, description = "Finicity customer id, 1 to 22 digits", pattern = "^[0-9]{1,22}$", min_length = 1, max_length = 22),
+        CustomerPath,
         ("Idempotency-Key" = String, Header, description = "Names this request for retries: 1 to 128 printable ASCII characters, not starting or ending with a space. The same key with the same request returns the same answer; with another request, 409", min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]{0,126}[!-~])?$"),
     ),
     request_body(content = RevocationBody, content_type = "application/json"),
-    security(("bearer" = [])),
     responses(
         (status = 202, description = "Published to the events topic: the revocation will be applied", body = RevocationAccepted),
         (status = 400, description = "Missing or invalid Idempotency-Key, body not the documented JSON, a field outside its limits, or an invalid customer id", body = ErrorBody),
         (status = 404, description = "Customer (or the named institution login) not found", body = ErrorBody),
         (status = 409, description = "The Idempotency-Key was used for another request", body = ErrorBody),
-        AuthErrors,
         (status = 503, description = "Kafka did not confirm the event, or the database is unavailable; retry with the same Idempotency-Key (Retry-After)", body = ErrorBody),
     )
 )]
 pub async fn revoke(
     State(state): State<Arc<ApiState>>,
-    Path(customer_id): Path<String>,
+    Path(CustomerPath { customer_id }): Path<CustomerPath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {

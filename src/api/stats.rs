@@ -23,7 +23,6 @@ use super::model::{
     Bucket, BucketFunnel, DEFAULT_WINDOW, Funnel, FunnelCounts, InstitutionFunnel, Institutions, Timeseries,
 };
 use super::params::{Params, parse_limit, parse_time};
-use super::responses::ReadErrors;
 use crate::error::{ApiError, ErrorBody};
 use crate::store::stats::{self, Group};
 
@@ -114,11 +113,9 @@ fn tally<K: Eq + Hash>(groups: Vec<Group<K>>) -> HashMap<K, FunnelCounts> {
     path = "/v1/stats/funnel",
     tag = "stats",
     params(WindowParams),
-    security(("bearer" = [])),
     responses(
         (status = 200, description = "The funnel", body = Funnel),
         (status = 400, description = "Invalid time", body = ErrorBody),
-        ReadErrors,
     )
 )]
 pub async fn get_funnel(
@@ -136,11 +133,9 @@ pub async fn get_funnel(
     path = "/v1/stats/timeseries",
     tag = "stats",
     params(TimeseriesParams),
-    security(("bearer" = [])),
     responses(
         (status = 200, description = "The funnel per bucket", body = Timeseries),
         (status = 400, description = "Invalid time or bucket", body = ErrorBody),
-        ReadErrors,
     )
 )]
 pub async fn get_timeseries(
@@ -193,11 +188,9 @@ fn bucket_starts(
     path = "/v1/stats/institutions",
     tag = "stats",
     params(InstitutionParams),
-    security(("bearer" = [])),
     responses(
         (status = 200, description = "The institutions with the most customers", body = Institutions),
         (status = 400, description = "Invalid time or limit", body = ErrorBody),
-        ReadErrors,
     )
 )]
 pub async fn get_institutions(
