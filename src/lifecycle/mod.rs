@@ -71,20 +71,17 @@ pub enum Advance {
 }
 
 /// Folds a batch of events the state has never seen into it, when they all
-/// sort after its last event.
+/// sort after its last event, telling `on_event` what each event did: it is
+/// called after each event is applied with the event, the state before it
+/// and the state after it (in fold order, never when the batch needs a
+/// recomputation). The consumer runs exactly this, and the property tests
+/// prove it equal to [`fold`].
 ///
 /// The events must be new to `state` (the consumer has deduplicated them
 /// against the event history): a repeated id cannot be detected here and
 /// would be counted twice. Repeats *within* the batch are dropped as
 /// [`fold`] does. Either the whole batch is applied or nothing is.
-pub fn advance<'a>(state: &mut Lifecycle, new_events: impl IntoIterator<Item = &'a ConnectEvent>) -> Advance {
-    advance_each(state, new_events, |_, _, _| {})
-}
-
-/// [`advance`], telling `on_event` what each event did: it is called after
-/// each event is applied with the event, the state before it and the state
-/// after it (in fold order, never when the batch needs a recomputation).
-pub fn advance_each<'a>(
+pub fn advance<'a>(
     state: &mut Lifecycle,
     new_events: impl IntoIterator<Item = &'a ConnectEvent>,
     mut on_event: impl FnMut(&'a ConnectEvent, &Lifecycle, &Lifecycle),

@@ -254,7 +254,7 @@ proptest! {
                     batch.push(event.clone());
                 }
             }
-            if advance(&mut state, &batch) == Advance::Recompute {
+            if advance(&mut state, &batch, |_, _, _| {}) == Advance::Recompute {
                 state = fold(&recorded);
             }
             state = reload(&state)?;

@@ -98,7 +98,7 @@ pub async fn apply_batch<'a>(
         }
         let mut state = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
         let mut versioner = Versioner::new(customer_id, stored.map_or(0, |s| s.version), stored.is_some(), recorded_at);
-        let advanced = lifecycle::advance_each(&mut state, events.iter().copied(), |event, before, after| {
+        let advanced = lifecycle::advance(&mut state, events.iter().copied(), |event, before, after| {
             versioner.observe(before, after, &[event], false, false);
         });
         match advanced {

@@ -167,7 +167,7 @@ fn advance_applies_a_later_batch_in_key_order() {
     let mut state = fold(&[event("started", 0)]);
     let batch = [deleted(3, &["a1"]), added(2, "L1", &["a1"]), added(2, "L1", &["a1"])];
 
-    let outcome = advance(&mut state, &batch);
+    let outcome = advance(&mut state, &batch, |_, _, _| {});
 
     assert_eq!(outcome, Advance::Applied);
     assert_eq!(state, fold(&[event("started", 0), added(2, "L1", &["a1"]), deleted(3, &["a1"])]));
@@ -179,11 +179,11 @@ fn advance_leaves_the_state_alone_when_an_event_is_older() {
     let stored = fold(&[event("started", 0), event("mfa", 5)]);
     let mut state = stored.clone();
 
-    let outcome = advance(&mut state, &[event("cancel", 6), event("invalidCredentials", 3)]);
+    let outcome = advance(&mut state, &[event("cancel", 6), event("invalidCredentials", 3)], |_, _, _| {});
 
     assert_eq!(outcome, Advance::Recompute);
     assert_eq!(state, stored);
-    assert_eq!(advance(&mut state, []), Advance::Applied);
+    assert_eq!(advance(&mut state, [], |_, _, _| {}), Advance::Applied);
     assert_eq!(state, stored);
 }
 
