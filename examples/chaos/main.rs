@@ -41,11 +41,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::Utc;
+use connectflow::change::LifecycleChange;
 use connectflow::config::{KafkaArgs, KafkaProperties};
 use connectflow::simulate::changes::{ChangeRecord, ChangesReader, TopicAudit};
 use connectflow::simulate::flows::FLOWS;
 use connectflow::simulate::plan::{Plan, PlanSpec};
-use connectflow::store::changes::LifecycleChange;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -7,12 +7,12 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::change::LifecycleChange;
 use crate::event::{RevokedBy, rfc3339_ms};
 use crate::lifecycle::{
     AuthReason, AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, FunnelProgress,
     InstitutionLogin, LastEvent, Lifecycle, Outcome,
 };
-use crate::store::changes::LifecycleChange;
 
 /// The stats window when none is given: the 30 days before `until` (now).
 pub const DEFAULT_WINDOW: Duration = Duration::days(30);

@@ -40,10 +40,11 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::change::CHANGE_SCHEMA_V1;
 use crate::config::KafkaArgs;
 use crate::kafka::client_config;
 use crate::metrics::Metrics;
-use crate::store::changes::{CHANGE_SCHEMA_V1, CHANGES_CHANNEL};
+use crate::store::changes::CHANGES_CHANNEL;
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// How often the relay looks for unpublished changes without a notification.

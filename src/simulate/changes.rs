@@ -25,9 +25,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::summary::{ChangesVerification, Mismatch};
+use crate::change::{CHANGE_SCHEMA_V1, LifecycleChange};
 use crate::config::KafkaArgs;
 use crate::kafka::client_config;
-use crate::store::changes::{CHANGE_SCHEMA_V1, LifecycleChange};
 
 /// How long a metadata or watermark request may take.
 const KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

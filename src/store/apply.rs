@@ -13,9 +13,10 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::change::{LifecycleChange, Versioner};
 use crate::event::{ConnectEvent, CustomerId};
 use crate::lifecycle::{self, Account, Advance, AuthReason, InstitutionLogin, Lifecycle};
-use crate::store::changes::{Announce, LifecycleChange, Versioner, record_changes};
+use crate::store::changes::{Announce, record_changes};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a batch did.

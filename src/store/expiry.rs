@@ -5,10 +5,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::change::Versioner;
 use crate::event::CustomerId;
 use crate::lifecycle::{AuthorizationPolicy, Lifecycle};
 use crate::store::apply::lock_customers;
-use crate::store::changes::{Announce, Versioner, record_changes};
+use crate::store::changes::{Announce, record_changes};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// Customers looked at per transaction.

@@ -7,12 +7,13 @@
 use chrono::Utc;
 use sqlx::PgPool;
 
+use crate::change::Versioner;
 use crate::event::CustomerId;
 use crate::lifecycle::{Lifecycle, VisibleLifecycle};
 use crate::store::apply::{
     Prior, Projected, load_lifecycles, lock_customers, recompute_from_history, write_accounts, write_lifecycles,
 };
-use crate::store::changes::{Announce, Versioner, record_changes};
+use crate::store::changes::{Announce, record_changes};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a re-projection did.

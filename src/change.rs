@@ -1,0 +1,163 @@
+//! The lifecycle-change contract: the record (`connectflow.lifecycle_change.v1`)
+//! published on `CONNECTFLOW_CHANGES_TOPIC` and listed by
+//! `/v1/customers/{id}/changes`, and the pure [`Versioner`] that numbers a
+//! customer's changes. A wire type beside [`crate::event::ConnectEvent`], with
+//! no storage in it: the store records changes ([`crate::store::changes`]),
+//! the relay publishes them ([`crate::consume::relay`]), the API and simulate read
+//! them, and none of those needs another's insides to do so.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::event::{ConnectEvent, CustomerId, rfc3339_ms};
+use crate::lifecycle::{Dimension, Lifecycle, VisibleLifecycle};
+
+/// The value of the `schema` field and header of every change record.
+pub const CHANGE_SCHEMA_V1: &str = "connectflow.lifecycle_change.v1";
+
+/// An event that caused a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cause {
+    /// The event's id.
+    pub event_id: String,
+    /// The event's type.
+    pub event_type: String,
+}
+
+/// One change of a customer's visible lifecycle, as published on
+/// `CONNECTFLOW_CHANGES_TOPIC` and listed by `/v1/customers/{id}/changes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LifecycleChange {
+    /// Always `connectflow.lifecycle_change.v1`.
+    pub schema: String,
+    /// `<customer_id>:<version>`: subscribers de-duplicate by it.
+    pub change_id: String,
+    /// Finicity's customer id (also the record key).
+    pub customer_id: String,
+    /// Per customer: 1 for the first change, +1 per change, never reused or
+    /// skipped.
+    pub version: i64,
+    /// The visible lifecycle before the change; null for a customer's first
+    /// change (and when the stored state could not be read).
+    pub before: Option<VisibleLifecycle>,
+    /// The visible lifecycle after it.
+    pub after: VisibleLifecycle,
+    /// Which dimensions changed (empty only for a re-projection that changed
+    /// nothing but the accounts' details).
+    pub changed: Vec<Dimension>,
+    /// The events whose application produced the change; empty for a
+    /// re-projection (`connectflow reproject`).
+    pub caused_by: Vec<Cause>,
+    /// True when the customer was recomputed from their whole history (a
+    /// late event, or a re-projection).
+    pub recomputed: bool,
+    /// `occurred_at` of the latest causing event (of the latest recorded
+    /// event for a re-projection).
+    #[serde(with = "rfc3339_ms")]
+    pub occurred_at: DateTime<Utc>,
+    /// When connectflow recorded the change.
+    #[serde(with = "rfc3339_ms")]
+    pub recorded_at: DateTime<Utc>,
+    /// Why, when no event caused it: `authorization_expired` (the current
+    /// authorization lapsed; `before` and `after` are then the same, and
+    /// `occurred_at` is the lapse). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ChangeReason>,
+}
+
+/// Why a change happened without an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeReason {
+    /// `authorized_at` plus `CONNECTFLOW_AUTHORIZATION_DAYS` passed.
+    AuthorizationExpired,
+}
+
+/// Numbers a customer's changes as they are found.
+#[derive(Debug)]
+pub struct Versioner<'a> {
+    customer_id: &'a CustomerId,
+    version: i64,
+    recorded_at: DateTime<Utc>,
+    /// Whether the customer had a readable stored lifecycle before.
+    known_before: bool,
+    /// The changes found.
+    pub changes: Vec<LifecycleChange>,
+}
+
+impl<'a> Versioner<'a> {
+    /// Starts from the customer's stored `version`.
+    pub fn new(customer_id: &'a CustomerId, version: i64, known_before: bool, recorded_at: DateTime<Utc>) -> Self {
+        Self { customer_id, version, recorded_at, known_before, changes: Vec::new() }
+    }
+
+    /// The version after the changes found so far.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Records a change from `before` to `after` when a visible dimension
+    /// moved (or always, with `force`, for a re-projection that rewrote the
+    /// lifecycle).
+    pub fn observe(
+        &mut self,
+        before: &Lifecycle,
+        after: &Lifecycle,
+        causes: &[&ConnectEvent],
+        recomputed: bool,
+        force: bool,
+    ) {
+        let changed = crate::lifecycle::changed(before, after);
+        if changed.is_empty() && !force {
+            return;
+        }
+        let first = self.changes.is_empty() && !self.known_before;
+        self.version += 1;
+        let occurred_at = causes
+            .iter()
+            .map(|e| e.occurred_at)
+            .max()
+            .or_else(|| after.last_event.as_ref().map(|l| l.occurred_at))
+            .unwrap_or(self.recorded_at);
+        self.changes.push(LifecycleChange {
+            schema: CHANGE_SCHEMA_V1.to_owned(),
+            change_id: format!("{}:{}", self.customer_id, self.version),
+            customer_id: self.customer_id.to_string(),
+            version: self.version,
+            before: (!first).then(|| VisibleLifecycle::from(before)),
+            after: VisibleLifecycle::from(after),
+            changed,
+            caused_by: causes
+                .iter()
+                .map(|e| Cause { event_id: e.event_id.clone(), event_type: e.event_type.to_string() })
+                .collect(),
+            recomputed,
+            occurred_at,
+            recorded_at: self.recorded_at,
+            reason: None,
+        });
+    }
+
+    /// Records that the customer's current authorization lapsed at
+    /// `expired_at`: a change of consent that no event caused, with the
+    /// (unchanged) visible lifecycle as `before` and `after`.
+    pub fn expired(&mut self, state: &Lifecycle, expired_at: DateTime<Utc>) {
+        self.version += 1;
+        let visible = VisibleLifecycle::from(state);
+        self.changes.push(LifecycleChange {
+            schema: CHANGE_SCHEMA_V1.to_owned(),
+            change_id: format!("{}:{}", self.customer_id, self.version),
+            customer_id: self.customer_id.to_string(),
+            version: self.version,
+            before: Some(visible.clone()),
+            after: visible,
+            changed: vec![Dimension::Consent],
+            caused_by: Vec::new(),
+            recomputed: false,
+            occurred_at: expired_at,
+            recorded_at: self.recorded_at,
+            reason: Some(ChangeReason::AuthorizationExpired),
+        });
+    }
+}
