@@ -1,5 +1,6 @@
-//! Kafka plumbing shared by the producer, the consumer and `migrate`:
-//! client configuration and topic creation.
+//! Kafka plumbing shared by the producers, the consumer, the readers and
+//! `migrate`: client configuration, the one way to make a producer, and
+//! topic creation.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
 
 use crate::config::{KafkaArgs, MigrationArgs};
 
@@ -25,6 +27,20 @@ pub fn client_config(kafka: &KafkaArgs, own: &[(&str, &str)]) -> ClientConfig {
         config.set(key, value);
     }
     config
+}
+
+/// A producer with connectflow's delivery guarantee: idempotent
+/// (`enable.idempotence=true`: librdkafka's own retries never duplicate or
+/// reorder a record) and `acks=all` (a record is confirmed only once every
+/// in-sync replica has it). Every producer is made here, so none can forget
+/// the guarantee. `tuning` is what differs per use (linger, compression,
+/// `message.timeout.ms`) and cannot weaken the guarantee; the operator's
+/// `CONNECTFLOW_KAFKA_PROPERTIES` still apply last, as in [`client_config`].
+/// `what` names the producer in the error ("creating the {what}").
+pub fn producer(kafka: &KafkaArgs, what: &str, tuning: &[(&str, &str)]) -> anyhow::Result<FutureProducer> {
+    let mut own = tuning.to_vec();
+    own.extend([("enable.idempotence", "true"), ("acks", "all")]);
+    client_config(kafka, &own).create().with_context(|| format!("creating the {what}"))
 }
 
 /// What a topic should have, and what a created one gets.

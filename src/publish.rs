@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaArgs;
 use crate::event::{ConnectEvent, SCHEMA_V1};
-use crate::kafka::client_config;
+use crate::kafka;
 
 /// Why an event could not be published. The webhook is then answered 503,
 /// so Finicity sends it again.
@@ -53,18 +52,11 @@ impl Publisher {
     /// for long (if it does land, the consumer deduplicates it by id).
     pub fn new(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<Self> {
         let timeout_ms = timeout.as_millis().max(1).to_string();
-        let producer: FutureProducer = client_config(
+        let producer = kafka::producer(
             kafka,
-            &[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("linger.ms", "1"),
-                ("compression.type", "lz4"),
-                ("message.timeout.ms", &timeout_ms),
-            ],
-        )
-        .create()
-        .context("creating the Kafka producer")?;
+            "Kafka producer",
+            &[("linger.ms", "1"), ("compression.type", "lz4"), ("message.timeout.ms", &timeout_ms)],
+        )?;
         Ok(Self { producer, topic: kafka.events_topic.clone(), timeout, fatal_logged: Arc::default() })
     }
 

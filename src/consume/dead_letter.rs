@@ -21,7 +21,7 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaArgs;
-use crate::kafka::client_config;
+use crate::kafka;
 use crate::metrics::Metrics;
 
 /// How long one send may wait for the broker.
@@ -79,12 +79,7 @@ impl DeadLetters {
     /// An idempotent, `acks=all` producer for the dead-letter topic.
     pub fn new(kafka: &KafkaArgs, give_up_after: Duration, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let timeout_ms = SEND_TIMEOUT.as_millis().to_string();
-        let producer: FutureProducer = client_config(
-            kafka,
-            &[("enable.idempotence", "true"), ("acks", "all"), ("message.timeout.ms", &timeout_ms)],
-        )
-        .create()
-        .map_err(|err| anyhow::anyhow!("creating the dead-letter producer: {err}"))?;
+        let producer = kafka::producer(kafka, "dead-letter producer", &[("message.timeout.ms", &timeout_ms)])?;
         Ok(Self { producer, topic: kafka.dlq_topic.clone(), give_up_after, metrics })
     }
 

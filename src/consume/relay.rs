@@ -30,7 +30,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -42,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::change::CHANGE_SCHEMA_V1;
 use crate::config::KafkaArgs;
-use crate::kafka::client_config;
+use crate::kafka;
 use crate::metrics::Metrics;
 use crate::store::changes::CHANGES_CHANNEL;
 use crate::store::error::{StoreError, StoreResultExt};
@@ -80,11 +79,10 @@ impl Relay {
     /// An idempotent, `acks=all` producer for the changes topic.
     pub fn new(kafka: &KafkaArgs, pool: PgPool, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let timeout_ms = SEND_TIMEOUT.as_millis().to_string();
-        let producer: FutureProducer = client_config(
+        let producer = kafka::producer(
             kafka,
+            "lifecycle-change producer",
             &[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
                 // The claimed customers' changes go out side by side: a few
                 // milliseconds of linger and lz4 make them a few large
                 // requests instead of one per change (the broker's CPU is
@@ -93,9 +91,7 @@ impl Relay {
                 ("compression.type", "lz4"),
                 ("message.timeout.ms", &timeout_ms),
             ],
-        )
-        .create()
-        .context("creating the lifecycle-change producer")?;
+        )?;
         Ok(Self {
             pool,
             producer,

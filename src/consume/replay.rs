@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaArgs;
-use crate::kafka::client_config;
+use crate::kafka::{self, client_config};
 
 /// How long metadata and reads may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,9 +45,7 @@ pub async fn replay(kafka: &KafkaArgs, reason_contains: Option<&str>, dry_run: b
     let records = tokio::task::spawn_blocking(move || read_to_end(&reader, &topic))
         .await
         .context("reading the dead-letter topic")??;
-    let producer: FutureProducer = client_config(kafka, &[("enable.idempotence", "true"), ("acks", "all")])
-        .create()
-        .context("creating the producer")?;
+    let producer = kafka::producer(kafka, "producer", &[])?;
     let mut outcome = ReplayOutcome::default();
     for parked in records {
         outcome.read += 1;
