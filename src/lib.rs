@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backoff;
 pub mod change;
 pub mod cli;
 pub mod config;

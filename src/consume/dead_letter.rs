@@ -20,6 +20,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::KafkaArgs;
 use crate::kafka;
 use crate::metrics::Metrics;
@@ -28,9 +29,6 @@ use crate::metrics::Metrics;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the original record is tried before falling back to metadata.
 const FULL_RECORD_WINDOW: Duration = Duration::from_secs(15);
-/// First and longest pause between two attempts.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest `dlq_reason` header.
 const MAX_REASON_LEN: usize = 1024;
 
@@ -102,7 +100,7 @@ impl DeadLetters {
         );
         let started = Instant::now();
         let origin = Origin::of(message, reason, parked);
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::default();
         let mut full = true;
         loop {
             let headers = origin.headers(full, message.headers());
@@ -136,12 +134,10 @@ impl DeadLetters {
             if waited >= self.give_up_after {
                 return Err(ParkError::GaveUp { topic: self.topic.clone(), waited, last: err });
             }
-            tracing::warn!(error = %err, retry_in = ?backoff, "dead-letter publish failed; retrying");
-            tokio::select! {
-                () = shutdown.cancelled() => return Err(ParkError::Interrupted),
-                () = tokio::time::sleep(backoff) => {}
+            tracing::warn!(error = %err, retry_in = ?backoff.delay(), "dead-letter publish failed; retrying");
+            if !backoff.wait(shutdown).await {
+                return Err(ParkError::Interrupted);
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }

@@ -18,15 +18,11 @@ use super::dead_letter::{DeadLetters, ParkError, ParkedAs};
 use super::health::ConsumerHealth;
 use super::record::{decode, header_event_id, key_text};
 use super::{Assignment, Callbacks, Queued};
+use crate::backoff::Backoff;
 use crate::event::ConnectEvent;
 use crate::metrics::Metrics;
 use crate::store::apply::apply_batch;
 use crate::store::error::StoreError;
-
-/// Longest pause between two attempts at a batch that failed transiently.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// First pause after a transient failure.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What every lane shares.
 pub(super) struct Shared {
@@ -145,7 +141,7 @@ impl Shared {
         let mut batch = batch;
         let mut items: Vec<Item> = Vec::with_capacity(batch.len());
         let mut decoded = false;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::default();
         loop {
             // Held while applying and storing offsets: a revocation waits
             // for it, so offsets of a revoked partition are never stored
@@ -186,12 +182,10 @@ impl Shared {
                 Err(Failure::Stop(err)) => return Err(err),
                 Err(Failure::Transient(err)) => {
                     drop(applying);
-                    tracing::warn!(lane, error = %err, retry_in = ?backoff, "applying a batch failed; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return Err(ParkError::Interrupted),
-                        () = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(lane, error = %err, retry_in = ?backoff.delay(), "applying a batch failed; retrying");
+                    if !backoff.wait(stop).await {
+                        return Err(ParkError::Interrupted);
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

@@ -39,6 +39,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::change::CHANGE_SCHEMA_V1;
 use crate::config::KafkaArgs;
 use crate::kafka;
@@ -113,20 +114,18 @@ impl Relay {
     /// Postgres and Kafka outages are waited out, like the consumer does.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut listener: Option<PgListener> = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
             if listener.is_none() {
                 listener = self.listen().await;
             }
             match self.publish_all().await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => backoff.reset(),
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "publishing lifecycle changes failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(error = %err, retry_in = ?backoff.delay(), "publishing lifecycle changes failed; retrying");
+                    if !backoff.wait(&shutdown).await {
+                        return Ok(());
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             }
