@@ -14,6 +14,10 @@ use rdkafka::producer::FutureProducer;
 
 use crate::config::{KafkaArgs, MigrationArgs};
 
+mod reader;
+
+pub use reader::{ReadError, TopicReader};
+
 /// A client configuration with the brokers and the operator's extra
 /// properties (`CONNECTFLOW_KAFKA_PROPERTIES`), which are applied last so
 /// they can override connectflow's defaults.

@@ -6,14 +6,12 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaArgs;
-use crate::kafka::{self, client_config};
+use crate::kafka::{self, ReadError, TopicReader};
 
 /// How long metadata and reads may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,14 +35,9 @@ pub struct ReplayOutcome {
 /// `dlq_reason` contains `reason_contains`, when given) to the events topic
 /// with its key and original headers.
 pub async fn replay(kafka: &KafkaArgs, reason_contains: Option<&str>, dry_run: bool) -> anyhow::Result<ReplayOutcome> {
-    let reader: BaseConsumer =
-        client_config(kafka, &[("group.id", "connectflow-dlq-replay"), ("enable.auto.commit", "false")])
-            .create()
-            .context("creating the dead-letter reader")?;
-    let topic = kafka.dlq_topic.clone();
-    let records = tokio::task::spawn_blocking(move || read_to_end(&reader, &topic))
-        .await
-        .context("reading the dead-letter topic")??;
+    let reading = kafka.clone();
+    let records =
+        tokio::task::spawn_blocking(move || read_to_end(&reading)).await.context("reading the dead-letter topic")??;
     let producer = kafka::producer(kafka, "producer", &[])?;
     let mut outcome = ReplayOutcome::default();
     for parked in records {
@@ -91,33 +84,27 @@ struct Parked {
     headers: Vec<(String, Vec<u8>)>,
 }
 
-fn read_to_end(reader: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<Parked>> {
-    let metadata = reader.fetch_metadata(Some(topic), KAFKA_TIMEOUT).context("reading topic metadata")?;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0_i64;
-    let mut ends = std::collections::HashMap::new();
-    for partition in metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()) {
-        let (low, high) =
-            reader.fetch_watermarks(topic, partition.id(), KAFKA_TIMEOUT).context("reading watermarks")?;
-        if high > low {
-            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
-            remaining += high - low;
-            ends.insert(partition.id(), high);
-        }
-    }
+/// Every record parked up to the dead-letter topic's end as of now; none
+/// when the topic does not exist.
+fn read_to_end(kafka: &KafkaArgs) -> anyhow::Result<Vec<Parked>> {
+    let topic = &kafka.dlq_topic;
+    let mut reader = match TopicReader::new(kafka, topic, "connectflow-dlq-replay", "dead-letter topic", KAFKA_TIMEOUT)
+    {
+        Ok(reader) => reader,
+        Err(ReadError::Missing { .. } | ReadError::Unreadable { .. }) => return Ok(Vec::new()),
+        Err(err) => return Err(err.into()),
+    };
     let mut parked = Vec::new();
-    if remaining == 0 {
-        return Ok(parked);
+    let read = reader.read_to_end(KAFKA_TIMEOUT * 4, |message| parked.push(Parked::from_message(&message)));
+    match read {
+        Ok(()) => Ok(parked),
+        Err(ReadError::Behind { left, .. }) => anyhow::bail!("{left} parked records could not be read in time"),
+        Err(err) => Err(err.into()),
     }
-    reader.assign(&assignment).context("assigning the dead-letter partitions")?;
-    let deadline = std::time::Instant::now() + KAFKA_TIMEOUT * 4;
-    while remaining > 0 && std::time::Instant::now() < deadline {
-        let Some(message) = reader.poll(Duration::from_millis(500)) else { continue };
-        let message = message.context("reading a parked record")?;
-        if ends.get(&message.partition()).is_none_or(|end| message.offset() >= *end) {
-            continue;
-        }
-        remaining -= 1;
+}
+
+impl Parked {
+    fn from_message(message: &OwnedMessage) -> Self {
         let mut reason = String::new();
         let mut headers = Vec::new();
         let mut metadata_only = false;
@@ -132,17 +119,13 @@ fn read_to_end(reader: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<Parked>
                 }
             }
         }
-        parked.push(Parked {
+        Self {
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             value: if metadata_only { None } else { Some(message.payload().unwrap_or_default().to_vec()) },
             reason,
             headers,
-        });
+        }
     }
-    if remaining > 0 {
-        anyhow::bail!("{remaining} parked records could not be read in time");
-    }
-    Ok(parked)
 }

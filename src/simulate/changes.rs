@@ -18,16 +18,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::summary::{ChangesVerification, Mismatch};
 use crate::change::{CHANGE_SCHEMA_V1, LifecycleChange};
 use crate::config::KafkaArgs;
-use crate::kafka::client_config;
+use crate::kafka::TopicReader;
 
 /// How long a metadata or watermark request may take.
 const KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,48 +73,17 @@ impl ChangeRecord {
 
 /// Reads every partition of the changes topic from its beginning, in steps:
 /// each [`read_to_end`](Self::read_to_end) goes on from where the previous
-/// one stopped, up to the partitions' high watermarks at that moment.
-/// Blocking: call it from `spawn_blocking`.
-pub struct ChangesReader {
-    consumer: BaseConsumer,
-    topic: String,
-    /// The next offset to read, per partition.
-    next: BTreeMap<i32, i64>,
-}
+/// one stopped, up to the partitions' high watermarks at that moment
+/// ([`TopicReader`]). Blocking: call it from `spawn_blocking`.
+pub struct ChangesReader(TopicReader);
 
 impl ChangesReader {
     /// A reader of `kafka.changes_topic` (with the operator's extra Kafka
     /// properties: TLS, SASL). Commits nothing: it joins no group.
     pub fn new(kafka: &KafkaArgs) -> anyhow::Result<Self> {
-        let topic = kafka.changes_topic.clone();
         let group = format!("connectflow-changes-reader-{}", uuid::Uuid::new_v4().simple());
-        let consumer: BaseConsumer = client_config(
-            kafka,
-            &[("group.id", &group), ("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")],
-        )
-        .create()
-        .context("creating the changes-topic reader")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), KAFKA_REQUEST_TIMEOUT)
-            .with_context(|| format!("reading the metadata of {topic}"))?;
-        let Some(described) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            bail!("the changes topic {topic} does not exist");
-        };
-        if let Some(err) = described.error() {
-            bail!("the changes topic {topic} cannot be read: {err:?}");
-        }
-        let partitions: Vec<i32> = described.partitions().iter().map(|p| p.id()).collect();
-        if partitions.is_empty() {
-            bail!("the changes topic {topic} does not exist");
-        }
-        let mut assignment = TopicPartitionList::new();
-        for partition in &partitions {
-            assignment
-                .add_partition_offset(&topic, *partition, Offset::Beginning)
-                .with_context(|| format!("assigning {topic} partition {partition}"))?;
-        }
-        consumer.assign(&assignment).with_context(|| format!("assigning the partitions of {topic}"))?;
-        Ok(Self { consumer, topic, next: partitions.into_iter().map(|p| (p, 0)).collect() })
+        let reader = TopicReader::new(kafka, &kafka.changes_topic, &group, "changes topic", KAFKA_REQUEST_TIMEOUT)?;
+        Ok(Self(reader))
     }
 
     /// Reads on up to every partition's high watermark as of now, returning
@@ -128,47 +94,13 @@ impl ChangesReader {
         within: Duration,
         keep: impl Fn(Option<&str>) -> bool,
     ) -> anyhow::Result<Vec<ChangeRecord>> {
-        let deadline = Instant::now() + within;
-        let mut ends = BTreeMap::new();
-        for (partition, next) in &mut self.next {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, *partition, KAFKA_REQUEST_TIMEOUT)
-                .with_context(|| format!("reading the watermarks of {} partition {partition}", self.topic))?;
-            // Records below the low watermark were deleted (retention): a
-            // customer's early versions then show as missing.
-            *next = (*next).max(low);
-            ends.insert(*partition, high);
-        }
         let mut records = Vec::new();
-        let mut last_error = None;
-        loop {
-            let behind: Vec<i32> = self
-                .next
-                .iter()
-                .filter(|(partition, next)| ends.get(*partition).is_some_and(|end| *next < end))
-                .map(|(partition, _)| *partition)
-                .collect();
-            if behind.is_empty() {
-                return Ok(records);
+        self.0.read_to_end(within, |message| {
+            if keep(message.key().map(|k| std::str::from_utf8(k).unwrap_or_default())) {
+                records.push(ChangeRecord::from_message(&message));
             }
-            if Instant::now() >= deadline {
-                let why = last_error.map(|err| format!(" (last error: {err})")).unwrap_or_default();
-                bail!("{} partitions {behind:?} not read to their end within {within:?}{why}", self.topic);
-            }
-            match self.consumer.poll(Duration::from_millis(200)) {
-                None => {}
-                // A broker moving a partition, a connection dropped: the
-                // client recovers by itself; the deadline bounds the wait.
-                Some(Err(err)) => last_error = Some(err),
-                Some(Ok(message)) => {
-                    self.next.insert(message.partition(), message.offset() + 1);
-                    if keep(message.key().map(|k| std::str::from_utf8(k).unwrap_or_default())) {
-                        records.push(ChangeRecord::from_message(&message));
-                    }
-                }
-            }
-        }
+        })?;
+        Ok(records)
     }
 }
 
