@@ -27,7 +27,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Simulate(args) => crate::simulate::run(args, shutdown).await,
         Command::Dlq(DlqCommand::Replay(args)) => {
             let outcome =
-                crate::consume::replay::replay(&args.kafka, args.reason_contains.as_deref(), args.dry_run).await?;
+                crate::dead_letter::replay::replay(&args.kafka, args.reason_contains.as_deref(), args.dry_run).await?;
             let verb = if args.dry_run { "would replay" } else { "replayed" };
             println!(
                 "read {} parked records: {verb} {}, {} filtered out, {} metadata only",

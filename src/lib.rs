@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod consume;
+pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod health;

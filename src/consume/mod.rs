@@ -18,9 +18,9 @@
 //!   librdkafka commits stored offsets periodically, on revocation, and
 //!   (explicitly, here) on shutdown.
 //! - A record that cannot become an event (poison) is parked on the
-//!   dead-letter topic ([`dead_letter`]). A batch that fails *permanently*
-//!   in Postgres (bad data) is split in halves until the offending records
-//!   are isolated; those are parked, the rest applied. A *transient* failure
+//!   dead-letter topic ([`crate::dead_letter`]). A batch that fails
+//!   *permanently* in Postgres (bad data) is split in halves until the
+//!   offending records are isolated; those are parked, the rest applied. A *transient* failure
 //!   (Postgres away) retries the batch with capped backoff, and `/livez`
 //!   turns 503 when a lane makes no progress for
 //!   `CONNECTFLOW_CONSUMER_STALL_SECONDS` ([`health`]).
@@ -29,13 +29,11 @@
 //!   ([`assignment`]), so a partition is only written by its current owner.
 
 pub mod assignment;
-pub mod dead_letter;
 pub mod expiry;
 pub mod health;
 mod lane;
 pub mod record;
 pub mod relay;
-pub mod replay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,10 +49,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConsumerArgs, KafkaArgs};
+use crate::dead_letter::DeadLetters;
 use crate::kafka::client_config;
 use crate::metrics::{Metrics, PartitionLabels};
 use assignment::Assignment;
-use dead_letter::DeadLetters;
 use health::ConsumerHealth;
 use lane::Lanes;
 

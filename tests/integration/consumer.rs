@@ -452,19 +452,19 @@ async fn parked_records_are_replayed_once_their_cause_is_fixed() {
     dead_letters(&app, 2).await;
     let on_topic = crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic);
 
-    let dry = connectflow::consume::replay::replay(&app.kafka, Some("23514"), true).await.expect("dry run");
+    let dry = connectflow::dead_letter::replay::replay(&app.kafka, Some("23514"), true).await.expect("dry run");
     assert_eq!((dry.read, dry.replayed, dry.filtered_out), (2, 1, 1), "{dry:?}");
     assert_eq!(crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic), on_topic, "dry run");
 
     // The fix: the database takes the event now.
     sqlx::query("ALTER TABLE connect_events DROP CONSTRAINT test_refuses").execute(&app.pool).await.expect("fix");
-    let done = connectflow::consume::replay::replay(&app.kafka, Some("23514"), false).await.expect("replay");
+    let done = connectflow::dead_letter::replay::replay(&app.kafka, Some("23514"), false).await.expect("replay");
     assert_eq!(done.replayed, 1);
     all_applied(&app.pool, &[("7900000001".to_owned(), 1)], Duration::from_secs(30))
         .await
         .expect("replayed and applied");
     // Replaying again changes nothing: the event is a duplicate.
-    connectflow::consume::replay::replay(&app.kafka, Some("23514"), false).await.expect("again");
+    connectflow::dead_letter::replay::replay(&app.kafka, Some("23514"), false).await.expect("again");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(event_count(&app.pool, "7900000001").await, Some(1));
     app.stop().await;

@@ -1,5 +1,6 @@
-//! Parking records the consumer cannot apply on the dead-letter topic, in a
-//! way that cannot wedge the consumer either.
+//! Dead letters: parking records the consumer cannot apply on the
+//! dead-letter topic, in a way that cannot wedge the consumer either, and
+//! publishing them back once their cause is fixed ([`replay`]).
 //!
 //! The original record is parked as it is, with the reason and its origin in
 //! headers. When the broker will not take it (too large with the added
@@ -9,6 +10,8 @@
 //! topic. If even that fails for `CONNECTFLOW_DLQ_TIMEOUT_SECONDS`, the
 //! consumer stops with an error: a restarting pod is visible, a silent stall
 //! is not.
+
+pub mod replay;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
