@@ -3,7 +3,7 @@
 //! `/v1/customers/{id}/changes`, and the pure [`Versioner`] that numbers a
 //! customer's changes. A wire type beside [`crate::event::ConnectEvent`], with
 //! no storage in it: the store records changes ([`crate::store::changes`]),
-//! the relay publishes them ([`crate::consume::relay`]), the API and simulate read
+//! the outbox publishes them ([`crate::outbox`]), the API and simulate read
 //! them, and none of those needs another's insides to do so.
 
 use chrono::{DateTime, Utc};

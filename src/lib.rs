@@ -25,6 +25,7 @@ pub mod health;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
+pub mod outbox;
 pub mod publish;
 pub mod receive;
 pub mod serve;

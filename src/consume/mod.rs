@@ -33,7 +33,6 @@ pub mod expiry;
 pub mod health;
 mod lane;
 pub mod record;
-pub mod relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -134,7 +133,7 @@ pub struct LifecycleConsumer {
     queue_bytes: usize,
     ops: Option<tokio::net::TcpListener>,
     ops_state: Option<Arc<crate::health::OpsState>>,
-    relay: relay::Relay,
+    relay: crate::outbox::Relay,
     pool: PgPool,
     authorization: crate::lifecycle::AuthorizationPolicy,
 }
@@ -174,7 +173,7 @@ impl LifecycleConsumer {
         let lane_count = usize::try_from(args.parallelism).unwrap_or(1).max(1);
         let health = Arc::new(ConsumerHealth::new(lane_count, Duration::from_secs(args.stall_seconds)));
         let dead_letters = DeadLetters::new(kafka, Duration::from_secs(args.dlq_timeout_seconds), metrics.clone())?;
-        let relay = relay::Relay::new(kafka, pool.clone(), metrics.clone())?;
+        let relay = crate::outbox::Relay::new(kafka, pool.clone(), metrics.clone())?;
         let expiry_pool = pool.clone();
         let relay_wake = relay.waker();
         let lanes = Lanes::new(lane::Shared {

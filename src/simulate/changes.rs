@@ -3,7 +3,7 @@
 //! API shows, and against the states its flow ends in.
 //!
 //! What a subscriber is promised (docs/event-schema.md, the relay in
-//! [`crate::consume::relay`]): a customer's records are in one partition, in
+//! [`crate::outbox`]): a customer's records are in one partition, in
 //! version order 1, 2, 3, ..., never with a gap. A relay that dies between
 //! Kafka's confirmation and its commit leaves the versions unmarked, and the
 //! next relay publishes them again, from the first unmarked one on: so a

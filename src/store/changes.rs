@@ -1,7 +1,7 @@
 //! The lifecycle-change outbox: each change of a customer's visible
 //! lifecycle becomes a record ([`crate::change::LifecycleChange`]), written to
 //! `lifecycle_changes` in the same transaction as the lifecycle it describes;
-//! the relay ([`crate::consume::relay`]) publishes it afterwards.
+//! the relay ([`crate::outbox`]) publishes it afterwards.
 
 use sqlx::{Postgres, Transaction};
 

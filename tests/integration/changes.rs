@@ -175,11 +175,10 @@ async fn a_relay_crash_between_publish_and_mark_repeats_changes_but_never_leaves
     let events = normalised(&bodies(flow("revoked").expect("flow"), customer, start(), 4));
     let expected = expected_afters(&events).len();
     connectflow::store::apply::apply_batch(&app.pool, &events).await.expect("applied, changes recorded");
-    let relay =
-        connectflow::consume::relay::Relay::new(&app.kafka, app.pool.clone(), connectflow::metrics::Metrics::new())
-            .expect("relay");
+    let relay = connectflow::outbox::Relay::new(&app.kafka, app.pool.clone(), connectflow::metrics::Metrics::new())
+        .expect("relay");
     // Publishes, then dies before marking: everything stays unpublished.
-    let published = relay.publish_batch(true).await.expect("published then crashed");
+    let published = relay.publish_batch_then_crash_before_mark().await.expect("published then crashed");
     assert_eq!(published, expected);
     let waiting: i64 =
         sqlx::query_scalar("SELECT count(*) FROM lifecycle_outbox").fetch_one(&app.pool).await.expect("count");

@@ -1,30 +1,6 @@
-//! The outbox relay: publishes recorded lifecycle changes
-//! ([`crate::store::changes`]) to `CONNECTFLOW_CHANGES_TOPIC`, in
-//! `(customer, version)` order, and deletes them from the outbox only after
-//! Kafka confirmed them.
-//!
-//! - **Wakes without busy polling**: the consumer's lanes wake the relay of
-//!   their own process after each batch that recorded changes (in memory: a
-//!   `NOTIFY` from every batch would serialise the lanes' commits, since
-//!   Postgres takes a database-wide lock to commit a notifying
-//!   transaction). Writers outside `consume` (`reproject`) `NOTIFY` on
-//!   [`CHANGES_CHANNEL`](crate::store::changes::CHANGES_CHANNEL), which the
-//!   relay `LISTEN`s to, and it polls every [`SAFETY_POLL`] anyway (a
-//!   notification is lost while the listening connection is down).
-//! - **Several relays (one per `consume` process) never publish one
-//!   customer's versions concurrently or out of order**: a relay claims
-//!   customers with a transaction-scoped advisory lock of their own
-//!   (`pg_try_advisory_xact_lock` on `connectflow.relay:<customer>`; a
-//!   customer another relay holds is skipped, not waited for), publishes each
-//!   claimed customer's unpublished versions one after another, and marks
-//!   them in the same transaction. Customers are claimed per transaction,
-//!   not by Kafka partition, so a relay needs no partition assignment and
-//!   keeps working when consumers come and go.
-//! - **Exactly one record per change, except after a crash**: a relay that
-//!   dies between Kafka's confirmation and its commit leaves the rows
-//!   unpublished, and they are published again: subscribers de-duplicate by
-//!   `change_id`. Never a gap: a version is marked only when it and every
-//!   earlier one are confirmed.
+//! The relay: claims customers with unpublished changes, publishes their
+//! changes in version order and marks what Kafka confirmed, each round in
+//! one Postgres transaction (see [`crate::outbox`] for why it is correct).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,7 +21,9 @@ use crate::config::KafkaArgs;
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::store::changes::CHANGES_CHANNEL;
-use crate::store::error::{StoreError, StoreResultExt};
+use crate::store::error::StoreResultExt;
+
+use super::RelayError;
 
 /// How often the relay looks for unpublished changes without a notification.
 pub const SAFETY_POLL: Duration = Duration::from_secs(5);
@@ -66,6 +44,15 @@ pub struct Relay {
     wake: Arc<Notify>,
     /// When the backlog gauges were last measured.
     backlog_measured: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How a round ends once Kafka confirmed what it could.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Mark the confirmed changes published and commit.
+    Mark,
+    /// Roll back, as a relay that died before its commit would (tests).
+    CrashBeforeMark,
 }
 
 /// One unpublished change.
@@ -156,18 +143,29 @@ impl Relay {
     }
 
     /// Publishes claimed batches until nothing unclaimed is left.
-    pub async fn publish_all(&self) -> Result<(), StoreError> {
-        while self.publish_batch(false).await? > 0 {}
+    pub async fn publish_all(&self) -> Result<(), RelayError> {
+        while self.publish_batch(End::Mark).await? > 0 {}
         Ok(())
     }
 
-    /// Claims up to [`CUSTOMERS_PER_CLAIM`] customers with unpublished
-    /// changes, publishes them in version order and marks what Kafka
-    /// confirmed. Returns how many changes were published. With
-    /// `crash_before_mark` (tests only) it publishes and then rolls back, as
-    /// a relay that died between the confirmation and the commit would.
+    /// A fault for tests: claims and publishes one batch as
+    /// [`publish_all`](Self::publish_all) does, then rolls back instead of
+    /// marking, as a relay that died between Kafka's confirmation and its
+    /// commit would. Returns how many changes were published.
+    ///
+    /// A method of its own, hidden from the documentation, rather than a
+    /// flag of the normal path: no production call can ask for a crash, and
+    /// the integration tests (another crate, which `cfg(test)` does not
+    /// reach) still can.
     #[doc(hidden)]
-    pub async fn publish_batch(&self, crash_before_mark: bool) -> Result<usize, StoreError> {
+    pub async fn publish_batch_then_crash_before_mark(&self) -> Result<usize, RelayError> {
+        self.publish_batch(End::CrashBeforeMark).await
+    }
+
+    /// Claims up to [`CUSTOMERS_PER_CLAIM`] customers with unpublished
+    /// changes, publishes them in version order and, as `end` says, marks
+    /// what Kafka confirmed. Returns how many changes were published.
+    async fn publish_batch(&self, end: End) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await.store("beginning a relay transaction")?;
         let claimed: Vec<String> = sqlx::query_scalar!(
             r#"
@@ -208,7 +206,7 @@ impl Relay {
             futures::future::join_all(by_customer.values().map(|changes| self.publish_in_order(changes))).await;
         let (customers, versions): (Vec<String>, Vec<i64>) =
             published.iter().flatten().map(|(c, v)| ((*c).to_owned(), *v)).unzip();
-        if crash_before_mark {
+        if end == End::CrashBeforeMark {
             tx.rollback().await.store("rolling back (simulated crash)")?;
             return Ok(customers.len());
         }
@@ -228,13 +226,7 @@ impl Relay {
         self.metrics.changes_published.inc_by(customers.len() as u64);
         if customers.len() < rows.len() {
             // Kafka refused or timed out: the rest waits for the next round.
-            return Err(StoreError::Transient {
-                context: "publishing lifecycle changes",
-                source: sqlx::Error::Protocol(format!(
-                    "{} changes not confirmed by Kafka",
-                    rows.len() - customers.len()
-                )),
-            });
+            return Err(RelayError::Unconfirmed { count: rows.len() - customers.len() });
         }
         Ok(customers.len())
     }
