@@ -18,9 +18,9 @@ use utoipa_axum::routes;
 
 use crate::api::{self, ApiAuth, ApiState};
 use crate::config::{HttpSettings, KafkaArgs};
-use crate::consume::health::ConsumerHealth;
 use crate::error::error_response;
 use crate::health;
+use crate::health::consumer::ConsumerHealth;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::receive::{self, Receiver, signature::SignatureVerifier};

@@ -1,5 +1,8 @@
 //! Liveness, readiness and metrics endpoints: on the HTTP side's listener,
 //! and on the consumer's own when `connectflow consume` is given one.
+//! What the consumer's lanes report to them is [`consumer`]'s.
+
+pub mod consumer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::consume::health::ConsumerHealth;
+use crate::health::consumer::ConsumerHealth;
 use crate::metrics::{LaneLabels, Metrics};
 use crate::publish::Publisher;
 

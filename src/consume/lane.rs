@@ -14,12 +14,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::health::ConsumerHealth;
 use super::record::{decode, header_event_id, key_text};
 use super::{Assignment, Callbacks, Queued};
 use crate::backoff::Backoff;
 use crate::dead_letter::{DeadLetters, ParkError, ParkedAs};
 use crate::event::ConnectEvent;
+use crate::health::consumer::ConsumerHealth;
 use crate::metrics::Metrics;
 use crate::store::apply::apply_batch;
 use crate::store::error::StoreError;

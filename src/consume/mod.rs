@@ -23,14 +23,13 @@
 //!   offending records are isolated; those are parked, the rest applied. A *transient* failure
 //!   (Postgres away) retries the batch with capped backoff, and `/livez`
 //!   turns 503 when a lane makes no progress for
-//!   `CONNECTFLOW_CONSUMER_STALL_SECONDS` ([`health`]).
+//!   `CONNECTFLOW_CONSUMER_STALL_SECONDS` ([`ConsumerHealth`]).
 //! - On a rebalance, a revocation waits for lanes to finish the batch they
 //!   apply and queued records of revoked partitions are dropped
 //!   ([`assignment`]), so a partition is only written by its current owner.
 
 pub mod assignment;
 pub mod expiry;
-pub mod health;
 mod lane;
 pub mod record;
 
@@ -49,10 +48,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConsumerArgs, KafkaArgs};
 use crate::dead_letter::DeadLetters;
+use crate::health::consumer::ConsumerHealth;
 use crate::kafka::client_config;
 use crate::metrics::{Metrics, PartitionLabels};
 use assignment::Assignment;
-use health::ConsumerHealth;
 use lane::Lanes;
 
 pub use record::{Poison, decode};
