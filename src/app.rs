@@ -110,11 +110,14 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds the listener and builds the state (the producer included).
+    /// `consumer` is the health of a lifecycle consumer running in the same
+    /// process (`connectflow all`), which `/livez` then reports.
     pub async fn bind(
         settings: HttpSettings,
         kafka: &KafkaArgs,
         pool: PgPool,
         metrics: Arc<Metrics>,
+        consumer: Option<Arc<ConsumerHealth>>,
     ) -> anyhow::Result<Self> {
         let publisher = Publisher::new(kafka, settings.publish_timeout)?;
         let receiver = Arc::new(Receiver {
@@ -134,15 +137,7 @@ impl HttpServer {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding CONNECTFLOW_LISTEN={}", settings.listen))?;
-        Ok(Self { listener, receiver, api, pool, metrics, consumer: None, settings })
-    }
-
-    /// Makes `/livez` report the health of a consumer running in the same
-    /// process (`connectflow all`).
-    #[must_use]
-    pub fn with_consumer_health(mut self, consumer: Arc<ConsumerHealth>) -> Self {
-        self.consumer = Some(consumer);
-        self
+        Ok(Self { listener, receiver, api, pool, metrics, consumer, settings })
     }
 
     /// The address actually bound (the port when 0 was asked for).

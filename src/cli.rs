@@ -1,14 +1,25 @@
 //! What each subcommand does, wired from the parsed configuration.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::HttpServer;
-use crate::config::{Command, ConfigError, DatabaseArgs, DlqCommand, KafkaArgs, MigrationArgs};
+use crate::config::{Command, ConfigError, ConsumerArgs, DatabaseArgs, DlqCommand, KafkaArgs, MigrationArgs};
 use crate::consume::LifecycleConsumer;
 use crate::event::CustomerId;
+use crate::expiry::ExpiryJob;
+use crate::health::consumer::ConsumerHealth;
+use crate::health::{OpsState, ReadinessCache};
+use crate::lifecycle::AuthorizationPolicy;
 use crate::metrics::Metrics;
+use crate::outbox::Relay;
+use crate::publish::Publisher;
 use crate::{kafka, store};
 
 /// Runs a parsed subcommand until it finishes or a shutdown signal arrives.
@@ -47,28 +58,31 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
-            let mut settings = args.http.settings()?;
-            settings.authorization = args.lifecycle.policy();
+            let settings = args.http.settings(args.lifecycle.policy())?;
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            let server = HttpServer::bind(settings, &args.kafka, pool, metrics).await?;
+            let server = HttpServer::bind(settings, &args.kafka, pool, metrics, None).await?;
             server.run(shutdown).await
         }
         Command::Consume(args) => {
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            let consumer = LifecycleConsumer::build(&args.consumer, &args.kafka, args.listen, pool, metrics)
-                .await?
-                .with_authorization(args.lifecycle.policy());
-            consumer.run(shutdown).await
+            let process =
+                ConsumeProcess::build(&args.consumer, &args.kafka, args.listen, pool, metrics, args.lifecycle.policy())
+                    .await?;
+            process.run(shutdown).await
         }
         Command::All(args) => {
-            let mut settings = args.http.settings()?;
-            settings.authorization = args.lifecycle.policy();
+            let settings = args.http.settings(args.lifecycle.policy())?;
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            let consumer = LifecycleConsumer::build(&args.consumer, &args.kafka, None, pool.clone(), metrics.clone())
-                .await?
-                .with_authorization(args.lifecycle.policy());
-            let server =
-                HttpServer::bind(settings, &args.kafka, pool, metrics).await?.with_consumer_health(consumer.health());
+            let consumer = ConsumeProcess::build(
+                &args.consumer,
+                &args.kafka,
+                None,
+                pool.clone(),
+                metrics.clone(),
+                settings.authorization,
+            )
+            .await?;
+            let server = HttpServer::bind(settings, &args.kafka, pool, metrics, Some(consumer.health())).await?;
             let consumer = consumer.run(shutdown.clone());
             // If either half fails, stop the other too.
             let stop_on_error = |result: anyhow::Result<()>| {
@@ -82,6 +96,91 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             });
             served.and(consumed)
         }
+    }
+}
+
+/// What `connectflow consume` runs (and `all`, beside the HTTP server): the
+/// lifecycle consumer, the outbox relay its lanes wake, the authorization
+/// expiry job, and the operations listener when given an address. Each part
+/// lives in its own room; this only puts them together, built once from the
+/// configuration, and stops them together.
+pub struct ConsumeProcess {
+    consumer: LifecycleConsumer,
+    relay: Relay,
+    expiry: ExpiryJob,
+    ops: Option<(TcpListener, Arc<OpsState>)>,
+}
+
+impl std::fmt::Debug for ConsumeProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumeProcess").field("consumer", &self.consumer).finish_non_exhaustive()
+    }
+}
+
+impl ConsumeProcess {
+    /// Builds every part and (when `listen` is given) binds the operations
+    /// listener (`/livez`, `/readyz`, `/metrics`). `authorization` is the
+    /// period the expiry job announces lapses by.
+    pub async fn build(
+        args: &ConsumerArgs,
+        kafka: &KafkaArgs,
+        listen: Option<SocketAddr>,
+        pool: PgPool,
+        metrics: Arc<Metrics>,
+        authorization: AuthorizationPolicy,
+    ) -> anyhow::Result<Self> {
+        let relay = Relay::new(kafka, pool.clone(), metrics.clone())?;
+        let consumer = LifecycleConsumer::build(args, kafka, pool.clone(), metrics.clone(), relay.waker()).await?;
+        let expiry = ExpiryJob::new(pool.clone(), authorization, relay.waker());
+        let ops = match listen {
+            Some(listen) => {
+                let listener =
+                    TcpListener::bind(listen).await.with_context(|| format!("binding CONNECTFLOW_LISTEN={listen}"))?;
+                let state = Arc::new(OpsState {
+                    pool,
+                    publisher: Publisher::new(kafka, Duration::from_secs(5))?,
+                    metrics,
+                    consumer: Some(consumer.health()),
+                    readiness_needs_postgres: true,
+                    readiness: ReadinessCache::default(),
+                });
+                Some((listener, state))
+            }
+            None => None,
+        };
+        Ok(Self { consumer, relay, expiry, ops })
+    }
+
+    /// The consumer's lanes' health, for a `/livez` served elsewhere
+    /// (`connectflow all`).
+    pub fn health(&self) -> Arc<ConsumerHealth> {
+        self.consumer.health()
+    }
+
+    /// The operations listener's address, when there is one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
+    /// Runs every part until `shutdown` is cancelled or the consumer fails
+    /// for good; then stops the others, once the consumer has committed its
+    /// offsets.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { consumer, relay, expiry, ops } = self;
+        let stop = shutdown.child_token();
+        // Dropping this future (a caller that gave up on it) stops every part.
+        let _stop_on_drop = stop.clone().drop_guard();
+        let ops_task = ops.map(|(listener, state)| tokio::spawn(crate::health::serve(listener, state, stop.clone())));
+        let expiry_task = tokio::spawn(expiry.run(stop.clone()));
+        let relay_task = tokio::spawn(relay.run(stop.clone()));
+        let consumed = consumer.run(stop.clone()).await;
+        stop.cancel();
+        relay_task.await.context("the lifecycle-change relay")??;
+        expiry_task.await.context("the authorization expiry job")?;
+        if let Some(ops) = ops_task {
+            ops.await.context("operations endpoints")??;
+        }
+        consumed
     }
 }
 

@@ -422,8 +422,10 @@ pub struct HttpSettings {
 }
 
 impl HttpArgs {
-    /// Checks the values `serve` and `all` require.
-    pub fn settings(&self) -> Result<HttpSettings, ConfigError> {
+    /// Checks the values `serve` and `all` require; `authorization` is the
+    /// lifecycle's period ([`LifecycleArgs::policy`]), which the query API
+    /// computes expiries with.
+    pub fn settings(&self, authorization: AuthorizationPolicy) -> Result<HttpSettings, ConfigError> {
         let partner_secrets = self.partner_secrets.clone().ok_or(ConfigError {
             variable: "FINICITY_PARTNER_SECRETS",
             problem: "required by serve and all (set --partner-secrets or the variable)".into(),
@@ -441,7 +443,7 @@ impl HttpArgs {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
-            authorization: AuthorizationPolicy::default(),
+            authorization,
         })
     }
 }
@@ -698,7 +700,7 @@ mod tests {
     fn missing_partner_secret_is_named() {
         let cli = parse(&["serve", "--api-tokens", "t"]).expect("parses");
         let Command::Serve(args) = cli.command else { panic!("serve expected") };
-        let err = args.http.settings().expect_err("secret is required");
+        let err = args.http.settings(args.lifecycle.policy()).expect_err("secret is required");
         assert_eq!(err.variable, "FINICITY_PARTNER_SECRETS");
     }
 

@@ -21,6 +21,7 @@ pub mod consume;
 pub mod dead_letter;
 pub mod error;
 pub mod event;
+pub mod expiry;
 pub mod health;
 pub mod kafka;
 pub mod lifecycle;

@@ -35,8 +35,8 @@ pub(super) struct Shared {
     pub batch_max: usize,
     pub linger: Duration,
     pub lanes: usize,
-    /// Wakes this process's relay after a batch recorded changes.
-    pub relay_wake: Arc<tokio::sync::Notify>,
+    /// Notified after a batch recorded changes (wakes this process's relay).
+    pub changes_recorded: Arc<tokio::sync::Notify>,
 }
 
 /// A running lane's task: it fails only when a record cannot be parked.
@@ -248,7 +248,7 @@ impl Shared {
                     self.metrics.duplicates_skipped.inc_by(outcome.duplicates);
                     self.metrics.recomputations.inc_by(outcome.recomputed);
                     if outcome.changes > 0 {
-                        self.relay_wake.notify_one();
+                        self.changes_recorded.notify_one();
                     }
                     for i in pending {
                         items[i] = Item::Settled;

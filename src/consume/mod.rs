@@ -20,20 +20,22 @@
 //! - A record that cannot become an event (poison) is parked on the
 //!   dead-letter topic ([`crate::dead_letter`]). A batch that fails
 //!   *permanently* in Postgres (bad data) is split in halves until the
-//!   offending records are isolated; those are parked, the rest applied. A *transient* failure
-//!   (Postgres away) retries the batch with capped backoff, and `/livez`
-//!   turns 503 when a lane makes no progress for
+//!   offending records are isolated; those are parked, the rest applied. A
+//!   *transient* failure (Postgres away) retries the batch with capped
+//!   backoff, and `/livez` turns 503 when a lane makes no progress for
 //!   `CONNECTFLOW_CONSUMER_STALL_SECONDS` ([`ConsumerHealth`]).
 //! - On a rebalance, a revocation waits for lanes to finish the batch they
 //!   apply and queued records of revoked partitions are dropped
 //!   ([`assignment`]), so a partition is only written by its current owner.
+//!
+//! The consumer is one part of the `consume` process; the outbox relay its
+//! lanes wake, the authorization expiry job and the operations listener run
+//! beside it ([`crate::cli::ConsumeProcess`] puts them together).
 
 pub mod assignment;
-pub mod expiry;
 mod lane;
 pub mod record;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +45,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use sqlx::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConsumerArgs, KafkaArgs};
@@ -130,11 +132,6 @@ pub struct LifecycleConsumer {
     assignment: Arc<Assignment>,
     health: Arc<ConsumerHealth>,
     queue_bytes: usize,
-    ops: Option<tokio::net::TcpListener>,
-    ops_state: Option<Arc<crate::health::OpsState>>,
-    relay: crate::outbox::Relay,
-    pool: PgPool,
-    authorization: crate::lifecycle::AuthorizationPolicy,
 }
 
 impl std::fmt::Debug for LifecycleConsumer {
@@ -144,14 +141,15 @@ impl std::fmt::Debug for LifecycleConsumer {
 }
 
 impl LifecycleConsumer {
-    /// Creates the Kafka clients, subscribes, and (when `listen` is given)
-    /// binds the operations listener (`/livez`, `/readyz`, `/metrics`).
+    /// Creates the Kafka clients and subscribes. `changes_recorded` is
+    /// notified after each batch that recorded lifecycle changes: the relay
+    /// of this process waits on it.
     pub async fn build(
         args: &ConsumerArgs,
         kafka: &KafkaArgs,
-        listen: Option<SocketAddr>,
         pool: PgPool,
         metrics: Arc<Metrics>,
+        changes_recorded: Arc<Notify>,
     ) -> anyhow::Result<Self> {
         let assignment = Arc::new(Assignment::new(tokio::runtime::Handle::current()));
         let consumer: BaseConsumer<Callbacks> = client_config(
@@ -172,69 +170,25 @@ impl LifecycleConsumer {
         let lane_count = usize::try_from(args.parallelism).unwrap_or(1).max(1);
         let health = Arc::new(ConsumerHealth::new(lane_count, Duration::from_secs(args.stall_seconds)));
         let dead_letters = DeadLetters::new(kafka, Duration::from_secs(args.dlq_timeout_seconds), metrics.clone())?;
-        let relay = crate::outbox::Relay::new(kafka, pool.clone(), metrics.clone())?;
-        let expiry_pool = pool.clone();
-        let relay_wake = relay.waker();
         let lanes = Lanes::new(lane::Shared {
             consumer: consumer.clone(),
             dead_letters,
-            pool: pool.clone(),
-            metrics: metrics.clone(),
+            pool,
+            metrics,
             health: health.clone(),
             assignment: assignment.clone(),
             batch_max: usize::try_from(args.batch).unwrap_or(usize::MAX),
             linger: Duration::from_millis(args.linger_ms),
             lanes: lane_count,
-            relay_wake,
+            changes_recorded,
         });
-        let (ops, ops_state) = match listen {
-            Some(listen) => {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| format!("binding CONNECTFLOW_LISTEN={listen}"))?;
-                let state = Arc::new(crate::health::OpsState {
-                    pool,
-                    publisher: crate::publish::Publisher::new(kafka, Duration::from_secs(5))?,
-                    metrics,
-                    consumer: Some(health.clone()),
-                    readiness_needs_postgres: true,
-                    readiness: crate::health::ReadinessCache::default(),
-                });
-                (Some(listener), Some(state))
-            }
-            None => (None, None),
-        };
         let queue_bytes = usize::try_from(args.queue_bytes).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
-        Ok(Self {
-            consumer,
-            lanes,
-            assignment,
-            health,
-            queue_bytes,
-            ops,
-            ops_state,
-            relay,
-            pool: expiry_pool,
-            authorization: crate::lifecycle::AuthorizationPolicy::default(),
-        })
+        Ok(Self { consumer, lanes, assignment, health, queue_bytes })
     }
 
-    /// Sets the authorization period the expiry job announces lapses by
-    /// (default one year).
-    #[must_use]
-    pub fn with_authorization(mut self, policy: crate::lifecycle::AuthorizationPolicy) -> Self {
-        self.authorization = policy;
-        self
-    }
-
-    /// The lanes' health, for a `/livez` served elsewhere (`connectflow all`).
+    /// The lanes' health, for the `/livez` and `/metrics` that report it.
     pub fn health(&self) -> Arc<ConsumerHealth> {
         self.health.clone()
-    }
-
-    /// The operations listener's address, when there is one.
-    pub fn ops_addr(&self) -> Option<SocketAddr> {
-        self.ops.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Runs until `shutdown` is cancelled or a lane fails for good (a record
@@ -242,18 +196,11 @@ impl LifecycleConsumer {
     /// batch it applies, queued records are left for the next owner, and the
     /// stored offsets are committed so a restart resumes exactly there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, lanes, assignment, health: _, queue_bytes, ops, ops_state, relay, pool, authorization } =
-            self;
+        let Self { consumer, lanes, assignment, health: _, queue_bytes } = self;
         let stop = shutdown.child_token();
         // Dropping this future (a caller that gave up on it) stops the poll
         // thread too, so no orphaned member stays in the group.
         let _stop_on_drop = stop.clone().drop_guard();
-        let ops_task = match (ops, ops_state) {
-            (Some(listener), Some(state)) => Some(tokio::spawn(crate::health::serve(listener, state, stop.clone()))),
-            _ => None,
-        };
-        let expiry_task = tokio::spawn(expiry::run(pool, authorization, relay.waker(), stop.clone()));
-        let relay_task = tokio::spawn(relay.run(stop.clone()));
         tracing::info!(lanes = lanes.count(), "consumer started");
         let (senders, lane_tasks) = lanes.spawn(&stop);
         let budget = Arc::new(Semaphore::new(queue_bytes));
@@ -304,11 +251,6 @@ impl LifecycleConsumer {
         // Leave the group from a blocking thread: closing runs the final
         // revocation callback, which must not block the runtime.
         tokio::task::spawn_blocking(move || drop(consumer)).await.context("closing the consumer")?;
-        relay_task.await.context("the lifecycle-change relay")??;
-        expiry_task.await.context("the authorization expiry job")?;
-        if let Some(ops) = ops_task {
-            ops.await.context("operations endpoints")??;
-        }
         tracing::info!("consumer stopped");
         result.and(polled)
     }

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use connectflow::consume::LifecycleConsumer;
+use connectflow::cli::ConsumeProcess;
 use connectflow::event::ConnectEvent;
+use connectflow::lifecycle::AuthorizationPolicy;
 use connectflow::metrics::Metrics;
 use connectflow::simulate::flows::{FLOWS, bodies, flow};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -399,7 +400,10 @@ async fn a_lane_stuck_on_postgres_fails_livez_and_recovers_by_itself_losing_noth
     let mut args = consumer_args();
     args.stall_seconds = 2;
     let listen = "127.0.0.1:0".parse().ok();
-    let consumer = LifecycleConsumer::build(&args, &app.kafka, listen, pool, Metrics::new()).await.expect("consumer");
+    let consumer =
+        ConsumeProcess::build(&args, &app.kafka, listen, pool, Metrics::new(), AuthorizationPolicy::default())
+            .await
+            .expect("consumer");
     let ops = consumer.ops_addr().expect("ops listener");
     let token = CancellationToken::new();
     let handle = tokio::spawn(consumer.run(token.clone()));

@@ -54,10 +54,15 @@ async fn without_postgres_a_receiver_stays_ready_and_takes_webhooks_while_the_ap
     // A second server on a closed Postgres port, same healthy Kafka.
     let pool =
         connectflow::store::pool(&database_args("postgres://connectflow:x@127.0.0.1:1/none")).expect("lazy pool");
-    let server =
-        connectflow::app::HttpServer::bind(http_settings(), &app.kafka, pool, connectflow::metrics::Metrics::new())
-            .await
-            .expect("bind");
+    let server = connectflow::app::HttpServer::bind(
+        http_settings(),
+        &app.kafka,
+        pool,
+        connectflow::metrics::Metrics::new(),
+        None,
+    )
+    .await
+    .expect("bind");
     let addr = server.local_addr().expect("addr");
     let token = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(server.run(token.clone()));

@@ -17,6 +17,7 @@ use connectflow::app::HttpServer;
 use connectflow::config::{
     ConsumerArgs, DatabaseArgs, HttpArgs, HttpSettings, KafkaArgs, KafkaProperties, MigrationArgs, SecretList,
 };
+use connectflow::lifecycle::AuthorizationPolicy;
 use connectflow::metrics::Metrics;
 use connectflow::receive::signature::sign;
 use sqlx::postgres::PgConnectOptions;
@@ -172,7 +173,8 @@ pub fn consumer_args() -> ConsumerArgs {
     }
 }
 
-/// Builds and runs a lifecycle consumer as a task until `shutdown`.
+/// Builds and runs a lifecycle consumer (with its relay and expiry job, as
+/// `connectflow consume` does) as a task until `shutdown`.
 pub fn run_consumer(
     args: ConsumerArgs,
     kafka: KafkaArgs,
@@ -181,7 +183,8 @@ pub fn run_consumer(
     shutdown: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
-        let consumer = connectflow::consume::LifecycleConsumer::build(&args, &kafka, None, pool, metrics).await?;
+        let policy = AuthorizationPolicy::default();
+        let consumer = connectflow::cli::ConsumeProcess::build(&args, &kafka, None, pool, metrics, policy).await?;
         consumer.run(shutdown).await
     })
 }
@@ -198,7 +201,7 @@ pub fn http_settings() -> HttpSettings {
         request_timeout_ms: 10_000,
         max_concurrent_webhooks: 256,
     }
-    .settings()
+    .settings(AuthorizationPolicy::default())
     .expect("complete test settings")
 }
 
@@ -271,7 +274,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         connectflow::store::migrate(&pool).await.expect("migrating the database");
     }
     let metrics = Metrics::new();
-    let server = HttpServer::bind(options.http, &options.kafka, pool.clone(), metrics.clone())
+    let server = HttpServer::bind(options.http, &options.kafka, pool.clone(), metrics.clone(), None)
         .await
         .expect("binding the test server");
     let addr = server.local_addr().expect("bound address");
