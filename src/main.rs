@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use connectflow::cli;
-use connectflow::config::{Cli, one_line_error};
+use connectflow::cli::{self, Cli, one_line_error};
 
 // mimalloc: the receiver allocates a little per request (JSON in, JSON out);
 // the system allocator's share of CPU under load halves with it.

@@ -468,3 +468,6 @@ pub struct RevocationAccepted {
     /// The revocation event's id (the same for every retry with the key).
     pub event_id: String,
 }
+
+#[cfg(test)]
+mod tests;

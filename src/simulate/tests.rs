@@ -2,17 +2,18 @@ use clap::Parser;
 
 use super::summary::Mismatch;
 use super::*;
-use crate::config::{Cli, Command};
 use crate::simulate::flows::{API_FLOWS, FLOWS};
 
+/// `connectflow simulate`'s arguments alone, parsed as clap parses them
+/// under the subcommand.
+#[derive(Debug, Parser)]
+struct Simulate {
+    #[command(flatten)]
+    args: SimulateArgs,
+}
+
 fn parse(args: &[&str]) -> Result<SimulateArgs, clap::Error> {
-    let cli = Cli::try_parse_from(
-        std::iter::once("connectflow").chain(std::iter::once("simulate")).chain(args.iter().copied()),
-    )?;
-    match cli.command {
-        Command::Simulate(args) => Ok(args),
-        other => panic!("simulate expected, got {other:?}"),
-    }
+    Simulate::try_parse_from(std::iter::once("simulate").chain(args.iter().copied())).map(|parsed| parsed.args)
 }
 
 #[test]

@@ -10,7 +10,7 @@ use super::*;
 use crate::event::{AccountRef, EventType, SCHEMA_V1};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
-const INSTITUTION: &str = "101732";
+pub(crate) const INSTITUTION: &str = "101732";
 
 /// 2026-11-20T10:15:00Z plus `second` seconds.
 fn at(second: i64) -> DateTime<Utc> {
@@ -18,7 +18,7 @@ fn at(second: i64) -> DateTime<Utc> {
 }
 
 /// An event of `event_type` at `second`, with nothing in its payload.
-fn event(event_type: &str, second: i64) -> ConnectEvent {
+pub(crate) fn event(event_type: &str, second: i64) -> ConnectEvent {
     let occurred_at = at(second);
     ConnectEvent {
         schema: SCHEMA_V1.to_owned(),

@@ -1,4 +1,10 @@
-//! What each subcommand does, wired from the parsed configuration.
+//! What each subcommand does, wired from the parsed configuration: the
+//! command line ([`command`]) and the processes it runs, each composed of
+//! the rooms it needs.
+
+mod command;
+
+pub use command::{Cli, Command, one_line_error};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::HttpServer;
-use crate::config::{Command, ConfigError, ConsumerArgs, DatabaseArgs, DlqCommand, KafkaArgs, MigrationArgs};
+use crate::config::{ConfigError, ConsumerArgs, DatabaseArgs, DlqCommand, KafkaArgs, MigrationArgs};
 use crate::consume::LifecycleConsumer;
 use crate::event::CustomerId;
 use crate::expiry::ExpiryJob;
