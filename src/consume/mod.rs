@@ -32,9 +32,9 @@
 //! lanes wake, the authorization expiry job and the operations listener run
 //! beside it ([`crate::cli::ConsumeProcess`] puts them together).
 
-pub mod assignment;
+pub(crate) mod assignment;
 mod lane;
-pub mod record;
+pub(crate) mod record;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,8 +55,6 @@ use crate::kafka::client_config;
 use crate::metrics::{Metrics, PartitionLabels};
 use assignment::Assignment;
 use lane::Lanes;
-
-pub use record::{Poison, decode};
 
 /// Bookkeeping bytes counted per queued record on top of its key, value and
 /// headers.

@@ -5,7 +5,7 @@
 //! and every other event is normalised, published, and acknowledged only
 //! once Kafka has confirmed the write (else 503, so Finicity retries).
 
-pub mod error;
+pub(crate) mod error;
 pub mod normalise;
 pub mod signature;
 

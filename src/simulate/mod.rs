@@ -13,11 +13,11 @@
 
 pub mod changes;
 pub mod flows;
-pub mod funnel;
+pub(crate) mod funnel;
 pub mod plan;
-pub mod send;
+pub(crate) mod send;
 pub mod summary;
-pub mod verify;
+pub(crate) mod verify;
 
 use std::fmt;
 use std::io::IsTerminal;

@@ -37,10 +37,10 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 pub mod apply;
-pub mod changes;
-pub mod error;
+pub(crate) mod changes;
+pub(crate) mod error;
 pub mod expiry;
-pub mod read;
+pub(crate) mod read;
 pub mod reproject;
-pub mod revocations;
-pub mod stats;
+pub(crate) mod revocations;
+pub(crate) mod stats;
