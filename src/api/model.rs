@@ -221,19 +221,6 @@ pub struct FailedCounts {
     pub by_reason: FailureReasons,
 }
 
-/// Failure reasons.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
-pub struct FailureReasons {
-    /// `invalidCredentials`.
-    pub invalid_credentials: i64,
-    /// `unableToConnect`.
-    pub unable_to_connect: i64,
-    /// `institutionNotFound`.
-    pub institution_not_found: i64,
-    /// `institutionNotSupported`.
-    pub institution_not_supported: i64,
-}
-
 /// Customers whose authentication is `abandoned` now, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
 pub struct AbandonedCounts {
@@ -241,15 +228,6 @@ pub struct AbandonedCounts {
     pub total: i64,
     /// By `authentication.reason`.
     pub by_reason: AbandonReasons,
-}
-
-/// Abandonment reasons.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
-pub struct AbandonReasons {
-    /// `cancel`.
-    pub cancelled: i64,
-    /// `done` while unfinished.
-    pub abandoned: i64,
 }
 
 /// The funnel of a group of customers.
@@ -304,34 +282,88 @@ impl FunnelCounts {
     }
 }
 
-impl FailureReasons {
-    /// Counts `customers` more failed with `reason` (an abandonment reason
-    /// counts nowhere here).
-    fn add(&mut self, reason: AuthReason, customers: i64) {
-        let count = match reason {
-            AuthReason::InvalidCredentials => &mut self.invalid_credentials,
-            AuthReason::UnableToConnect => &mut self.unable_to_connect,
-            AuthReason::InstitutionNotFound => &mut self.institution_not_found,
-            AuthReason::InstitutionNotSupported => &mut self.institution_not_supported,
-            AuthReason::Cancelled | AuthReason::Abandoned => return,
-        };
-        *count += customers;
+/// Customers counted by the reason their authentication ended with: the
+/// reasons that end it `failed` ([`FailureReasons`]) or `abandoned`
+/// ([`AbandonReasons`]), each a field named as the reason. Derived from
+/// [`AuthReason`], so a new reason is counted and documented without an edit
+/// here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReasonCounts<const FAILED: bool>([i64; AuthReason::ALL.len()]);
+
+/// The reasons of a `failed` authentication.
+pub type FailureReasons = ReasonCounts<true>;
+/// The reasons of an `abandoned` authentication.
+pub type AbandonReasons = ReasonCounts<false>;
+
+impl<const FAILED: bool> Default for ReasonCounts<FAILED> {
+    fn default() -> Self {
+        Self([0; AuthReason::ALL.len()])
     }
 }
 
-impl AbandonReasons {
-    /// Counts `customers` more abandoned with `reason` (a failure reason
+impl<const FAILED: bool> ReasonCounts<FAILED> {
+    /// The reasons counted here, in the contract's order.
+    fn reasons() -> impl Iterator<Item = AuthReason> {
+        let outcome = if FAILED { AuthState::Failed } else { AuthState::Abandoned };
+        AuthReason::ALL.iter().copied().filter(move |reason| reason.outcome() == outcome)
+    }
+
+    fn slot(reason: AuthReason) -> Option<usize> {
+        AuthReason::ALL.iter().position(|known| *known == reason)
+    }
+
+    /// How many customers ended with `reason` (0 for a reason of the other
+    /// outcome).
+    pub fn get(&self, reason: AuthReason) -> i64 {
+        Self::slot(reason).map_or(0, |slot| self.0[slot])
+    }
+
+    /// Each reason counted here with its count.
+    pub fn iter(&self) -> impl Iterator<Item = (AuthReason, i64)> + '_ {
+        Self::reasons().map(|reason| (reason, self.get(reason)))
+    }
+
+    /// Counts `customers` more with `reason` (a reason of the other outcome
     /// counts nowhere here).
     fn add(&mut self, reason: AuthReason, customers: i64) {
-        let count = match reason {
-            AuthReason::Cancelled => &mut self.cancelled,
-            AuthReason::Abandoned => &mut self.abandoned,
-            AuthReason::InvalidCredentials
-            | AuthReason::UnableToConnect
-            | AuthReason::InstitutionNotFound
-            | AuthReason::InstitutionNotSupported => return,
-        };
-        *count += customers;
+        if Self::reasons().any(|counted| counted == reason)
+            && let Some(slot) = Self::slot(reason)
+        {
+            self.0[slot] += customers;
+        }
+    }
+}
+
+impl<const FAILED: bool> Serialize for ReasonCounts<FAILED> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (reason, count) in self.iter() {
+            map.serialize_entry(reason.as_str(), &count)?;
+        }
+        map.end()
+    }
+}
+
+impl<const FAILED: bool> utoipa::PartialSchema for ReasonCounts<FAILED> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        let description = if FAILED { "Failure reasons." } else { "Abandonment reasons." };
+        let mut object = ObjectBuilder::new().schema_type(Type::Object).description(Some(description));
+        for reason in Self::reasons() {
+            let count = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .description(Some(reason.summary()));
+            object = object.property(reason.as_str(), count).required(reason.as_str());
+        }
+        object.into()
+    }
+}
+
+impl<const FAILED: bool> ToSchema for ReasonCounts<FAILED> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        (if FAILED { "FailureReasons" } else { "AbandonReasons" }).into()
     }
 }
 

@@ -180,6 +180,32 @@ pub enum AuthReason {
 
 contract_names!(AuthReason { InvalidCredentials => "invalid_credentials", UnableToConnect => "unable_to_connect", InstitutionNotFound => "institution_not_found", InstitutionNotSupported => "institution_not_supported", Cancelled => "cancelled", Abandoned => "abandoned" });
 
+impl AuthReason {
+    /// Where a flow with this reason ends: `failed` or `abandoned`.
+    pub const fn outcome(self) -> AuthState {
+        match self {
+            Self::InvalidCredentials
+            | Self::UnableToConnect
+            | Self::InstitutionNotFound
+            | Self::InstitutionNotSupported => AuthState::Failed,
+            Self::Cancelled | Self::Abandoned => AuthState::Abandoned,
+        }
+    }
+
+    /// What gives this reason, in a few words (the `/v1/stats` documents
+    /// describe each count with it).
+    pub const fn summary(self) -> &'static str {
+        match self {
+            Self::InvalidCredentials => "`invalidCredentials`.",
+            Self::UnableToConnect => "`unableToConnect`.",
+            Self::InstitutionNotFound => "`institutionNotFound`.",
+            Self::InstitutionNotSupported => "`institutionNotSupported`.",
+            Self::Cancelled => "`cancel`.",
+            Self::Abandoned => "`done` while unfinished.",
+        }
+    }
+}
+
 /// One institution login and the accounts shared through it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InstitutionLogin {

@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::plan::PlannedCustomer;
 use crate::api::model::{DEFAULT_WINDOW, FunnelCounts};
 use crate::event::rfc3339_ms;
-use crate::lifecycle::Outcome;
+use crate::lifecycle::{AuthReason, Outcome};
 
 /// The expected funnel of a simulation's customers.
 #[derive(Debug, Clone)]
@@ -66,12 +66,12 @@ fn counts_of<'a>(customers: impl Iterator<Item = &'a PlannedCustomer>) -> Funnel
 /// The counts, in one line.
 fn describe(c: &FunnelCounts) -> String {
     let s = &c.steps;
-    let failed = &c.failed.by_reason;
-    let abandoned = &c.abandoned.by_reason;
+    let by_reason = |counts: &mut dyn Iterator<Item = (AuthReason, i64)>| {
+        counts.map(|(reason, n)| format!("{} {n}", reason.as_str())).collect::<Vec<_>>().join(", ")
+    };
     format!(
         "{} customers; started {}, institution_chosen {}, mfa_challenged {}, authenticated {}, consent_granted {}; \
-         failed {} (invalid_credentials {}, unable_to_connect {}, institution_not_found {}, \
-         institution_not_supported {}); abandoned {} (cancelled {}, abandoned {}); in_progress {}; consent_revoked {}",
+         failed {} ({}); abandoned {} ({}); in_progress {}; consent_revoked {}",
         c.customers,
         s.started,
         s.institution_chosen,
@@ -79,13 +79,9 @@ fn describe(c: &FunnelCounts) -> String {
         s.authenticated,
         s.consent_granted,
         c.failed.total,
-        failed.invalid_credentials,
-        failed.unable_to_connect,
-        failed.institution_not_found,
-        failed.institution_not_supported,
+        by_reason(&mut c.failed.by_reason.iter()),
         c.abandoned.total,
-        abandoned.cancelled,
-        abandoned.abandoned,
+        by_reason(&mut c.abandoned.by_reason.iter()),
         c.in_progress,
         c.consent_revoked,
     )
@@ -143,8 +139,8 @@ mod tests {
             "all but institution-not-found choose"
         );
         assert_eq!((c.steps.authenticated, c.steps.consent_granted), (12, 12), "six flows share accounts");
-        assert_eq!((c.failed.total, c.failed.by_reason.institution_not_supported), (8, 2));
-        assert_eq!((c.abandoned.total, c.abandoned.by_reason.abandoned, c.in_progress), (2, 2, 0));
+        assert_eq!((c.failed.total, c.failed.by_reason.get(AuthReason::InstitutionNotSupported)), (8, 2));
+        assert_eq!((c.abandoned.total, c.abandoned.by_reason.get(AuthReason::Abandoned), c.in_progress), (2, 2, 0));
         assert_eq!(c.consent_revoked, 4, "revoked and revoked-by-customer");
         assert_eq!(c.conversion, Some(12.0 / 22.0));
         let firsts: Vec<_> = plan.customers.iter().map(|c| c.flow.first_event_at(c.start)).collect();

@@ -7,6 +7,7 @@
 //! the screenshots the README shows.
 
 use connectflow::event::rfc3339_ms;
+use connectflow::lifecycle::AuthReason;
 use connectflow::simulate::flows::{API_FLOWS, FLOWS, UNSUPPORTED_INSTITUTION};
 use connectflow::simulate::{SimulateArgs, simulate};
 use fantoccini::Locator;
@@ -73,13 +74,13 @@ async fn the_console_shows_the_funnel_a_customer_and_an_institutions_failures() 
     }
     let failed = &c.failed.by_reason;
     for (testid, n) in [
-        ("failed-invalid_credentials", failed.invalid_credentials),
-        ("failed-unable_to_connect", failed.unable_to_connect),
-        ("failed-institution_not_found", failed.institution_not_found),
-        ("failed-institution_not_supported", failed.institution_not_supported),
+        ("failed-invalid_credentials", failed.get(AuthReason::InvalidCredentials)),
+        ("failed-unable_to_connect", failed.get(AuthReason::UnableToConnect)),
+        ("failed-institution_not_found", failed.get(AuthReason::InstitutionNotFound)),
+        ("failed-institution_not_supported", failed.get(AuthReason::InstitutionNotSupported)),
         ("failed-total", c.failed.total),
-        ("abandoned-cancelled", c.abandoned.by_reason.cancelled),
-        ("abandoned-abandoned", c.abandoned.by_reason.abandoned),
+        ("abandoned-cancelled", c.abandoned.by_reason.get(AuthReason::Cancelled)),
+        ("abandoned-abandoned", c.abandoned.by_reason.get(AuthReason::Abandoned)),
         ("abandoned-total", c.abandoned.total),
         ("in-progress", c.in_progress),
         ("consent-revoked", c.consent_revoked),
