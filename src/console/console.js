@@ -31,8 +31,6 @@
     authenticated: "Authenticated",
     consent_granted: "Consent granted",
   };
-  const FAILED_REASONS = ["invalid_credentials", "unable_to_connect", "institution_not_found", "institution_not_supported"];
-  const ABANDONED_REASONS = ["cancelled", "abandoned"];
   // The query parameters of #/customers that are passed through to /v1/customers.
   const CUSTOMER_FILTERS = ["institution_id", "authentication", "consent", "first_event_since", "first_event_until", "limit"];
 
@@ -942,10 +940,11 @@
       scrollTable(h("table", { class: "data outcomes" },
         h("tbody", {},
           group("Failed"),
-          FAILED_REASONS.map((r) => row(r, failedBy[r], `failed-${r}`, "reason")),
+          // Every reason the API counts, in its order (a new reason shows up by itself).
+          Object.keys(failedBy).map((r) => row(r, failedBy[r], `failed-${r}`, "reason")),
           row("Total failed", failed.total, "failed-total", "total"),
           group("Abandoned"),
-          ABANDONED_REASONS.map((r) => row(r, abandonedBy[r], `abandoned-${r}`, "reason")),
+          Object.keys(abandonedBy).map((r) => row(r, abandonedBy[r], `abandoned-${r}`, "reason")),
           row("Total abandoned", abandoned.total, "abandoned-total", "total"),
           group("Other"),
           row("In progress", f.in_progress, "in-progress"),
