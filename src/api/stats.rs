@@ -43,36 +43,20 @@ pub struct WindowParams {
     until: Option<String>,
 }
 
-/// The window and the bucket size.
+/// The bucket size of a time series (the window: [`WindowParams`]).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct TimeseriesParams {
-    /// RFC 3339 time; customers whose first event occurred at or after it
-    /// (default: 30 days before `until`).
-    #[param(value_type = Option<String>, format = DateTime)]
-    since: Option<String>,
-    /// RFC 3339 time; ... and before it (default: now). A window whose
-    /// `since` is not before `until` is empty.
-    #[param(value_type = Option<String>, format = DateTime)]
-    until: Option<String>,
+pub struct BucketParams {
     /// `hour` or `day` (UTC; default `day`). At most 2,400 buckets: a longer
     /// window is cut to its last 2,400 (see `truncated`).
     #[param(value_type = Option<Bucket>)]
     bucket: Option<String>,
 }
 
-/// The window and how many institutions.
+/// How many institutions (the window: [`WindowParams`]).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct InstitutionParams {
-    /// RFC 3339 time; customers whose first event occurred at or after it
-    /// (default: 30 days before `until`).
-    #[param(value_type = Option<String>, format = DateTime)]
-    since: Option<String>,
-    /// RFC 3339 time; ... and before it (default: now). A window whose
-    /// `since` is not before `until` is empty.
-    #[param(value_type = Option<String>, format = DateTime)]
-    until: Option<String>,
+pub struct InstitutionLimit {
     /// How many institutions, 1 to 500 (default 50), those with the most
     /// customers.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
@@ -132,7 +116,7 @@ pub async fn get_funnel(
     get,
     path = "/v1/stats/timeseries",
     tag = "stats",
-    params(TimeseriesParams),
+    params(WindowParams, BucketParams),
     responses(
         (status = 200, description = "The funnel per bucket", body = Timeseries),
         (status = 400, description = "Invalid time or bucket", body = ErrorBody),
@@ -140,10 +124,11 @@ pub async fn get_funnel(
 )]
 pub async fn get_timeseries(
     State(state): State<Arc<ApiState>>,
-    Params(params): Params<TimeseriesParams>,
+    Params(params): Params<WindowParams>,
+    Params(BucketParams { bucket }): Params<BucketParams>,
 ) -> Result<Json<Timeseries>, ApiError> {
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
-    let bucket = match params.bucket.as_deref() {
+    let bucket = match bucket.as_deref() {
         None | Some("day") => Bucket::Day,
         Some("hour") => Bucket::Hour,
         Some(_) => return Err(ApiError::BadRequest("bucket must be hour or day".into())),
@@ -187,7 +172,7 @@ fn bucket_starts(
     get,
     path = "/v1/stats/institutions",
     tag = "stats",
-    params(InstitutionParams),
+    params(WindowParams, InstitutionLimit),
     responses(
         (status = 200, description = "The institutions with the most customers", body = Institutions),
         (status = 400, description = "Invalid time or limit", body = ErrorBody),
@@ -195,10 +180,11 @@ fn bucket_starts(
 )]
 pub async fn get_institutions(
     State(state): State<Arc<ApiState>>,
-    Params(params): Params<InstitutionParams>,
+    Params(params): Params<WindowParams>,
+    Params(InstitutionLimit { limit }): Params<InstitutionLimit>,
 ) -> Result<Json<Institutions>, ApiError> {
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
-    let limit = parse_limit(params.limit.as_deref())?;
+    let limit = parse_limit(limit.as_deref())?;
     let mut institutions: Vec<InstitutionFunnel> = tally(stats::institutions(&state.pool, since, until, limit).await?)
         .into_iter()
         .map(|(institution_id, counts)| InstitutionFunnel::new(institution_id, counts))
