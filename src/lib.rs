@@ -27,6 +27,7 @@ pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
 pub mod outbox;
+pub mod program;
 mod publish;
 pub mod receive;
 mod serve;
