@@ -23,7 +23,7 @@ use crate::health;
 use crate::health::consumer::ConsumerHealth;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
-use crate::receive::{self, Receiver, signature::SignatureVerifier};
+use crate::receive::{self, Receiver, ReceiverProgram, signature::SignatureVerifier};
 
 /// What the listener serves: the webhook receiver, the API and the
 /// operations endpoints, each room with its own state.
@@ -62,7 +62,10 @@ impl utoipa::Modify for BearerAuth {
 /// Every route and the OpenAPI document generated from them, so the
 /// document cannot miss a route.
 pub fn routes(state: &AppState) -> (Router, utoipa::openapi::OpenApi) {
-    let webhooks = OpenApiRouter::new().routes(routes!(receive::handle)).with_state(state.receiver.clone());
+    let webhooks = OpenApiRouter::new()
+        .routes(routes!(receive::handle))
+        .routes(routes!(receive::handle_program))
+        .with_state(state.receiver.clone());
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes(state.api.clone()))
         .merge(webhooks)
@@ -120,8 +123,16 @@ impl HttpServer {
         consumer: Option<Arc<ConsumerHealth>>,
     ) -> anyhow::Result<Self> {
         let publisher = Publisher::new(kafka, settings.publish_timeout)?;
+        let programs = settings
+            .programs
+            .iter()
+            .filter_map(|program| {
+                let secrets = program.partner_secrets.as_ref()?;
+                Some(ReceiverProgram { id: program.id.clone(), verifier: SignatureVerifier::new(secrets) })
+            })
+            .collect();
         let receiver = Arc::new(Receiver {
-            verifier: Arc::new(SignatureVerifier::new(&settings.partner_secrets)),
+            programs,
             publisher: publisher.clone(),
             metrics: metrics.clone(),
             max_body_bytes: settings.max_body_bytes,
@@ -131,7 +142,7 @@ impl HttpServer {
         let api = Arc::new(ApiState {
             pool: pool.clone(),
             auth: ApiAuth::new(&settings.api_tokens),
-            authorization: settings.authorization,
+            authorization: settings.programs.default_authorization(),
             publisher,
         });
         let listener = TcpListener::bind(settings.listen)

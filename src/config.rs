@@ -7,13 +7,16 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use secrecy::{ExposeSecret, SecretString};
 
 use crate::lifecycle::AuthorizationPolicy;
+use crate::program::{DEFAULT_SECRETS_ENV, Programs, Secrets};
+pub use crate::secret::{Secret, SecretList};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -210,12 +213,43 @@ pub struct LifecycleArgs {
     /// 12 CFR 1033 asks for one year.
     #[arg(long = "authorization-days", env = "CONNECTFLOW_AUTHORIZATION_DAYS", default_value_t = AuthorizationPolicy::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(0..=36_500))]
     pub authorization_days: u32,
+
+    /// The programs file (TOML): one `[[program]]` per client card program,
+    /// with `id` (`^[a-z0-9][a-z0-9-]{0,31}$`), `name`, and optionally
+    /// `authorization_days` (overrides CONNECTFLOW_AUTHORIZATION_DAYS) and
+    /// `partner_secrets_env` (the variable holding its Finicity partner's
+    /// secrets; default FINICITY_PARTNER_SECRETS). Unset: one program,
+    /// `default`. See docs/operations.md, "Programs".
+    #[arg(long = "programs-file", env = "CONNECTFLOW_PROGRAMS_FILE", value_name = "PATH")]
+    pub programs_file: Option<PathBuf>,
 }
 
 impl LifecycleArgs {
-    /// The authorization period.
+    /// The authorization period of programs that do not set their own.
     pub fn policy(&self) -> AuthorizationPolicy {
         AuthorizationPolicy::new(self.authorization_days)
+    }
+
+    /// The programs: from the file when one is configured, else `default`
+    /// alone. `secrets` says whether partner secrets are resolved (the
+    /// processes that receive webhooks) and what `FINICITY_PARTNER_SECRETS`
+    /// holds. A bad file is a [`ConfigError`] naming the line or variable.
+    pub fn programs(&self, secrets: Secrets<'_>) -> Result<Programs, ConfigError> {
+        let Some(path) = &self.programs_file else {
+            let default = match secrets {
+                Secrets::Required { default: Some(list) } => Some(list.clone()),
+                Secrets::Required { default: None } => {
+                    return Err(ConfigError {
+                        variable: DEFAULT_SECRETS_ENV,
+                        problem: "required by serve and all (set --partner-secrets or the variable)".into(),
+                    });
+                }
+                Secrets::NotNeeded => None,
+            };
+            return Ok(Programs::single(self.policy(), default));
+        };
+        Programs::load(path, self.policy(), secrets)
+            .map_err(|err| ConfigError { variable: "CONNECTFLOW_PROGRAMS_FILE", problem: err.to_string() })
     }
 }
 
@@ -366,8 +400,9 @@ pub struct ConfigError {
 pub struct HttpSettings {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Partner secrets, current first; never empty.
-    pub partner_secrets: SecretList,
+    /// The programs, each with its partner secrets (current first) and
+    /// authorization period.
+    pub programs: Arc<Programs>,
     /// API bearer tokens; never empty.
     pub api_tokens: SecretList,
     /// Largest webhook body.
@@ -380,122 +415,27 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Most webhooks handled at once.
     pub max_concurrent_webhooks: usize,
-    /// How long authorizations last.
-    pub authorization: AuthorizationPolicy,
 }
 
 impl HttpArgs {
-    /// Checks the values `serve` and `all` require; `authorization` is the
-    /// lifecycle's period ([`LifecycleArgs::policy`]), which the query API
-    /// computes expiries with.
-    pub fn settings(&self, authorization: AuthorizationPolicy) -> Result<HttpSettings, ConfigError> {
-        let partner_secrets = self.partner_secrets.clone().ok_or(ConfigError {
-            variable: "FINICITY_PARTNER_SECRETS",
-            problem: "required by serve and all (set --partner-secrets or the variable)".into(),
-        })?;
+    /// Checks the values `serve` and `all` require, the programs with their
+    /// partner secrets ([`LifecycleArgs::programs`]) first.
+    pub fn settings(&self, lifecycle: &LifecycleArgs) -> Result<HttpSettings, ConfigError> {
+        let programs = lifecycle.programs(Secrets::Required { default: self.partner_secrets.as_ref() })?;
         let api_tokens = self.api_tokens.clone().ok_or(ConfigError {
             variable: "CONNECTFLOW_API_TOKENS",
             problem: "required by serve and all (set --api-tokens or the variable)".into(),
         })?;
         Ok(HttpSettings {
             listen: self.listen,
-            partner_secrets,
+            programs: Arc::new(programs),
             api_tokens,
             max_body_bytes: self.max_body_bytes,
             publish_timeout: Duration::from_millis(self.publish_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
-            authorization,
         })
-    }
-}
-
-/// A single secret string that never prints.
-#[derive(Clone)]
-pub struct Secret(SecretString);
-
-impl Secret {
-    /// The secret value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Self(SecretString::from(value))
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self::from(s.to_owned()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-/// A comma-separated list of secrets (partner secrets, API tokens).
-#[derive(Clone)]
-pub struct SecretList(Vec<Secret>);
-
-impl SecretList {
-    /// Builds a list; `None` when it would be empty.
-    pub fn new<I, S>(values: I) -> Option<Self>
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let list: Vec<Secret> = values.into_iter().map(|s| Secret::from(s.into())).collect();
-        (!list.is_empty()).then_some(Self(list))
-    }
-
-    /// The secrets, in configured order.
-    pub fn iter(&self) -> impl Iterator<Item = &Secret> {
-        self.0.iter()
-    }
-
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Never true for a parsed list; here for completeness.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl FromStr for SecretList {
-    type Err = String;
-    /// Entries are separated by commas, taken exactly as written: an empty
-    /// entry, or one with spaces around it, is refused (never trimmed
-    /// silently), so a secret that contains a comma, or a list with a stray
-    /// space, cannot pass for a valid configuration. A secret cannot contain a
-    /// comma.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split(',').collect();
-        for (n, part) in parts.iter().enumerate() {
-            if part.is_empty() {
-                return Err(format!("entry {} of the comma-separated list is empty", n + 1));
-            }
-            if part.trim() != *part {
-                return Err(format!("entry {} of the comma-separated list has spaces around it", n + 1));
-            }
-        }
-        Self::new(parts.into_iter().map(str::to_owned)).ok_or_else(|| "expected at least one value".into())
-    }
-}
-
-impl fmt::Debug for SecretList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretList([{} redacted])", self.0.len())
     }
 }
 

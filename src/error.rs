@@ -18,6 +18,10 @@ pub enum ApiError {
     /// 400: the request is malformed; the message says how.
     #[error("{0}")]
     BadRequest(String),
+    /// 400 on the webhook: the signed body names another program than the
+    /// URL's.
+    #[error("{0}")]
+    ProgramMismatch(String),
     /// 401 on the query API: missing or invalid bearer token.
     #[error("missing or invalid credentials")]
     Unauthorized,
@@ -82,6 +86,7 @@ impl ApiError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::ProgramMismatch(_) => (StatusCode::BAD_REQUEST, "program_mismatch"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

@@ -19,6 +19,8 @@ pub use checks::{
 pub use customer_id::{CustomerId, InvalidCustomerId};
 pub use event_type::EventType;
 
+use crate::program::ProgramId;
+
 /// The value of the `schema` field and header of every published record.
 pub const SCHEMA_V1: &str = "connectflow.connect_event.v1";
 
@@ -54,6 +56,12 @@ pub struct ConnectEvent {
     pub event_type: EventType,
     /// Finicity's `customerId`.
     pub customer_id: CustomerId,
+    /// The program the event was received for (the webhook URL's
+    /// `{program}`). Absent means `default`: records written before
+    /// programs existed, and every event of the `default` program, read the
+    /// same (docs/event-schema.md).
+    #[serde(default, skip_serializing_if = "ProgramId::is_default")]
+    pub program_id: ProgramId,
     /// Finicity's `consumerId`, when sent.
     pub consumer_id: Option<String>,
     /// `payload.institutionId`, else the accounts' `institutionId`.

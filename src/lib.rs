@@ -30,6 +30,7 @@ pub mod outbox;
 pub mod program;
 mod publish;
 pub mod receive;
+mod secret;
 mod serve;
 pub mod simulate;
 pub mod store;

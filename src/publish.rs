@@ -64,8 +64,9 @@ impl Publisher {
     /// replicas) or the timeout passes. Returns the time Kafka took.
     pub async fn publish(&self, event: &ConnectEvent) -> Result<Duration, PublishError> {
         let value = serde_json::to_vec(event)?;
-        let headers = OwnedHeaders::new_with_capacity(3)
+        let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header { key: "event_id", value: Some(event.event_id.as_bytes()) })
+            .insert(Header { key: "program", value: Some(event.program_id.as_str().as_bytes()) })
             .insert(Header { key: "event_type", value: Some(event.event_type.as_str().as_bytes()) })
             .insert(Header { key: "schema", value: Some(SCHEMA_V1.as_bytes()) });
         let record =

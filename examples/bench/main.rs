@@ -196,7 +196,7 @@ fn bench_normalise() -> anyhow::Result<()> {
         let mut bytes = 0usize;
         for (raw, signature) in bodies.iter().zip(&signatures) {
             anyhow::ensure!(verifier.verify(Some(signature.as_bytes()), raw).is_ok(), "signature");
-            if let Ok(Webhook::Event(event)) = normalise(raw, now) {
+            if let Ok(Webhook::Event(event)) = normalise(raw, now, &Default::default()) {
                 bytes += serde_json::to_vec(&event)?.len();
             }
         }
@@ -228,7 +228,7 @@ fn normalised(flows: &[(String, Vec<Value>)]) -> Vec<ConnectEvent> {
     flows
         .iter()
         .flat_map(|(_, bodies)| bodies.iter())
-        .filter_map(|body| match normalise(&serde_json::to_vec(body).ok()?, now).ok()? {
+        .filter_map(|body| match normalise(&serde_json::to_vec(body).ok()?, now, &Default::default()).ok()? {
             Webhook::Event(event) => Some(*event),
             Webhook::Ping => None,
         })

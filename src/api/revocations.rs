@@ -95,6 +95,7 @@ pub async fn revoke(
         event_id: recorded.event_id.clone(),
         event_type: EventType::ConsentRevoked,
         customer_id,
+        program_id: crate::program::ProgramId::default(),
         consumer_id: None,
         institution_id: None,
         institution_login_id: body.institution_login_id,

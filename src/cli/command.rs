@@ -104,7 +104,7 @@ mod tests {
     fn missing_partner_secret_is_named() {
         let cli = parse(&["serve", "--api-tokens", "t"]).expect("parses");
         let Command::Serve(args) = cli.command else { panic!("serve expected") };
-        let err = args.http.settings(args.lifecycle.policy()).expect_err("secret is required");
+        let err = args.http.settings(&args.lifecycle).expect_err("secret is required");
         assert_eq!(err.variable, "FINICITY_PARTNER_SECRETS");
     }
 

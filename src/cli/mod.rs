@@ -25,6 +25,7 @@ use crate::health::{OpsState, ReadinessCache};
 use crate::lifecycle::AuthorizationPolicy;
 use crate::metrics::Metrics;
 use crate::outbox::Relay;
+use crate::program::Secrets;
 use crate::publish::Publisher;
 use crate::{kafka, store};
 
@@ -64,20 +65,27 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
-            let settings = args.http.settings(args.lifecycle.policy())?;
+            let settings = args.http.settings(&args.lifecycle)?;
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
             let server = HttpServer::bind(settings, &args.kafka, pool, metrics, None).await?;
             server.run(shutdown).await
         }
         Command::Consume(args) => {
+            let programs = args.lifecycle.programs(Secrets::NotNeeded)?;
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            let process =
-                ConsumeProcess::build(&args.consumer, &args.kafka, args.listen, pool, metrics, args.lifecycle.policy())
-                    .await?;
+            let process = ConsumeProcess::build(
+                &args.consumer,
+                &args.kafka,
+                args.listen,
+                pool,
+                metrics,
+                programs.default_authorization(),
+            )
+            .await?;
             process.run(shutdown).await
         }
         Command::All(args) => {
-            let settings = args.http.settings(args.lifecycle.policy())?;
+            let settings = args.http.settings(&args.lifecycle)?;
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
             let consumer = ConsumeProcess::build(
                 &args.consumer,
@@ -85,7 +93,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 None,
                 pool.clone(),
                 metrics.clone(),
-                settings.authorization,
+                settings.programs.default_authorization(),
             )
             .await?;
             let server = HttpServer::bind(settings, &args.kafka, pool, metrics, Some(consumer.health())).await?;

@@ -98,6 +98,7 @@ fn arb_event() -> impl Strategy<Value = ConnectEvent> {
                 schema: SCHEMA_V1.to_owned(),
                 event_id: format!("{id_prefix:02}"),
                 customer_id: "1".parse().expect("a customer id"),
+                program_id: crate::program::ProgramId::default(),
                 consumer_id: None,
                 institution_id,
                 institution_login_id,

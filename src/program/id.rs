@@ -118,7 +118,8 @@ mod tests {
         for good in ["a", "0", "acme-card", "a-", "abcdefghijklmnopqrstuvwxyz012345", "default"] {
             assert!(ProgramId::is_valid(good), "{good}");
         }
-        for bad in ["", "-a", "Acme", "acme_card", "acme card", "é", "abcdefghijklmnopqrstuvwxyz0123456", "a/b", "a.b"] {
+        for bad in ["", "-a", "Acme", "acme_card", "acme card", "é", "abcdefghijklmnopqrstuvwxyz0123456", "a/b", "a.b"]
+        {
             assert!(!ProgramId::is_valid(bad), "{bad}");
         }
     }

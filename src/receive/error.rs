@@ -15,6 +15,9 @@ const RETRY_AFTER_S: u32 = 5;
 /// A webhook that was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
+    /// The URL names no declared program (404, before the body is read).
+    #[error("no such program")]
+    UnknownProgram,
     /// More webhooks in flight than `CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS`:
     /// shed before reading the body (503, retried by Finicity).
     #[error("too many webhooks in flight; retry later")]
@@ -50,6 +53,8 @@ impl ReceiveError {
             Self::Overloaded | Self::Unavailable(_) => "unavailable",
             Self::TooLarge(_) => "payload_too_large",
             Self::BodyTimeout(_) => "request_timeout",
+            Self::UnknownProgram => "not_found",
+            Self::Invalid(ParseError::ProgramMismatch) => "program_mismatch",
             Self::BodyUnreadable | Self::Invalid(_) => "invalid_request",
             Self::NotJson => "unsupported_media_type",
             Self::Signature(_) => "invalid_signature",
@@ -70,6 +75,8 @@ impl From<ReceiveError> for ApiError {
             },
             ReceiveError::TooLarge(max) => ApiError::PayloadTooLarge(max),
             ReceiveError::BodyTimeout(_) => ApiError::RequestTimeout(err.to_string()),
+            ReceiveError::UnknownProgram => ApiError::NotFound(err.to_string()),
+            ReceiveError::Invalid(ParseError::ProgramMismatch) => ApiError::ProgramMismatch(err.to_string()),
             ReceiveError::BodyUnreadable | ReceiveError::Invalid(_) => ApiError::BadRequest(err.to_string()),
             ReceiveError::NotJson => ApiError::UnsupportedMediaType(
                 "Content-Type must be application/json (XML webhooks are not supported yet)",

@@ -1,6 +1,8 @@
-//! The webhook receiver: `POST /webhooks/finicity/connect`.
+//! The webhook receiver: `POST /webhooks/finicity/connect/{program}` (and
+//! `/webhooks/finicity/connect`, the `default` program's URL).
 //!
-//! Checks run in the order of the contract: size (413), content type (415),
+//! Checks run in the order of the contract: the program (404, before the
+//! body is read), size (413), content type (415),
 //! signature over the raw bytes (401), parse (400); then `ping` is answered
 //! and every other event is normalised, published, and acknowledged only
 //! once Kafka has confirmed the write (else 503, so Finicity retries).
@@ -14,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -23,6 +26,7 @@ use tracing::{Instrument, field};
 
 use crate::error::ErrorBody;
 use crate::metrics::{Metrics, WebhookLabels};
+use crate::program::ProgramId;
 use crate::publish::Publisher;
 use error::ReceiveError;
 use normalise::Webhook;
@@ -31,11 +35,20 @@ use signature::SignatureVerifier;
 /// The header Finicity signs with (header names match case-insensitively).
 pub const SIGNATURE_HEADER: &str = "x-finicity-signature";
 
+/// A program the receiver takes webhooks for.
+#[derive(Debug)]
+pub struct ReceiverProgram {
+    /// Its id (the URL's `{program}`).
+    pub id: ProgramId,
+    /// Verifies its Finicity partner's signatures.
+    pub verifier: SignatureVerifier,
+}
+
 /// What the receiver needs.
 #[derive(Debug, Clone)]
 pub struct Receiver {
-    /// Verifies signatures.
-    pub verifier: Arc<SignatureVerifier>,
+    /// The programs, each with its partner's secrets.
+    pub programs: Arc<[ReceiverProgram]>,
     /// Publishes events.
     pub publisher: Publisher,
     /// Metrics.
@@ -67,7 +80,8 @@ pub struct AcceptedBody {
     pub event_id: Option<String>,
 }
 
-/// The axum handler.
+/// The `default` program's webhook URL (404 when no program `default` is
+/// declared).
 #[utoipa::path(
     post,
     path = "/webhooks/finicity/connect",
@@ -76,22 +90,75 @@ pub struct AcceptedBody {
     params(("X-Finicity-Signature" = String, Header, description = "Hex HMAC-SHA256 of the raw body with the partner secret")),
     responses(
         (status = 200, description = "Accepted (published to Kafka), or pong for a ping", body = AcceptedBody),
-        (status = 400, description = "Not JSON, not an object, no eventType, or a field outside the limits of docs/event-schema.md (customerId not 1 to 22 digits, eventId not 1 to 128 printable ASCII characters, another id over 64); the message names the field", body = ErrorBody),
+        (status = 400, description = BAD_REQUEST, body = ErrorBody),
         (status = 401, description = "Missing, malformed or wrong signature", body = ErrorBody),
+        (status = 404, description = "No program `default` is declared (a programs file without one)", body = ErrorBody),
         (status = 408, description = "The body did not arrive within CONNECTFLOW_REQUEST_TIMEOUT_MS", body = ErrorBody),
         (status = 413, description = "Body over CONNECTFLOW_MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "Not JSON (XML is not supported yet)", body = ErrorBody),
-        (status = 503, description = "Kafka did not confirm the write, or more than CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS are in flight; retry (Retry-After)", body = ErrorBody),
+        (status = 503, description = UNAVAILABLE, body = ErrorBody),
     )
 )]
 pub async fn handle(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
-    let span =
-        tracing::info_span!("webhook", event_type = field::Empty, event_id = field::Empty, customer_id = field::Empty);
+    handle_for(receiver, ProgramId::DEFAULT, headers, body).await
+}
+
+/// A program's webhook URL: the one its client's backend passes when it
+/// generates the Connect URL.
+#[utoipa::path(
+    post,
+    path = "/webhooks/finicity/connect/{program}",
+    tag = "webhooks",
+    request_body(content = Object, description = "A Finicity Connect event, signed with the program's partner secret", content_type = "application/json"),
+    params(
+        ("program" = String, Path, description = "The program's id (`^[a-z0-9][a-z0-9-]{0,31}$`, declared in CONNECTFLOW_PROGRAMS_FILE)"),
+        ("X-Finicity-Signature" = String, Header, description = "Hex HMAC-SHA256 of the raw body with the program's partner secret"),
+    ),
+    responses(
+        (status = 200, description = "Accepted (published to Kafka), or pong for a ping", body = AcceptedBody),
+        (status = 400, description = BAD_REQUEST, body = ErrorBody),
+        (status = 401, description = "Missing, malformed or wrong signature", body = ErrorBody),
+        (status = 404, description = "No such program (answered before the body is read)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within CONNECTFLOW_REQUEST_TIMEOUT_MS", body = ErrorBody),
+        (status = 413, description = "Body over CONNECTFLOW_MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "Not JSON (XML is not supported yet)", body = ErrorBody),
+        (status = 503, description = UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn handle_program(
+    State(receiver): State<Arc<Receiver>>,
+    program: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // A segment that is not even text names no program either.
+    let program = program.map_or_else(|_| String::new(), |Path(program)| program);
+    handle_for(receiver, &program, headers, body).await
+}
+
+const BAD_REQUEST: &str = "Not JSON, not an object, no eventType, or a field outside the limits of docs/event-schema.md (customerId not 1 to 22 digits, eventId not 1 to 128 printable ASCII characters, another id over 64); the message names the field. `program_mismatch`: the signed `webhookData.program` names another program than the URL's";
+
+const UNAVAILABLE: &str = "Kafka did not confirm the write, or more than CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS are in flight; retry (Retry-After)";
+
+async fn handle_for(receiver: Arc<Receiver>, program: &str, headers: HeaderMap, body: Body) -> Response {
+    let span = tracing::info_span!(
+        "webhook",
+        program = field::Empty,
+        event_type = field::Empty,
+        event_id = field::Empty,
+        customer_id = field::Empty
+    );
     async move {
         let metrics = &receiver.metrics;
         metrics.webhooks_in_flight.inc();
         let _in_flight = InFlight(metrics);
-        let (label, result) = receive(&receiver, &headers, body).await;
+        let (label, result) = match receiver.programs.iter().find(|p| p.id == program) {
+            Some(program) => {
+                tracing::Span::current().record("program", program.id.as_str());
+                receive(&receiver, program, &headers, body).await
+            }
+            None => ("unknown", Err(ReceiveError::UnknownProgram)),
+        };
         let outcome = match &result {
             Ok(Accepted::Pong) => "pong",
             Ok(Accepted::Event(_)) => "accepted",
@@ -134,6 +201,7 @@ enum Accepted {
 
 async fn receive(
     receiver: &Receiver,
+    program: &ReceiverProgram,
     headers: &HeaderMap,
     body: Body,
 ) -> (&'static str, Result<Accepted, ReceiveError>) {
@@ -150,11 +218,11 @@ async fn receive(
         return ("unknown", Err(ReceiveError::NotJson));
     }
     let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
-    if let Err(err) = receiver.verifier.verify(signature, &raw) {
+    if let Err(err) = program.verifier.verify(signature, &raw) {
         receiver.metrics.signature_failures.inc();
         return ("unknown", Err(err.into()));
     }
-    let webhook = match normalise::normalise(&raw, Utc::now()) {
+    let webhook = match normalise::normalise(&raw, Utc::now(), &program.id) {
         Ok(webhook) => webhook,
         Err(err) => return ("unknown", Err(err.into())),
     };

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::event::{AccountRef, ConnectEvent, CustomerId, EventType, InvalidField, SCHEMA_V1, truncate_to_millis};
+use crate::program::ProgramId;
 
 /// Why a verified body cannot be accepted. Each is a 400 naming the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +27,10 @@ pub enum ParseError {
     /// `customerId` is not 1 to 22 digits.
     #[error("customerId must be 1 to 22 ASCII digits")]
     BadCustomerId,
+    /// `webhookData.program` names another program than the webhook URL's
+    /// (a body signed for one program, replayed to another's URL).
+    #[error("webhookData.program does not match the program of the webhook URL")]
+    ProgramMismatch,
     /// A field the pipeline could not keep (too long, not printable), named
     /// as it is on the wire.
     #[error("{field}: {problem}", field = wire_name(.0.field), problem = .0.problem)]
@@ -56,12 +61,20 @@ pub enum Webhook {
     Event(Box<ConnectEvent>),
 }
 
-/// Parses and normalises a verified webhook body received at `received_at`.
-pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, ParseError> {
+/// Parses and normalises a verified webhook body received at `received_at`
+/// for `program` (the webhook URL's). The program is never taken from the
+/// body, and never from `webhookHeaders` (sent as HTTP headers, outside the
+/// signature); a body whose signed `webhookData.program` names another
+/// program is refused.
+pub fn normalise(raw: &[u8], received_at: DateTime<Utc>, program: &ProgramId) -> Result<Webhook, ParseError> {
     let value: Value = serde_json::from_slice(raw).map_err(|_| ParseError::NotJson)?;
     let Value::Object(envelope) = value else {
         return Err(ParseError::NotObject);
     };
+    let named = envelope.get("webhookData").and_then(|data| data.get("program"));
+    if named.is_some_and(|named| named.as_str() != Some(program.as_str())) {
+        return Err(ParseError::ProgramMismatch);
+    }
     let event_type = match envelope.get("eventType") {
         Some(Value::String(t)) => EventType::parse(t),
         _ => return Err(ParseError::NoEventType),
@@ -111,6 +124,7 @@ pub fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, Pars
         event_id,
         event_type,
         customer_id,
+        program_id: program.clone(),
         consumer_id: id_text(envelope.get("consumerId")),
         institution_id,
         institution_login_id,

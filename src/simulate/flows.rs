@@ -377,9 +377,11 @@ mod tests {
         for flow in all_flows() {
             let events: Vec<_> = bodies(flow, "1005061234", start, 7)
                 .iter()
-                .filter_map(|body| match normalise(&serde_json::to_vec(body).ok()?, start).ok()? {
-                    Webhook::Event(event) => Some(*event),
-                    Webhook::Ping => None,
+                .filter_map(|body| {
+                    match normalise(&serde_json::to_vec(body).ok()?, start, &Default::default()).ok()? {
+                        Webhook::Event(event) => Some(*event),
+                        Webhook::Ping => None,
+                    }
                 })
                 .collect();
             let state = crate::lifecycle::fold(&events);

@@ -121,3 +121,37 @@ fn secret_lists_with_empty_or_spaced_entries_exit_2_naming_the_variable_not_the_
         }
     }
 }
+
+#[test]
+fn a_bad_programs_file_exits_2_naming_the_line_or_variable() {
+    let dir = std::env::temp_dir().join(format!("connectflow-programs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("programs file");
+        path.to_string_lossy().into_owned()
+    };
+    let duplicate =
+        write("duplicate.toml", "[[program]]\nid = \"a\"\nname = \"A\"\n\n[[program]]\nid = \"a\"\nname = \"B\"\n");
+    let malformed = write("malformed.toml", "[[program]]\nid = \"a\"\nname = A\n");
+    let unset =
+        write("unset.toml", "[[program]]\nid = \"a\"\nname = \"A\"\npartner_secrets_env = \"CF_TEST_UNSET_SECRETS\"\n");
+    let cases = [
+        ("serve", duplicate.as_str(), "line 6"),
+        ("consume", duplicate.as_str(), "line 6"),
+        ("all", malformed.as_str(), "line 3"),
+        ("serve", unset.as_str(), "CF_TEST_UNSET_SECRETS"),
+        ("serve", "/nonexistent/programs.toml", "cannot read"),
+    ];
+    for (command, path, named) in cases {
+        let output = connectflow(
+            &[command],
+            &[("CONNECTFLOW_PROGRAMS_FILE", path), ("CONNECTFLOW_API_TOKENS", "t"), ("FINICITY_PARTNER_SECRETS", "s")],
+        );
+        assert_eq!(output.status.code(), Some(2), "{command} {path}");
+        let lines = stderr_lines(&output);
+        assert_eq!(lines.len(), 1, "one line: {lines:?}");
+        assert!(lines[0].contains("CONNECTFLOW_PROGRAMS_FILE") && lines[0].contains(named), "{lines:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use connectflow::app::HttpServer;
 use connectflow::config::{
-    ConsumerArgs, DatabaseArgs, HttpArgs, HttpSettings, KafkaArgs, KafkaProperties, MigrationArgs, SecretList,
+    ConsumerArgs, DatabaseArgs, HttpArgs, HttpSettings, KafkaArgs, KafkaProperties, LifecycleArgs, MigrationArgs,
+    SecretList,
 };
 use connectflow::lifecycle::AuthorizationPolicy;
 use connectflow::metrics::Metrics;
@@ -201,8 +202,14 @@ pub fn http_settings() -> HttpSettings {
         request_timeout_ms: 10_000,
         max_concurrent_webhooks: 256,
     }
-    .settings(AuthorizationPolicy::default())
+    .settings(&lifecycle_args())
     .expect("complete test settings")
+}
+
+/// The lifecycle's configuration for tests: the default period, no
+/// programs file (the one program `default`).
+pub fn lifecycle_args() -> LifecycleArgs {
+    LifecycleArgs { authorization_days: AuthorizationPolicy::DEFAULT_DAYS, programs_file: None }
 }
 
 /// Options for [`spawn_app_with`].
@@ -368,7 +375,7 @@ pub fn normalised(
     use connectflow::receive::normalise::{Webhook, normalise};
     bodies
         .iter()
-        .filter_map(|body| match normalise(&serde_json::to_vec(body).ok()?, received_at).ok()? {
+        .filter_map(|body| match normalise(&serde_json::to_vec(body).ok()?, received_at, &Default::default()).ok()? {
             Webhook::Event(event) => Some(*event),
             Webhook::Ping => None,
         })

@@ -11,6 +11,7 @@ mod helpers;
 mod kafka_util;
 mod lifecycle;
 mod pg_proxy;
+mod programs;
 mod query;
 mod receive;
 mod receive_hardening;

@@ -20,7 +20,7 @@ fn flow_events(name: &str, customer_id: &str, seed: u64) -> Vec<ConnectEvent> {
         .iter()
         .map(|body| {
             let raw = serde_json::to_vec(body).expect("serialises");
-            match normalise(&raw, Utc::now()).expect("normalises") {
+            match normalise(&raw, Utc::now(), &Default::default()).expect("normalises") {
                 Webhook::Event(event) => *event,
                 Webhook::Ping => panic!("no pings in flows"),
             }

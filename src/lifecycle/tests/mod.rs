@@ -25,6 +25,7 @@ pub(crate) fn event(event_type: &str, second: i64) -> ConnectEvent {
         event_id: format!("{}-{event_type}", occurred_at.timestamp_millis()),
         event_type: EventType::parse(event_type),
         customer_id: "1005061234".parse().expect("a customer id"),
+        program_id: crate::program::ProgramId::default(),
         consumer_id: None,
         institution_id: None,
         institution_login_id: None,

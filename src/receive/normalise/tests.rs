@@ -3,6 +3,12 @@ use serde_json::{Value, json};
 
 use super::*;
 
+/// The function under test, for the `default` program (the program's own
+/// checks are in `programs_come_from_the_url`).
+fn normalise(raw: &[u8], received_at: DateTime<Utc>) -> Result<Webhook, ParseError> {
+    super::normalise(raw, received_at, &ProgramId::default())
+}
+
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).single().expect("valid time")
 }
@@ -204,4 +210,34 @@ fn occurred_at_needs_a_plausible_thirteen_digit_prefix() {
     assert_eq!(at("17640000001234-aa"), None, "fourteen digits is not the shape");
     assert_eq!(at("176400000012x-aa"), None);
     assert_eq!(at("abc"), None);
+}
+
+#[test]
+fn programs_come_from_the_url() {
+    let acme = ProgramId::parse("acme").expect("id");
+    let body = |data: Value| {
+        let mut body = envelope("started", json!({}));
+        body["webhookData"] = data;
+        serde_json::to_vec(&body).expect("serialises")
+    };
+    let event_of = |raw: &[u8]| match super::normalise(raw, now(), &acme) {
+        Ok(Webhook::Event(event)) => Ok(event.program_id),
+        Ok(Webhook::Ping) => panic!("unexpected ping"),
+        Err(err) => Err(err),
+    };
+    assert_eq!(event_of(&body(json!({"program": "acme", "x": 1}))), Ok(acme.clone()));
+    assert_eq!(event_of(&body(json!({"x": 1}))), Ok(acme.clone()), "no program named: the URL's");
+    for other in [json!("b"), json!("ACME"), json!(7), json!(null), json!({"id": "acme"})] {
+        assert_eq!(event_of(&body(json!({"program": other}))), Err(ParseError::ProgramMismatch), "{other}");
+    }
+    // The default program's records are written as before programs existed.
+    let raw = body(json!({}));
+    let Ok(Webhook::Event(event)) = normalise(&raw, now()) else { panic!("event expected") };
+    let record = serde_json::to_value(&*event).expect("serialises");
+    assert!(record.get("program_id").is_none(), "absent means default: {record}");
+    let Ok(Webhook::Event(event)) = super::normalise(&raw, now(), &acme) else { panic!("event expected") };
+    let record = serde_json::to_value(&*event).expect("serialises");
+    assert_eq!(record["program_id"], "acme");
+    let back: ConnectEvent = serde_json::from_value(record).expect("reads back");
+    assert_eq!(back.program_id, acme);
 }

@@ -1,0 +1,175 @@
+//! Programs: one connectflow for many card programs. The receiver side:
+//! each program's URL, its own partner secrets, and the program carried by
+//! every event.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use connectflow::lifecycle::AuthorizationPolicy;
+use connectflow::program::{Programs, Secrets};
+use connectflow::receive::signature::sign;
+use serde_json::{Value, json};
+
+use crate::helpers::{AppOptions, PARTNER_SECRET, TestApp, http_settings, services, spawn_app_with, unique_kafka_args};
+use crate::kafka_util::read_all;
+
+/// Two programs: `acme` with secrets of its own, `bank-b` with the default
+/// ones (FINICITY_PARTNER_SECRETS); no `default` program.
+pub const PROGRAMS: &str = r#"
+[[program]]
+id = "acme"
+name = "Acme Card"
+partner_secrets_env = "ACME_SECRETS"
+
+[[program]]
+id = "bank-b"
+name = "Bank B Rewards"
+authorization_days = 30
+"#;
+
+pub const ACME_SECRET: &str = "acme-partner-secret";
+
+/// The two programs, parsed as `serve` would with ACME_SECRETS set.
+pub fn two_programs() -> Programs {
+    let default = connectflow::config::SecretList::new([PARTNER_SECRET]).expect("secrets");
+    let env = |name: &str| (name == "ACME_SECRETS").then(|| ACME_SECRET.to_owned());
+    Programs::parse(PROGRAMS, AuthorizationPolicy::default(), Secrets::Required { default: Some(&default) }, &env)
+        .expect("the test programs file")
+}
+
+pub async fn spawn_two_programs(consumer: bool) -> TestApp {
+    let mut http = http_settings();
+    http.programs = Arc::new(two_programs());
+    let services = services().await;
+    spawn_app_with(AppOptions {
+        http,
+        kafka: unique_kafka_args(&services.kafka_brokers),
+        create_topics: true,
+        consumer,
+    })
+    .await
+}
+
+fn started(customer: &str, event_id: &str, webhook_data: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "customerId": customer,
+        "eventType": "started",
+        "eventId": event_id,
+        "payload": {},
+        "webhookData": webhook_data,
+    }))
+    .expect("serialises")
+}
+
+async fn post(app: &TestApp, path: &str, body: &[u8], secret: &str) -> (u16, Value) {
+    let response = app
+        .client
+        .post(format!("{}{path}", app.base_url))
+        .header("content-type", "application/json")
+        .header("x-finicity-signature", sign(secret, body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("webhook request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn each_program_has_its_url_and_its_partner_secrets() {
+    let app = spawn_two_programs(false).await;
+    let acme = started("1001", "1764000000001-acme", json!({"program": "acme"}));
+    let (status, answer) = post(&app, "/webhooks/finicity/connect/acme", &acme, ACME_SECRET).await;
+    assert_eq!((status, &answer["status"]), (200, &json!("accepted")), "{answer}");
+    let bank_b = started("2002", "1764000000002-bank-b", json!({"ref": 1}));
+    let (status, _) = post(&app, "/webhooks/finicity/connect/bank-b", &bank_b, PARTNER_SECRET).await;
+    assert_eq!(status, 200, "a program without a variable of its own uses FINICITY_PARTNER_SECRETS");
+
+    // Another program's secret is a wrong signature here.
+    let other = started("1001", "1764000000003-acme", json!({}));
+    let (status, answer) = post(&app, "/webhooks/finicity/connect/acme", &other, PARTNER_SECRET).await;
+    assert_eq!((status, &answer["error"]["code"]), (401, &json!("invalid_signature")), "{answer}");
+    let (status, _) = post(&app, "/webhooks/finicity/connect/bank-b", &other, ACME_SECRET).await;
+    assert_eq!(status, 401);
+
+    // Each record carries its program, in the value and in a header.
+    let records = read_all(&app.kafka.brokers, &app.kafka.events_topic);
+    assert_eq!(records.len(), 2, "only the two accepted events");
+    for (customer, program) in [("1001", "acme"), ("2002", "bank-b")] {
+        let record = records
+            .iter()
+            .find(|r| r.key.as_deref() == Some(customer.as_bytes()))
+            .unwrap_or_else(|| panic!("record of {customer}"));
+        assert_eq!(record.header("program"), Some(program));
+        let value: Value = serde_json::from_slice(&record.value).expect("JSON");
+        assert_eq!(value["program_id"], program);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_signed_for_one_program_cannot_be_replayed_to_another() {
+    let app = spawn_two_programs(false).await;
+    // Signed with acme's secret, naming bank-b: posted to acme's URL.
+    let body = started("1001", "1764000000004-acme", json!({"program": "bank-b"}));
+    let (status, answer) = post(&app, "/webhooks/finicity/connect/acme", &body, ACME_SECRET).await;
+    assert_eq!((status, &answer["error"]["code"]), (400, &json!("program_mismatch")), "{answer}");
+    // And the same for the program's ping.
+    let ping = serde_json::to_vec(&json!({"eventType": "ping", "webhookData": {"program": "bank-b"}})).expect("json");
+    let (status, _) = post(&app, "/webhooks/finicity/connect/acme", &ping, ACME_SECRET).await;
+    assert_eq!(status, 400);
+    assert!(read_all(&app.kafka.brokers, &app.kafka.events_topic).is_empty(), "nothing published");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_program_is_404_before_the_body_is_read() {
+    let app = spawn_two_programs(false).await;
+    let body = started("1001", "1764000000005-x", json!({}));
+    for path in ["/webhooks/finicity/connect/nobody", "/webhooks/finicity/connect/ACME", "/webhooks/finicity/connect"] {
+        let (status, answer) = post(&app, path, &body, PARTNER_SECRET).await;
+        assert_eq!((status, &answer["error"]["code"]), (404, &json!("not_found")), "{path}: {answer}");
+    }
+    // A declared length and no body: answered at once, not after the body's
+    // timeout (CONNECTFLOW_REQUEST_TIMEOUT_MS, 10 s in tests).
+    let address = app.base_url.trim_start_matches("http://").to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        stream
+            .write_all(b"POST /webhooks/finicity/connect/nobody HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n")
+            .expect("write");
+        let mut answer = vec![0; 256];
+        let n = stream.read(&mut answer).unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    })
+    .await
+    .expect("joined");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_programs_file_both_urls_mean_default() {
+    let services = services().await;
+    let app = spawn_app_with(AppOptions {
+        http: http_settings(),
+        kafka: unique_kafka_args(&services.kafka_brokers),
+        create_topics: true,
+        consumer: false,
+    })
+    .await;
+    let body = started("1001", "1764000000006-d", json!({"program": "default"}));
+    assert_eq!(post(&app, "/webhooks/finicity/connect", &body, PARTNER_SECRET).await.0, 200);
+    let body = started("1001", "1764000000007-d", json!({}));
+    assert_eq!(post(&app, "/webhooks/finicity/connect/default", &body, PARTNER_SECRET).await.0, 200);
+    let records = read_all(&app.kafka.brokers, &app.kafka.events_topic);
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        assert_eq!(record.header("program"), Some("default"));
+        let value: Value = serde_json::from_slice(&record.value).expect("JSON");
+        assert!(value.get("program_id").is_none(), "written as before programs existed: {value}");
+    }
+    app.stop().await;
+}
