@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::event::{ConnectEvent, CustomerId, rfc3339_ms};
 use crate::lifecycle::{Dimension, Lifecycle, VisibleLifecycle};
+use crate::program::ProgramId;
 
 /// The value of the `schema` field and header of every change record.
 pub const CHANGE_SCHEMA_V1: &str = "connectflow.lifecycle_change.v1";
@@ -35,6 +36,11 @@ pub struct LifecycleChange {
     pub change_id: String,
     /// Finicity's customer id (also the record key).
     pub customer_id: String,
+    /// The customer's program (also the `program` header). Records written
+    /// before programs existed read as `default`.
+    #[serde(default)]
+    #[schema(value_type = String, example = "default")]
+    pub program_id: ProgramId,
     /// Per customer: 1 for the first change, +1 per change, never reused or
     /// skipped.
     pub version: i64,
@@ -78,6 +84,7 @@ pub enum ChangeReason {
 #[derive(Debug)]
 pub struct Versioner<'a> {
     customer_id: &'a CustomerId,
+    program_id: &'a ProgramId,
     version: i64,
     recorded_at: DateTime<Utc>,
     /// Whether the customer had a readable stored lifecycle before.
@@ -88,8 +95,14 @@ pub struct Versioner<'a> {
 
 impl<'a> Versioner<'a> {
     /// Starts from the customer's stored `version`.
-    pub fn new(customer_id: &'a CustomerId, version: i64, known_before: bool, recorded_at: DateTime<Utc>) -> Self {
-        Self { customer_id, version, recorded_at, known_before, changes: Vec::new() }
+    pub fn new(
+        customer_id: &'a CustomerId,
+        program_id: &'a ProgramId,
+        version: i64,
+        known_before: bool,
+        recorded_at: DateTime<Utc>,
+    ) -> Self {
+        Self { customer_id, program_id, version, recorded_at, known_before, changes: Vec::new() }
     }
 
     /// The version after the changes found so far.
@@ -124,6 +137,7 @@ impl<'a> Versioner<'a> {
             schema: CHANGE_SCHEMA_V1.to_owned(),
             change_id: format!("{}:{}", self.customer_id, self.version),
             customer_id: self.customer_id.to_string(),
+            program_id: self.program_id.clone(),
             version: self.version,
             before: (!first).then(|| VisibleLifecycle::from(before)),
             after: VisibleLifecycle::from(after),
@@ -149,6 +163,7 @@ impl<'a> Versioner<'a> {
             schema: CHANGE_SCHEMA_V1.to_owned(),
             change_id: format!("{}:{}", self.customer_id, self.version),
             customer_id: self.customer_id.to_string(),
+            program_id: self.program_id.clone(),
             version: self.version,
             before: Some(visible.clone()),
             after: visible,

@@ -11,8 +11,9 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::lifecycle::AuthorizationPolicy;
-use crate::store::expiry::announce_lapsed;
+use crate::program::Programs;
+use crate::store::error::StoreError;
+use crate::store::expiry::{Customers, announce_lapsed_of};
 
 /// How often lapsed authorizations are looked for: a lapse is published at
 /// most this long after it happened (while a consumer runs).
@@ -22,26 +23,28 @@ pub const INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct ExpiryJob {
     pool: PgPool,
-    policy: AuthorizationPolicy,
+    programs: Arc<Programs>,
     changes_recorded: Arc<Notify>,
 }
 
 impl ExpiryJob {
-    /// Announces the lapses of `policy` in `pool`, and notifies
+    /// Announces the lapses of each program's period in `pool`, and notifies
     /// `changes_recorded` (the relay of this process) after announcing any.
-    pub fn new(pool: PgPool, policy: AuthorizationPolicy, changes_recorded: Arc<Notify>) -> Self {
-        Self { pool, policy, changes_recorded }
+    pub fn new(pool: PgPool, programs: Arc<Programs>, changes_recorded: Arc<Notify>) -> Self {
+        Self { pool, programs, changes_recorded }
     }
 
     /// Runs until `shutdown`; returns at once when authorizations never
-    /// lapse (`CONNECTFLOW_AUTHORIZATION_DAYS=0`).
+    /// lapse (`CONNECTFLOW_AUTHORIZATION_DAYS=0` and no program with a
+    /// period of its own).
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { pool, policy, changes_recorded } = self;
-        if policy.days() == 0 {
+        let Self { pool, programs, changes_recorded } = self;
+        let lapse = |policy: crate::lifecycle::AuthorizationPolicy| policy.days() > 0;
+        if !programs.iter().any(|p| lapse(p.authorization)) && !lapse(programs.default_authorization()) {
             return;
         }
         loop {
-            match announce_lapsed(&pool, policy, Utc::now()).await {
+            match announce_round(&pool, &programs).await {
                 Ok(0) => {}
                 Ok(announced) => {
                     tracing::info!(announced, "lapsed authorizations announced");
@@ -56,4 +59,17 @@ impl ExpiryJob {
             }
         }
     }
+}
+
+/// One pass over every program's customers with the program's period, then
+/// over the customers of programs no longer declared with the default one.
+async fn announce_round(pool: &PgPool, programs: &Programs) -> Result<usize, StoreError> {
+    let now = Utc::now();
+    let mut announced = 0;
+    for program in programs.iter() {
+        announced += announce_lapsed_of(pool, Customers::Of(&program.id), program.authorization, now).await?;
+    }
+    let declared: Vec<&str> = programs.iter().map(|p| p.id.as_str()).collect();
+    announced += announce_lapsed_of(pool, Customers::NoneOf(&declared), programs.default_authorization(), now).await?;
+    Ok(announced)
 }

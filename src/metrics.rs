@@ -65,6 +65,9 @@ pub struct Metrics {
     /// Records Postgres refused alone, found by splitting their batch, and
     /// parked.
     pub isolated_records: Counter,
+    /// Events parked because their customer belongs to another program
+    /// (`program_conflict`).
+    pub program_conflicts: Counter,
     /// Queued records dropped unapplied because their partition was revoked
     /// (the new owner reads them).
     pub records_dropped_on_revoke: Counter,
@@ -136,6 +139,12 @@ impl Metrics {
             "Records Postgres refused alone, isolated by splitting their batch, and parked",
             isolated_records.clone(),
         );
+        let program_conflicts = Counter::default();
+        registry.register(
+            "consumer_program_conflicts",
+            "Events parked because their customer belongs to another program (program_conflict)",
+            program_conflicts.clone(),
+        );
         let records_dropped_on_revoke = Counter::default();
         registry.register(
             "consumer_records_dropped_on_revoke",
@@ -192,6 +201,7 @@ impl Metrics {
             dead_letters,
             dead_letters_metadata_only,
             isolated_records,
+            program_conflicts,
             records_dropped_on_revoke,
             oldest_unapplied_seconds,
             webhook_data_dropped,

@@ -22,10 +22,9 @@ use crate::event::CustomerId;
 use crate::expiry::ExpiryJob;
 use crate::health::consumer::ConsumerHealth;
 use crate::health::{OpsState, ReadinessCache};
-use crate::lifecycle::AuthorizationPolicy;
 use crate::metrics::Metrics;
 use crate::outbox::Relay;
-use crate::program::Secrets;
+use crate::program::{Programs, Secrets};
 use crate::publish::Publisher;
 use crate::{kafka, store};
 
@@ -73,15 +72,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Consume(args) => {
             let programs = args.lifecycle.programs(Secrets::NotNeeded)?;
             let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
-            let process = ConsumeProcess::build(
-                &args.consumer,
-                &args.kafka,
-                args.listen,
-                pool,
-                metrics,
-                programs.default_authorization(),
-            )
-            .await?;
+            let process =
+                ConsumeProcess::build(&args.consumer, &args.kafka, args.listen, pool, metrics, Arc::new(programs))
+                    .await?;
             process.run(shutdown).await
         }
         Command::All(args) => {
@@ -93,7 +86,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 None,
                 pool.clone(),
                 metrics.clone(),
-                settings.programs.default_authorization(),
+                settings.programs.clone(),
             )
             .await?;
             let server = HttpServer::bind(settings, &args.kafka, pool, metrics, Some(consumer.health())).await?;
@@ -133,19 +126,19 @@ impl std::fmt::Debug for ConsumeProcess {
 
 impl ConsumeProcess {
     /// Builds every part and (when `listen` is given) binds the operations
-    /// listener (`/livez`, `/readyz`, `/metrics`). `authorization` is the
-    /// period the expiry job announces lapses by.
+    /// listener (`/livez`, `/readyz`, `/metrics`). `programs` give the
+    /// periods the expiry job announces lapses by.
     pub async fn build(
         args: &ConsumerArgs,
         kafka: &KafkaArgs,
         listen: Option<SocketAddr>,
         pool: PgPool,
         metrics: Arc<Metrics>,
-        authorization: AuthorizationPolicy,
+        programs: Arc<Programs>,
     ) -> anyhow::Result<Self> {
         let relay = Relay::new(kafka, pool.clone(), metrics.clone())?;
         let consumer = LifecycleConsumer::build(args, kafka, pool.clone(), metrics.clone(), relay.waker()).await?;
-        let expiry = ExpiryJob::new(pool.clone(), authorization, relay.waker());
+        let expiry = ExpiryJob::new(pool.clone(), programs, relay.waker());
         let ops = match listen {
             Some(listen) => {
                 let listener =

@@ -39,6 +39,10 @@ pub(super) struct Shared {
     pub changes_recorded: Arc<tokio::sync::Notify>,
 }
 
+/// The dead-letter reason of an event for a customer of another program
+/// (docs/operations.md, "Programs").
+pub const PROGRAM_CONFLICT: &str = "program_conflict";
+
 /// A running lane's task: it fails only when a record cannot be parked.
 type LaneTask = JoinHandle<Result<(), ParkError>>;
 
@@ -244,6 +248,30 @@ impl Shared {
             }
             match apply_batch(&self.pool, events).await {
                 Ok(outcome) => {
+                    // Events for a customer of another program were neither
+                    // recorded nor applied: parked, they settle too.
+                    for conflict in &outcome.conflicts {
+                        for &i in &pending {
+                            let Item::Pending(event) = &items[i] else { continue };
+                            if event.event_id != conflict.event_id || event.program_id != conflict.program_id {
+                                continue;
+                            }
+                            tracing::warn!(
+                                event_id = %event.event_id,
+                                customer_id = %event.customer_id,
+                                program = %conflict.program_id,
+                                owner = %conflict.owner,
+                                "event for a customer of another program; parked"
+                            );
+                            let parked = ParkedAs {
+                                reason: PROGRAM_CONFLICT,
+                                event_id: Some(&event.event_id),
+                                customer_id: Some(event.customer_id.as_str()),
+                            };
+                            self.dead_letters.park(&batch[i].message, &parked, stop).await?;
+                            self.metrics.program_conflicts.inc();
+                        }
+                    }
                     self.metrics.events_applied.inc_by(outcome.applied);
                     self.metrics.duplicates_skipped.inc_by(outcome.duplicates);
                     self.metrics.recomputations.inc_by(outcome.recomputed);

@@ -394,6 +394,7 @@ mod tests {
             schema: CHANGE_SCHEMA_V1.to_owned(),
             change_id: format!("{CUSTOMER}:{version}"),
             customer_id: CUSTOMER.to_owned(),
+            program_id: Default::default(),
             version,
             before: None,
             after,

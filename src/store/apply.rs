@@ -16,11 +16,12 @@ use sqlx::{PgPool, Postgres, Transaction};
 use crate::change::{LifecycleChange, Versioner};
 use crate::event::{ConnectEvent, CustomerId};
 use crate::lifecycle::{self, Account, Advance, AuthReason, InstitutionLogin, Lifecycle};
+use crate::program::ProgramId;
 use crate::store::changes::{Announce, record_changes};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
     /// Events recorded for the first time and applied.
     pub applied: u64,
@@ -30,6 +31,20 @@ pub struct BatchOutcome {
     pub recomputed: u64,
     /// Lifecycle changes recorded in the outbox (the caller wakes its relay).
     pub changes: u64,
+    /// Events neither recorded nor applied because their customer belongs
+    /// to another program: the caller parks them (`program_conflict`).
+    pub conflicts: Vec<ProgramConflict>,
+}
+
+/// An event for a customer of another program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramConflict {
+    /// The event's id.
+    pub event_id: String,
+    /// The program the event came for.
+    pub program_id: ProgramId,
+    /// The program the customer belongs to.
+    pub owner: ProgramId,
 }
 
 /// Records and applies `events` in one transaction.
@@ -42,13 +57,8 @@ pub async fn apply_batch<'a>(
     pool: &PgPool,
     events: impl IntoIterator<Item = &'a ConnectEvent>,
 ) -> Result<BatchOutcome, StoreError> {
-    let mut distinct: Vec<&ConnectEvent> = events.into_iter().collect();
-    let received = distinct.len();
-    // One order for every writer, so concurrent batches take the
-    // unique-index locks of shared event ids in the same order.
-    distinct.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-    distinct.dedup_by(|a, b| a.event_id == b.event_id);
-    let mut batch_customers: Vec<&CustomerId> = distinct.iter().map(|e| &e.customer_id).collect();
+    let events: Vec<&ConnectEvent> = events.into_iter().collect();
+    let mut batch_customers: Vec<&CustomerId> = events.iter().map(|e| &e.customer_id).collect();
     batch_customers.sort();
     batch_customers.dedup();
 
@@ -57,6 +67,14 @@ pub async fn apply_batch<'a>(
     // this transaction then sees what an earlier writer of these customers
     // committed (see `lock_customers`).
     lock_customers(&mut tx, &batch_customers).await?;
+    let Loaded { states, undecodable, programs } = load_lifecycles(&mut tx, &batch_customers).await?;
+    let (events, conflicts) = split_program_conflicts(events, &programs);
+    let received = events.len();
+    let mut distinct = events;
+    // One order for every writer, so concurrent batches take the
+    // unique-index locks of shared event ids in the same order.
+    distinct.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    distinct.dedup_by(|a, b| a.event_id == b.event_id);
     let inserted = insert_events(&mut tx, &distinct).await?;
     let new_events: Vec<&ConnectEvent> =
         distinct.into_iter().filter(|e| inserted.contains(e.event_id.as_str())).collect();
@@ -65,6 +83,7 @@ pub async fn apply_batch<'a>(
         duplicates: (received - new_events.len()) as u64,
         recomputed: 0,
         changes: 0,
+        conflicts,
     };
     if new_events.is_empty() {
         tx.commit().await.store("committing the batch")?;
@@ -76,7 +95,6 @@ pub async fn apply_batch<'a>(
         by_customer.entry(&event.customer_id).or_default().push(event);
     }
     let customer_ids: Vec<&CustomerId> = by_customer.keys().copied().collect();
-    let Loaded { states, undecodable } = load_lifecycles(&mut tx, &customer_ids).await?;
 
     // Each customer's events are folded into the stored state one by one,
     // and each event that moves the visible lifecycle becomes a change; a
@@ -98,7 +116,9 @@ pub async fn apply_batch<'a>(
             continue;
         }
         let mut state = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
-        let mut versioner = Versioner::new(customer_id, stored.map_or(0, |s| s.version), stored.is_some(), recorded_at);
+        let program_id = program_of(&programs, customer_id, events);
+        let mut versioner =
+            Versioner::new(customer_id, &program_id, stored.map_or(0, |s| s.version), stored.is_some(), recorded_at);
         let advanced = lifecycle::advance(&mut state, events.iter().copied(), |event, before, after| {
             versioner.observe(before, after, &[event], false, false);
         });
@@ -106,6 +126,7 @@ pub async fn apply_batch<'a>(
             Advance::Applied => {
                 after.push(Projected {
                     customer_id: (*customer_id).clone(),
+                    program_id: program_id.clone(),
                     version: versioner.version(),
                     lifecycle: state,
                 });
@@ -121,10 +142,16 @@ pub async fn apply_batch<'a>(
             let version = stored.map(|s| s.version).or_else(|| undecodable.get(&customer_id).copied()).unwrap_or(0);
             let before = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
             let causes = by_customer.get(&customer_id).map(Vec::as_slice).unwrap_or_default();
-            let mut versioner = Versioner::new(&customer_id, version, stored.is_some(), recorded_at);
+            let program_id = program_of(&programs, &customer_id, causes);
+            let mut versioner = Versioner::new(&customer_id, &program_id, version, stored.is_some(), recorded_at);
             versioner.observe(&before, &state, causes, true, false);
             changes.append(&mut versioner.changes);
-            after.push(Projected { version: versioner.version(), customer_id, lifecycle: state });
+            after.push(Projected {
+                version: versioner.version(),
+                customer_id: customer_id.clone(),
+                program_id: program_id.clone(),
+                lifecycle: state,
+            });
         }
     }
 
@@ -147,11 +174,52 @@ pub async fn apply_batch<'a>(
     Ok(outcome)
 }
 
+/// The program of `customer_id`: the stored one, else (a new customer) that
+/// of its events, which [`split_program_conflicts`] made all the same.
+fn program_of(
+    programs: &HashMap<CustomerId, ProgramId>,
+    customer_id: &CustomerId,
+    events: &[&ConnectEvent],
+) -> ProgramId {
+    programs.get(customer_id).or_else(|| events.first().map(|e| &e.program_id)).cloned().unwrap_or_default()
+}
+
+/// Separates the events for a customer of another program. A customer
+/// belongs to the program of its first applied event: the stored one, or
+/// for a new customer the program of its first event in the batch (records
+/// of one customer arrive in partition order, since the customer id is the
+/// record key).
+fn split_program_conflicts<'a>(
+    events: Vec<&'a ConnectEvent>,
+    stored: &HashMap<CustomerId, ProgramId>,
+) -> (Vec<&'a ConnectEvent>, Vec<ProgramConflict>) {
+    let mut owners: HashMap<&CustomerId, &ProgramId> = HashMap::new();
+    let mut kept = Vec::with_capacity(events.len());
+    let mut conflicts = Vec::new();
+    for event in events {
+        let owner = *owners
+            .entry(&event.customer_id)
+            .or_insert_with(|| stored.get(&event.customer_id).unwrap_or(&event.program_id));
+        if *owner == event.program_id {
+            kept.push(event);
+        } else {
+            conflicts.push(ProgramConflict {
+                event_id: event.event_id.clone(),
+                program_id: event.program_id.clone(),
+                owner: owner.clone(),
+            });
+        }
+    }
+    (kept, conflicts)
+}
+
 /// A customer's lifecycle as it is to be written, with its change version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projected {
     /// The customer.
     pub customer_id: CustomerId,
+    /// Its program (written for a new customer, never changed after).
+    pub program_id: ProgramId,
     /// Its folded lifecycle.
     pub lifecycle: Lifecycle,
     /// Its visible changes so far.
@@ -239,6 +307,8 @@ pub struct Loaded {
     /// version, or damaged), with their version: recompute them from their
     /// events.
     pub undecodable: HashMap<CustomerId, i64>,
+    /// The program of every stored customer, readable or not.
+    pub programs: HashMap<CustomerId, ProgramId>,
 }
 
 /// Loads the stored lifecycles of these customers (absent ones have none
@@ -246,17 +316,28 @@ pub struct Loaded {
 pub async fn load_lifecycles(tx: &mut Transaction<'_, Postgres>, ids: &[&CustomerId]) -> Result<Loaded, StoreError> {
     let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
-        r#"SELECT customer_id, lifecycle::text AS "lifecycle!", version FROM customers WHERE customer_id = ANY($1::text[])"#,
+        r#"SELECT customer_id, lifecycle::text AS "lifecycle!", version, program_id FROM customers WHERE customer_id = ANY($1::text[])"#,
         &ids as &[&str]
     )
     .fetch_all(&mut **tx)
     .await
     .store("loading customers")?;
-    let mut loaded = Loaded { states: HashMap::with_capacity(rows.len()), undecodable: HashMap::new() };
+    let mut loaded = Loaded {
+        states: HashMap::with_capacity(rows.len()),
+        undecodable: HashMap::new(),
+        programs: HashMap::with_capacity(rows.len()),
+    };
     for row in rows {
         let Ok(customer_id) = CustomerId::try_from(row.customer_id) else {
             continue;
         };
+        // Written by connectflow from a checked id; anything else would be
+        // damage, which cannot make another program's events apply here.
+        let program = ProgramId::try_from(row.program_id).map_err(|_| StoreError::Permanent {
+            context: "loading customers",
+            reason: "a stored program_id is not a program id".into(),
+        })?;
+        loaded.programs.insert(customer_id.clone(), program);
         match serde_json::from_str::<Lifecycle>(&row.lifecycle) {
             Ok(lifecycle) => {
                 loaded.states.insert(customer_id, Stored { lifecycle, version: row.version });
@@ -297,6 +378,7 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
     let n = states.len();
     let mut versions = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
+    let mut program_ids: Vec<&str> = Vec::with_capacity(n);
     let mut consent: Vec<&str> = Vec::with_capacity(n);
     let mut consent_since: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut authorized_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
@@ -312,12 +394,13 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
     let mut first_event_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut funnel_steps: Vec<i16> = Vec::with_capacity(n);
     let mut institution: Vec<Option<&str>> = Vec::with_capacity(n);
-    for Projected { customer_id, lifecycle: state, version } in states {
+    for Projected { customer_id, program_id, lifecycle: state, version } in states {
         let Some(last) = &state.last_event else {
             // A customer exists once an event was applied; nothing to write.
             continue;
         };
         ids.push(customer_id.as_str());
+        program_ids.push(program_id.as_str());
         versions.push(*version);
         consent.push(state.consent.state.as_str());
         consent_since.push(state.consent.since);
@@ -341,11 +424,11 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         INSERT INTO customers (customer_id, consent_state, consent_since, auth_state, auth_since, auth_reason,
                                auth_error_code, last_event_id, last_event_type, last_occurred_at, event_count,
                                lifecycle, version, consent_authorized_at, first_event_at, funnel_steps,
-                               chosen_institution_id, updated_at)
+                               chosen_institution_id, program_id, updated_at)
         SELECT *, now() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
                                     $6::text[], $7::int8[], $8::text[], $9::text[], $10::timestamptz[],
                                     $11::int8[], $12::jsonb[], $13::int8[], $14::timestamptz[],
-                                    $15::timestamptz[], $16::int2[], $17::text[])
+                                    $15::timestamptz[], $16::int2[], $17::text[], $18::text[])
         ON CONFLICT (customer_id) DO UPDATE SET
             consent_state = EXCLUDED.consent_state, consent_since = EXCLUDED.consent_since,
             auth_state = EXCLUDED.auth_state, auth_since = EXCLUDED.auth_since,
@@ -374,6 +457,7 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         &first_event_at as &[Option<DateTime<Utc>>],
         &funnel_steps,
         &institution as &[Option<&str>],
+        &program_ids as &[&str],
     )
     .execute(&mut **tx)
     .await

@@ -8,12 +8,25 @@ use sqlx::PgPool;
 use crate::change::Versioner;
 use crate::event::CustomerId;
 use crate::lifecycle::{AuthorizationPolicy, Lifecycle};
+use crate::program::ProgramId;
 use crate::store::apply::lock_customers;
 use crate::store::changes::{Announce, record_changes};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// Customers looked at per transaction.
 const BATCH: i64 = 500;
+
+/// Whose authorizations a pass looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Customers<'a> {
+    /// Every customer.
+    All,
+    /// The customers of one program.
+    Of(&'a ProgramId),
+    /// The customers of none of these programs (those of a program no
+    /// longer declared).
+    NoneOf(&'a [&'a str]),
+}
 
 /// Announces every authorization that lapsed by `now` and was not announced
 /// yet; returns how many were. Each batch locks its customers (as the
@@ -25,7 +38,23 @@ pub async fn announce_lapsed(
     policy: AuthorizationPolicy,
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
+    announce_lapsed_of(pool, Customers::All, policy, now).await
+}
+
+/// [`announce_lapsed`] for `customers` only, whose authorizations last as
+/// `policy` says (each program has its own period).
+pub async fn announce_lapsed_of(
+    pool: &PgPool,
+    customers: Customers<'_>,
+    policy: AuthorizationPolicy,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
     let Some(authorized_before) = policy.authorized_before(now) else { return Ok(0) };
+    let (only, none_of) = match customers {
+        Customers::All => (None, None),
+        Customers::Of(program) => (Some(program.as_str()), None),
+        Customers::NoneOf(programs) => (None, Some(programs)),
+    };
     let mut announced = 0;
     let mut after = String::new();
     loop {
@@ -35,12 +64,16 @@ pub async fn announce_lapsed(
             WHERE consent_authorized_at < $1
               AND authorization_expiry_announced_for IS DISTINCT FROM consent_authorized_at
               AND customer_id > $2
+              AND ($4::text IS NULL OR program_id = $4)
+              AND ($5::text[] IS NULL OR program_id <> ALL($5))
             ORDER BY customer_id
             LIMIT $3
             "#,
             authorized_before,
             after.as_str(),
             BATCH,
+            only,
+            none_of as Option<&[&str]>,
         )
         .fetch_all(pool)
         .await
@@ -67,7 +100,8 @@ async fn announce_batch(
     // an event reauthorized them, since the candidates were read.
     let rows = sqlx::query!(
         r#"
-        SELECT customer_id, lifecycle::text AS "lifecycle!", version, consent_authorized_at AS "authorized_at!"
+        SELECT customer_id, lifecycle::text AS "lifecycle!", version, consent_authorized_at AS "authorized_at!",
+               program_id
         FROM customers
         WHERE customer_id = ANY($1::text[])
           AND consent_authorized_at < $2
@@ -98,7 +132,8 @@ async fn announce_batch(
             }
         };
         let expired_at = policy.expires_at(Some(row.authorized_at)).unwrap_or(now);
-        let mut versioner = Versioner::new(&customer_id, row.version, true, now);
+        let program_id = ProgramId::try_from(row.program_id).unwrap_or_default();
+        let mut versioner = Versioner::new(&customer_id, &program_id, row.version, true, now);
         versioner.expired(&state, expired_at);
         customers.push(customer_id.to_string());
         versions.push(versioner.version());

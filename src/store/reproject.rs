@@ -67,12 +67,14 @@ pub async fn reproject(
             let version =
                 stored.map(|s| s.version).or_else(|| loaded.undecodable.get(customer_id).copied()).unwrap_or(0);
             let before = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
-            let mut versioner = Versioner::new(customer_id, version, stored.is_some(), recorded_at);
+            let program_id = loaded.programs.get(customer_id).cloned().unwrap_or_default();
+            let mut versioner = Versioner::new(customer_id, &program_id, version, stored.is_some(), recorded_at);
             let visible_moved = VisibleLifecycle::from(&before) != VisibleLifecycle::from(state);
             versioner.observe(&before, state, &[], true, visible_moved);
             changes.append(&mut versioner.changes);
             changed.push(Projected {
                 customer_id: customer_id.clone(),
+                program_id: program_id.clone(),
                 lifecycle: state.clone(),
                 version: versioner.version(),
             });

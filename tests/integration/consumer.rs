@@ -400,10 +400,16 @@ async fn a_lane_stuck_on_postgres_fails_livez_and_recovers_by_itself_losing_noth
     let mut args = consumer_args();
     args.stall_seconds = 2;
     let listen = "127.0.0.1:0".parse().ok();
-    let consumer =
-        ConsumeProcess::build(&args, &app.kafka, listen, pool, Metrics::new(), AuthorizationPolicy::default())
-            .await
-            .expect("consumer");
+    let consumer = ConsumeProcess::build(
+        &args,
+        &app.kafka,
+        listen,
+        pool,
+        Metrics::new(),
+        std::sync::Arc::new(connectflow::program::Programs::single(AuthorizationPolicy::default(), None)),
+    )
+    .await
+    .expect("consumer");
     let ops = consumer.ops_addr().expect("ops listener");
     let token = CancellationToken::new();
     let handle = tokio::spawn(consumer.run(token.clone()));

@@ -184,8 +184,8 @@ pub fn run_consumer(
     shutdown: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
-        let policy = AuthorizationPolicy::default();
-        let consumer = connectflow::cli::ConsumeProcess::build(&args, &kafka, None, pool, metrics, policy).await?;
+        let programs = Arc::new(connectflow::program::Programs::single(AuthorizationPolicy::default(), None));
+        let consumer = connectflow::cli::ConsumeProcess::build(&args, &kafka, None, pool, metrics, programs).await?;
         consumer.run(shutdown).await
     })
 }

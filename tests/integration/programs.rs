@@ -173,3 +173,100 @@ async fn without_a_programs_file_both_urls_mean_default() {
     }
     app.stop().await;
 }
+
+/// The stored program and event count of a customer, once it has `events`.
+async fn stored(app: &TestApp, customer: &str, events: i64) -> Option<(String, i64)> {
+    crate::helpers::eventually(Duration::from_secs(30), || async {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT program_id, event_count FROM customers WHERE customer_id = $1")
+                .bind(customer)
+                .fetch_optional(&app.pool)
+                .await
+                .ok()
+                .flatten();
+        row.filter(|(_, count)| *count >= events)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_event_for_another_programs_customer_is_parked_and_changes_nothing() {
+    let app = spawn_two_programs(true).await;
+    let first = started("3003", "1764000000010-acme", json!({}));
+    assert_eq!(post(&app, "/webhooks/finicity/connect/acme", &first, ACME_SECRET).await.0, 200);
+    assert_eq!(stored(&app, "3003", 1).await, Some(("acme".to_owned(), 1)), "the customer belongs to acme");
+
+    // The same customer id under bank-b: accepted by the receiver (it cannot
+    // know), parked by the consumer.
+    let intruder = serde_json::to_vec(&json!({
+        "customerId": "3003", "eventType": "done", "eventId": "1764000000011-bank-b", "payload": {},
+    }))
+    .expect("json");
+    assert_eq!(post(&app, "/webhooks/finicity/connect/bank-b", &intruder, PARTNER_SECRET).await.0, 200);
+    // And a later event of acme's, after it: applied.
+    let second = serde_json::to_vec(&json!({
+        "customerId": "3003", "eventType": "adding", "eventId": "1764000000012-acme", "payload": {"institutionId": "101732"},
+    }))
+    .expect("json");
+    assert_eq!(post(&app, "/webhooks/finicity/connect/acme", &second, ACME_SECRET).await.0, 200);
+    assert_eq!(stored(&app, "3003", 2).await, Some(("acme".to_owned(), 2)));
+
+    let parked = crate::helpers::eventually(Duration::from_secs(30), || async {
+        let records = read_all(&app.kafka.brokers, &app.kafka.dlq_topic);
+        (!records.is_empty()).then_some(records)
+    })
+    .await
+    .expect("a parked record");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].header("dlq_reason"), Some("program_conflict"));
+    assert_eq!(parked[0].header("dlq_event_id"), Some("1764000000011-bank-b"));
+    assert_eq!(parked[0].header("program"), Some("bank-b"), "the original record, headers included");
+
+    // Nothing of it was recorded: not an event, not a change.
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM connect_events WHERE event_id = '1764000000011-bank-b'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+    assert_eq!(recorded, 0);
+    let changes: Vec<String> =
+        sqlx::query_scalar("SELECT change FROM lifecycle_changes WHERE customer_id = '3003' ORDER BY version")
+            .fetch_all(&app.pool)
+            .await
+            .expect("changes");
+    assert!(!changes.is_empty());
+    for change in &changes {
+        let change: Value = serde_json::from_str(change).expect("JSON");
+        assert_eq!(change["program_id"], "acme");
+        assert!(!change.to_string().contains("1764000000011-bank-b"), "{change}");
+    }
+    let lifecycle: Value = sqlx::query_scalar("SELECT lifecycle FROM customers WHERE customer_id = '3003'")
+        .fetch_one(&app.pool)
+        .await
+        .expect("lifecycle");
+    assert_ne!(lifecycle["authentication"]["state"], "succeeded", "the intruder's done did not apply: {lifecycle}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_customers_first_event_decides_its_program_within_a_batch() {
+    // Both events in one batch: the consumer starts after they are published.
+    let app = spawn_two_programs(false).await;
+    let acme = started("4004", "1764000000020-acme", json!({}));
+    assert_eq!(post(&app, "/webhooks/finicity/connect/acme", &acme, ACME_SECRET).await.0, 200);
+    let bank_b = started("4004", "1764000000021-bank-b", json!({}));
+    assert_eq!(post(&app, "/webhooks/finicity/connect/bank-b", &bank_b, PARTNER_SECRET).await.0, 200);
+    let (stop, consumer) = crate::helpers::spawn_consumer(&app, "programs-batch");
+    assert_eq!(stored(&app, "4004", 1).await, Some(("acme".to_owned(), 1)));
+    let parked = crate::helpers::eventually(Duration::from_secs(30), || async {
+        let records = read_all(&app.kafka.brokers, &app.kafka.dlq_topic);
+        (!records.is_empty()).then_some(records)
+    })
+    .await
+    .expect("a parked record");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].header("dlq_event_id"), Some("1764000000021-bank-b"));
+    stop.cancel();
+    let _ = consumer.await;
+    app.stop().await;
+}
