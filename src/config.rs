@@ -58,7 +58,11 @@ pub struct KafkaArgs {
     pub events_topic: String,
 
     /// Topic of lifecycle changes: one record per change of a customer's
-    /// visible lifecycle (`connectflow.lifecycle_change.v1`).
+    /// visible lifecycle (`connectflow.lifecycle_change.v1`). May contain
+    /// `{program}` (e.g. `finicity.connect.lifecycle.v1.{program}`): each
+    /// program's changes then go to a topic of its own, so Kafka ACLs can
+    /// give each client its topic and nothing else; `migrate` creates one
+    /// per program.
     #[arg(long = "changes-topic", env = "CONNECTFLOW_CHANGES_TOPIC", default_value = "finicity.connect.lifecycle.v1")]
     pub changes_topic: String,
 
@@ -76,6 +80,17 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub properties: KafkaProperties,
+}
+
+impl KafkaArgs {
+    /// The placeholder of `CONNECTFLOW_CHANGES_TOPIC` for the program id.
+    pub const PROGRAM_PLACEHOLDER: &'static str = "{program}";
+
+    /// The changes topic of `program`'s customers: `CONNECTFLOW_CHANGES_TOPIC`
+    /// with `{program}` replaced (the same topic for all when it has none).
+    pub fn changes_topic_for(&self, program: &str) -> String {
+        self.changes_topic.replace(Self::PROGRAM_PLACEHOLDER, program)
+    }
 }
 
 /// What `migrate` does and whether the long-running commands do it at start.
@@ -202,6 +217,43 @@ pub struct ConsumerArgs {
     pub dlq_timeout_seconds: u64,
 }
 
+/// Where the programs are declared (`serve`, `consume`, `all`, `migrate`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProgramsArgs {
+    /// The programs file (TOML): one `[[program]]` per client card program,
+    /// with `id` (`^[a-z0-9][a-z0-9-]{0,31}$`), `name`, and optionally
+    /// `authorization_days` (overrides CONNECTFLOW_AUTHORIZATION_DAYS) and
+    /// `partner_secrets_env` (the variable holding its Finicity partner's
+    /// secrets; default FINICITY_PARTNER_SECRETS). Unset: one program,
+    /// `default`. See docs/operations.md, "Programs".
+    #[arg(long = "programs-file", env = "CONNECTFLOW_PROGRAMS_FILE", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
+impl ProgramsArgs {
+    /// The programs: from the file when one is configured, else `default`
+    /// alone; `authorization` is the period of those that set none. `secrets` says whether partner secrets are resolved (the
+    /// processes that receive webhooks) and what `FINICITY_PARTNER_SECRETS`
+    /// holds. A bad file is a [`ConfigError`] naming the line or variable.
+    pub fn load(&self, authorization: AuthorizationPolicy, secrets: Secrets<'_>) -> Result<Programs, ConfigError> {
+        let Some(path) = &self.file else {
+            let default = match secrets {
+                Secrets::Required { default: Some(list) } => Some(list.clone()),
+                Secrets::Required { default: None } => {
+                    return Err(ConfigError {
+                        variable: DEFAULT_SECRETS_ENV,
+                        problem: "required by serve and all (set --partner-secrets or the variable)".into(),
+                    });
+                }
+                Secrets::NotNeeded => None,
+            };
+            return Ok(Programs::single(authorization, default));
+        };
+        Programs::load(path, authorization, secrets)
+            .map_err(|err| ConfigError { variable: "CONNECTFLOW_PROGRAMS_FILE", problem: err.to_string() })
+    }
+}
+
 /// The lifecycle's configuration (`serve`, `consume` and `all`).
 #[derive(Debug, Clone, Args)]
 pub struct LifecycleArgs {
@@ -214,14 +266,9 @@ pub struct LifecycleArgs {
     #[arg(long = "authorization-days", env = "CONNECTFLOW_AUTHORIZATION_DAYS", default_value_t = AuthorizationPolicy::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(0..=36_500))]
     pub authorization_days: u32,
 
-    /// The programs file (TOML): one `[[program]]` per client card program,
-    /// with `id` (`^[a-z0-9][a-z0-9-]{0,31}$`), `name`, and optionally
-    /// `authorization_days` (overrides CONNECTFLOW_AUTHORIZATION_DAYS) and
-    /// `partner_secrets_env` (the variable holding its Finicity partner's
-    /// secrets; default FINICITY_PARTNER_SECRETS). Unset: one program,
-    /// `default`. See docs/operations.md, "Programs".
-    #[arg(long = "programs-file", env = "CONNECTFLOW_PROGRAMS_FILE", value_name = "PATH")]
-    pub programs_file: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub programs: ProgramsArgs,
 }
 
 impl LifecycleArgs {
@@ -230,26 +277,10 @@ impl LifecycleArgs {
         AuthorizationPolicy::new(self.authorization_days)
     }
 
-    /// The programs: from the file when one is configured, else `default`
-    /// alone. `secrets` says whether partner secrets are resolved (the
-    /// processes that receive webhooks) and what `FINICITY_PARTNER_SECRETS`
-    /// holds. A bad file is a [`ConfigError`] naming the line or variable.
+    /// The programs ([`ProgramsArgs::load`]), with this period for those
+    /// that do not set their own.
     pub fn programs(&self, secrets: Secrets<'_>) -> Result<Programs, ConfigError> {
-        let Some(path) = &self.programs_file else {
-            let default = match secrets {
-                Secrets::Required { default: Some(list) } => Some(list.clone()),
-                Secrets::Required { default: None } => {
-                    return Err(ConfigError {
-                        variable: DEFAULT_SECRETS_ENV,
-                        problem: "required by serve and all (set --partner-secrets or the variable)".into(),
-                    });
-                }
-                Secrets::NotNeeded => None,
-            };
-            return Ok(Programs::single(self.policy(), default));
-        };
-        Programs::load(path, self.policy(), secrets)
-            .map_err(|err| ConfigError { variable: "CONNECTFLOW_PROGRAMS_FILE", problem: err.to_string() })
+        self.programs.load(self.policy(), secrets)
     }
 }
 
@@ -335,6 +366,9 @@ pub struct MigrateArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub migration: MigrationArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub programs: ProgramsArgs,
 }
 
 /// `connectflow dlq ...`.

@@ -13,6 +13,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 
 use crate::config::{KafkaArgs, MigrationArgs};
+use crate::program::Programs;
 
 mod reader;
 
@@ -65,19 +66,19 @@ struct TopicSpec<'a> {
 /// but every setting weaker than configured is reported as a warning and
 /// returned, so an operator is never left believing in a durability the
 /// topic does not have.
-pub async fn ensure_topics(kafka: &KafkaArgs, migration: &MigrationArgs) -> anyhow::Result<Vec<String>> {
+pub async fn ensure_topics(
+    kafka: &KafkaArgs,
+    migration: &MigrationArgs,
+    programs: &Programs,
+) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka, &[]).create().context("creating the Kafka admin client")?;
-    let specs = [
+    // One changes topic per program when the name has `{program}`.
+    let mut changes_topics: Vec<String> = programs.iter().map(|p| kafka.changes_topic_for(p.id.as_str())).collect();
+    changes_topics.dedup();
+    let mut specs = vec![
         TopicSpec {
             name: &kafka.events_topic,
-            partitions: migration.topic_partitions,
-            replication_factor: migration.topic_replication_factor,
-            min_insync_replicas: migration.topic_min_insync_replicas,
-            retention_ms: migration.events_retention_ms,
-        },
-        TopicSpec {
-            name: &kafka.changes_topic,
             partitions: migration.topic_partitions,
             replication_factor: migration.topic_replication_factor,
             min_insync_replicas: migration.topic_min_insync_replicas,
@@ -91,6 +92,13 @@ pub async fn ensure_topics(kafka: &KafkaArgs, migration: &MigrationArgs) -> anyh
             retention_ms: migration.dlq_retention_ms,
         },
     ];
+    specs.extend(changes_topics.iter().map(|name| TopicSpec {
+        name,
+        partitions: migration.topic_partitions,
+        replication_factor: migration.topic_replication_factor,
+        min_insync_replicas: migration.topic_min_insync_replicas,
+        retention_ms: migration.events_retention_ms,
+    }));
     let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
     let min_isr: Vec<String> = specs.iter().map(|s| s.min_insync_replicas.to_string()).collect();
     let topics: Vec<NewTopic<'_>> = specs

@@ -35,8 +35,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match command {
         Command::Migrate(args) => {
+            let programs = args.programs.load(Default::default(), Secrets::NotNeeded)?;
             let pool = store::pool(&args.database)?;
-            for warning in migrate(&pool, &args.kafka, &args.migration).await? {
+            for warning in migrate(&pool, &args.kafka, &args.migration, &programs).await? {
                 println!("warning: {warning}");
             }
             Ok(())
@@ -65,13 +66,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let settings = args.http.settings(&args.lifecycle)?;
-            let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
+            let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration, &settings.programs).await?;
             let server = HttpServer::bind(settings, &args.kafka, pool, metrics, None).await?;
             server.run(shutdown).await
         }
         Command::Consume(args) => {
             let programs = args.lifecycle.programs(Secrets::NotNeeded)?;
-            let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
+            let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration, &programs).await?;
             let process =
                 ConsumeProcess::build(&args.consumer, &args.kafka, args.listen, pool, metrics, Arc::new(programs))
                     .await?;
@@ -79,7 +80,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::All(args) => {
             let settings = args.http.settings(&args.lifecycle)?;
-            let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration).await?;
+            let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration, &settings.programs).await?;
             let consumer = ConsumeProcess::build(
                 &args.consumer,
                 &args.kafka,
@@ -214,19 +215,26 @@ async fn prepare(
     database: &DatabaseArgs,
     kafka: &KafkaArgs,
     migration: &MigrationArgs,
+    programs: &Programs,
 ) -> anyhow::Result<(sqlx::PgPool, Arc<Metrics>)> {
     let pool = store::pool(database)?;
     if !migration.no_migrate {
-        migrate(&pool, kafka, migration).await?;
+        migrate(&pool, kafka, migration, programs).await?;
     }
     Ok((pool, Metrics::new()))
 }
 
-/// Database migrations, then the Kafka topics. Returns how existing topics
-/// fall short of the configured settings (also logged as warnings).
-pub async fn migrate(pool: &sqlx::PgPool, kafka: &KafkaArgs, migration: &MigrationArgs) -> anyhow::Result<Vec<String>> {
+/// Database migrations, then the Kafka topics (a changes topic per program
+/// when `CONNECTFLOW_CHANGES_TOPIC` has `{program}`). Returns how existing
+/// topics fall short of the configured settings (also logged as warnings).
+pub async fn migrate(
+    pool: &sqlx::PgPool,
+    kafka: &KafkaArgs,
+    migration: &MigrationArgs,
+    programs: &Programs,
+) -> anyhow::Result<Vec<String>> {
     store::migrate(pool).await?;
-    let warnings = kafka::ensure_topics(kafka, migration).await?;
+    let warnings = kafka::ensure_topics(kafka, migration, programs).await?;
     tracing::info!(warnings = warnings.len(), "migrations applied and topics present");
     Ok(warnings)
 }

@@ -35,11 +35,13 @@ const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one change may wait for Kafka's confirmation.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The relay: a Postgres pool, an idempotent producer and the changes topic.
+/// The relay: a Postgres pool, an idempotent producer and the changes topic
+/// (one per program when its name has `{program}`).
 pub struct Relay {
     pool: PgPool,
     producer: FutureProducer,
-    topic: String,
+    /// Where the changes topics' names come from.
+    topic: KafkaArgs,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     /// When the backlog gauges were last measured.
@@ -61,6 +63,7 @@ struct Pending {
     version: i64,
     change: String,
     recorded_at: DateTime<Utc>,
+    program_id: String,
 }
 
 impl Relay {
@@ -83,7 +86,7 @@ impl Relay {
         Ok(Self {
             pool,
             producer,
-            topic: kafka.changes_topic.clone(),
+            topic: kafka.clone(),
             metrics,
             wake: Arc::new(Notify::new()),
             backlog_measured: std::sync::Mutex::new(None),
@@ -187,8 +190,9 @@ impl Relay {
         let rows = sqlx::query_as!(
             Pending,
             r#"
-            SELECT c.customer_id, c.version, c.change, c.recorded_at
+            SELECT c.customer_id, c.version, c.change, c.recorded_at, cu.program_id
             FROM lifecycle_outbox o JOIN lifecycle_changes c USING (customer_id, version)
+                 JOIN customers cu USING (customer_id)
             WHERE o.customer_id = ANY($1::text[])
             ORDER BY c.customer_id, c.version
             "#,
@@ -238,11 +242,12 @@ impl Relay {
         for change in changes {
             let change_id = format!("{}:{}", change.customer_id, change.version);
             let value = change.change.as_bytes();
-            let headers = OwnedHeaders::new_with_capacity(2)
+            let headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header { key: "change_id", value: Some(change_id.as_bytes()) })
-                .insert(Header { key: "schema", value: Some(CHANGE_SCHEMA_V1.as_bytes()) });
-            let record =
-                FutureRecord::to(&self.topic).key(change.customer_id.as_bytes()).payload(value).headers(headers);
+                .insert(Header { key: "schema", value: Some(CHANGE_SCHEMA_V1.as_bytes()) })
+                .insert(Header { key: "program", value: Some(change.program_id.as_bytes()) });
+            let topic = self.topic.changes_topic_for(&change.program_id);
+            let record = FutureRecord::to(&topic).key(change.customer_id.as_bytes()).payload(value).headers(headers);
             match self.producer.send(record, Timeout::After(SEND_TIMEOUT)).await {
                 Ok(_) => {
                     let waited = (Utc::now() - change.recorded_at).to_std().unwrap_or_default();

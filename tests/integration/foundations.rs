@@ -127,8 +127,12 @@ async fn topic_creation_is_idempotent() {
     let services = services().await;
     let kafka = unique_kafka_args(&services.kafka_brokers);
     let migration = crate::helpers::migration_args();
-    connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("first run creates");
-    connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("second run keeps");
+    connectflow::kafka::ensure_topics(&kafka, &migration, &crate::helpers::default_programs())
+        .await
+        .expect("first run creates");
+    connectflow::kafka::ensure_topics(&kafka, &migration, &crate::helpers::default_programs())
+        .await
+        .expect("second run keeps");
 }
 
 #[tokio::test]

@@ -206,10 +206,15 @@ pub fn http_settings() -> HttpSettings {
     .expect("complete test settings")
 }
 
+/// The programs of a deployment without a programs file: `default` alone.
+pub fn default_programs() -> connectflow::program::Programs {
+    connectflow::program::Programs::single(AuthorizationPolicy::default(), None)
+}
+
 /// The lifecycle's configuration for tests: the default period, no
 /// programs file (the one program `default`).
 pub fn lifecycle_args() -> LifecycleArgs {
-    LifecycleArgs { authorization_days: AuthorizationPolicy::DEFAULT_DAYS, programs_file: None }
+    LifecycleArgs { authorization_days: AuthorizationPolicy::DEFAULT_DAYS, programs: Default::default() }
 }
 
 /// Options for [`spawn_app_with`].
@@ -276,7 +281,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let database_url = fresh_database().await;
     let pool = connectflow::store::pool(&database_args(&database_url)).expect("pool");
     if options.create_topics {
-        connectflow::cli::migrate(&pool, &options.kafka, &migration_args()).await.expect("migrating");
+        connectflow::cli::migrate(&pool, &options.kafka, &migration_args(), &options.http.programs)
+            .await
+            .expect("migrating");
     } else {
         connectflow::store::migrate(&pool).await.expect("migrating the database");
     }

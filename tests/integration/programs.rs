@@ -39,16 +39,14 @@ pub fn two_programs() -> Programs {
 }
 
 pub async fn spawn_two_programs(consumer: bool) -> TestApp {
+    let services = services().await;
+    spawn_two_programs_with(consumer, unique_kafka_args(&services.kafka_brokers)).await
+}
+
+async fn spawn_two_programs_with(consumer: bool, kafka: connectflow::config::KafkaArgs) -> TestApp {
     let mut http = http_settings();
     http.programs = Arc::new(two_programs());
-    let services = services().await;
-    spawn_app_with(AppOptions {
-        http,
-        kafka: unique_kafka_args(&services.kafka_brokers),
-        create_topics: true,
-        consumer,
-    })
-    .await
+    spawn_app_with(AppOptions { http, kafka, create_topics: true, consumer }).await
 }
 
 fn started(customer: &str, event_id: &str, webhook_data: Value) -> Vec<u8> {
@@ -268,5 +266,40 @@ async fn a_new_customers_first_event_decides_its_program_within_a_batch() {
     assert_eq!(parked[0].header("dlq_event_id"), Some("1764000000021-bank-b"));
     stop.cancel();
     let _ = consumer.await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn each_program_can_have_a_changes_topic_of_its_own() {
+    let services = services().await;
+    let mut kafka = unique_kafka_args(&services.kafka_brokers);
+    kafka.changes_topic = format!("{}.{{program}}", kafka.changes_topic);
+    let app = spawn_two_programs_with(true, kafka).await;
+    let customers = [("5001", "acme", ACME_SECRET), ("5002", "bank-b", PARTNER_SECRET), ("5003", "acme", ACME_SECRET)];
+    for (n, (customer, program, secret)) in customers.iter().enumerate() {
+        let body = started(customer, &format!("17640000000{n:02}-c"), json!({}));
+        let path = format!("/webhooks/finicity/connect/{program}");
+        assert_eq!(post(&app, &path, &body, secret).await.0, 200);
+    }
+    for (program, expected) in [("acme", vec!["5001", "5003"]), ("bank-b", vec!["5002"])] {
+        let topic = app.kafka.changes_topic_for(program);
+        let records = crate::helpers::eventually(Duration::from_secs(30), || async {
+            let records = read_all(&app.kafka.brokers, &topic);
+            (records.len() >= expected.len()).then_some(records)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{program}'s changes on {topic}"));
+        let mut keys: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, expected, "{topic} holds {program}'s customers and no other");
+        for record in &records {
+            assert_eq!(record.header("program"), Some(program));
+            let change: Value = serde_json::from_slice(&record.value).expect("JSON");
+            assert_eq!(change["program_id"], program);
+        }
+    }
     app.stop().await;
 }

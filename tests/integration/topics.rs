@@ -24,12 +24,16 @@ async fn topics_are_created_with_the_configured_retention_and_min_insync_replica
     let kafka = unique_kafka_args(&services().await.kafka_brokers);
     let mut migration = migration_args();
     migration.topic_min_insync_replicas = 1;
-    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("topics");
+    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration, &crate::helpers::default_programs())
+        .await
+        .expect("topics");
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(config_value(&kafka.brokers, &kafka.events_topic, "retention.ms").await.as_deref(), Some("-1"));
     assert_eq!(config_value(&kafka.brokers, &kafka.dlq_topic, "retention.ms").await.as_deref(), Some("7776000000"));
     assert_eq!(config_value(&kafka.brokers, &kafka.events_topic, "min.insync.replicas").await.as_deref(), Some("1"));
-    let again = connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("again");
+    let again = connectflow::kafka::ensure_topics(&kafka, &migration, &crate::helpers::default_programs())
+        .await
+        .expect("again");
     assert!(again.is_empty(), "a topic as configured is not reported: {again:?}");
 }
 
@@ -44,7 +48,9 @@ async fn an_existing_topic_weaker_than_configured_is_reported_with_the_differenc
     assert!(created.iter().all(Result::is_ok), "{created:?}");
     let mut migration = migration_args();
     migration.topic_replication_factor = 1;
-    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("topics");
+    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration, &crate::helpers::default_programs())
+        .await
+        .expect("topics");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains(&kafka.events_topic) && warnings[0].contains("retention.ms is 60000, configured -1"),
@@ -54,9 +60,34 @@ async fn an_existing_topic_weaker_than_configured_is_reported_with_the_differenc
     // Asking for more replicas than the topic has is reported too (the
     // topic exists, so it is not created again).
     migration.topic_replication_factor = 3;
-    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration).await.expect("topics");
+    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration, &crate::helpers::default_programs())
+        .await
+        .expect("topics");
     assert!(
         warnings.iter().any(|w| w.contains(&kafka.events_topic) && w.contains("replication factor is 1, configured 3")),
         "{warnings:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_changes_topic_with_program_is_created_for_each_program() {
+    let mut kafka = unique_kafka_args(&services().await.kafka_brokers);
+    kafka.changes_topic = format!("{}.{{program}}", kafka.changes_topic);
+    let mut migration = migration_args();
+    migration.topic_min_insync_replicas = 1;
+    let programs = crate::programs::two_programs();
+    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration, &programs).await.expect("topics");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    for program in ["acme", "bank-b"] {
+        let topic = kafka.changes_topic_for(program);
+        assert!(topic.ends_with(&format!(".{program}")), "{topic}");
+        // Created by migrate, with its settings: not auto-created on first use.
+        assert_eq!(config_value(&kafka.brokers, &topic, "min.insync.replicas").await.as_deref(), Some("1"), "{topic}");
+        assert_eq!(config_value(&kafka.brokers, &topic, "retention.ms").await.as_deref(), Some("-1"), "{topic}");
+    }
+    assert_eq!(
+        config_value(&kafka.brokers, &kafka.changes_topic, "retention.ms").await,
+        None,
+        "no topic named with the placeholder"
     );
 }
