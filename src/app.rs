@@ -157,7 +157,8 @@ impl HttpServer {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
-    /// in-flight requests finish (bounded by the grace period) and flushes
+    /// in-flight requests finish (bounded by the grace period), stops the
+    /// API token refresher (which writes the tokens' last uses) and flushes
     /// the producer so nothing acknowledged is left in memory.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { listener, receiver, api, pool, metrics, consumer, settings } = self;
@@ -171,6 +172,13 @@ impl HttpServer {
             consumer,
             readiness: health::ReadinessCache::default(),
         });
+        // Issued API tokens: read from Postgres now and every 2 s, so that
+        // new, revoked and expired ones take effect without a restart.
+        let refresher_stop = shutdown.child_token();
+        let refresher = tokio::spawn({
+            let (api, stop) = (api.clone(), refresher_stop.clone());
+            async move { api.auth.keep_fresh(&api.pool, stop).await }
+        });
         tracing::info!(listen = %listener.local_addr()?, "HTTP server listening");
         let app = router(&AppState { receiver, api, ops });
         let serve = crate::serve::serve(listener, app, settings.request_timeout, shutdown.clone());
@@ -182,6 +190,8 @@ impl HttpServer {
                 tokio::time::sleep(grace).await;
             } => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
         }
+        refresher_stop.cancel();
+        refresher.await.context("the API token refresher")?;
         tokio::task::spawn_blocking(move || publisher.flush(grace)).await.context("flushing the producer")?;
         tracing::info!("HTTP server stopped");
         Ok(())

@@ -29,6 +29,10 @@ pub enum ApiError {
     /// message says which).
     #[error("{0}")]
     BadSignature(String),
+    /// 403 on the query API: the token is valid but lacks what the request
+    /// needs (the route's scope); the message names it.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: the customer is not known.
     #[error("{0}")]
     NotFound(String),
@@ -68,7 +72,7 @@ pub struct ErrorBody {
 /// The error itself.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Machine-readable code, e.g. `invalid_request`, `unauthorized`, `not_found`.
+    /// Machine-readable code, e.g. `invalid_request`, `unauthorized`, `forbidden`, `not_found`.
     #[schema(example = "invalid_request")]
     pub code: String,
     /// Human-readable explanation (never internal detail).
@@ -89,6 +93,7 @@ impl ApiError {
             Self::ProgramMismatch(_) => (StatusCode::BAD_REQUEST, "program_mismatch"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),

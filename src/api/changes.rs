@@ -9,6 +9,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiState;
+use super::auth::{Principal, Scope};
 use super::customers::known_customer;
 use super::model::ChangePage;
 use super::params::{
@@ -36,6 +37,7 @@ pub struct ChangePageParams {
     get,
     path = "/v1/customers/{customer_id}/changes",
     tag = "query",
+    security(("bearer" = ["read"])),
     params(CustomerPath, ChangePageParams),
     responses(
         (status = 200, description = "A page of changes, in version order", body = ChangePage),
@@ -44,10 +46,12 @@ pub struct ChangePageParams {
     )
 )]
 pub async fn get_changes(
+    principal: Principal,
     State(state): State<Arc<ApiState>>,
     Path(CustomerPath { customer_id }): Path<CustomerPath>,
     Params(params): Params<ChangePageParams>,
 ) -> Result<Json<ChangePage>, ApiError> {
+    principal.require(Scope::Read)?;
     let customer_id = valid_customer_id(&customer_id)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_version_cursor).transpose()?;

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use utoipa::IntoParams;
 
 use super::ApiState;
+use super::auth::{Principal, Scope};
 use super::model::{ConsentView, CustomerLifecycle, CustomerPage, CustomerSummary};
 use super::params::{
     CustomerPath, PageParams, Params, decode_cursor, encode_cursor, parse_limit, parse_state, parse_time,
@@ -70,6 +71,7 @@ pub(super) async fn known_customer(pool: &PgPool, customer_id: CustomerId) -> Re
     get,
     path = "/v1/customers/{customer_id}/lifecycle",
     tag = "query",
+    security(("bearer" = ["read"])),
     params(CustomerPath),
     responses(
         (status = 200, description = "The customer's lifecycle", body = CustomerLifecycle),
@@ -78,9 +80,11 @@ pub(super) async fn known_customer(pool: &PgPool, customer_id: CustomerId) -> Re
     )
 )]
 pub async fn get_lifecycle(
+    principal: Principal,
     State(state): State<Arc<ApiState>>,
     Path(CustomerPath { customer_id }): Path<CustomerPath>,
 ) -> Result<Json<CustomerLifecycle>, ApiError> {
+    principal.require(Scope::Read)?;
     let customer_id = valid_customer_id(&customer_id)?.to_string();
     let (lifecycle, version, updated_at) = read::lifecycle(&state.pool, &customer_id)
         .await?
@@ -93,6 +97,7 @@ pub async fn get_lifecycle(
     get,
     path = "/v1/customers",
     tag = "query",
+    security(("bearer" = ["read"])),
     params(ListFilters, PageParams),
     responses(
         (status = 200, description = "A page of customers", body = CustomerPage),
@@ -100,10 +105,12 @@ pub async fn get_lifecycle(
     )
 )]
 pub async fn list_customers(
+    principal: Principal,
     State(state): State<Arc<ApiState>>,
     Params(params): Params<ListFilters>,
     Params(page): Params<PageParams>,
 ) -> Result<Json<CustomerPage>, ApiError> {
+    principal.require(Scope::Read)?;
     let expires_before = parse_time("authorization_expires_before", params.authorization_expires_before.as_deref())?;
     let filter = read::CustomerFilter {
         consent: parse_state::<ConsentState>("consent", params.consent.as_deref())?,

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 
 use super::ApiState;
+use super::auth::{Principal, Scope};
 use super::customers::known_customer;
 use super::model::EventPage;
 use super::params::{CustomerPath, PageParams, Params, decode_cursor, encode_cursor, parse_limit, valid_customer_id};
@@ -17,6 +18,7 @@ use crate::store::read;
     get,
     path = "/v1/customers/{customer_id}/events",
     tag = "query",
+    security(("bearer" = ["read"])),
     params(CustomerPath, PageParams),
     responses(
         (status = 200, description = "A page of events", body = EventPage),
@@ -25,10 +27,12 @@ use crate::store::read;
     )
 )]
 pub async fn get_events(
+    principal: Principal,
     State(state): State<Arc<ApiState>>,
     Path(CustomerPath { customer_id }): Path<CustomerPath>,
     Params(params): Params<PageParams>,
 ) -> Result<Json<EventPage>, ApiError> {
+    principal.require(Scope::Read)?;
     let customer_id = valid_customer_id(&customer_id)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;

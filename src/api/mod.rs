@@ -4,7 +4,8 @@
 //!
 //! One file per resource ([`customers`], [`events`], [`changes`],
 //! [`stats`], [`revocations`]); what they share lives beside them: the
-//! bearer check ([`auth`]), what is read from the query string
+//! bearer check, the principal a token stands for and its scopes
+//! ([`auth`]; each handler checks its route's scope first), what is read from the query string
 //! ([`params`]), the error answers described once for the OpenAPI document
 //! ([`responses`]) and the documents themselves ([`model`], pure types a
 //! client can use). Listings use keyset pagination with opaque cursors, so
@@ -26,7 +27,7 @@ use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use auth::ApiAuth;
+pub use auth::{ApiAuth, Principal, Programs, Scope, Scopes, UnknownScope};
 
 use crate::lifecycle::AuthorizationPolicy;
 use crate::publish::Publisher;
@@ -46,6 +47,13 @@ pub struct ApiState {
 
 /// Every `/v1` route, each behind the bearer check, documented.
 pub fn routes(state: Arc<ApiState>) -> OpenApiRouter {
+    documented_routes()
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .with_state(state)
+}
+
+/// The routes and their OpenAPI description, before the bearer check.
+fn documented_routes() -> OpenApiRouter<Arc<ApiState>> {
     let mut routes = OpenApiRouter::new()
         .routes(routes!(customers::get_lifecycle))
         .routes(routes!(events::get_events))
@@ -56,5 +64,31 @@ pub fn routes(state: Arc<ApiState>) -> OpenApiRouter {
         .routes(routes!(stats::get_timeseries))
         .routes(routes!(stats::get_institutions));
     responses::describe_shared(routes.get_openapi_mut());
-    routes.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token)).with_state(state)
+    routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route states the one scope it needs, as a security requirement
+    /// of the OpenAPI document, and documents the 403 of a token without it.
+    #[test]
+    fn every_route_documents_its_scope_and_the_403() {
+        let openapi = serde_json::to_value(documented_routes().into_openapi()).expect("serialises");
+        let names: Vec<&str> = Scope::ALL.iter().map(|scope| scope.as_str()).collect();
+        let mut operations = 0;
+        for (path, item) in openapi["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                operations += 1;
+                let security = operation["security"].as_array().expect("security");
+                assert_eq!(security.len(), 1, "{method} {path}: {security:?}");
+                let scopes = security[0]["bearer"].as_array().expect("bearer");
+                assert_eq!(scopes.len(), 1, "{method} {path}: {scopes:?}");
+                assert!(scopes[0].as_str().is_some_and(|s| names.contains(&s)), "{method} {path}: {scopes:?}");
+                assert!(operation["responses"]["403"].is_object(), "{method} {path}");
+            }
+        }
+        assert_eq!(operations, 8);
+    }
 }

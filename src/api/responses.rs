@@ -1,22 +1,25 @@
 //! What every API route has in common, described once for the OpenAPI
 //! document: each sits behind the bearer check ([`super::auth`]) and may
-//! fail inside, so each gets the `bearer` security requirement, the 401 and
-//! 500 answers, and the 503 of an unavailable database unless it documents
-//! a 503 of its own. A handler's annotation lists only its own answers.
+//! fail inside, so each gets the 401, 403 and 500 answers, and the 503 of an
+//! unavailable database unless it documents a 503 of its own. A handler's
+//! annotation lists only its own answers, and its security requirement:
+//! `bearer` with the scope it needs (`security(("bearer" = ["read"]))`).
 
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::SecurityRequirement;
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
 
 /// The answers every route shares: status, description.
-const SHARED: [(&str, &str); 3] = [
+const SHARED: [(&str, &str); 4] = [
     ("401", "Missing or invalid credentials"),
+    ("403", "The token lacks the route's scope (the message names it)"),
     ("500", "Internal error"),
     ("503", "The database is unavailable; retry (Retry-After)"),
 ];
 
-/// Adds the shared security requirement and answers to every operation of
-/// `openapi` (the API's routes alone).
+/// Adds the shared answers to every operation of `openapi` (the API's routes
+/// alone), and the `bearer` requirement to one that states none (every
+/// route states its scope; the test in `api` checks that).
 pub(super) fn describe_shared(openapi: &mut OpenApi) {
     for item in openapi.paths.paths.values_mut() {
         let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
@@ -27,7 +30,10 @@ pub(super) fn describe_shared(openapi: &mut OpenApi) {
 }
 
 fn describe(operation: &mut Operation) {
-    operation.security.get_or_insert_with(Vec::new).push(SecurityRequirement::new("bearer", Vec::<String>::new()));
+    let security = operation.security.get_or_insert_with(Vec::new);
+    if security.is_empty() {
+        security.push(SecurityRequirement::new("bearer", Vec::<String>::new()));
+    }
     for (status, description) in SHARED {
         operation.responses.responses.entry(status.to_owned()).or_insert_with(|| {
             let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();

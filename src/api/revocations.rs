@@ -21,6 +21,7 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
+use super::auth::{Principal, Scope};
 use super::model::{RevocationAccepted, RevocationBody};
 use super::params::{CustomerPath, valid_customer_id};
 use crate::error::{ApiError, ErrorBody};
@@ -39,6 +40,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     post,
     path = "/v1/customers/{customer_id}/consent/revocations",
     tag = "consent",
+    security(("bearer" = ["revoke"])),
     params(
         CustomerPath,
         ("Idempotency-Key" = String, Header, description = "Names this request for retries: 1 to 128 printable ASCII characters, not starting or ending with a space. The same key with the same request returns the same answer; with another request, 409", min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]{0,126}[!-~])?$"),
@@ -53,11 +55,13 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     )
 )]
 pub async fn revoke(
+    principal: Principal,
     State(state): State<Arc<ApiState>>,
     Path(CustomerPath { customer_id }): Path<CustomerPath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Revoke)?;
     let customer_id = valid_customer_id(&customer_id)?;
     let key = idempotency_key(&headers)?;
     let body: RevocationBody = serde_json::from_slice(&body).map_err(|_| {

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiState;
+use super::auth::{Principal, Scope};
 use super::model::{
     Bucket, BucketFunnel, DEFAULT_WINDOW, Funnel, FunnelCounts, InstitutionFunnel, Institutions, Timeseries,
 };
@@ -96,6 +97,7 @@ fn tally<K: Eq + Hash>(groups: Vec<Group<K>>) -> HashMap<K, FunnelCounts> {
     get,
     path = "/v1/stats/funnel",
     tag = "stats",
+    security(("bearer" = ["stats"])),
     params(WindowParams),
     responses(
         (status = 200, description = "The funnel", body = Funnel),
@@ -103,9 +105,11 @@ fn tally<K: Eq + Hash>(groups: Vec<Group<K>>) -> HashMap<K, FunnelCounts> {
     )
 )]
 pub async fn get_funnel(
+    principal: Principal,
     State(state): State<Arc<ApiState>>,
     Params(params): Params<WindowParams>,
 ) -> Result<Json<Funnel>, ApiError> {
+    principal.require(Scope::Stats)?;
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
     let counts = tally(stats::funnel(&state.pool, since, until).await?).remove(&()).unwrap_or_default();
     Ok(Json(Funnel { since, until, counts }))
@@ -116,6 +120,7 @@ pub async fn get_funnel(
     get,
     path = "/v1/stats/timeseries",
     tag = "stats",
+    security(("bearer" = ["stats"])),
     params(WindowParams, BucketParams),
     responses(
         (status = 200, description = "The funnel per bucket", body = Timeseries),
@@ -123,10 +128,12 @@ pub async fn get_funnel(
     )
 )]
 pub async fn get_timeseries(
+    principal: Principal,
     State(state): State<Arc<ApiState>>,
     Params(params): Params<WindowParams>,
     Params(BucketParams { bucket }): Params<BucketParams>,
 ) -> Result<Json<Timeseries>, ApiError> {
+    principal.require(Scope::Stats)?;
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
     let bucket = match bucket.as_deref() {
         None | Some("day") => Bucket::Day,
@@ -172,6 +179,7 @@ fn bucket_starts(
     get,
     path = "/v1/stats/institutions",
     tag = "stats",
+    security(("bearer" = ["stats"])),
     params(WindowParams, InstitutionLimit),
     responses(
         (status = 200, description = "The institutions with the most customers", body = Institutions),
@@ -179,10 +187,12 @@ fn bucket_starts(
     )
 )]
 pub async fn get_institutions(
+    principal: Principal,
     State(state): State<Arc<ApiState>>,
     Params(params): Params<WindowParams>,
     Params(InstitutionLimit { limit }): Params<InstitutionLimit>,
 ) -> Result<Json<Institutions>, ApiError> {
+    principal.require(Scope::Stats)?;
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
     let limit = parse_limit(limit.as_deref())?;
     let mut institutions: Vec<InstitutionFunnel> = tally(stats::institutions(&state.pool, since, until, limit).await?)

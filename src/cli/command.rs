@@ -1,10 +1,11 @@
 //! The command line: the subcommands and their arguments, each group of
 //! which lives with the configuration of its room ([`crate::config`],
-//! [`crate::simulate::SimulateArgs`]), and the one-line rendering of a
+//! [`crate::simulate::SimulateArgs`], [`super::tokens`]), and the one-line rendering of a
 //! refused command line.
 
 use clap::{Parser, Subcommand};
 
+use super::tokens::TokensCommand;
 use crate::config::{AllArgs, ConsumeArgs, DlqCommand, LogFormat, MigrateArgs, ReprojectArgs, ServeArgs};
 use crate::simulate::SimulateArgs;
 
@@ -43,6 +44,11 @@ pub enum Command {
     /// Send realistic, signed Finicity Connect webhooks to a receiver, as
     /// Finicity would, and optionally verify the states they end in.
     Simulate(SimulateArgs),
+    /// Issue, list and revoke the query API's bearer tokens, each scoped to
+    /// programs and to what it may do (`tokens issue`, `tokens list`,
+    /// `tokens revoke`).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
 }
 
 /// Renders a clap parse error as the one line the contract asks for, naming

@@ -3,8 +3,10 @@
 //! the rooms it needs.
 
 mod command;
+mod tokens;
 
 pub use command::{Cli, Command, one_line_error};
+pub use tokens::{IssueArgs, ListArgs, RevokeArgs, TokensCommand};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +45,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => crate::simulate::run(args, shutdown).await,
+        Command::Tokens(command) => tokens::run(command).await,
         Command::Dlq(DlqCommand::Replay(args)) => {
             let outcome =
                 crate::dead_letter::replay::replay(&args.kafka, args.reason_contains.as_deref(), args.dry_run).await?;

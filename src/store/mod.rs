@@ -44,3 +44,4 @@ pub(crate) mod read;
 pub mod reproject;
 pub(crate) mod revocations;
 pub(crate) mod stats;
+pub(crate) mod tokens;
