@@ -237,6 +237,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The app's own database.
     pub pool: PgPool,
+    /// Its URL (for the binary's commands, such as `tokens`).
+    pub database_url: String,
     /// Its Kafka settings.
     pub kafka: KafkaArgs,
     /// Its metrics.
@@ -301,6 +303,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         base_url: format!("http://{addr}"),
         client: reqwest::Client::new(),
         pool,
+        database_url,
         kafka: options.kafka,
         metrics,
         shutdown,

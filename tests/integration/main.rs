@@ -18,4 +18,5 @@ mod receive_hardening;
 mod receive_properties;
 mod simulate;
 mod stats;
+mod tokens;
 mod topics;
