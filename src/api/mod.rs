@@ -89,6 +89,6 @@ mod tests {
                 assert!(operation["responses"]["403"].is_object(), "{method} {path}");
             }
         }
-        assert_eq!(operations, 8);
+        assert!(operations >= 8, "{operations} operations");
     }
 }

@@ -172,7 +172,8 @@ pub async fn revoke(pool: &PgPool, token_id: &str) -> Result<Revoked, RevokeErro
         .store("reading a revoked API token")?;
     match revoked_at.flatten() {
         Some(at) => Ok(Revoked::Already(at)),
-        // The row is gone, or (a race with nothing that un-revokes) absent.
+        // No row (a row not revoked would have been updated above: nothing
+        // ever clears revoked_at).
         None => Err(RevokeError::UnknownToken(token_id.to_owned())),
     }
 }

@@ -128,7 +128,7 @@ async fn documented_routes(app: &TestApp) -> Vec<(Method, String, String)> {
             routes.push((method, path.replace("{customer_id}", CUSTOMER), scope));
         }
     }
-    assert_eq!(routes.len(), 8, "{routes:?}");
+    assert!(routes.len() >= 8, "{routes:?}");
     routes
 }
 
@@ -207,18 +207,25 @@ async fn a_missing_scope_is_403_forbidden_naming_it() {
 
     // Each documented route refuses a token holding every scope but its
     // own, and accepts (whatever else it answers) one holding only its own.
-    for scope in ["read", "stats", "revoke"] {
+    let routes = documented_routes(&app).await;
+    let mut scopes: Vec<&str> = routes.iter().map(|route| route.2.as_str()).collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    assert_eq!(scopes, ["read", "revoke", "stats"]);
+    for scope in scopes {
         let others: Vec<&str> = ["read", "stats", "revoke", "audit"].into_iter().filter(|s| *s != scope).collect();
         let (without, _) = issue(&app, &format!("all but {scope}"), &[], &others.join(",")).await;
         let (only, _) = issue(&app, &format!("only {scope}"), &[], scope).await;
+        // Both known to the server before the routes are called.
+        let probe = if scope == "read" { "/v1/stats/funnel" } else { lifecycle.as_str() };
+        until_status(&app, probe, &without, 200).await;
         until_status(&app, &lifecycle, &only, if scope == "read" { 200 } else { 403 }).await;
-        until_status(&app, &lifecycle, &without, if scope == "read" { 403 } else { 200 }).await;
-        for (method, path, needed) in documented_routes(&app).await.into_iter().filter(|route| route.2 == scope) {
-            let (status, body) = call(&app, method.clone(), &path, &without).await;
+        for (method, path, needed) in routes.iter().filter(|route| route.2 == scope) {
+            let (status, body) = call(&app, method.clone(), path, &without).await;
             assert_eq!(status, 403, "{method} {path}: {body}");
             assert_eq!(body["error"]["code"], "forbidden");
             assert_eq!(body["error"]["message"], format!("this token lacks the '{needed}' scope"));
-            let (status, body) = call(&app, method.clone(), &path, &only).await;
+            let (status, body) = call(&app, method.clone(), path, &only).await;
             assert!(![401, 403].contains(&status), "{method} {path} with only {scope}: {status} {body}");
         }
     }
