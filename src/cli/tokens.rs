@@ -40,8 +40,8 @@ pub enum TokensCommand {
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("program_choice").required(true).multiple(false).args(["programs", "all_programs"])))]
 pub struct IssueArgs {
-    /// Who or what the token is for (shown by `tokens list`, and named in
-    /// logs beside its id): 1 to 100 characters, no control characters.
+    /// Who or what the token is for (shown by `tokens list`): 1 to 100
+    /// characters, without control characters or surrounding spaces.
     #[arg(long, value_parser = parse_name)]
     pub name: String,
 
