@@ -172,6 +172,7 @@ impl HttpServer {
             consumer,
             readiness: health::ReadinessCache::default(),
         });
+        tracing::info!(listen = %listener.local_addr()?, "HTTP server listening");
         // Issued API tokens: read from Postgres now and every 2 s, so that
         // new, revoked and expired ones take effect without a restart.
         let refresher_stop = shutdown.child_token();
@@ -179,7 +180,6 @@ impl HttpServer {
             let (api, stop) = (api.clone(), refresher_stop.clone());
             async move { api.auth.keep_fresh(&api.pool, stop).await }
         });
-        tracing::info!(listen = %listener.local_addr()?, "HTTP server listening");
         let app = router(&AppState { receiver, api, ops });
         let serve = crate::serve::serve(listener, app, settings.request_timeout, shutdown.clone());
         let grace = settings.shutdown_grace;

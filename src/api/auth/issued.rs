@@ -37,14 +37,14 @@ const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One active issued token.
 #[derive(Debug)]
-pub(super) struct IssuedToken {
+pub(super) struct CachedToken {
     pub(super) principal: Principal,
     expires_at: Option<DateTime<Utc>>,
     /// When a use was last reported for writing (Unix seconds; 0 = never).
     reported_use: AtomicI64,
 }
 
-impl IssuedToken {
+impl CachedToken {
     /// Whether the token still works at `now`.
     pub(super) fn works_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_none_or(|expires_at| now < expires_at)
@@ -69,7 +69,7 @@ impl IssuedToken {
 /// constant-time comparison.)
 #[derive(Debug, Default)]
 pub(super) struct IssuedTokens {
-    by_digest: HashMap<[u8; 32], IssuedToken>,
+    by_digest: HashMap<[u8; 32], CachedToken>,
 }
 
 impl IssuedTokens {
@@ -93,7 +93,7 @@ impl IssuedTokens {
             };
             by_digest.insert(
                 digest,
-                IssuedToken {
+                CachedToken {
                     principal,
                     expires_at: row.expires_at,
                     reported_use: AtomicI64::new(reported.max(written)),
@@ -104,7 +104,7 @@ impl IssuedTokens {
     }
 
     /// The token with this digest, if it is in the copy and works at `now`.
-    pub(super) fn find(&self, digest: &[u8; 32], now: DateTime<Utc>) -> Option<&IssuedToken> {
+    pub(super) fn find(&self, digest: &[u8; 32], now: DateTime<Utc>) -> Option<&CachedToken> {
         self.by_digest.get(digest).filter(|token| token.works_at(now))
     }
 
@@ -161,7 +161,7 @@ impl IssuedCache {
 
     /// Notes that `token` was used at `now`, to be written at the next
     /// refresh if a minute has passed since its last written use.
-    pub(super) fn note_use(&self, token: &IssuedToken, now: DateTime<Utc>) {
+    pub(super) fn note_use(&self, token: &CachedToken, now: DateTime<Utc>) {
         if token.claim_use(now) {
             let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
             uses.insert(token.principal.token_id.clone(), now);
