@@ -16,6 +16,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::access_log::{AccessLogWriter, access_log};
 use crate::api::{self, ApiAuth, ApiState};
 use crate::config::{HttpSettings, KafkaArgs};
 use crate::error::error_response;
@@ -108,6 +109,7 @@ pub struct HttpServer {
     pool: PgPool,
     metrics: Arc<Metrics>,
     consumer: Option<Arc<ConsumerHealth>>,
+    access_log: AccessLogWriter,
     settings: HttpSettings,
 }
 
@@ -139,16 +141,19 @@ impl HttpServer {
             request_timeout: settings.request_timeout,
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_webhooks)),
         });
+        let (access_log, access_log_writer) = access_log(pool.clone(), settings.access_log_queue, metrics.clone());
         let api = Arc::new(ApiState {
             pool: pool.clone(),
             auth: ApiAuth::new(&settings.api_tokens),
-            authorization: settings.programs.default_authorization(),
+            programs: settings.programs.clone(),
             publisher,
+            access_log,
+            idempotency_key_ttl: settings.idempotency_key_ttl,
         });
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding CONNECTFLOW_LISTEN={}", settings.listen))?;
-        Ok(Self { listener, receiver, api, pool, metrics, consumer, settings })
+        Ok(Self { listener, receiver, api, pool, metrics, consumer, access_log: access_log_writer, settings })
     }
 
     /// The address actually bound (the port when 0 was asked for).
@@ -161,7 +166,7 @@ impl HttpServer {
     /// API token refresher (which writes the tokens' last uses) and flushes
     /// the producer so nothing acknowledged is left in memory.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, receiver, api, pool, metrics, consumer, settings } = self;
+        let Self { listener, receiver, api, pool, metrics, consumer, access_log, settings } = self;
         let publisher = receiver.publisher.clone();
         let ops = Arc::new(health::OpsState {
             pool,
@@ -180,6 +185,10 @@ impl HttpServer {
             let (api, stop) = (api.clone(), refresher_stop.clone());
             async move { api.auth.keep_fresh(&api.pool, stop).await }
         });
+        // The access log's writer outlives the listener: it writes the
+        // records of the requests still finishing, within the grace period.
+        let writer_stop = CancellationToken::new();
+        let writer = tokio::spawn(access_log.run(writer_stop.clone(), settings.shutdown_grace));
         let app = router(&AppState { receiver, api, ops });
         let serve = crate::serve::serve(listener, app, settings.request_timeout, shutdown.clone());
         let grace = settings.shutdown_grace;
@@ -192,6 +201,8 @@ impl HttpServer {
         }
         refresher_stop.cancel();
         refresher.await.context("the API token refresher")?;
+        writer_stop.cancel();
+        writer.await.context("the access log's writer")?;
         tokio::task::spawn_blocking(move || publisher.flush(grace)).await.context("flushing the producer")?;
         tracing::info!("HTTP server stopped");
         Ok(())

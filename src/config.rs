@@ -176,6 +176,18 @@ pub struct HttpArgs {
     /// manifests give a receiver.
     #[arg(long = "max-concurrent-webhooks", env = "CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_webhooks: u64,
+
+    /// Access-log records waiting to be written, at most. Every `/v1`
+    /// request takes a place before it is handled; when the writer falls
+    /// behind (Postgres slow or down) and the queue is full, `/v1` answers
+    /// 503 with Retry-After rather than serve a read it cannot log.
+    #[arg(long = "access-log-queue", env = "CONNECTFLOW_ACCESS_LOG_QUEUE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub access_log_queue: u64,
+
+    /// How long a revocation's `Idempotency-Key` is remembered, in hours:
+    /// the same key (in the same program) later is a new request.
+    #[arg(long = "idempotency-key-hours", env = "CONNECTFLOW_IDEMPOTENCY_KEY_HOURS", default_value_t = 72, value_parser = clap::value_parser!(u32).range(1..=87_600))]
+    pub idempotency_key_hours: u32,
 }
 
 /// The consumer side.
@@ -215,6 +227,11 @@ pub struct ConsumerArgs {
     /// than stall.
     #[arg(long = "dlq-timeout-seconds", env = "CONNECTFLOW_DLQ_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub dlq_timeout_seconds: u64,
+
+    /// How long access-log records are kept, in days; older ones are deleted
+    /// by a job of `consume` (hourly).
+    #[arg(long = "audit-retention-days", env = "CONNECTFLOW_AUDIT_RETENTION_DAYS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub audit_retention_days: u32,
 }
 
 /// Where the programs are declared (`serve`, `consume`, `all`, `migrate`).
@@ -449,6 +466,10 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Most webhooks handled at once.
     pub max_concurrent_webhooks: usize,
+    /// Access-log records waiting to be written, at most.
+    pub access_log_queue: usize,
+    /// How long a revocation's `Idempotency-Key` is remembered.
+    pub idempotency_key_ttl: Duration,
 }
 
 impl HttpArgs {
@@ -469,6 +490,8 @@ impl HttpArgs {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
+            access_log_queue: usize::try_from(self.access_log_queue).unwrap_or(usize::MAX),
+            idempotency_key_ttl: Duration::from_secs(u64::from(self.idempotency_key_hours) * 3600),
         })
     }
 }

@@ -104,6 +104,19 @@ pub struct ConnectEvent {
     /// capped like `query`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a revocation: the API token that recorded it (beside the
+    /// caller's `revoked_by` claim); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<TokenRef>,
+}
+
+/// An API token, named without revealing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRef {
+    /// Its id (`tok_...`, `bootstrap-...`).
+    pub token_id: String,
+    /// Its name.
+    pub token_name: String,
 }
 
 /// A minimised account: identifiers and display data only.
@@ -140,10 +153,29 @@ pub fn truncate_to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The id of the [`EventType::ConsentRevoked`] event a revocation recorded
-/// under `Idempotency-Key: key` becomes (the same for every retry).
-pub fn revocation_event_id(key: &str) -> String {
+/// under `Idempotency-Key: key` in `program` becomes (the same for every
+/// retry). The `default` program's ids are those of before programs
+/// existed; another program's include the program, so two programs using
+/// the same key never share an event (the consumer would drop the second
+/// as a duplicate).
+pub fn revocation_event_id(program: &ProgramId, key: &str) -> String {
+    if program.is_default() {
+        revocation_id(key.as_bytes())
+    } else {
+        revocation_id(format!("{program}\0{key}").as_bytes())
+    }
+}
+
+/// The id of a revocation recorded under a key whose end had passed (the
+/// same key used again later, a new request): unlike the first, it
+/// includes when it was recorded.
+pub fn renewed_revocation_event_id(program: &ProgramId, key: &str, recorded_at: DateTime<Utc>) -> String {
+    revocation_id(format!("{program}\0{key}\0{}", recorded_at.timestamp_millis()).as_bytes())
+}
+
+fn revocation_id(material: &[u8]) -> String {
     use sha2::Digest;
-    format!("connectflow-revocation-{}", &hex::encode(sha2::Sha256::digest(key.as_bytes()))[..40])
+    format!("connectflow-revocation-{}", &hex::encode(sha2::Sha256::digest(material))[..40])
 }
 
 /// Timestamps as RFC 3339, UTC, millisecond precision (`2026-11-20T10:15:02.123Z`).

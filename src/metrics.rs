@@ -65,6 +65,10 @@ pub struct Metrics {
     /// Records Postgres refused alone, found by splitting their batch, and
     /// parked.
     pub isolated_records: Counter,
+    /// `/v1` requests refused (503) because the access log's queue was full.
+    pub access_log_rejected: Counter,
+    /// Access-log records written to Postgres.
+    pub access_log_written: Counter,
     /// Events parked because their customer belongs to another program
     /// (`program_conflict`).
     pub program_conflicts: Counter,
@@ -139,6 +143,14 @@ impl Metrics {
             "Records Postgres refused alone, isolated by splitting their batch, and parked",
             isolated_records.clone(),
         );
+        let access_log_rejected = Counter::default();
+        registry.register(
+            "access_log_rejected",
+            "/v1 requests refused with 503 because the access log's queue was full (fail closed)",
+            access_log_rejected.clone(),
+        );
+        let access_log_written = Counter::default();
+        registry.register("access_log_written", "Access-log records written to Postgres", access_log_written.clone());
         let program_conflicts = Counter::default();
         registry.register(
             "consumer_program_conflicts",
@@ -202,6 +214,8 @@ impl Metrics {
             dead_letters_metadata_only,
             isolated_records,
             program_conflicts,
+            access_log_rejected,
+            access_log_written,
             records_dropped_on_revoke,
             oldest_unapplied_seconds,
             webhook_data_dropped,

@@ -13,7 +13,7 @@
 mod issued;
 mod principal;
 
-pub use principal::{Principal, Programs, Scope, Scopes, UnknownScope};
+pub use principal::{Principal, ProgramAccess, Scope, Scopes, UnknownScope};
 
 use std::sync::Arc;
 
@@ -116,7 +116,7 @@ fn bootstrap_principal(token_digest: &[u8; 32]) -> Principal {
     Principal {
         token_id: format!("bootstrap-{}", &id[..8]).into(),
         token_name: BOOTSTRAP_NAME.into(),
-        programs: Programs::All,
+        programs: ProgramAccess::All,
         scopes: Scopes::all(),
     }
 }
@@ -159,7 +159,7 @@ mod tests {
         let auth = ApiAuth::new(&SecretList::new(["one", "two"]).expect("tokens"));
         let one = auth.principal(b"one", Utc::now()).expect("accepted");
         let two = auth.principal(b"two", Utc::now()).expect("accepted");
-        assert_eq!((one.programs.clone(), one.scopes), (Programs::All, Scopes::all()));
+        assert_eq!((one.programs.clone(), one.scopes), (ProgramAccess::All, Scopes::all()));
         assert_eq!(&*one.token_name, BOOTSTRAP_NAME);
         // bootstrap- and the first 8 hex digits of SHA-256(SHA-256("one")).
         let expected = hex::encode(digest(&digest(b"one")));

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiState;
+use super::access::Items;
 use super::auth::{Principal, Scope};
 use super::customers::known_customer;
 use super::model::ChangePage;
@@ -50,17 +51,17 @@ pub async fn get_changes(
     State(state): State<Arc<ApiState>>,
     Path(CustomerPath { customer_id }): Path<CustomerPath>,
     Params(params): Params<ChangePageParams>,
-) -> Result<Json<ChangePage>, ApiError> {
+) -> Result<(Extension<Items>, Json<ChangePage>), ApiError> {
     principal.require(Scope::Read)?;
     let customer_id = valid_customer_id(&customer_id)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_version_cursor).transpose()?;
-    let customer_id = known_customer(&state.pool, customer_id).await?;
+    let customer_id = known_customer(&state.pool, customer_id, &principal).await?;
     let (changes, next) = read::changes(&state.pool, &customer_id, after, limit).await?;
     let changes = changes
         .into_iter()
         .map(|text| serde_json::from_str(&text))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| ApiError::Internal(anyhow::Error::from(err).context("decoding a recorded change")))?;
-    Ok(Json(ChangePage { changes, next_cursor: next.map(encode_version_cursor) }))
+    Ok((Extension(Items(changes.len())), Json(ChangePage { changes, next_cursor: next.map(encode_version_cursor) })))
 }

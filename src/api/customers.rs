@@ -3,23 +3,25 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
-use chrono::Utc;
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgPool;
 use utoipa::IntoParams;
 
 use super::ApiState;
+use super::access::Items;
 use super::auth::{Principal, Scope};
 use super::model::{ConsentView, CustomerLifecycle, CustomerPage, CustomerSummary};
 use super::params::{
-    CustomerPath, PageParams, Params, decode_cursor, encode_cursor, parse_limit, parse_state, parse_time,
-    valid_customer_id, valid_institution_id,
+    CustomerPath, PageParams, Params, ProgramFilter, decode_cursor, encode_cursor, parse_limit, parse_state,
+    parse_time, valid_customer_id, valid_institution_id,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::event::CustomerId;
 use crate::lifecycle::{AuthState, ConsentState};
+use crate::program::Programs;
 use crate::store::read;
 
 /// Listing filters (paging: [`PageParams`]).
@@ -57,9 +59,15 @@ pub struct ListFilters {
 }
 
 /// The id of a customer connectflow knows, else a 404.
-pub(super) async fn known_customer(pool: &PgPool, customer_id: CustomerId) -> Result<String, ApiError> {
+/// A customer of another program than the principal's is not known: the
+/// same 404, body included, as a customer nobody ever saw.
+pub(super) async fn known_customer(
+    pool: &PgPool,
+    customer_id: CustomerId,
+    principal: &Principal,
+) -> Result<String, ApiError> {
     let customer_id = customer_id.to_string();
-    if read::customer_exists(pool, &customer_id).await? {
+    if read::customer_exists(pool, &customer_id, principal.visible(None)?.as_deref()).await? {
         Ok(customer_id)
     } else {
         Err(ApiError::NotFound(format!("customer {customer_id} not found")))
@@ -83,13 +91,16 @@ pub async fn get_lifecycle(
     principal: Principal,
     State(state): State<Arc<ApiState>>,
     Path(CustomerPath { customer_id }): Path<CustomerPath>,
-) -> Result<Json<CustomerLifecycle>, ApiError> {
+) -> Result<(Extension<Items>, Json<CustomerLifecycle>), ApiError> {
     principal.require(Scope::Read)?;
     let customer_id = valid_customer_id(&customer_id)?.to_string();
-    let (lifecycle, version, updated_at) = read::lifecycle(&state.pool, &customer_id)
+    let stored = read::lifecycle(&state.pool, &customer_id, principal.visible(None)?.as_deref())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
-    Ok(Json(CustomerLifecycle::new(customer_id, lifecycle, version, updated_at, state.authorization, Utc::now())))
+    let policy = state.programs.authorization(&stored.program_id);
+    let read::StoredLifecycle { lifecycle, version, updated_at, program_id } = stored;
+    let answer = CustomerLifecycle::new(customer_id, program_id, lifecycle, version, updated_at, policy, Utc::now());
+    Ok((Extension(Items(1)), Json(answer)))
 }
 
 /// Customers, filtered by state and update time.
@@ -98,7 +109,7 @@ pub async fn get_lifecycle(
     path = "/v1/customers",
     tag = "query",
     security(("bearer" = ["read"])),
-    params(ListFilters, PageParams),
+    params(ListFilters, ProgramFilter, PageParams),
     responses(
         (status = 200, description = "A page of customers", body = CustomerPage),
         (status = 400, description = "Unknown state name, invalid time, limit or cursor", body = ErrorBody),
@@ -108,36 +119,53 @@ pub async fn list_customers(
     principal: Principal,
     State(state): State<Arc<ApiState>>,
     Params(params): Params<ListFilters>,
+    Params(program): Params<ProgramFilter>,
     Params(page): Params<PageParams>,
-) -> Result<Json<CustomerPage>, ApiError> {
+) -> Result<(Extension<Items>, Json<CustomerPage>), ApiError> {
     principal.require(Scope::Read)?;
+    let programs = principal.visible(program.program_id.as_deref())?;
     let expires_before = parse_time("authorization_expires_before", params.authorization_expires_before.as_deref())?;
     let filter = read::CustomerFilter {
         consent: parse_state::<ConsentState>("consent", params.consent.as_deref())?,
         authentication: parse_state::<AuthState>("authentication", params.authentication.as_deref())?,
         updated_since: parse_time("updated_since", params.updated_since.as_deref())?,
-        authorized_before: expires_before.and_then(|before| state.authorization.authorized_before(before)),
+        authorized_before: expires_before.map(|before| authorized_before(&state.programs, before)),
         institution_id: params.institution_id.map(valid_institution_id).transpose()?,
         first_event_since: parse_time("first_event_since", params.first_event_since.as_deref())?,
         first_event_until: parse_time("first_event_until", params.first_event_until.as_deref())?,
+        programs,
     };
     let limit = parse_limit(page.limit.as_deref())?;
     let after = page.cursor.as_deref().map(decode_cursor).transpose()?;
-    if expires_before.is_some() && filter.authorized_before.is_none() {
-        // Authorizations do not lapse (or the time is before any that could).
-        return Ok(Json(CustomerPage { customers: Vec::new(), next_cursor: None }));
-    }
     let (rows, next) = read::customers(&state.pool, &filter, after.as_ref(), limit).await?;
     let now = Utc::now();
-    let customers = rows
+    let customers: Vec<CustomerSummary> = rows
         .into_iter()
-        .map(|(customer_id, lifecycle, updated_at)| CustomerSummary {
-            customer_id,
-            consent: ConsentView::new(lifecycle.consent, state.authorization, now),
-            authentication: lifecycle.authentication,
-            last_event: lifecycle.last_event,
-            updated_at,
+        .map(|listed| CustomerSummary {
+            consent: ConsentView::new(listed.lifecycle.consent, state.programs.authorization(&listed.program_id), now),
+            customer_id: listed.customer_id,
+            program_id: listed.program_id,
+            authentication: listed.lifecycle.authentication,
+            last_event: listed.lifecycle.last_event,
+            updated_at: listed.updated_at,
         })
         .collect();
-    Ok(Json(CustomerPage { customers, next_cursor: next.as_ref().map(encode_cursor) }))
+    Ok((
+        Extension(Items(customers.len())),
+        Json(CustomerPage { customers, next_cursor: next.as_ref().map(encode_cursor) }),
+    ))
+}
+
+/// "Authorization lapses before `before`" as a cut-off per program: each
+/// program's customers were authorized before `before` minus its period. A
+/// program whose authorizations never lapse gets a cut-off nobody precedes.
+fn authorized_before(programs: &Programs, before: DateTime<Utc>) -> read::AuthorizedBefore {
+    // Before any authorization connectflow could have recorded.
+    let never = DateTime::<Utc>::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let cutoff = |policy: crate::lifecycle::AuthorizationPolicy| policy.authorized_before(before).unwrap_or(never);
+    read::AuthorizedBefore {
+        programs: programs.iter().map(|p| p.id.to_string()).collect(),
+        cutoffs: programs.iter().map(|p| cutoff(p.authorization)).collect(),
+        otherwise: cutoff(programs.default_authorization()),
+    }
 }

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
+use axum::{Extension, Json};
 
 use super::ApiState;
+use super::access::Items;
 use super::auth::{Principal, Scope};
 use super::customers::known_customer;
 use super::model::EventPage;
@@ -31,12 +32,12 @@ pub async fn get_events(
     State(state): State<Arc<ApiState>>,
     Path(CustomerPath { customer_id }): Path<CustomerPath>,
     Params(params): Params<PageParams>,
-) -> Result<Json<EventPage>, ApiError> {
+) -> Result<(Extension<Items>, Json<EventPage>), ApiError> {
     principal.require(Scope::Read)?;
     let customer_id = valid_customer_id(&customer_id)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
-    let customer_id = known_customer(&state.pool, customer_id).await?;
+    let customer_id = known_customer(&state.pool, customer_id, &principal).await?;
     let (events, next) = read::events(&state.pool, &customer_id, after.as_ref(), limit).await?;
-    Ok(Json(EventPage { events, next_cursor: next.as_ref().map(encode_cursor) }))
+    Ok((Extension(Items(events.len())), Json(EventPage { events, next_cursor: next.as_ref().map(encode_cursor) })))
 }

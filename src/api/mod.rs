@@ -11,10 +11,13 @@
 //! client can use). Listings use keyset pagination with opaque cursors, so
 //! pages stay stable while rows are being updated.
 
+mod access;
+mod audit;
 mod auth;
 mod changes;
 mod customers;
 mod events;
+mod me;
 pub mod model;
 pub mod params;
 mod responses;
@@ -27,9 +30,10 @@ use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use auth::{ApiAuth, Principal, Programs, Scope, Scopes, UnknownScope};
+pub use auth::{ApiAuth, Principal, ProgramAccess, Scope, Scopes, UnknownScope};
 
-use crate::lifecycle::AuthorizationPolicy;
+use crate::access_log::AccessLog;
+use crate::program::Programs;
 use crate::publish::Publisher;
 
 /// What the API's handlers share.
@@ -39,15 +43,23 @@ pub struct ApiState {
     pub pool: PgPool,
     /// The accepted bearer tokens.
     pub auth: ApiAuth,
-    /// How long authorizations last, for the expiry fields.
-    pub authorization: AuthorizationPolicy,
+    /// The programs: how long each one's authorizations last, for the
+    /// expiry fields.
+    pub programs: Arc<Programs>,
     /// The events topic's producer, for revocations.
     pub publisher: Publisher,
+    /// Where each request's access-log record goes.
+    pub access_log: AccessLog,
+    /// How long a revocation's `Idempotency-Key` is remembered.
+    pub idempotency_key_ttl: std::time::Duration,
 }
 
 /// Every `/v1` route, each behind the bearer check, documented.
 pub fn routes(state: Arc<ApiState>) -> OpenApiRouter {
+    // Layers wrap what is already there: the bearer check runs first, then
+    // the access log, then the handler.
     documented_routes()
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::log_access))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .with_state(state)
 }
@@ -62,7 +74,9 @@ fn documented_routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(revocations::revoke))
         .routes(routes!(stats::get_funnel))
         .routes(routes!(stats::get_timeseries))
-        .routes(routes!(stats::get_institutions));
+        .routes(routes!(stats::get_institutions))
+        .routes(routes!(audit::get_audit))
+        .routes(routes!(me::get_me));
     responses::describe_shared(routes.get_openapi_mut());
     routes
 }
@@ -84,6 +98,11 @@ mod tests {
                 let security = operation["security"].as_array().expect("security");
                 assert_eq!(security.len(), 1, "{method} {path}: {security:?}");
                 let scopes = security[0]["bearer"].as_array().expect("bearer");
+                if path == "/v1/me" {
+                    // What the token is: needs a token, no scope.
+                    assert!(scopes.is_empty(), "{method} {path}: {scopes:?}");
+                    continue;
+                }
                 assert_eq!(scopes.len(), 1, "{method} {path}: {scopes:?}");
                 assert!(scopes[0].as_str().is_some_and(|s| names.contains(&s)), "{method} {path}: {scopes:?}");
                 assert!(operation["responses"]["403"].is_object(), "{method} {path}");

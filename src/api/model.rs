@@ -65,6 +65,9 @@ pub struct CustomerLifecycle {
     /// Finicity's customer id.
     #[schema(example = "1005061234")]
     pub customer_id: String,
+    /// The customer's program (`default` without a programs file).
+    #[schema(example = "default")]
+    pub program_id: String,
     /// Consent state, since when, and its authorization's dates.
     pub consent: ConsentView,
     /// Authentication state, since when, and why when failed or abandoned.
@@ -93,6 +96,7 @@ impl CustomerLifecycle {
     /// authorization.
     pub fn new(
         customer_id: String,
+        program_id: String,
         lifecycle: Lifecycle,
         version: i64,
         updated_at: DateTime<Utc>,
@@ -118,6 +122,7 @@ impl CustomerLifecycle {
             .collect();
         Self {
             customer_id,
+            program_id,
             consent: ConsentView::new(consent, policy, now),
             authentication,
             institution_logins,
@@ -156,6 +161,8 @@ pub struct EventPage {
 pub struct CustomerSummary {
     /// Finicity's customer id.
     pub customer_id: String,
+    /// The customer's program.
+    pub program_id: String,
     /// Consent state, since when, and its authorization's dates.
     pub consent: ConsentView,
     /// Authentication state, since when, and why.

@@ -22,6 +22,16 @@ pub struct CustomerPath {
     pub customer_id: String,
 }
 
+/// Which program's customers a listing or statistic counts.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProgramFilter {
+    /// Only this program's customers: one the token holds (403 `forbidden`
+    /// otherwise). Default: every program the token holds.
+    #[param(pattern = "^[a-z0-9][a-z0-9-]{0,31}$")]
+    pub program_id: Option<String>,
+}
+
 /// Paging parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -5,35 +5,43 @@
 //! published to the events topic like a webhook and applied by the consumer
 //! like any event; the answer (202) comes only once Kafka has it.
 //!
-//! Retries are safe: the `Idempotency-Key` header names the request, and
-//! the same key with the same request always gives the same event (id and
-//! time), so a repeated publish is a duplicate the consumer skips; the same
-//! key with another request is refused (409).
+//! Retries are safe: the `Idempotency-Key` header names the request within
+//! the customer's program, and the same key with the same request always
+//! gives the same event (id and time), so a repeated publish is a duplicate
+//! the consumer skips, and the answer says `Idempotent-Replayed: true`; the
+//! same key with another request is refused (409). A key ends
+//! `CONNECTFLOW_IDEMPOTENCY_KEY_HOURS` after its first use: the same key
+//! later is a new request (with an event of its own).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
+use super::access::Items;
 use super::auth::{Principal, Scope};
 use super::model::{RevocationAccepted, RevocationBody};
 use super::params::{CustomerPath, valid_customer_id};
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{
     ConnectEvent, CustomerId, EventSource, EventType, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, SCHEMA_V1,
-    revocation_event_id, truncate_to_millis,
+    TokenRef, renewed_revocation_event_id, revocation_event_id, truncate_to_millis,
 };
+use crate::program::ProgramId;
 use crate::store::read;
-use crate::store::revocations::{self, RevocationRequest};
+use crate::store::revocations::{self, Remembered, RevocationRequest};
 
 /// The header naming a request for safe retries.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header of an answer given again for a replayed `Idempotency-Key`.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Records a revocation of the customer's consent.
 #[utoipa::path(
@@ -43,11 +51,12 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     security(("bearer" = ["revoke"])),
     params(
         CustomerPath,
-        ("Idempotency-Key" = String, Header, description = "Names this request for retries: 1 to 128 printable ASCII characters, not starting or ending with a space. The same key with the same request returns the same answer; with another request, 409", min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]{0,126}[!-~])?$"),
+        ("Idempotency-Key" = String, Header, description = "Names this request for retries within the customer's program, for CONNECTFLOW_IDEMPOTENCY_KEY_HOURS (72 by default) after its first use: 1 to 128 printable ASCII characters, not starting or ending with a space. The same key with the same request returns the same answer; with another request, 409", min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]{0,126}[!-~])?$"),
     ),
     request_body(content = RevocationBody, content_type = "application/json"),
     responses(
-        (status = 202, description = "Published to the events topic: the revocation will be applied", body = RevocationAccepted),
+        (status = 202, description = "Published to the events topic: the revocation will be applied. `Idempotent-Replayed: true` when the key was used before for the same request (the same event, published again)", body = RevocationAccepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` on the answer to a replayed Idempotency-Key; absent otherwise"))),
         (status = 400, description = "Missing or invalid Idempotency-Key, body not the documented JSON, a field outside its limits, or an invalid customer id", body = ErrorBody),
         (status = 404, description = "Customer (or the named institution login) not found", body = ErrorBody),
         (status = 409, description = "The Idempotency-Key was used for another request", body = ErrorBody),
@@ -73,9 +82,13 @@ pub async fn revoke(
     })?;
     check_body(&body)?;
 
-    let (lifecycle, _, _) = read::lifecycle(&state.pool, customer_id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
+    let read::StoredLifecycle { lifecycle, program_id, .. } =
+        read::lifecycle(&state.pool, customer_id.as_str(), principal.visible(None)?.as_deref())
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
+    // Stored by connectflow from a checked id.
+    let program_id = ProgramId::try_from(program_id)
+        .map_err(|_| ApiError::Internal(anyhow::anyhow!("a stored program_id is not a program id")))?;
     if let Some(login) = &body.institution_login_id
         && !lifecycle.institution_logins.iter().any(|l| l.institution_login_id.as_deref() == Some(login.as_str()))
     {
@@ -86,10 +99,20 @@ pub async fn revoke(
     let request = RevocationRequest {
         customer_id: customer_id.to_string(),
         request_sha256: request_digest(&customer_id, &body),
-        event_id: revocation_event_id(key),
+        event_id: revocation_event_id(&program_id, key),
         occurred_at: now,
+        token_id: Some(principal.token_id.to_string()),
+        token_name: Some(principal.token_name.to_string()),
     };
-    let recorded = revocations::remember(&state.pool, key, &request).await?;
+    let ttl = chrono::Duration::from_std(state.idempotency_key_ttl).unwrap_or(chrono::Duration::MAX);
+    let expired_before = now.checked_sub_signed(ttl).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let renewed_id = renewed_revocation_event_id(&program_id, key, now);
+    let remembered =
+        revocations::remember(&state.pool, program_id.as_str(), key, &request, expired_before, &renewed_id).await?;
+    let (recorded, replayed) = match remembered {
+        Remembered::New(recorded) => (recorded, false),
+        Remembered::Earlier(earlier) => (earlier, true),
+    };
     if recorded.customer_id != request.customer_id || recorded.request_sha256 != request.request_sha256 {
         return Err(ApiError::Conflict("this Idempotency-Key was used for another request".into()));
     }
@@ -99,7 +122,7 @@ pub async fn revoke(
         event_id: recorded.event_id.clone(),
         event_type: EventType::ConsentRevoked,
         customer_id,
-        program_id: crate::program::ProgramId::default(),
+        program_id,
         consumer_id: None,
         institution_id: None,
         institution_login_id: body.institution_login_id,
@@ -116,6 +139,10 @@ pub async fn revoke(
         source: EventSource::Connectflow,
         revoked_by: Some(body.revoked_by),
         reason: body.reason,
+        requested_by: Some(TokenRef {
+            token_id: recorded.token_id.clone().unwrap_or_else(|| principal.token_id.to_string()),
+            token_name: recorded.token_name.clone().unwrap_or_else(|| principal.token_name.to_string()),
+        }),
     };
     event.check().map_err(|err| ApiError::BadRequest(format!("{}: {}", err.field, err.problem)))?;
     event.sanitise();
@@ -127,8 +154,14 @@ pub async fn revoke(
         }
     })?;
     tracing::info!(event_id = %event.event_id, customer_id = %event.customer_id, "revocation recorded");
-    Ok((StatusCode::ACCEPTED, Json(RevocationAccepted { status: "accepted", event_id: event.event_id }))
-        .into_response())
+    let mut response =
+        (StatusCode::ACCEPTED, Json(RevocationAccepted { status: "accepted", event_id: event.event_id }))
+            .into_response();
+    if replayed {
+        response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response.extensions_mut().insert(Items(1));
+    Ok(response)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {

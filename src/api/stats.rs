@@ -12,18 +12,19 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiState;
+use super::access::Items;
 use super::auth::{Principal, Scope};
 use super::model::{
     Bucket, BucketFunnel, DEFAULT_WINDOW, Funnel, FunnelCounts, InstitutionFunnel, Institutions, Timeseries,
 };
-use super::params::{Params, parse_limit, parse_time};
+use super::params::{Params, ProgramFilter, parse_limit, parse_time};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::stats::{self, Group};
 
@@ -98,7 +99,7 @@ fn tally<K: Eq + Hash>(groups: Vec<Group<K>>) -> HashMap<K, FunnelCounts> {
     path = "/v1/stats/funnel",
     tag = "stats",
     security(("bearer" = ["stats"])),
-    params(WindowParams),
+    params(WindowParams, ProgramFilter),
     responses(
         (status = 200, description = "The funnel", body = Funnel),
         (status = 400, description = "Invalid time", body = ErrorBody),
@@ -108,11 +109,14 @@ pub async fn get_funnel(
     principal: Principal,
     State(state): State<Arc<ApiState>>,
     Params(params): Params<WindowParams>,
-) -> Result<Json<Funnel>, ApiError> {
+    Params(program): Params<ProgramFilter>,
+) -> Result<(Extension<Items>, Json<Funnel>), ApiError> {
     principal.require(Scope::Stats)?;
+    let visible = principal.visible(program.program_id.as_deref())?;
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
-    let counts = tally(stats::funnel(&state.pool, since, until).await?).remove(&()).unwrap_or_default();
-    Ok(Json(Funnel { since, until, counts }))
+    let counts =
+        tally(stats::funnel(&state.pool, since, until, visible.as_deref()).await?).remove(&()).unwrap_or_default();
+    Ok((Extension(Items(1)), Json(Funnel { since, until, counts })))
 }
 
 /// The connect funnel per hour or day of first events.
@@ -121,7 +125,7 @@ pub async fn get_funnel(
     path = "/v1/stats/timeseries",
     tag = "stats",
     security(("bearer" = ["stats"])),
-    params(WindowParams, BucketParams),
+    params(WindowParams, BucketParams, ProgramFilter),
     responses(
         (status = 200, description = "The funnel per bucket", body = Timeseries),
         (status = 400, description = "Invalid time or bucket", body = ErrorBody),
@@ -131,9 +135,11 @@ pub async fn get_timeseries(
     principal: Principal,
     State(state): State<Arc<ApiState>>,
     Params(params): Params<WindowParams>,
+    Params(program): Params<ProgramFilter>,
     Params(BucketParams { bucket }): Params<BucketParams>,
-) -> Result<Json<Timeseries>, ApiError> {
+) -> Result<(Extension<Items>, Json<Timeseries>), ApiError> {
     principal.require(Scope::Stats)?;
+    let visible = principal.visible(program.program_id.as_deref())?;
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
     let bucket = match bucket.as_deref() {
         None | Some("day") => Bucket::Day,
@@ -146,12 +152,12 @@ pub async fn get_timeseries(
         Some(first) if truncated => *first,
         _ => since,
     };
-    let mut found = tally(stats::timeseries(&state.pool, since, until, bucket.length()).await?);
-    let buckets = starts
+    let mut found = tally(stats::timeseries(&state.pool, since, until, bucket.length(), visible.as_deref()).await?);
+    let buckets: Vec<BucketFunnel> = starts
         .into_iter()
         .map(|start| BucketFunnel { start, counts: found.remove(&start).unwrap_or_default() })
         .collect();
-    Ok(Json(Timeseries { since, until, bucket, truncated, buckets }))
+    Ok((Extension(Items(buckets.len())), Json(Timeseries { since, until, bucket, truncated, buckets })))
 }
 
 /// The starts of the buckets `[since, until)` touches, at most the last
@@ -180,7 +186,7 @@ fn bucket_starts(
     path = "/v1/stats/institutions",
     tag = "stats",
     security(("bearer" = ["stats"])),
-    params(WindowParams, InstitutionLimit),
+    params(WindowParams, InstitutionLimit, ProgramFilter),
     responses(
         (status = 200, description = "The institutions with the most customers", body = Institutions),
         (status = 400, description = "Invalid time or limit", body = ErrorBody),
@@ -190,18 +196,21 @@ pub async fn get_institutions(
     principal: Principal,
     State(state): State<Arc<ApiState>>,
     Params(params): Params<WindowParams>,
+    Params(program): Params<ProgramFilter>,
     Params(InstitutionLimit { limit }): Params<InstitutionLimit>,
-) -> Result<Json<Institutions>, ApiError> {
+) -> Result<(Extension<Items>, Json<Institutions>), ApiError> {
     principal.require(Scope::Stats)?;
+    let visible = principal.visible(program.program_id.as_deref())?;
     let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
     let limit = parse_limit(limit.as_deref())?;
-    let mut institutions: Vec<InstitutionFunnel> = tally(stats::institutions(&state.pool, since, until, limit).await?)
-        .into_iter()
-        .map(|(institution_id, counts)| InstitutionFunnel::new(institution_id, counts))
-        .collect();
+    let mut institutions: Vec<InstitutionFunnel> =
+        tally(stats::institutions(&state.pool, since, until, limit, visible.as_deref()).await?)
+            .into_iter()
+            .map(|(institution_id, counts)| InstitutionFunnel::new(institution_id, counts))
+            .collect();
     // Most customers first, then by id.
     institutions.sort_by(|a, b| b.customers.cmp(&a.customers).then_with(|| a.institution_id.cmp(&b.institution_id)));
-    Ok(Json(Institutions { since, until, institutions }))
+    Ok((Extension(Items(institutions.len())), Json(Institutions { since, until, institutions })))
 }
 
 #[cfg(test)]

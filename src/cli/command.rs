@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+use super::audit::AuditArgs;
 use super::tokens::TokensCommand;
 use crate::config::{AllArgs, ConsumeArgs, DlqCommand, LogFormat, MigrateArgs, ReprojectArgs, ServeArgs};
 use crate::simulate::SimulateArgs;
@@ -49,6 +50,9 @@ pub enum Command {
     /// `tokens revoke`).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Print the access log (one JSON record per `/v1` request, oldest
+    /// first), filtered by customer, token and time; like `GET /v1/audit`.
+    Audit(AuditArgs),
 }
 
 /// Renders a clap parse error as the one line the contract asks for, naming

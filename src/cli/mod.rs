@@ -2,9 +2,11 @@
 //! command line ([`command`]) and the processes it runs, each composed of
 //! the rooms it needs.
 
+mod audit;
 mod command;
 mod tokens;
 
+pub use audit::AuditArgs;
 pub use command::{Cli, Command, one_line_error};
 pub use tokens::{IssueArgs, ListArgs, RevokeArgs, TokensCommand};
 
@@ -17,6 +19,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::PruneJob;
 use crate::app::HttpServer;
 use crate::config::{ConfigError, ConsumerArgs, DatabaseArgs, DlqCommand, KafkaArgs, MigrationArgs};
 use crate::consume::LifecycleConsumer;
@@ -46,6 +49,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Simulate(args) => crate::simulate::run(args, shutdown).await,
         Command::Tokens(command) => tokens::run(command).await,
+        Command::Audit(args) => audit::run(&args).await,
         Command::Dlq(DlqCommand::Replay(args)) => {
             let outcome =
                 crate::dead_letter::replay::replay(&args.kafka, args.reason_contains.as_deref(), args.dry_run).await?;
@@ -60,7 +64,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let pool = store::pool(&args.database)?;
             store::migrate(&pool).await?;
             if args.check {
-                return audit(&pool, args.customer.as_ref(), args.batch_size).await;
+                return check_projection(&pool, args.customer.as_ref(), args.batch_size).await;
             }
             let outcome = store::reproject::reproject(&pool, args.customer.as_ref(), args.batch_size).await?;
             tracing::info!(customers = outcome.customers, changed = outcome.changed, "re-projection done");
@@ -112,13 +116,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 /// What `connectflow consume` runs (and `all`, beside the HTTP server): the
 /// lifecycle consumer, the outbox relay its lanes wake, the authorization
-/// expiry job, and the operations listener when given an address. Each part
-/// lives in its own room; this only puts them together, built once from the
-/// configuration, and stops them together.
+/// expiry job, the access log's pruning, and the operations listener when
+/// given an address. Each part lives in its own room; this only puts them
+/// together, built once from the configuration, and stops them together.
 pub struct ConsumeProcess {
     consumer: LifecycleConsumer,
     relay: Relay,
     expiry: ExpiryJob,
+    prune: PruneJob,
     ops: Option<(TcpListener, Arc<OpsState>)>,
 }
 
@@ -143,6 +148,7 @@ impl ConsumeProcess {
         let relay = Relay::new(kafka, pool.clone(), metrics.clone())?;
         let consumer = LifecycleConsumer::build(args, kafka, pool.clone(), metrics.clone(), relay.waker()).await?;
         let expiry = ExpiryJob::new(pool.clone(), programs, relay.waker());
+        let prune = PruneJob::new(pool.clone(), args.audit_retention_days);
         let ops = match listen {
             Some(listen) => {
                 let listener =
@@ -159,7 +165,7 @@ impl ConsumeProcess {
             }
             None => None,
         };
-        Ok(Self { consumer, relay, expiry, ops })
+        Ok(Self { consumer, relay, expiry, prune, ops })
     }
 
     /// The consumer's lanes' health, for a `/livez` served elsewhere
@@ -177,17 +183,19 @@ impl ConsumeProcess {
     /// for good; then stops the others, once the consumer has committed its
     /// offsets.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, relay, expiry, ops } = self;
+        let Self { consumer, relay, expiry, prune, ops } = self;
         let stop = shutdown.child_token();
         // Dropping this future (a caller that gave up on it) stops every part.
         let _stop_on_drop = stop.clone().drop_guard();
         let ops_task = ops.map(|(listener, state)| tokio::spawn(crate::health::serve(listener, state, stop.clone())));
         let expiry_task = tokio::spawn(expiry.run(stop.clone()));
+        let prune_task = tokio::spawn(prune.run(stop.clone()));
         let relay_task = tokio::spawn(relay.run(stop.clone()));
         let consumed = consumer.run(stop.clone()).await;
         stop.cancel();
         relay_task.await.context("the lifecycle-change relay")??;
         expiry_task.await.context("the authorization expiry job")?;
+        prune_task.await.context("the access-log pruning job")?;
         if let Some(ops) = ops_task {
             ops.await.context("operations endpoints")??;
         }
@@ -197,7 +205,7 @@ impl ConsumeProcess {
 
 /// `reproject --check`: lists every customer whose stored lifecycle is not
 /// the fold of their recorded events; an error (exit status 1) when any is.
-async fn audit(pool: &sqlx::PgPool, customer: Option<&CustomerId>, batch: i64) -> anyhow::Result<()> {
+async fn check_projection(pool: &sqlx::PgPool, customer: Option<&CustomerId>, batch: i64) -> anyhow::Result<()> {
     let outcome = store::reproject::audit(pool, customer, batch).await?;
     for id in &outcome.differing {
         println!("differs: customer {id}");

@@ -123,6 +123,7 @@ fn arb_event() -> impl Strategy<Value = ConnectEvent> {
                     crate::event::RevokedBy::Partner
                 }),
                 reason: if event_type == EventType::ConsentRevoked { reason } else { None },
+                requested_by: None,
                 event_type,
             }
         },

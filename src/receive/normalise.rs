@@ -141,6 +141,7 @@ pub fn normalise(raw: &[u8], received_at: DateTime<Utc>, program: &ProgramId) ->
         source: crate::event::EventSource::Finicity,
         revoked_by: None,
         reason: None,
+        requested_by: None,
     };
     event.check().map_err(ParseError::Invalid)?;
     event.sanitise();

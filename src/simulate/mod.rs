@@ -30,6 +30,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, KafkaArgs, Secret, SecretList};
+use crate::program::ProgramId;
 use changes::ChangesExpectation;
 use flows::Flow;
 use funnel::ExpectedFunnel;
@@ -52,6 +53,15 @@ pub struct SimulateArgs {
     /// Where to send the webhooks.
     #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/finicity/connect", value_parser = http_url)]
     pub url: String,
+
+    /// The program to send for: the webhooks go to `--url` + `/{program}`
+    /// (`POST /webhooks/finicity/connect/{program}`), sign them with that
+    /// program's partner secret (--secret), and --verify with a token that
+    /// holds the program (--api-token). --verify-changes then reads the
+    /// program's changes topic (`{program}` in --changes-topic). Default: the
+    /// `default` program at `--url` itself.
+    #[arg(long, value_name = "ID")]
+    pub program: Option<ProgramId>,
 
     /// Partner secret to sign with (default: the first of FINICITY_PARTNER_SECRETS).
     #[arg(long, env = "FINICITY_PARTNER_SECRETS", hide_env_values = true)]
@@ -280,7 +290,14 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
     let verify_changes = args.changes_verification()?;
     let secret = args.signing_secret()?;
     let token = if args.verify { Some(args.verification_token()?) } else { None };
-    let url = reqwest::Url::parse(&args.url).with_context(|| format!("--url {:?} is not a URL", args.url))?;
+    let program = args.program.clone().unwrap_or_default();
+    let url = match &args.program {
+        Some(program) => format!("{}/{program}", args.url.trim_end_matches('/')),
+        None => args.url.clone(),
+    };
+    let url = reqwest::Url::parse(&url).with_context(|| format!("--url {url:?} is not a URL"))?;
+    let mut kafka = args.kafka.clone();
+    kafka.changes_topic = kafka.changes_topic_for(program.as_str());
     let spec = PlanSpec {
         flows: args.selected_flows()?,
         customers_per_flow: args.customers,
@@ -312,7 +329,7 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
                 .iter()
                 .zip(&sent.all_accepted)
                 .filter(|(_, all_accepted)| **all_accepted)
-                .map(|(customer, _)| Expectation::of(customer, plan.seed))
+                .map(|(customer, _)| Expectation::of(customer, plan.seed, &program))
                 .collect();
             let skipped = plan.customers.len() as u64 - expectations.len() as u64;
             let progress = progress_bar(expectations.len() as u64, "customers verified");
@@ -338,7 +355,7 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
                 })
                 .collect();
             let timeout = Duration::from_secs(args.verify_timeout_s);
-            Some(changes::verify_changes(&args.kafka, expectations, timeout, shutdown).await)
+            Some(changes::verify_changes(&kafka, expectations, timeout, shutdown).await)
         }
         _ => None,
     };

@@ -45,11 +45,10 @@ impl Expectation {
     /// What `customer`'s lifecycle should show once its webhooks (and, for
     /// a flow that revokes through the API, its revocation in the run with
     /// `seed`) are applied.
-    pub fn of(customer: &PlannedCustomer, seed: u64) -> Self {
-        let revocation = customer
-            .flow
-            .revokes_through_api
-            .then(|| crate::event::revocation_event_id(&super::send::revocation_key(seed, &customer.customer_id)));
+    pub fn of(customer: &PlannedCustomer, seed: u64, program: &crate::program::ProgramId) -> Self {
+        let revocation = customer.flow.revokes_through_api.then(|| {
+            crate::event::revocation_event_id(program, &super::send::revocation_key(seed, &customer.customer_id))
+        });
         Self {
             customer_id: customer.customer_id.clone(),
             flow: customer.flow.name,

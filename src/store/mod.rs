@@ -36,6 +36,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub mod access_log;
 pub mod apply;
 pub(crate) mod changes;
 pub(crate) mod error;

@@ -9,20 +9,44 @@ use crate::event::rfc3339_ms;
 use crate::lifecycle::{AuthState, ConsentState, Lifecycle};
 use crate::store::error::{StoreError, StoreResultExt};
 
-/// One customer's stored lifecycle, its change version and when it was
-/// last updated.
+/// The programs a read may see: `None` for every program. A customer of
+/// another program is, to the reader, a customer that does not exist.
+pub type Visible<'a> = Option<&'a [String]>;
+
+/// A customer's stored lifecycle with what the API shows beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLifecycle {
+    /// The lifecycle.
+    pub lifecycle: Lifecycle,
+    /// Its change version.
+    pub version: i64,
+    /// When it was last updated.
+    pub updated_at: DateTime<Utc>,
+    /// The customer's program.
+    pub program_id: String,
+}
+
+/// One customer's stored lifecycle, when the customer exists in `visible`.
 pub async fn lifecycle(
     pool: &PgPool,
     customer_id: &str,
-) -> Result<Option<(Lifecycle, i64, DateTime<Utc>)>, StoreError> {
-    let row = sqlx::query!("SELECT lifecycle, version, updated_at FROM customers WHERE customer_id = $1", customer_id)
-        .fetch_optional(pool)
-        .await
-        .store("reading a lifecycle")?;
+    visible: Visible<'_>,
+) -> Result<Option<StoredLifecycle>, StoreError> {
+    let row = sqlx::query!(
+        r#"
+        SELECT lifecycle, version, updated_at, program_id FROM customers
+        WHERE customer_id = $1 AND ($2::text[] IS NULL OR program_id = ANY($2))
+        "#,
+        customer_id,
+        visible,
+    )
+    .fetch_optional(pool)
+    .await
+    .store("reading a lifecycle")?;
     row.map(|row| {
         let lifecycle = serde_json::from_value(row.lifecycle)
             .map_err(|err| StoreError::undecodable("decoding a stored lifecycle", &err))?;
-        Ok((lifecycle, row.version, row.updated_at))
+        Ok(StoredLifecycle { lifecycle, version: row.version, updated_at: row.updated_at, program_id: row.program_id })
     })
     .transpose()
 }
@@ -53,12 +77,19 @@ pub async fn changes(
     Ok((rows.into_iter().map(|r| r.change).collect(), next))
 }
 
-/// Whether any event of this customer was applied.
-pub async fn customer_exists(pool: &PgPool, customer_id: &str) -> Result<bool, StoreError> {
-    let found = sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM customers WHERE customer_id = $1)", customer_id)
-        .fetch_one(pool)
-        .await
-        .store("looking up a customer")?;
+/// Whether any event of this customer was applied, and the customer is in
+/// `visible`.
+pub async fn customer_exists(pool: &PgPool, customer_id: &str, visible: Visible<'_>) -> Result<bool, StoreError> {
+    let found = sqlx::query_scalar!(
+        r#"
+        SELECT EXISTS (SELECT 1 FROM customers WHERE customer_id = $1 AND ($2::text[] IS NULL OR program_id = ANY($2)))
+        "#,
+        customer_id,
+        visible,
+    )
+    .fetch_one(pool)
+    .await
+    .store("looking up a customer")?;
     Ok(found.unwrap_or(false))
 }
 
@@ -125,15 +156,45 @@ pub struct CustomerFilter {
     pub authentication: Option<AuthState>,
     /// Updated at or after.
     pub updated_since: Option<DateTime<Utc>>,
-    /// Current authorization (`consent.authorized_at`) given before this
-    /// time.
-    pub authorized_before: Option<DateTime<Utc>>,
+    /// Current authorization (`consent.authorized_at`) given before the
+    /// customer's program's cut-off.
+    pub authorized_before: Option<AuthorizedBefore>,
     /// The institution chosen last (`funnel.institution_id`).
     pub institution_id: Option<String>,
     /// First event at or after.
     pub first_event_since: Option<DateTime<Utc>>,
     /// First event before.
     pub first_event_until: Option<DateTime<Utc>>,
+    /// The programs visible (`None`: every program).
+    pub programs: Option<Vec<String>>,
+}
+
+/// "Authorization lapses before T" as each program's cut-off on
+/// `consent.authorized_at` (each program has its own period): customers of
+/// program `programs[i]` match when authorized before `cutoffs[i]`, others
+/// before `otherwise`. A program whose authorizations never lapse has a
+/// cut-off no authorization precedes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedBefore {
+    /// Program ids.
+    pub programs: Vec<String>,
+    /// Their cut-offs.
+    pub cutoffs: Vec<DateTime<Utc>>,
+    /// The cut-off of every other program.
+    pub otherwise: DateTime<Utc>,
+}
+
+/// One customer of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedCustomer {
+    /// The customer.
+    pub customer_id: String,
+    /// Its program.
+    pub program_id: String,
+    /// Its lifecycle.
+    pub lifecycle: Lifecycle,
+    /// When it was last updated.
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A page of customers after `after` (`(updated_at, customer_id)`).
@@ -142,23 +203,26 @@ pub async fn customers(
     filter: &CustomerFilter,
     after: Option<&(DateTime<Utc>, String)>,
     limit: i64,
-) -> Result<(Vec<(String, Lifecycle, DateTime<Utc>)>, Option<(DateTime<Utc>, String)>), StoreError> {
+) -> Result<(Vec<ListedCustomer>, Option<(DateTime<Utc>, String)>), StoreError> {
     let (after_at, after_id) = match after {
         Some((at, id)) => (Some(*at), Some(id.as_str())),
         None => (None, None),
     };
     let mut rows = sqlx::query!(
         r#"
-        SELECT customer_id, lifecycle, updated_at
+        SELECT customer_id, program_id, lifecycle, updated_at
         FROM customers
         WHERE ($1::text IS NULL OR consent_state = $1)
           AND ($2::text IS NULL OR auth_state = $2)
           AND ($3::timestamptz IS NULL OR updated_at >= $3)
           AND ($4::timestamptz IS NULL OR (updated_at, customer_id) > ($4, $5::text))
-          AND ($7::timestamptz IS NULL OR consent_authorized_at < $7)
+          AND ($7::timestamptz IS NULL OR consent_authorized_at < COALESCE(
+                (SELECT p.cutoff FROM UNNEST($12::text[], $13::timestamptz[]) AS p(program_id, cutoff)
+                 WHERE p.program_id = customers.program_id), $7))
           AND ($8::text IS NULL OR chosen_institution_id = $8)
           AND ($9::timestamptz IS NULL OR first_event_at >= $9)
           AND ($10::timestamptz IS NULL OR first_event_at < $10)
+          AND ($11::text[] IS NULL OR program_id = ANY($11))
         ORDER BY updated_at, customer_id
         LIMIT $6
         "#,
@@ -168,10 +232,13 @@ pub async fn customers(
         after_at,
         after_id,
         limit + 1,
-        filter.authorized_before,
+        filter.authorized_before.as_ref().map(|a| a.otherwise),
         filter.institution_id.as_deref(),
         filter.first_event_since,
         filter.first_event_until,
+        filter.programs.as_deref(),
+        filter.authorized_before.as_ref().map(|a| a.programs.as_slice()),
+        filter.authorized_before.as_ref().map(|a| a.cutoffs.as_slice()),
     )
     .fetch_all(pool)
     .await
@@ -182,7 +249,12 @@ pub async fn customers(
         .map(|row| {
             let lifecycle: Lifecycle = serde_json::from_value(row.lifecycle)
                 .map_err(|err| StoreError::undecodable("decoding a stored lifecycle", &err))?;
-            Ok((row.customer_id, lifecycle, row.updated_at))
+            Ok(ListedCustomer {
+                customer_id: row.customer_id,
+                program_id: row.program_id,
+                lifecycle,
+                updated_at: row.updated_at,
+            })
         })
         .collect::<Result<_, StoreError>>()?;
     Ok((customers, next))

@@ -1,5 +1,6 @@
-//! The `Idempotency-Key`s of recorded revocations: the same key always
-//! stands for the same request and the same event.
+//! The `Idempotency-Key`s of recorded revocations: within a program and
+//! until the key's end, the same key always stands for the same request and
+//! the same event.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -17,41 +18,95 @@ pub struct RevocationRequest {
     pub event_id: String,
     /// When it was first recorded: the event's `occurred_at`.
     pub occurred_at: DateTime<Utc>,
+    /// The token that asked (id).
+    pub token_id: Option<String>,
+    /// The token that asked (name).
+    pub token_name: Option<String>,
 }
 
-/// Records `request` under `key` unless the key is known; returns what the
-/// key stands for (this request, or the one it was first used for).
-pub async fn remember(pool: &PgPool, key: &str, request: &RevocationRequest) -> Result<RevocationRequest, StoreError> {
+/// What [`remember`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remembered {
+    /// The key was new (or its end had passed): recorded for this request,
+    /// as it is here (a renewed key's event has the renewed id).
+    New(RevocationRequest),
+    /// The key stands for this earlier request (the same one replayed, or
+    /// another: the caller compares).
+    Earlier(RevocationRequest),
+}
+
+/// Records `request` under `(program, key)` unless the key is known and has
+/// not ended (`recorded before expired_before` ended); an ended key is
+/// recorded anew with `renewed_event_id`, since its first event is already
+/// applied and a new one must not be taken for a duplicate of it.
+pub async fn remember(
+    pool: &PgPool,
+    program: &str,
+    key: &str,
+    request: &RevocationRequest,
+    expired_before: DateTime<Utc>,
+    renewed_event_id: &str,
+) -> Result<Remembered, StoreError> {
     let inserted = sqlx::query!(
         r#"
-        INSERT INTO consent_revocation_requests (idempotency_key, customer_id, request_sha256, event_id, occurred_at)
-        VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (idempotency_key) DO NOTHING
+        INSERT INTO consent_revocation_requests
+            (program_id, idempotency_key, customer_id, request_sha256, event_id, occurred_at, token_id, token_name)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (program_id, idempotency_key) DO NOTHING
         "#,
+        program,
         key,
         request.customer_id,
         request.request_sha256,
         request.event_id,
         request.occurred_at,
+        request.token_id,
+        request.token_name,
     )
     .execute(pool)
     .await
     .store("recording an idempotency key")?;
     if inserted.rows_affected() == 1 {
-        return Ok(request.clone());
+        return Ok(Remembered::New(request.clone()));
+    }
+    // The key is known; an ended one is taken over by this request (only
+    // by one of several racing for it: the update names the row it read).
+    let renewed = sqlx::query!(
+        r#"
+        UPDATE consent_revocation_requests
+        SET customer_id = $3, request_sha256 = $4, event_id = $5, occurred_at = $6, token_id = $7,
+            token_name = $8, created_at = now()
+        WHERE program_id = $1 AND idempotency_key = $2 AND created_at < $9
+        "#,
+        program,
+        key,
+        request.customer_id,
+        request.request_sha256,
+        renewed_event_id,
+        request.occurred_at,
+        request.token_id,
+        request.token_name,
+        expired_before,
+    )
+    .execute(pool)
+    .await
+    .store("renewing an ended idempotency key")?;
+    if renewed.rows_affected() == 1 {
+        return Ok(Remembered::New(RevocationRequest { event_id: renewed_event_id.to_owned(), ..request.clone() }));
     }
     // A later statement: it sees the row a concurrent request committed
-    // (the insert above waited for it).
+    // (the statements above waited for it).
     let row = sqlx::query_as!(
         RevocationRequest,
         r#"
-        SELECT customer_id, request_sha256, event_id, occurred_at
-        FROM consent_revocation_requests WHERE idempotency_key = $1
+        SELECT customer_id, request_sha256, event_id, occurred_at, token_id, token_name
+        FROM consent_revocation_requests WHERE program_id = $1 AND idempotency_key = $2
         "#,
+        program,
         key
     )
     .fetch_one(pool)
     .await
     .store("reading an idempotency key")?;
-    Ok(row)
+    Ok(Remembered::Earlier(row))
 }

@@ -18,6 +18,7 @@ use sqlx::postgres::types::PgInterval;
 
 use crate::lifecycle::{AuthReason, AuthState, ConsentState, Outcome, Steps};
 use crate::store::error::{StoreError, StoreResultExt};
+use crate::store::read::Visible;
 
 /// Customers alike in everything counted, in the group `key` of an
 /// aggregate (a bucket's start, an institution).
@@ -68,19 +69,26 @@ fn decode<K>(rows: Vec<Row<K>>) -> Result<Vec<Group<K>>, StoreError> {
     rows.into_iter().map(Row::decode).collect()
 }
 
-/// The customers whose first event is in `[since, until)`.
-pub async fn funnel(pool: &PgPool, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Group<()>>, StoreError> {
+/// The customers of `visible` programs (every program for `None`) whose
+/// first event is in `[since, until)`.
+pub async fn funnel(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    visible: Visible<'_>,
+) -> Result<Vec<Group<()>>, StoreError> {
     let rows = sqlx::query_as!(
         Row::<bool>,
         r#"
         SELECT TRUE AS "key!", funnel_steps AS steps, auth_state, auth_reason, consent_state,
                count(*) AS "customers!"
         FROM customers
-        WHERE first_event_at >= $1 AND first_event_at < $2
+        WHERE first_event_at >= $1 AND first_event_at < $2 AND ($3::text[] IS NULL OR program_id = ANY($3))
         GROUP BY 2, 3, 4, 5
         "#,
         since,
         until,
+        visible,
     )
     .fetch_all(pool)
     .await
@@ -97,6 +105,7 @@ pub async fn timeseries(
     since: DateTime<Utc>,
     until: DateTime<Utc>,
     bucket: Duration,
+    visible: Visible<'_>,
 ) -> Result<Vec<Group<DateTime<Utc>>>, StoreError> {
     // date_bin is arithmetic on the instant; date_trunc(.., 'UTC') would
     // convert every row's time zone and take a third longer.
@@ -110,12 +119,13 @@ pub async fn timeseries(
         SELECT date_bin($3, first_event_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "key!",
                funnel_steps AS steps, auth_state, auth_reason, consent_state, count(*) AS "customers!"
         FROM customers
-        WHERE first_event_at >= $1 AND first_event_at < $2
+        WHERE first_event_at >= $1 AND first_event_at < $2 AND ($4::text[] IS NULL OR program_id = ANY($4))
         GROUP BY 1, 2, 3, 4, 5
         "#,
         since,
         until,
         bucket,
+        visible,
     )
     .fetch_all(pool)
     .await
@@ -130,6 +140,7 @@ pub async fn institutions(
     since: DateTime<Utc>,
     until: DateTime<Utc>,
     limit: i64,
+    visible: Visible<'_>,
 ) -> Result<Vec<Group<String>>, StoreError> {
     let rows = sqlx::query_as!(
         Row::<String>,
@@ -144,6 +155,7 @@ pub async fn institutions(
                        sum(count(*)) OVER (PARTITION BY chosen_institution_id) AS total
                 FROM customers
                 WHERE first_event_at >= $1 AND first_event_at < $2 AND chosen_institution_id IS NOT NULL
+                  AND ($4::text[] IS NULL OR program_id = ANY($4))
                 GROUP BY 1, 2, 3, 4, 5
             ) AS grouped
         ) AS ranked
@@ -152,6 +164,7 @@ pub async fn institutions(
         since,
         until,
         limit,
+        visible,
     )
     .fetch_all(pool)
     .await

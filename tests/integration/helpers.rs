@@ -171,6 +171,7 @@ pub fn consumer_args() -> ConsumerArgs {
         stall_seconds: 120,
         queue_bytes: 64 * 1024 * 1024,
         dlq_timeout_seconds: 60,
+        audit_retention_days: 400,
     }
 }
 
@@ -201,6 +202,8 @@ pub fn http_settings() -> HttpSettings {
         shutdown_grace_ms: 5_000,
         request_timeout_ms: 10_000,
         max_concurrent_webhooks: 256,
+        access_log_queue: 10_000,
+        idempotency_key_hours: 72,
     }
     .settings(&lifecycle_args())
     .expect("complete test settings")

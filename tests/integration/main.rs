@@ -1,5 +1,6 @@
 //! Integration tests on real Postgres and real Kafka (see helpers.rs).
 
+mod audit;
 mod browser;
 mod changes;
 mod config;
@@ -8,6 +9,7 @@ mod console;
 mod consumer;
 mod foundations;
 mod helpers;
+mod isolation;
 mod kafka_util;
 mod lifecycle;
 mod pg_proxy;

@@ -32,6 +32,7 @@ pub(crate) fn args_for(app: &TestApp) -> SimulateArgs {
 fn args_for_url(url: &str) -> SimulateArgs {
     SimulateArgs {
         url: url.to_owned(),
+        program: None,
         secret: SecretList::new([PARTNER_SECRET]),
         flow: FLOWS.iter().map(|flow| flow.name.to_owned()).collect(),
         list_flows: false,

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::principal::{Principal, Programs, Scope, Scopes};
+use super::principal::{Principal, ProgramAccess, Scope, Scopes};
 use crate::program::ProgramId;
 use crate::store::error::StoreError;
 use crate::store::tokens::{self, ActiveToken};
@@ -116,8 +116,8 @@ impl IssuedTokens {
 
 /// A stored token's programs. An id this process cannot parse (never written
 /// by `tokens issue`) is left out: the token sees less, never more.
-fn programs(token_id: &str, stored: Option<Vec<String>>) -> Programs {
-    let Some(stored) = stored else { return Programs::All };
+fn programs(token_id: &str, stored: Option<Vec<String>>) -> ProgramAccess {
+    let Some(stored) = stored else { return ProgramAccess::All };
     let mut programs = BTreeSet::new();
     for text in stored {
         match ProgramId::parse(&text) {
@@ -127,7 +127,7 @@ fn programs(token_id: &str, stored: Option<Vec<String>>) -> Programs {
             Err(_) => tracing::warn!(%token_id, program = %text, "an API token names an invalid program; ignored"),
         }
     }
-    Programs::Only(Arc::new(programs))
+    ProgramAccess::Only(Arc::new(programs))
 }
 
 /// A stored token's scopes. A name this process does not know (granted by
@@ -291,7 +291,7 @@ mod tests {
         every.programs = None;
         let cache = IssuedTokens::from_rows(vec![every], &IssuedTokens::default());
         let token = cache.find(&tokens::digest(b"cf_b"), Utc::now()).expect("found");
-        assert_eq!(token.principal.programs, Programs::All);
+        assert_eq!(token.principal.programs, ProgramAccess::All);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Who is calling and what they may do: the [`Principal`] a bearer token
-//! stands for, its [`Scope`]s and its [`Programs`].
+//! stands for, its [`Scope`]s and its [`ProgramAccess`].
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -92,7 +92,7 @@ impl FromIterator<Scope> for Scopes {
 
 /// The programs a token may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Programs {
+pub enum ProgramAccess {
     /// Every program, present and future.
     All,
     /// These programs only (possibly none, when every program it was issued
@@ -100,7 +100,7 @@ pub enum Programs {
     Only(Arc<BTreeSet<ProgramId>>),
 }
 
-impl Programs {
+impl ProgramAccess {
     /// Whether `program`'s customers are visible.
     pub fn allows(&self, program: &ProgramId) -> bool {
         match self {
@@ -130,7 +130,7 @@ pub struct Principal {
     /// The token's name (`bootstrap` for `CONNECTFLOW_API_TOKENS`).
     pub token_name: Arc<str>,
     /// The programs whose customers it may see.
-    pub programs: Programs,
+    pub programs: ProgramAccess,
     /// What it may do.
     pub scopes: Scopes,
 }
@@ -143,6 +143,24 @@ impl Principal {
         } else {
             Err(ApiError::Forbidden(format!("this token lacks the '{scope}' scope")))
         }
+    }
+}
+
+impl Principal {
+    /// The programs a request of this principal sees, as the store filters
+    /// by them (`None`: every program): its own, or the one `program_id=`
+    /// names, which must be among them (else 403 `forbidden`; an id that
+    /// is not a program id is 400).
+    pub fn visible(&self, requested: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
+        let Some(requested) = requested else {
+            return Ok(self.programs.only().map(|set| set.iter().map(|p| p.as_str().to_owned()).collect()));
+        };
+        let program = ProgramId::parse(requested)
+            .map_err(|_| ApiError::BadRequest(format!("program_id must match {}", ProgramId::PATTERN)))?;
+        if !self.programs.allows(&program) {
+            return Err(ApiError::Forbidden(format!("this token does not hold the program '{program}'")));
+        }
+        Ok(Some(vec![program.to_string()]))
     }
 }
 
@@ -166,7 +184,7 @@ mod tests {
         Principal {
             token_id: "tok_1".into(),
             token_name: "test".into(),
-            programs: Programs::All,
+            programs: ProgramAccess::All,
             scopes: scopes.iter().copied().collect(),
         }
     }
@@ -206,13 +224,28 @@ mod tests {
     }
 
     #[test]
+    fn a_principal_sees_its_programs_and_may_narrow_to_one_of_them() {
+        let id = |text: &str| ProgramId::parse(text).expect("program id");
+        let mut acme = principal(&[Scope::Read]);
+        acme.programs = ProgramAccess::Only(Arc::new([id("acme"), id("beta")].into_iter().collect()));
+        assert_eq!(acme.visible(None).ok(), Some(Some(vec!["acme".to_owned(), "beta".to_owned()])));
+        assert_eq!(acme.visible(Some("beta")).ok(), Some(Some(vec!["beta".to_owned()])));
+        let other = acme.visible(Some("gamma")).expect_err("not held");
+        assert_eq!(other.status_and_code().1, "forbidden");
+        assert_eq!(acme.visible(Some("Not/A/Program")).map_err(|e| e.status_and_code().1), Err("invalid_request"));
+        let everyone = principal(&[Scope::Read]);
+        assert_eq!(everyone.visible(None).ok(), Some(None));
+        assert_eq!(everyone.visible(Some("gamma")).ok(), Some(Some(vec!["gamma".to_owned()])));
+    }
+
+    #[test]
     fn programs_allow_their_members_only() {
         let id = |text: &str| ProgramId::parse(text).expect("program id");
-        let only = Programs::Only(Arc::new([id("acme"), id("beta")].into_iter().collect()));
+        let only = ProgramAccess::Only(Arc::new([id("acme"), id("beta")].into_iter().collect()));
         assert!(only.allows(&id("acme")) && only.allows(&id("beta")));
         assert!(!only.allows(&id("gamma")) && !only.allows(&ProgramId::default()));
         assert_eq!(only.only().map(BTreeSet::len), Some(2));
-        assert!(Programs::All.allows(&id("anything")));
-        assert_eq!(Programs::All.only(), None);
+        assert!(ProgramAccess::All.allows(&id("anything")));
+        assert_eq!(ProgramAccess::All.only(), None);
     }
 }

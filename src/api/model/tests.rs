@@ -17,6 +17,7 @@ fn api_shape(state: &Lifecycle) -> serde_json::Value {
         map.remove("customer_id");
         map.remove("updated_at");
         map.remove("version");
+        map.remove("program_id");
     }
     value
 }
@@ -24,6 +25,7 @@ fn api_shape(state: &Lifecycle) -> serde_json::Value {
 fn api_answer(state: &Lifecycle) -> CustomerLifecycle {
     CustomerLifecycle::new(
         "1".to_owned(),
+        "default".to_owned(),
         state.clone(),
         0,
         chrono::DateTime::UNIX_EPOCH,
@@ -100,7 +102,7 @@ fn view_serialises_to_the_api_contract() {
     assert_eq!(serde_json::from_str::<serde_json::Value>(&text).expect("valid JSON"), contract);
     // Field order as in the contract, for readers of the raw JSON.
     assert!(raw.starts_with(
-        r#"{"customer_id":"1","consent":{"state":"granted","since":"2026-11-20T10:15:02.123Z","granted_at":"#
+        r#"{"customer_id":"1","program_id":"default","consent":{"state":"granted","since":"2026-11-20T10:15:02.123Z","granted_at":"#
     ));
     assert!(raw.contains(
         r#"{"account_id":"1045121390","type":"checking","status":"active","last4":"1111","name":"Checking"}"#

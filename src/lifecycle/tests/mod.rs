@@ -42,6 +42,7 @@ pub(crate) fn event(event_type: &str, second: i64) -> ConnectEvent {
         source: crate::event::EventSource::Finicity,
         revoked_by: None,
         reason: None,
+        requested_by: None,
     }
 }
 
