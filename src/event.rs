@@ -9,6 +9,7 @@
 mod checks;
 mod customer_id;
 mod event_type;
+mod program_id;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,8 +19,7 @@ pub use checks::{
 };
 pub use customer_id::{CustomerId, InvalidCustomerId};
 pub use event_type::EventType;
-
-use crate::program::ProgramId;
+pub use program_id::{InvalidProgramId, ProgramId};
 
 /// The value of the `schema` field and header of every published record.
 pub const SCHEMA_V1: &str = "connectflow.connect_event.v1";

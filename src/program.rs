@@ -6,12 +6,10 @@
 //! Postgres to know them. Without a file there is one program, `default`,
 //! and everything works as it did before programs existed.
 
-mod id;
-
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use id::{InvalidProgramId, ProgramId};
+pub use crate::event::{InvalidProgramId, ProgramId};
 
 use crate::lifecycle::AuthorizationPolicy;
 use crate::secret::SecretList;
