@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::access::Items;
 use super::auth::{Principal, Scope};
-use super::params::{PageParams, Params, decode_cursor, encode_cursor, parse_limit, parse_time, valid_customer_id};
+use super::params::{Params, decode_cursor, encode_cursor, parse_limit, parse_time, valid_customer_id};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::access_log::{self, AccessFilter, AccessRecord};
 
@@ -22,7 +22,7 @@ pub struct AuditParams {
     #[param(pattern = "^[0-9]{1,22}$")]
     customer_id: Option<String>,
     /// Only requests made with this token (`tok_...`, `bootstrap-...`).
-    #[param(max_length = 64)]
+    #[param(pattern = "^[!-~]{1,64}$", min_length = 1, max_length = 64)]
     token_id: Option<String>,
     /// RFC 3339 time: requests at or after it.
     #[param(value_type = Option<String>, format = DateTime)]
@@ -30,6 +30,18 @@ pub struct AuditParams {
     /// RFC 3339 time: requests before it.
     #[param(value_type = Option<String>, format = DateTime)]
     until: Option<String>,
+}
+
+/// Paging through the access log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditPageParams {
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page (opaque).
+    #[param(pattern = r"^313a(3[0-9]){1,16}3a(3[0-9]){1,18}$")]
+    cursor: Option<String>,
 }
 
 /// One page of the access log, in time order.
@@ -49,7 +61,7 @@ pub struct AuditPage {
     path = "/v1/audit",
     tag = "audit",
     security(("bearer" = ["audit"])),
-    params(AuditParams, PageParams),
+    params(AuditParams, AuditPageParams),
     responses(
         (status = 200, description = "A page of the access log", body = AuditPage),
         (status = 400, description = "Invalid customer id, token id, time, limit or cursor", body = ErrorBody),
@@ -59,7 +71,7 @@ pub async fn get_audit(
     principal: Principal,
     State(state): State<Arc<ApiState>>,
     Params(params): Params<AuditParams>,
-    Params(page): Params<PageParams>,
+    Params(page): Params<AuditPageParams>,
 ) -> Result<(Extension<Items>, Json<AuditPage>), ApiError> {
     principal.require(Scope::Audit)?;
     let customer_id = params.customer_id.as_deref().map(valid_customer_id).transpose()?.map(|id| id.to_string());
