@@ -59,7 +59,7 @@ async fn seeded() -> TestApp {
     app
 }
 
-fn listed(body: &Value) -> Vec<String> {
+pub(crate) fn listed(body: &Value) -> Vec<String> {
     let mut ids: Vec<String> = body["customers"]
         .as_array()
         .map(|c| c.iter().filter_map(|c| c["customer_id"].as_str().map(str::to_owned)).collect())
@@ -378,5 +378,73 @@ async fn me_says_what_the_token_sees_and_may_do() {
         json!([{"id": "acme", "name": "Acme Card"}, {"id": "bank-b", "name": "Bank B Rewards"}])
     );
     assert_eq!(me["scopes"], json!(["read", "stats", "revoke", "audit"]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn each_program_lapses_authorizations_after_its_own_period() {
+    // bank-b's authorizations last 30 days, acme's the default 365: both
+    // customers were authorized 40 days ago.
+    let app = spawn(10_000).await;
+    let forty_days_ago = Utc::now() - chrono::Duration::days(40);
+    for (program, customer) in [("acme", ACME[0]), ("bank-b", BANK_B[0])] {
+        let program = ProgramId::parse(program).expect("program");
+        let events: Vec<_> = bodies(flow("legacy-success").expect("flow"), customer, forty_days_ago, 1)
+            .iter()
+            .filter_map(|body| {
+                match normalise(&serde_json::to_vec(body).expect("JSON"), Utc::now(), &program).ok()? {
+                    Webhook::Event(event) => Some(*event),
+                    Webhook::Ping => None,
+                }
+            })
+            .collect();
+        connectflow::store::apply::apply_batch(&app.pool, &events).await.expect("seeding");
+    }
+    // The API shows each with its program's period.
+    let expired = |body: &Value| body["consent"]["expired"].as_bool();
+    let (_, acme) = call(&app, Method::GET, &format!("/v1/customers/{}/lifecycle", ACME[0]), API_TOKEN).await;
+    let (_, bank_b) = call(&app, Method::GET, &format!("/v1/customers/{}/lifecycle", BANK_B[0]), API_TOKEN).await;
+    assert_eq!((expired(&acme), expired(&bank_b)), (Some(false), Some(true)), "{acme}\n{bank_b}");
+    let (_, listed_before) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/customers?authorization_expires_before={}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ")),
+        API_TOKEN,
+    )
+    .await;
+    assert_eq!(crate::isolation::listed(&listed_before), [BANK_B[0]], "{listed_before}");
+
+    // consume's expiry job, with the two programs, announces bank-b's lapse
+    // and not acme's.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let consumer = {
+        let (kafka, pool, stop) = (app.kafka.clone(), app.pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let args = crate::helpers::consumer_args();
+            let metrics = connectflow::metrics::Metrics::new();
+            let process =
+                connectflow::cli::ConsumeProcess::build(&args, &kafka, None, pool, metrics, Arc::new(two_programs()))
+                    .await?;
+            process.run(stop).await
+        })
+    };
+    let lapses = |customer: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM lifecycle_changes WHERE customer_id = $1 AND change::jsonb->>'reason' = 'authorization_expired'",
+            )
+            .bind(customer)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(-1)
+        }
+    };
+    let announced =
+        eventually(Duration::from_secs(30), || async { (lapses(BANK_B[0]).await == 1).then_some(()) }).await;
+    assert!(announced.is_some(), "bank-b's lapse announced");
+    assert_eq!(lapses(ACME[0]).await, 0, "acme's authorization has not lapsed");
+    stop.cancel();
+    let _ = consumer.await;
     app.stop().await;
 }
