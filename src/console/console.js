@@ -12,6 +12,8 @@
   // ---------------------------------------------------------------------------
 
   const TOKEN_KEY = "connectflow.token";
+  // The program picked in the header (absent: every program the token sees).
+  const PROGRAM_KEY = "connectflow.program";
   const HOUR_MS = 3600 * 1000;
   const DAY_MS = 24 * HOUR_MS;
   const DEFAULT_WINDOW_MS = 30 * DAY_MS;
@@ -52,6 +54,11 @@
   const app = document.getElementById("app");
   const bannerSlot = document.getElementById("banner");
   const nav = document.getElementById("nav");
+  const programsSlot = document.getElementById("programs");
+
+  // What the signed-in token is (GET /v1/me): its scopes and the programs it
+  // sees. Asked once per page load and at sign-in; null when signed out.
+  let me = null;
 
   // Incremented whenever a screen is (re)rendered: an answer arriving for an older
   // screen is dropped instead of being drawn over the current one.
@@ -270,10 +277,108 @@
 
   function clearToken() {
     sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(PROGRAM_KEY);
+    me = null;
+    renderPrograms();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Scopes and programs (from /v1/me)
+  // ---------------------------------------------------------------------------
+
+  function hasScope(scope) {
+    return me !== null && Array.isArray(me.scopes) && me.scopes.includes(scope);
+  }
+
+  // The programs the token sees, [{id, name}], in id order.
+  function visiblePrograms() {
+    if (me === null || !Array.isArray(me.programs)) return [];
+    return me.programs.filter((p) => p && typeof p.id === "string");
+  }
+
+  // The program picked, when the token sees more than one and one of them is
+  // picked; null for all of them.
+  function pickedProgram() {
+    const id = sessionStorage.getItem(PROGRAM_KEY);
+    const programs = visiblePrograms();
+    return programs.length > 1 && programs.some((p) => p.id === id) ? id : null;
+  }
+
+  function pickProgram(id) {
+    if (id) sessionStorage.setItem(PROGRAM_KEY, id);
+    else sessionStorage.removeItem(PROGRAM_KEY);
+  }
+
+  // The parameter every list and stats request carries: the picked program, if any.
+  function programFilter() {
+    const id = pickedProgram();
+    return id ? { program_id: id } : {};
+  }
+
+  // "Acme Card (acme-card)", or the id alone when the name is the id.
+  function programLabel(program) {
+    const name = typeof program.name === "string" ? program.name : "";
+    return name && name !== program.id ? `${name} (${program.id})` : program.id;
+  }
+
+  // The header's programs: the one the token sees, or a picker between them.
+  function renderPrograms() {
+    const programs = visiblePrograms();
+    programsSlot.hidden = me === null;
+    if (me === null) {
+      programsSlot.replaceChildren();
+      return;
+    }
+    if (programs.length <= 1) {
+      fill(programsSlot,
+        h("span", { class: "programs-caption" }, "Program"),
+        h("span", { class: "programs-label", testid: "programs-label" },
+          programs.length ? programLabel(programs[0]) : "none declared"));
+      return;
+    }
+    const picker = h("select", {
+      id: "program-picker", testid: "program-picker", "aria-label": "Program", value: pickedProgram() || "",
+      onchange: () => {
+        pickProgram(picker.value);
+        route();
+      },
+    },
+    h("option", { value: "" }, "All programs"),
+    programs.map((p) => h("option", { value: p.id }, programLabel(p))));
+    fill(programsSlot, h("label", { class: "programs-caption", for: "program-picker" }, "Program"), picker);
+  }
+
+  // What the funnel's headline and the customer list say they cover.
+  function programScopeText() {
+    const id = pickedProgram();
+    const programs = visiblePrograms();
+    if (id) return `program ${programLabel(programs.find((p) => p.id === id))}`;
+    return programs.length > 1 ? "all programs" : null;
+  }
+
+  // A screen (or a part of one) the token may not see: says which scope is missing.
+  function scopeNote(text) {
+    return h("div", { class: "notice scope-note", role: "status", testid: "scope-note" }, text);
+  }
+
+  function missingScope(scope, what) {
+    return scopeNote(`This token lacks the '${scope}' scope: ${what} needs it.`);
+  }
+
+  // What a screen shows instead of an answer that failed: nothing more when
+  // api() already showed it, a scope note for a 403, else the API's message.
+  function failureEl(err) {
+    if (err.handled) return h("p", { class: "muted" }, "Not loaded.");
+    if (err.kind === "forbidden") {
+      const text = err.message.charAt(0).toUpperCase() + err.message.slice(1);
+      return scopeNote(/[.!]$/.test(text) ? text : `${text}.`);
+    }
+    return errorBox(err.message);
   }
 
   class ApiError extends Error {
-    // kind: "unauthorized" (401), "unavailable" (network error or 5xx), "http" (any other status)
+    // kind: "unauthorized" (401), "forbidden" (403: a scope or program the token lacks),
+    // "unavailable" (network error or 5xx), "http" (any other status)
     constructor(kind, status, code, message) {
       super(message);
       this.kind = kind;
@@ -315,7 +420,9 @@
     const error = body && typeof body.error === "object" && body.error !== null ? body.error : {};
     const code = typeof error.code === "string" ? error.code : "";
     const message = typeof error.message === "string" && error.message ? error.message : `HTTP ${res.status}`;
-    const kind = res.status === 401 ? "unauthorized" : res.status >= 500 ? "unavailable" : "http";
+    const kind = res.status === 401 ? "unauthorized"
+      : res.status >= 500 ? "unavailable"
+        : res.status === 403 ? "forbidden" : "http";
     throw report(new ApiError(kind, res.status, code, message), options, gen, token);
   }
 
@@ -359,6 +466,10 @@
       renderSignIn();
       return;
     }
+    if (me === null) {
+      loadMe();
+      return;
+    }
     const r = parseRoute();
     if (r.name === "customer") renderCustomer(r.id);
     else if (r.name === "funnel") renderFunnel(parseQuery(r.query));
@@ -376,8 +487,26 @@
     if (location.hash === before) route();
   }
 
+  // The stored token's /v1/me (a page loaded with a token in the session), then the screen.
+  async function loadMe() {
+    const gen = beginScreen(null, "Loading");
+    mount(loadingEl());
+    let body;
+    try {
+      body = await api("/v1/me");
+    } catch (err) {
+      if (isLive(gen)) mount(failureEl(err));
+      return;
+    }
+    if (!isLive(gen)) return;
+    me = body;
+    renderPrograms();
+    route();
+  }
+
   function setNav(active) {
     nav.hidden = !getToken();
+    programsSlot.hidden = !getToken() || me === null;
     for (const link of nav.querySelectorAll("a[data-screen]")) {
       if (link.getAttribute("data-screen") === active) link.setAttribute("aria-current", "page");
       else link.removeAttribute("aria-current");
@@ -445,9 +574,10 @@
     removeErrors();
     button.disabled = true;
     fill(status, loadingEl());
-    const w = defaultWindow();
+    let body;
     try {
-      await api(`/v1/stats/funnel?${buildQuery({ since: iso(w.since), until: iso(w.until) })}`, { token, quiet: true });
+      // Any valid token may sign in (/v1/me needs no scope); what it may see is in the answer.
+      body = await api("/v1/me", { token, quiet: true });
     } catch (err) {
       if (!isLive(gen)) return;
       button.disabled = false;
@@ -457,6 +587,8 @@
     }
     if (!isLive(gen)) return;
     setToken(token);
+    me = body;
+    renderPrograms();
     const r = parseRoute();
     if (r.name === "home" || r.name === "unknown") navigate("#/funnel");
     else route(); // back to the screen the address names (e.g. after "Token rejected")
@@ -478,6 +610,10 @@
 
   function renderCustomer(id) {
     const gen = beginScreen("customer", id ? `Customer ${id}` : "Customer");
+    if (!hasScope("read")) {
+      mount(h("div", { class: "screen" }, missingScope("read", "the customer screen")));
+      return;
+    }
     const results = h("div", { class: "results" });
     mount(h("div", { class: "screen" }, customerSearchForm(id || ""), results));
     if (id === null) {
@@ -544,7 +680,7 @@
       changes = await changesPromise;
     } catch (err) {
       if (!isLive(gen)) return;
-      fill(timelineBox, err.handled ? h("p", { class: "muted" }, "Not loaded.") : errorBox(err.message));
+      fill(timelineBox, failureEl(err));
       return;
     }
     if (!isLive(gen)) return;
@@ -552,9 +688,8 @@
   }
 
   function customerLoadError(err, id) {
-    if (err.handled) return h("p", { class: "muted" }, "Not loaded.");
-    if (err.status === 404) return emptyState(`No customer with id ${id}`);
-    return errorBox(err.message);
+    if (!err.handled && err.status === 404) return emptyState(`No customer with id ${id}`);
+    return failureEl(err);
   }
 
   // Every change of the customer (at most CHANGES_MAX_PAGES pages).
@@ -580,7 +715,8 @@
       h("div", { class: "card-head" },
         h("h2", {}, "Customer ", h("span", { class: "mono" }, orDash(lc.customer_id))),
         h("p", { class: "muted" },
-          `${fmtCount(lc.event_count)} events · version ${fmtCount(lc.version)} · updated ${fmtTime(lc.updated_at)}`)),
+          `${fmtCount(lc.event_count)} events · version ${fmtCount(lc.version)} · updated ${fmtTime(lc.updated_at)}`),
+        programLine(lc.program_id)),
       h("div", { class: "panels" },
         consentPanel(consent),
         h("div", { class: "panel" },
@@ -599,6 +735,16 @@
             ["Institution", funnel.institution_id ? h("span", { class: "mono" }, String(funnel.institution_id)) : null],
             ["Last event", last ? [h("span", { class: "mono" }, orDash(last.event_type)), " at ", timeEl(last.occurred_at)] : null],
           ]))));
+  }
+
+  // The customer's program: its id, and its name when the token sees it.
+  function programLine(id) {
+    const program = visiblePrograms().find((p) => p.id === id);
+    const name = program && program.name && program.name !== id ? String(program.name) : null;
+    return h("p", { class: "program-line" },
+      h("span", { class: "muted" }, "Program "),
+      h("span", { class: "mono", testid: "customer-program" }, orDash(id)),
+      name ? h("span", { class: "muted" }, ` · ${name}`) : null);
   }
 
   function consentPanel(consent) {
@@ -765,7 +911,7 @@
       } catch (err) {
         if (!isLive(gen)) return;
         more.disabled = false;
-        fill(footer, err.handled ? "" : errorBox(err.message), cursor ? more : "");
+        fill(footer, err.handled ? "" : failureEl(err), cursor ? more : "");
         return;
       }
       if (!isLive(gen)) return;
@@ -797,6 +943,12 @@
 
   function renderFunnel(params) {
     const gen = beginScreen("funnel", "Funnel");
+    if (!hasScope("stats")) {
+      mount(h("div", { class: "screen" },
+        missingScope("stats", "the funnel"),
+        hasScope("read") ? h("p", { class: "hint" }, h("a", { href: "#/customer" }, "Find a customer")) : null));
+      return;
+    }
     const win = windowFromParams(params);
     const results = h("div", { class: "results" });
     mount(h("div", { class: "screen" }, funnelForm(win), results));
@@ -856,19 +1008,20 @@
 
   async function loadFunnel(win, results, gen) {
     const range = { since: iso(win.since), until: iso(win.until) };
+    const program = programFilter();
     fill(results, loadingEl());
     let funnel;
     let series;
     let institutions;
     try {
       [funnel, series, institutions] = await Promise.all([
-        api(`/v1/stats/funnel?${buildQuery(range)}`),
-        api(`/v1/stats/timeseries?${buildQuery({ ...range, bucket: win.bucket })}`),
-        api(`/v1/stats/institutions?${buildQuery({ ...range, limit: INSTITUTIONS_LIMIT })}`),
+        api(`/v1/stats/funnel?${buildQuery({ ...range, ...program })}`),
+        api(`/v1/stats/timeseries?${buildQuery({ ...range, bucket: win.bucket, ...program })}`),
+        api(`/v1/stats/institutions?${buildQuery({ ...range, limit: INSTITUTIONS_LIMIT, ...program })}`),
       ]);
     } catch (err) {
       if (!isLive(gen)) return;
-      fill(results, err.handled ? h("p", { class: "muted" }, "Not loaded.") : errorBox(err.message));
+      fill(results, failureEl(err));
       return;
     }
     if (!isLive(gen)) return;
@@ -888,7 +1041,8 @@
   function headline(f, bucket) {
     const steps = f.steps || {};
     return h("section", { class: "card headline" },
-      h("p", { class: "window-label muted" }, `${fmtTime(f.since)} → ${fmtTime(f.until)} · bucket ${bucket}`),
+      h("p", { class: "window-label muted", testid: "window-label" },
+        [`${fmtTime(f.since)} → ${fmtTime(f.until)}`, `bucket ${bucket}`, programScopeText()].filter(Boolean).join(" · ")),
       h("div", { class: "stats" },
         stat("Customers in window", fmtCount(f.customers), "funnel-customers"),
         stat("Started", fmtCount(steps.started)),
@@ -1024,16 +1178,19 @@
 
   function institutionsSection(institutions, range) {
     if (!institutions.length) return section("Institutions", h("p", { class: "muted" }, "No institution in this window."));
-    const rows = institutions.map((inst) => institutionRow(inst, range));
+    // The failing customers are a customer list: without `read`, no links, and a note saying why.
+    const canList = hasScope("read");
+    const rows = institutions.map((inst) => institutionRow(inst, range, canList));
     return section("Institutions",
       scrollTable(dataTable(["Institution",
         { label: "Customers", num: true }, { label: "Authenticated", num: true }, { label: "Consent granted", num: true },
-        { label: "Failed", num: true }, { label: "Abandoned", num: true }, { label: "Conversion", num: true }, ""], rows)));
+        { label: "Failed", num: true }, { label: "Abandoned", num: true }, { label: "Conversion", num: true }, ""], rows)),
+      canList ? null : missingScope("read", "the list of failing customers"));
   }
 
-  function institutionRow(inst, range) {
+  function institutionRow(inst, range, canList) {
     const failed = (inst.failed && inst.failed.total) || 0;
-    const link = failed > 0
+    const link = canList && failed > 0
       ? h("a", {
         href: `#/customers?${buildQuery({
           institution_id: inst.institution_id, authentication: "failed",
@@ -1065,9 +1222,17 @@
 
   function renderCustomers(query) {
     const gen = beginScreen("customers", "Customers");
+    if (!hasScope("read")) {
+      mount(h("div", { class: "screen" }, missingScope("read", "the customer list")));
+      return;
+    }
     const { filters, cursor } = customerFilters(query);
     const entries = Object.entries(filters);
-    const table = dataTable(["Customer", "Consent", "Authentication", "Last event", "Updated"], []);
+    const scope = programScopeText();
+    // Which program each customer belongs to, when the token sees more than one.
+    const withProgram = visiblePrograms().length > 1;
+    const table = dataTable(
+      ["Customer", withProgram ? "Program" : null, "Consent", "Authentication", "Last event", "Updated"].filter(Boolean), []);
     const tbody = table.tBodies[0];
     const footer = h("div", { class: "more-row" });
     const tableBox = h("div", {}, scrollTable(table));
@@ -1078,24 +1243,25 @@
           entries.length
             ? [h("span", { class: "muted" }, "Filters: "), entries.map(([k, v]) => h("span", { class: "chip" }, `${k} = ${v}`)),
               " ", h("a", { href: "#/customers" }, "clear")]
-            : h("span", { class: "muted" }, "All customers")),
+            : h("span", { class: "muted" }, "All customers"),
+          scope ? [" ", h("span", { class: "chip", testid: "customers-program" }, scope)] : null),
         tableBox,
         footer)));
-    loadCustomersPage(filters, cursor, { tbody, tableBox, footer }, gen);
+    loadCustomersPage(filters, cursor, { tbody, tableBox, footer, withProgram }, gen);
   }
 
   async function loadCustomersPage(filters, cursor, view, gen) {
     fill(view.footer, loadingEl());
     let body;
     try {
-      body = await api(`/v1/customers?${buildQuery({ ...filters, cursor })}`);
+      body = await api(`/v1/customers?${buildQuery({ ...filters, ...programFilter(), cursor })}`);
     } catch (err) {
       if (!isLive(gen)) return;
-      fill(view.footer, err.handled ? "" : errorBox(err.message), cursor ? moreCustomersButton(filters, cursor, view, gen) : "");
+      fill(view.footer, err.handled ? "" : failureEl(err), cursor ? moreCustomersButton(filters, cursor, view, gen) : "");
       return;
     }
     if (!isLive(gen)) return;
-    for (const c of Array.isArray(body.customers) ? body.customers : []) view.tbody.append(customerRow(c));
+    for (const c of Array.isArray(body.customers) ? body.customers : []) view.tbody.append(customerRow(c, view.withProgram));
     const next = body.next_cursor || null;
     if (!view.tbody.rows.length) fill(view.tableBox, emptyState("No customers match."));
     fill(view.footer, next ? moreCustomersButton(filters, next, view, gen) : "");
@@ -1108,13 +1274,14 @@
     }, "Load more");
   }
 
-  function customerRow(c) {
+  function customerRow(c, withProgram) {
     const consent = c.consent || {};
     const auth = c.authentication || {};
     const last = c.last_event;
     const id = String(c.customer_id ?? "");
     return h("tr", { testid: "customer-row" },
       h("td", { class: "mono" }, h("a", { href: `#/customer/${encodeURIComponent(id)}` }, id)),
+      withProgram ? h("td", { class: "mono" }, orDash(c.program_id)) : null,
       h("td", {}, badge(consent.state)),
       h("td", {}, badge(auth.state), auth.reason ? h("span", { class: "reason-inline" }, String(auth.reason)) : null),
       h("td", {}, last ? [h("span", { class: "mono" }, orDash(last.event_type)), h("br"), timeEl(last.occurred_at)] : "—"),

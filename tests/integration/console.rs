@@ -33,14 +33,14 @@ async fn event_types(app: &TestApp, customer_id: &str) -> Vec<String> {
         .expect("events")
 }
 
-async fn sign_in(browser: &Browser, token: &str) {
+pub(crate) async fn sign_in(browser: &Browser, token: &str) {
     browser.type_into("token-input", token).await;
     browser.click("sign-in-submit").await;
 }
 
 /// Whether the page fits the window's width (nothing scrolls sideways but
 /// inside its own box).
-async fn fits_the_width(browser: &Browser) -> bool {
+pub(crate) async fn fits_the_width(browser: &Browser) -> bool {
     browser.eval("return document.documentElement.scrollWidth <= window.innerWidth;").await == Value::Bool(true)
 }
 
@@ -63,6 +63,8 @@ async fn the_console_shows_the_funnel_a_customer_and_an_institutions_failures() 
 
     let c = &expected.counts;
     browser.wait_for_text("funnel-customers", &c.customers.to_string()).await;
+    // Without a programs file, the one program there is.
+    browser.wait_for_text("programs-label", "default").await;
     for (step, n) in [
         ("started", c.steps.started),
         ("institution_chosen", c.steps.institution_chosen),

@@ -19,8 +19,8 @@ use crate::helpers::{
 use crate::programs::two_programs;
 use crate::tokens::{call, issue, until_status};
 
-const ACME: [&str; 2] = ["7001", "7002"];
-const BANK_B: [&str; 3] = ["8001", "8002", "8003"];
+pub(crate) const ACME: [&str; 2] = ["7001", "7002"];
+pub(crate) const BANK_B: [&str; 3] = ["8001", "8002", "8003"];
 
 async fn spawn(access_log_queue: usize) -> TestApp {
     let mut http = http_settings();
@@ -38,11 +38,17 @@ async fn spawn(access_log_queue: usize) -> TestApp {
 
 /// Applies a successful Connect session for each customer under `program`.
 async fn seed(app: &TestApp, program: &str, customers: &[&str]) {
+    seed_flow(app, program, "legacy-success", customers).await;
+}
+
+/// Applies the simulated flow `name` for each customer under `program`,
+/// started an hour ago.
+pub(crate) async fn seed_flow(app: &TestApp, program: &str, name: &str, customers: &[&str]) {
     let program = ProgramId::parse(program).expect("program");
     let start = Utc::now() - chrono::Duration::hours(1);
     let mut events = Vec::new();
     for (n, customer) in customers.iter().enumerate() {
-        for body in bodies(flow("legacy-success").expect("flow"), customer, start, n as u64) {
+        for body in bodies(flow(name).expect("flow"), customer, start, n as u64) {
             match normalise(&serde_json::to_vec(&body).expect("JSON"), Utc::now(), &program).expect("normalises") {
                 Webhook::Event(event) => events.push(*event),
                 Webhook::Ping => {}
@@ -52,7 +58,9 @@ async fn seed(app: &TestApp, program: &str, customers: &[&str]) {
     connectflow::store::apply::apply_batch(&app.pool, &events).await.expect("seeding");
 }
 
-async fn seeded() -> TestApp {
+/// Two programs: `ACME`'s customers in `acme`, `BANK_B`'s in `bank-b`,
+/// each through a successful Connect session an hour ago.
+pub(crate) async fn seeded() -> TestApp {
     let app = spawn(10_000).await;
     seed(&app, "acme", &ACME).await;
     seed(&app, "bank-b", &BANK_B).await;

@@ -6,6 +6,7 @@ mod changes;
 mod config;
 mod consent;
 mod console;
+mod console_programs;
 mod consumer;
 mod foundations;
 mod helpers;
