@@ -115,6 +115,7 @@ async fn a_token_of_two_programs_picks_one_and_keeps_the_choice_in_the_tab() {
     pick(&browser, "bank-b").await;
     funnel_shows(&browser, BANK_B.len(), BANK_B.len(), "100.0%").await;
     browser.wait_for_text_containing("window-label", "program Bank B Rewards (bank-b)").await;
+    browser.screenshot("programs").await;
     let stored = browser
         .eval("return [sessionStorage.getItem('connectflow.program'), localStorage.length, document.cookie];")
         .await;
