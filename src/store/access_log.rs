@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use crate::event::rfc3339_ms;
 use crate::store::error::{StoreError, StoreResultExt};
+use crate::store::read::cut_page;
 
 /// One `/v1` request, as logged: never response data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -133,13 +134,7 @@ pub async fn page(
     .fetch_all(pool)
     .await
     .store("reading the access log")?;
-    let limit = usize::try_from(limit).unwrap_or(0);
-    let next = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last().map(|r| (r.at, r.id))
-    } else {
-        None
-    };
+    let next = cut_page(&mut rows, limit, |r| (r.at, r.id));
     let records = rows
         .into_iter()
         .map(|row| AccessRecord {

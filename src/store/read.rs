@@ -140,7 +140,7 @@ pub async fn events(
 /// Pages are read with one row more than asked for: its presence says
 /// another page follows. Cuts `rows` to `limit` and returns the sort key of
 /// the last row kept when more follow.
-fn cut_page<R, K>(rows: &mut Vec<R>, limit: i64, key: impl Fn(&R) -> K) -> Option<K> {
+pub(crate) fn cut_page<R, K>(rows: &mut Vec<R>, limit: i64, key: impl Fn(&R) -> K) -> Option<K> {
     let limit = usize::try_from(limit).unwrap_or(0);
     let more = rows.len() > limit;
     rows.truncate(limit);

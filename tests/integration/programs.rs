@@ -172,6 +172,16 @@ async fn without_a_programs_file_both_urls_mean_default() {
     app.stop().await;
 }
 
+/// The records on the dead-letter topic, once there is one.
+async fn parked_records(app: &TestApp) -> Vec<crate::kafka_util::Record> {
+    crate::helpers::eventually(Duration::from_secs(30), || async {
+        let records = read_all(&app.kafka.brokers, &app.kafka.dlq_topic);
+        (!records.is_empty()).then_some(records)
+    })
+    .await
+    .expect("a parked record")
+}
+
 /// The stored program and event count of a customer, once it has `events`.
 async fn stored(app: &TestApp, customer: &str, events: i64) -> Option<(String, i64)> {
     crate::helpers::eventually(Duration::from_secs(30), || async {
@@ -209,12 +219,7 @@ async fn an_event_for_another_programs_customer_is_parked_and_changes_nothing() 
     assert_eq!(post(&app, "/webhooks/finicity/connect/acme", &second, ACME_SECRET).await.0, 200);
     assert_eq!(stored(&app, "3003", 2).await, Some(("acme".to_owned(), 2)));
 
-    let parked = crate::helpers::eventually(Duration::from_secs(30), || async {
-        let records = read_all(&app.kafka.brokers, &app.kafka.dlq_topic);
-        (!records.is_empty()).then_some(records)
-    })
-    .await
-    .expect("a parked record");
+    let parked = parked_records(&app).await;
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].header("dlq_reason"), Some("program_conflict"));
     assert_eq!(parked[0].header("dlq_event_id"), Some("1764000000011-bank-b"));
@@ -256,12 +261,7 @@ async fn a_new_customers_first_event_decides_its_program_within_a_batch() {
     assert_eq!(post(&app, "/webhooks/finicity/connect/bank-b", &bank_b, PARTNER_SECRET).await.0, 200);
     let (stop, consumer) = crate::helpers::spawn_consumer(&app, "programs-batch");
     assert_eq!(stored(&app, "4004", 1).await, Some(("acme".to_owned(), 1)));
-    let parked = crate::helpers::eventually(Duration::from_secs(30), || async {
-        let records = read_all(&app.kafka.brokers, &app.kafka.dlq_topic);
-        (!records.is_empty()).then_some(records)
-    })
-    .await
-    .expect("a parked record");
+    let parked = parked_records(&app).await;
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].header("dlq_event_id"), Some("1764000000021-bank-b"));
     stop.cancel();
