@@ -47,8 +47,10 @@ pub struct LifecycleChange {
     /// The visible lifecycle before the change; null for a customer's first
     /// change (and when the stored state could not be read).
     pub before: Option<VisibleLifecycle>,
-    /// The visible lifecycle after it.
-    pub after: VisibleLifecycle,
+    /// The visible lifecycle after it; null for an erasure (`reason:
+    /// "erased"`), which the relay follows with a Kafka tombstone (the
+    /// customer id as key, a null value).
+    pub after: Option<VisibleLifecycle>,
     /// Which dimensions changed (empty only for a re-projection that changed
     /// nothing but the accounts' details).
     pub changed: Vec<Dimension>,
@@ -65,9 +67,11 @@ pub struct LifecycleChange {
     /// When connectflow recorded the change.
     #[serde(with = "rfc3339_ms")]
     pub recorded_at: DateTime<Utc>,
-    /// Why, when no event caused it: `authorization_expired` (the current
-    /// authorization lapsed; `before` and `after` are then the same, and
-    /// `occurred_at` is the lapse). Absent otherwise.
+    /// Why, when no Finicity event caused it: `authorization_expired` (the
+    /// current authorization lapsed; `before` and `after` are then the same,
+    /// and `occurred_at` is the lapse) or `erased` (the customer was erased:
+    /// `after` is null, `caused_by` names the erasure event, `occurred_at` is
+    /// the erasure's time). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<ChangeReason>,
 }
@@ -78,6 +82,8 @@ pub struct LifecycleChange {
 pub enum ChangeReason {
     /// `authorized_at` plus `CONNECTFLOW_AUTHORIZATION_DAYS` passed.
     AuthorizationExpired,
+    /// The customer was erased (`POST /v1/customers/{id}/erasures`).
+    Erased,
 }
 
 /// Numbers a customer's changes as they are found.
@@ -140,7 +146,7 @@ impl<'a> Versioner<'a> {
             program_id: self.program_id.clone(),
             version: self.version,
             before: (!first).then(|| VisibleLifecycle::from(before)),
-            after: VisibleLifecycle::from(after),
+            after: Some(VisibleLifecycle::from(after)),
             changed,
             caused_by: causes
                 .iter()
@@ -166,13 +172,35 @@ impl<'a> Versioner<'a> {
             program_id: self.program_id.clone(),
             version: self.version,
             before: Some(visible.clone()),
-            after: visible,
+            after: Some(visible),
             changed: vec![Dimension::Consent],
             caused_by: Vec::new(),
             recomputed: false,
             occurred_at: expired_at,
             recorded_at: self.recorded_at,
             reason: Some(ChangeReason::AuthorizationExpired),
+        });
+    }
+
+    /// Records the customer's erasure by `erasure` (the customer's last
+    /// change: `after` is null). `before` is the erased lifecycle, when one
+    /// was stored and readable.
+    pub fn erased(&mut self, before: Option<&Lifecycle>, erasure: &ConnectEvent) {
+        self.version += 1;
+        self.changes.push(LifecycleChange {
+            schema: CHANGE_SCHEMA_V1.to_owned(),
+            change_id: format!("{}:{}", self.customer_id, self.version),
+            customer_id: self.customer_id.to_string(),
+            program_id: self.program_id.clone(),
+            version: self.version,
+            before: before.map(VisibleLifecycle::from),
+            after: None,
+            changed: vec![Dimension::Consent, Dimension::Authentication, Dimension::Accounts],
+            caused_by: vec![Cause { event_id: erasure.event_id.clone(), event_type: erasure.event_type.to_string() }],
+            recomputed: false,
+            occurred_at: erasure.occurred_at,
+            recorded_at: self.recorded_at,
+            reason: Some(ChangeReason::Erased),
         });
     }
 }

@@ -232,6 +232,14 @@ pub struct ConsumerArgs {
     /// by a job of `consume` (hourly).
     #[arg(long = "audit-retention-days", env = "CONNECTFLOW_AUDIT_RETENTION_DAYS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub audit_retention_days: u32,
+
+    /// How long the compliance record of an erased customer (its tombstone:
+    /// when, by which token, its consent dates) is kept, in days; then a job
+    /// of `consume` (hourly) purges it and events of that customer are no
+    /// longer suppressed. Three years by default, as the CFPB's 1033 rule
+    /// asks of records; the operator's decision (docs/privacy.md).
+    #[arg(long = "erasure-record-days", env = "CONNECTFLOW_ERASURE_RECORD_DAYS", default_value_t = 1095, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub erasure_record_days: u32,
 }
 
 /// Where the programs are declared (`serve`, `consume`, `all`, `migrate`).

@@ -8,6 +8,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::store::error::{StoreError, is_transient_sqlx};
@@ -36,6 +37,14 @@ pub enum ApiError {
     /// 404: the customer is not known.
     #[error("{0}")]
     NotFound(String),
+    /// 410: the customer was erased; the body says when (`erased_at`).
+    #[error("customer {customer_id} was erased")]
+    Gone {
+        /// The customer.
+        customer_id: String,
+        /// When the erasure occurred.
+        erased_at: DateTime<Utc>,
+    },
     /// 409: the request conflicts with an earlier one (an `Idempotency-Key`
     /// reused for another request).
     #[error("{0}")]
@@ -77,11 +86,16 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation (never internal detail).
     pub message: String,
+    /// For `gone` (410): when the customer was erased (RFC 3339, UTC,
+    /// milliseconds). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub erased_at: Option<String>,
 }
 
 impl ErrorBody {
     fn new(code: &str, message: String) -> Self {
-        Self { error: ErrorDetail { code: code.to_owned(), message } }
+        Self { error: ErrorDetail { code: code.to_owned(), message, erased_at: None } }
     }
 }
 
@@ -96,6 +110,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Gone { .. } => (StatusCode::GONE, "gone"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
@@ -130,7 +145,11 @@ impl IntoResponse for ApiError {
         if let Self::Internal(cause) = &self {
             tracing::error!(error = format!("{cause:#}"), "internal error");
         }
-        let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
+        let mut body = ErrorBody::new(code, self.to_string());
+        if let Self::Gone { erased_at, .. } = &self {
+            body.error.erased_at = Some(erased_at.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+        let mut response = (status, Json(body)).into_response();
         match &self {
             Self::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

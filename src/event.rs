@@ -144,6 +144,12 @@ impl ConnectEvent {
     pub fn order_key(&self) -> (DateTime<Utc>, &str) {
         (self.occurred_at, self.event_id.as_str())
     }
+
+    /// Whether this is an erasure recorded through the API (a webhook
+    /// naming the type is not one: no webhook has `source: "connectflow"`).
+    pub fn is_erasure(&self) -> bool {
+        self.event_type == EventType::CustomerErased && self.source == EventSource::Connectflow
+    }
 }
 
 /// `at` cut to whole milliseconds: the precision of every time connectflow
@@ -152,30 +158,42 @@ pub fn truncate_to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
 }
 
-/// The id of the [`EventType::ConsentRevoked`] event a revocation recorded
-/// under `Idempotency-Key: key` in `program` becomes (the same for every
-/// retry). The `default` program's ids are those of before programs
-/// existed; another program's include the program, so two programs using
-/// the same key never share an event (the consumer would drop the second
-/// as a duplicate).
-pub fn revocation_event_id(program: &ProgramId, key: &str) -> String {
-    if program.is_default() {
-        revocation_id(key.as_bytes())
-    } else {
-        revocation_id(format!("{program}\0{key}").as_bytes())
+/// A request made through the API that becomes an event of connectflow's
+/// own: its event id comes from the request's `Idempotency-Key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    /// A revocation of consent ([`EventType::ConsentRevoked`]).
+    Revocation,
+    /// An erasure of the customer ([`EventType::CustomerErased`]).
+    Erasure,
+}
+
+impl Requested {
+    /// The id of the event the request recorded under `Idempotency-Key:
+    /// key` in `program` becomes (the same for every retry). The `default`
+    /// program's revocation ids are those of before programs existed;
+    /// another program's include the program, so two programs using the
+    /// same key never share an event (the consumer would drop the second
+    /// as a duplicate).
+    pub fn event_id(self, program: &ProgramId, key: &str) -> String {
+        if program.is_default() { self.id(key.as_bytes()) } else { self.id(format!("{program}\0{key}").as_bytes()) }
     }
-}
 
-/// The id of a revocation recorded under a key whose end had passed (the
-/// same key used again later, a new request): unlike the first, it
-/// includes when it was recorded.
-pub fn renewed_revocation_event_id(program: &ProgramId, key: &str, recorded_at: DateTime<Utc>) -> String {
-    revocation_id(format!("{program}\0{key}\0{}", recorded_at.timestamp_millis()).as_bytes())
-}
+    /// The id of a request recorded under a key whose end had passed (the
+    /// same key used again later, a new request): unlike the first, it
+    /// includes when it was recorded.
+    pub fn renewed_event_id(self, program: &ProgramId, key: &str, recorded_at: DateTime<Utc>) -> String {
+        self.id(format!("{program}\0{key}\0{}", recorded_at.timestamp_millis()).as_bytes())
+    }
 
-fn revocation_id(material: &[u8]) -> String {
-    use sha2::Digest;
-    format!("connectflow-revocation-{}", &hex::encode(sha2::Sha256::digest(material))[..40])
+    fn id(self, material: &[u8]) -> String {
+        use sha2::Digest;
+        let kind = match self {
+            Self::Revocation => "revocation",
+            Self::Erasure => "erasure",
+        };
+        format!("connectflow-{kind}-{}", &hex::encode(sha2::Sha256::digest(material))[..40])
+    }
 }
 
 /// Timestamps as RFC 3339, UTC, millisecond precision (`2026-11-20T10:15:02.123Z`).

@@ -31,6 +31,7 @@ pub mod outbox;
 pub mod program;
 mod publish;
 pub mod receive;
+mod retention;
 mod secret;
 mod serve;
 pub mod simulate;

@@ -23,6 +23,14 @@ pub struct WebhookLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of the suppressed-events counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SuppressedLabels {
+    /// Why: `erased` (the event occurred at or before its customer's
+    /// erasure).
+    pub reason: &'static str,
+}
+
 /// Labels per Kafka partition.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -72,6 +80,12 @@ pub struct Metrics {
     /// Events parked because their customer belongs to another program
     /// (`program_conflict`).
     pub program_conflicts: Counter,
+    /// Events dropped before storage, by reason (`erased`).
+    pub events_suppressed: Family<SuppressedLabels, Counter>,
+    /// Customers erased by the consumer.
+    pub customers_erased: Counter,
+    /// Erasure records (tombstones) purged at the end of their time.
+    pub erasure_records_purged: Counter,
     /// Queued records dropped unapplied because their partition was revoked
     /// (the new owner reads them).
     pub records_dropped_on_revoke: Counter,
@@ -157,6 +171,20 @@ impl Metrics {
             "Events parked because their customer belongs to another program (program_conflict)",
             program_conflicts.clone(),
         );
+        let events_suppressed = Family::<SuppressedLabels, Counter>::default();
+        registry.register(
+            "events_suppressed",
+            "Events dropped before storage, by reason (erased: it occurred at or before its customer's erasure)",
+            events_suppressed.clone(),
+        );
+        let customers_erased = Counter::default();
+        registry.register("customers_erased", "Customers erased by the consumer", customers_erased.clone());
+        let erasure_records_purged = Counter::default();
+        registry.register(
+            "erasure_records_purged",
+            "Erasure records (tombstones) purged after CONNECTFLOW_ERASURE_RECORD_DAYS",
+            erasure_records_purged.clone(),
+        );
         let records_dropped_on_revoke = Counter::default();
         registry.register(
             "consumer_records_dropped_on_revoke",
@@ -214,6 +242,9 @@ impl Metrics {
             dead_letters_metadata_only,
             isolated_records,
             program_conflicts,
+            events_suppressed,
+            customers_erased,
+            erasure_records_purged,
             access_log_rejected,
             access_log_written,
             records_dropped_on_revoke,

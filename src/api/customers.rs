@@ -22,7 +22,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::event::CustomerId;
 use crate::lifecycle::{AuthState, ConsentState};
 use crate::program::Programs;
-use crate::store::read;
+use crate::store::{erasure, read};
 
 /// Listing filters (paging: [`PageParams`]).
 #[derive(Debug, Deserialize, IntoParams)]
@@ -58,9 +58,9 @@ pub struct ListFilters {
     first_event_until: Option<String>,
 }
 
-/// The id of a customer connectflow knows, else a 404.
-/// A customer of another program than the principal's is not known: the
-/// same 404, body included, as a customer nobody ever saw.
+/// The id of a customer connectflow knows, else a 404 (a 410 for an
+/// erased one). A customer of another program than the principal's is not
+/// known: the same 404, body included, as a customer nobody ever saw.
 pub(super) async fn known_customer(
     pool: &PgPool,
     customer_id: CustomerId,
@@ -70,7 +70,21 @@ pub(super) async fn known_customer(
     if read::customer_exists(pool, &customer_id, principal.visible(None)?.as_deref()).await? {
         Ok(customer_id)
     } else {
-        Err(ApiError::NotFound(format!("customer {customer_id} not found")))
+        Err(absent_customer(pool, &customer_id, principal).await)
+    }
+}
+
+/// Why a customer the principal cannot see has no answer: 410 when it was
+/// erased (a tombstone of a program the principal sees), else 404.
+pub(super) async fn absent_customer(pool: &PgPool, customer_id: &str, principal: &Principal) -> ApiError {
+    let visible = match principal.visible(None) {
+        Ok(visible) => visible,
+        Err(err) => return err,
+    };
+    match erasure::erased(pool, customer_id, visible.as_deref()).await {
+        Ok(Some(erased)) => ApiError::Gone { customer_id: customer_id.to_owned(), erased_at: erased.erased_at },
+        Ok(None) => ApiError::NotFound(format!("customer {customer_id} not found")),
+        Err(err) => err.into(),
     }
 }
 
@@ -94,9 +108,9 @@ pub async fn get_lifecycle(
 ) -> Result<(Extension<Items>, Json<CustomerLifecycle>), ApiError> {
     principal.require(Scope::Read)?;
     let customer_id = valid_customer_id(&customer_id)?.to_string();
-    let stored = read::lifecycle(&state.pool, &customer_id, principal.visible(None)?.as_deref())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
+    let Some(stored) = read::lifecycle(&state.pool, &customer_id, principal.visible(None)?.as_deref()).await? else {
+        return Err(absent_customer(&state.pool, &customer_id, &principal).await);
+    };
     let policy = state.programs.authorization(&stored.program_id);
     let read::StoredLifecycle { lifecycle, version, updated_at, program_id } = stored;
     let answer = CustomerLifecycle::new(customer_id, program_id, lifecycle, version, updated_at, policy, Utc::now());

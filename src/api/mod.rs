@@ -16,6 +16,7 @@ mod audit;
 mod auth;
 mod changes;
 mod customers;
+mod erasures;
 mod events;
 mod me;
 pub mod model;
@@ -72,6 +73,7 @@ fn documented_routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(changes::get_changes))
         .routes(routes!(customers::list_customers))
         .routes(routes!(revocations::revoke))
+        .routes(routes!(erasures::erase))
         .routes(routes!(stats::get_funnel))
         .routes(routes!(stats::get_timeseries))
         .routes(routes!(stats::get_institutions))

@@ -508,5 +508,29 @@ pub struct RevocationAccepted {
     pub event_id: String,
 }
 
+/// An erasure to record: `{}`, or with a reason.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureBody {
+    /// Why, in a few words (at most 256 characters; control characters are
+    /// removed, and a run of five or more digits is masked but its last
+    /// four). Carried by the erasure event on the events topic only: the
+    /// compliance record keeps no free text.
+    #[serde(default)]
+    #[schema(max_length = 256)]
+    pub reason: Option<String>,
+}
+
+/// The answer once Kafka has the erasure event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasureAccepted {
+    /// Always `accepted`: the consumer erases the customer next (their
+    /// routes answer 410 within moments).
+    #[schema(example = "accepted")]
+    pub status: &'static str,
+    /// The erasure event's id (the same for every retry with the key).
+    pub event_id: String,
+}
+
 #[cfg(test)]
 mod tests;

@@ -21,23 +21,34 @@ const SHARED: [(&str, &str); 4] = [
 /// alone), and the `bearer` requirement to one that states none (every
 /// route states its scope; the test in `api` checks that).
 pub(super) fn describe_shared(openapi: &mut OpenApi) {
-    for item in openapi.paths.paths.values_mut() {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let names_customer = path.contains("{customer_id}");
         let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
         for operation in operations.into_iter().flatten() {
-            describe(operation);
+            describe(operation, names_customer);
         }
     }
 }
 
-fn describe(operation: &mut Operation) {
+/// The answer of every route naming a customer who was erased.
+const GONE: (&str, &str) = (
+    "410",
+    "The customer was erased (`error.erased_at` says when): connectflow holds nothing about them but the \
+     compliance record (docs/privacy.md). Another program's erased customer is a 404 like any unknown one",
+);
+
+fn error_answer(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+    ResponseBuilder::new().description(description).content("application/json", body).build().into()
+}
+
+fn describe(operation: &mut Operation, names_customer: bool) {
     let security = operation.security.get_or_insert_with(Vec::new);
     if security.is_empty() {
         security.push(SecurityRequirement::new("bearer", Vec::<String>::new()));
     }
-    for (status, description) in SHARED {
-        operation.responses.responses.entry(status.to_owned()).or_insert_with(|| {
-            let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
-            ResponseBuilder::new().description(description).content("application/json", body).build().into()
-        });
+    let gone = names_customer.then_some(GONE);
+    for (status, description) in SHARED.into_iter().chain(gone) {
+        operation.responses.responses.entry(status.to_owned()).or_insert_with(|| error_answer(description));
     }
 }

@@ -26,12 +26,13 @@ use sha2::{Digest, Sha256};
 use super::ApiState;
 use super::access::Items;
 use super::auth::{Principal, Scope};
+use super::customers::absent_customer;
 use super::model::{RevocationAccepted, RevocationBody};
 use super::params::{CustomerPath, valid_customer_id};
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{
-    ConnectEvent, CustomerId, EventSource, EventType, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, SCHEMA_V1,
-    TokenRef, renewed_revocation_event_id, revocation_event_id, truncate_to_millis,
+    ConnectEvent, CustomerId, EventSource, EventType, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, Requested,
+    SCHEMA_V1, TokenRef, truncate_to_millis,
 };
 use crate::program::ProgramId;
 use crate::store::read;
@@ -82,10 +83,11 @@ pub async fn revoke(
     })?;
     check_body(&body)?;
 
-    let read::StoredLifecycle { lifecycle, program_id, .. } =
-        read::lifecycle(&state.pool, customer_id.as_str(), principal.visible(None)?.as_deref())
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
+    let Some(read::StoredLifecycle { lifecycle, program_id, .. }) =
+        read::lifecycle(&state.pool, customer_id.as_str(), principal.visible(None)?.as_deref()).await?
+    else {
+        return Err(absent_customer(&state.pool, customer_id.as_str(), &principal).await);
+    };
     // Stored by connectflow from a checked id.
     let program_id = ProgramId::try_from(program_id)
         .map_err(|_| ApiError::Internal(anyhow::anyhow!("a stored program_id is not a program id")))?;
@@ -97,16 +99,16 @@ pub async fn revoke(
 
     let now = truncate_to_millis(Utc::now());
     let request = RevocationRequest {
-        customer_id: customer_id.to_string(),
+        customer_id: Some(customer_id.to_string()),
         request_sha256: request_digest(&customer_id, &body),
-        event_id: revocation_event_id(&program_id, key),
+        event_id: Requested::Revocation.event_id(&program_id, key),
         occurred_at: now,
         token_id: Some(principal.token_id.to_string()),
         token_name: Some(principal.token_name.to_string()),
     };
     let ttl = chrono::Duration::from_std(state.idempotency_key_ttl).unwrap_or(chrono::Duration::MAX);
     let expired_before = now.checked_sub_signed(ttl).unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let renewed_id = renewed_revocation_event_id(&program_id, key, now);
+    let renewed_id = Requested::Revocation.renewed_event_id(&program_id, key, now);
     let remembered =
         revocations::remember(&state.pool, program_id.as_str(), key, &request, expired_before, &renewed_id).await?;
     let (recorded, replayed) = match remembered {
@@ -164,7 +166,7 @@ pub async fn revoke(
     Ok(response)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     let invalid = || {
         ApiError::BadRequest(format!(
             "the Idempotency-Key header is required: 1 to {MAX_EVENT_ID_LEN} printable ASCII characters, not \

@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 use crate::dead_letter::{DeadLetters, ParkError, ParkedAs};
 use crate::event::ConnectEvent;
 use crate::health::consumer::ConsumerHealth;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SuppressedLabels};
 use crate::store::apply::apply_batch;
 use crate::store::error::StoreError;
 
@@ -275,6 +275,11 @@ impl Shared {
                     self.metrics.events_applied.inc_by(outcome.applied);
                     self.metrics.duplicates_skipped.inc_by(outcome.duplicates);
                     self.metrics.recomputations.inc_by(outcome.recomputed);
+                    self.metrics.customers_erased.inc_by(outcome.erased);
+                    if outcome.suppressed > 0 {
+                        let erased = SuppressedLabels { reason: "erased" };
+                        self.metrics.events_suppressed.get_or_create(&erased).inc_by(outcome.suppressed);
+                    }
                     if outcome.changes > 0 {
                         self.changes_recorded.notify_one();
                     }

@@ -94,6 +94,12 @@ event_types! {
     /// camelCase words without dots, and only a record with `source:
     /// "connectflow"` (which no webhook can produce) is applied as one.
     ConsentRevoked => "connectflow.consent.revoked", finicity: false;
+    /// An erasure of the customer requested by the issuer
+    /// (`POST /v1/customers/{id}/erasures`). Only a record with `source:
+    /// "connectflow"` is applied as one, by the store (it deletes what the
+    /// fold would work on); the fold itself never sees one, and a webhook
+    /// naming the type is recorded and changes nothing.
+    CustomerErased => "connectflow.customer.erased", finicity: false;
 }
 
 impl fmt::Display for EventType {

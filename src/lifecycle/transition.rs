@@ -65,9 +65,11 @@ pub(super) fn place_in_flow(event_type: &EventType) -> FlowPlace {
         | EventType::Discovered
         | EventType::Added => FlowPlace::AtInstitution,
         EventType::Started | EventType::InstitutionNotFound | EventType::Cancel | EventType::Done => FlowPlace::InFlow,
-        EventType::Ping | EventType::AccountsDeleted | EventType::ConsentRevoked | EventType::Other(_) => {
-            FlowPlace::Outside
-        }
+        EventType::Ping
+        | EventType::AccountsDeleted
+        | EventType::ConsentRevoked
+        | EventType::CustomerErased
+        | EventType::Other(_) => FlowPlace::Outside,
     }
 }
 
@@ -95,13 +97,15 @@ fn authentication_after(
         }
         // Nothing the authentication shows (`ping` is never published;
         // `institutionSupported` waits for the sign-in; a revocation and
-        // `accountsDeleted` change the consent; unknown types are recorded
-        // only).
+        // `accountsDeleted` change the consent; an erasure is applied by
+        // the store, never folded, and a webhook naming its type is
+        // recorded only, as are unknown types).
         EventType::Done
         | EventType::Ping
         | EventType::InstitutionSupported
         | EventType::AccountsDeleted
         | EventType::ConsentRevoked
+        | EventType::CustomerErased
         | EventType::Other(_) => None,
     }
 }

@@ -64,6 +64,9 @@ struct Pending {
     change: String,
     recorded_at: DateTime<Utc>,
     program_id: String,
+    /// The customer's erased change: a tombstone follows it, and its row
+    /// goes once both are confirmed.
+    erasure: bool,
 }
 
 impl Relay {
@@ -190,9 +193,11 @@ impl Relay {
         let rows = sqlx::query_as!(
             Pending,
             r#"
-            SELECT c.customer_id, c.version, c.change, c.recorded_at, cu.program_id
+            SELECT c.customer_id, c.version, c.change, c.recorded_at, o.erasure,
+                   COALESCE(cu.program_id, e.program_id, 'default') AS "program_id!"
             FROM lifecycle_outbox o JOIN lifecycle_changes c USING (customer_id, version)
-                 JOIN customers cu USING (customer_id)
+                 LEFT JOIN customers cu USING (customer_id)
+                 LEFT JOIN erased_customers e USING (customer_id)
             WHERE o.customer_id = ANY($1::text[])
             ORDER BY c.customer_id, c.version
             "#,
@@ -214,11 +219,18 @@ impl Relay {
             tx.rollback().await.store("rolling back (simulated crash)")?;
             return Ok(customers.len());
         }
+        // An erased change's record goes with its outbox row: after it
+        // the customer id is in no row but the tombstone.
         sqlx::query!(
             r#"
-            DELETE FROM lifecycle_outbox o
-            USING UNNEST($1::text[], $2::int8[]) AS p(customer_id, version)
-            WHERE o.customer_id = p.customer_id AND o.version = p.version
+            WITH published AS (
+                DELETE FROM lifecycle_outbox o
+                USING UNNEST($1::text[], $2::int8[]) AS p(customer_id, version)
+                WHERE o.customer_id = p.customer_id AND o.version = p.version
+                RETURNING o.customer_id, o.version, o.erasure
+            )
+            DELETE FROM lifecycle_changes c USING published p
+            WHERE p.erasure AND c.customer_id = p.customer_id AND c.version = p.version
             "#,
             &customers,
             &versions
@@ -248,13 +260,30 @@ impl Relay {
                 .insert(Header { key: "program", value: Some(change.program_id.as_bytes()) });
             let topic = self.topic.changes_topic_for(&change.program_id);
             let record = FutureRecord::to(&topic).key(change.customer_id.as_bytes()).payload(value).headers(headers);
-            match self.producer.send(record, Timeout::After(SEND_TIMEOUT)).await {
-                Ok(_) => {
+            let mut sent =
+                self.producer.send(record, Timeout::After(SEND_TIMEOUT)).await.map(|_| ()).map_err(|(err, _)| err);
+            if sent.is_ok() && change.erasure {
+                // The tombstone: the key with a null value, after the erased
+                // change (the same partition, in order), with only the
+                // `program` header.
+                let headers = OwnedHeaders::new_with_capacity(1)
+                    .insert(Header { key: "program", value: Some(change.program_id.as_bytes()) });
+                let tombstone =
+                    FutureRecord::<[u8], [u8]>::to(&topic).key(change.customer_id.as_bytes()).headers(headers);
+                sent = self
+                    .producer
+                    .send(tombstone, Timeout::After(SEND_TIMEOUT))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(err, _)| err);
+            }
+            match sent {
+                Ok(()) => {
                     let waited = (Utc::now() - change.recorded_at).to_std().unwrap_or_default();
                     self.metrics.change_publish_seconds.observe(waited.as_secs_f64());
                     confirmed.push((change.customer_id.as_str(), change.version));
                 }
-                Err((err, _)) => {
+                Err(err) => {
                     tracing::warn!(change_id, error = %err, "publishing a lifecycle change failed");
                     break;
                 }

@@ -22,7 +22,7 @@ use rdkafka::message::{Headers, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::summary::{ChangesVerification, Mismatch};
-use crate::change::{CHANGE_SCHEMA_V1, LifecycleChange};
+use crate::change::{CHANGE_SCHEMA_V1, ChangeReason, LifecycleChange};
 use crate::config::KafkaArgs;
 use crate::kafka::TopicReader;
 
@@ -46,8 +46,12 @@ pub struct ChangeRecord {
     pub change_id_header: Option<String>,
     /// Its `schema` header.
     pub schema_header: Option<String>,
-    /// Its value, or why it is not a change record.
+    /// Its value, or why it is not a change record; for a tombstone, why
+    /// too (see `tombstone`).
     pub change: Result<LifecycleChange, String>,
+    /// Whether it is a tombstone: a null value, which follows a customer's
+    /// erased change (`after: null`).
+    pub tombstone: bool,
 }
 
 impl ChangeRecord {
@@ -67,6 +71,7 @@ impl ChangeRecord {
             change_id_header: header("change_id"),
             schema_header: header("schema"),
             change: serde_json::from_slice(message.payload().unwrap_or_default()).map_err(|err| err.to_string()),
+            tombstone: message.payload().is_none(),
         }
     }
 }
@@ -114,6 +119,8 @@ pub struct TopicAudit {
     /// Kafka's confirmation and its commit): allowed, subscribers
     /// de-duplicate by `change_id`.
     pub duplicates: u64,
+    /// Tombstones (null values) seen, each right after an erased change.
+    pub tombstones: u64,
     /// The highest version seen; 0 when none.
     pub highest: i64,
     /// Broken promises found in the records alone: a malformed record, a
@@ -141,6 +148,13 @@ impl TopicAudit {
                 }
                 Some(_) => {}
             }
+            if record.tombstone {
+                audit.tombstones += 1;
+                if audit.seen.get(&previous).is_none_or(|change| change.after.is_some()) {
+                    audit.problems.push(format!("{at}: a tombstone after version {previous}, not after an erasure"));
+                }
+                continue;
+            }
             let change = match &record.change {
                 Ok(change) => change,
                 Err(why) => {
@@ -156,7 +170,9 @@ impl TopicAudit {
                 audit.problems.push(format!("{at}: version {version}"));
                 continue;
             }
-            if version > previous + 1 {
+            // An erasure drops the changes not published yet: its version
+            // may follow a gap.
+            if version > previous + 1 && change.reason != Some(ChangeReason::Erased) {
                 // A relay publishes a customer's unmarked versions one after
                 // another from the first: it never skips, even when it
                 // starts again after a crash.
@@ -276,8 +292,11 @@ impl ChangesExpectation {
         }
         match audit.last() {
             Some(last) if audit.highest == version => {
-                let (consent, authentication) =
-                    (last.after.consent.state.as_str(), last.after.authentication.state.as_str());
+                let Some(after) = &last.after else {
+                    problems.push("the last change erased the customer".to_owned());
+                    return Some(problems.join("; "));
+                };
+                let (consent, authentication) = (after.consent.state.as_str(), after.authentication.state.as_str());
                 if consent != self.consent {
                     problems.push(format!("last change's consent {consent} (expected {})", self.consent));
                 }
@@ -397,7 +416,7 @@ mod tests {
             program_id: Default::default(),
             version,
             before: None,
-            after,
+            after: Some(after),
             changed: Vec::new(),
             caused_by: Vec::new(),
             recomputed: false,
@@ -433,6 +452,7 @@ mod tests {
             change_id_header: Some(change.change_id.clone()),
             schema_header: Some(CHANGE_SCHEMA_V1.to_owned()),
             change: Ok(change),
+            tombstone: false,
         }
     }
 

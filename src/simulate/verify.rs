@@ -47,7 +47,8 @@ impl Expectation {
     /// `seed`) are applied.
     pub fn of(customer: &PlannedCustomer, seed: u64, program: &crate::program::ProgramId) -> Self {
         let revocation = customer.flow.revokes_through_api.then(|| {
-            crate::event::revocation_event_id(program, &super::send::revocation_key(seed, &customer.customer_id))
+            crate::event::Requested::Revocation
+                .event_id(program, &super::send::revocation_key(seed, &customer.customer_id))
         });
         Self {
             customer_id: customer.customer_id.clone(),

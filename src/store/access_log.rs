@@ -77,13 +77,36 @@ pub async fn insert(pool: &PgPool, records: &[AccessRecord]) -> Result<(), Store
         status.push(i16::try_from(record.status).unwrap_or(i16::MAX));
         items.push(record.items);
     }
+    let mut tx = pool.begin().await.store("beginning an access-log write")?;
+    // An erased customer (not back since) is named by their erasure
+    // (`erased:<event id>`), here or, when the erasure commits first, by the erasure itself. The
+    // customers' locks, shared, in a statement of their own, order this
+    // write against an erasure (which holds them exclusively): whichever
+    // comes second sees what the other committed.
+    let mut named: Vec<&str> = customer.iter().flatten().copied().collect();
+    named.sort_unstable();
+    named.dedup();
+    if !named.is_empty() {
+        sqlx::query!(
+            r#"
+            SELECT count(pg_advisory_xact_lock_shared(hashtextextended(id, 0))) AS "locked!"
+            FROM (SELECT id FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n) AS ordered
+            "#,
+            &named as &[&str]
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .store("locking the customers an access names")?;
+    }
     sqlx::query!(
         r#"
         INSERT INTO api_access_log (at, token_id, programs, method, route, customer_id, status, items)
-        SELECT at, token_id, CASE WHEN programs IS NULL THEN NULL ELSE string_to_array(programs, E'\x1f') END,
-               method, route, customer_id, status, items
+        SELECT r.at, r.token_id, CASE WHEN r.programs IS NULL THEN NULL ELSE string_to_array(r.programs, E'\x1f') END,
+               r.method, r.route, COALESCE('erased:' || e.erasure_event_id, r.customer_id), r.status, r.items
         FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int2[],
                     $8::int4[]) AS r(at, token_id, programs, method, route, customer_id, status, items)
+             LEFT JOIN erased_customers e ON e.customer_id = r.customer_id
+                 AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = r.customer_id)
         "#,
         &at,
         &token as &[&str],
@@ -94,9 +117,10 @@ pub async fn insert(pool: &PgPool, records: &[AccessRecord]) -> Result<(), Store
         &status,
         &items as &[Option<i32>],
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await
     .store("writing the access log")?;
+    tx.commit().await.store("committing an access-log write")?;
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use crate::event::{ConnectEvent, CustomerId};
 use crate::lifecycle::{self, Account, Advance, AuthReason, InstitutionLogin, Lifecycle};
 use crate::program::ProgramId;
 use crate::store::changes::{Announce, record_changes};
+use crate::store::erasure::{self, Erasure, Tombstone};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// What a batch did.
@@ -34,6 +35,88 @@ pub struct BatchOutcome {
     /// Events neither recorded nor applied because their customer belongs
     /// to another program: the caller parks them (`program_conflict`).
     pub conflicts: Vec<ProgramConflict>,
+    /// Customers erased.
+    pub erased: u64,
+    /// Events dropped unrecorded because they occurred at or before their
+    /// customer's erasure.
+    pub suppressed: u64,
+}
+
+/// What the batch's transaction knows of its customers, which an erasure
+/// changes: an erased customer's lifecycle is gone, its tombstone new.
+struct Known<'a> {
+    states: &'a mut HashMap<CustomerId, Stored>,
+    undecodable: &'a mut HashMap<CustomerId, i64>,
+    programs: &'a HashMap<CustomerId, ProgramId>,
+    tombstones: &'a mut HashMap<CustomerId, Tombstone>,
+}
+
+/// What [`apply_erasures`] did.
+struct Erased {
+    applied: u64,
+    duplicates: u64,
+}
+
+/// Erases the customers of these erasure events (the latest per customer),
+/// except those already erased by then (a repeated erasure: a duplicate),
+/// and appends their erased changes to `changes`. `known` is updated: an
+/// erased customer has no stored lifecycle and a new tombstone.
+async fn apply_erasures(
+    tx: &mut Transaction<'_, Postgres>,
+    erasures: &[&ConnectEvent],
+    known: Known<'_>,
+    recorded_at: DateTime<Utc>,
+    changes: &mut Vec<LifecycleChange>,
+) -> Result<Erased, StoreError> {
+    let mut latest: BTreeMap<&CustomerId, &ConnectEvent> = BTreeMap::new();
+    for event in erasures {
+        let entry = latest.entry(&event.customer_id).or_insert(event);
+        if event.order_key() > entry.order_key() {
+            *entry = event;
+        }
+    }
+    let mut outcome = Erased { applied: 0, duplicates: (erasures.len() - latest.len()) as u64 };
+    let mut erased: Vec<(&ConnectEvent, ProgramId, Option<Stored>, i64)> = Vec::with_capacity(latest.len());
+    for (customer_id, event) in latest {
+        if known.tombstones.get(customer_id).is_some_and(|t| event.occurred_at <= t.erased_at) {
+            outcome.duplicates += 1;
+            continue;
+        }
+        let stored = known.states.remove(customer_id);
+        let undecodable = known.undecodable.remove(customer_id);
+        let version = stored
+            .as_ref()
+            .map(|s| s.version)
+            .or(undecodable)
+            .or_else(|| known.tombstones.get(customer_id).map(|t| t.last_version))
+            .unwrap_or(0);
+        let program_id = known.programs.get(customer_id).unwrap_or(&event.program_id).clone();
+        let mut versioner = Versioner::new(customer_id, &program_id, version, true, recorded_at);
+        versioner.erased(stored.as_ref().map(|s| &s.lifecycle), event);
+        changes.append(&mut versioner.changes);
+        known.tombstones.insert(
+            customer_id.clone(),
+            Tombstone {
+                program_id: program_id.clone(),
+                erased_at: event.occurred_at,
+                erasure_event_id: event.event_id.clone(),
+                last_version: version + 1,
+            },
+        );
+        erased.push((event, program_id, stored, version + 1));
+    }
+    let erasures: Vec<Erasure<'_>> = erased
+        .iter()
+        .map(|(event, program_id, stored, version)| Erasure {
+            event,
+            program_id,
+            lifecycle: stored.as_ref().map(|s| &s.lifecycle),
+            version: *version,
+        })
+        .collect();
+    erasure::erase(tx, &erasures).await?;
+    outcome.applied = erasures.len() as u64;
+    Ok(outcome)
 }
 
 /// An event for a customer of another program.
@@ -67,8 +150,28 @@ pub async fn apply_batch<'a>(
     // this transaction then sees what an earlier writer of these customers
     // committed (see `lock_customers`).
     lock_customers(&mut tx, &batch_customers).await?;
-    let Loaded { states, undecodable, programs } = load_lifecycles(&mut tx, &batch_customers).await?;
+    let Loaded { mut states, mut undecodable, mut programs } = load_lifecycles(&mut tx, &batch_customers).await?;
+    let mut tombstones = erasure::load(&mut tx, &batch_customers).await?;
+    // An erased customer's id stays its program's while the record is kept.
+    for (customer_id, tombstone) in &tombstones {
+        programs.entry(customer_id.clone()).or_insert_with(|| tombstone.program_id.clone());
+    }
     let (events, conflicts) = split_program_conflicts(events, &programs);
+    let (erasures, events): (Vec<&ConnectEvent>, Vec<&ConnectEvent>) = events.into_iter().partition(|e| e.is_erasure());
+    let recorded_at = Utc::now();
+    let mut changes: Vec<LifecycleChange> = Vec::new();
+    let erased = apply_erasures(
+        &mut tx,
+        &erasures,
+        Known { states: &mut states, undecodable: &mut undecodable, programs: &programs, tombstones: &mut tombstones },
+        recorded_at,
+        &mut changes,
+    )
+    .await?;
+    // What occurred at or before a customer's erasure never comes back:
+    // Finicity's retries, `dlq replay`, an offset reset.
+    let (suppressed, events): (Vec<&ConnectEvent>, Vec<&ConnectEvent>) =
+        events.into_iter().partition(|e| tombstones.get(&e.customer_id).is_some_and(|t| e.occurred_at <= t.erased_at));
     let received = events.len();
     let mut distinct = events;
     // One order for every writer, so concurrent batches take the
@@ -80,15 +183,22 @@ pub async fn apply_batch<'a>(
         distinct.into_iter().filter(|e| inserted.contains(e.event_id.as_str())).collect();
     let mut outcome = BatchOutcome {
         applied: new_events.len() as u64,
-        duplicates: (received - new_events.len()) as u64,
+        duplicates: (received - new_events.len()) as u64 + erased.duplicates,
         recomputed: 0,
         changes: 0,
         conflicts,
+        erased: erased.applied,
+        suppressed: suppressed.len() as u64,
     };
     if new_events.is_empty() {
+        outcome.changes = changes.len() as u64;
+        record_changes(&mut tx, &changes, Announce::InProcess).await?;
         tx.commit().await.store("committing the batch")?;
         return Ok(outcome);
     }
+    // A customer without a stored lifecycle starts at version 0, or where
+    // their erased lifecycle's changes ended.
+    let base_version = |customer_id: &CustomerId| tombstones.get(customer_id).map_or(0, |t| t.last_version);
 
     let mut by_customer: BTreeMap<&CustomerId, Vec<&ConnectEvent>> = BTreeMap::new();
     for event in new_events {
@@ -99,9 +209,7 @@ pub async fn apply_batch<'a>(
     // Each customer's events are folded into the stored state one by one,
     // and each event that moves the visible lifecycle becomes a change; a
     // late event makes the customer be recomputed, and that is one change.
-    let recorded_at = Utc::now();
     let mut after: Vec<Projected> = Vec::with_capacity(customer_ids.len());
-    let mut changes: Vec<LifecycleChange> = Vec::new();
     let mut recompute: Vec<&CustomerId> = Vec::new();
     for (customer_id, events) in &by_customer {
         if undecodable.contains_key(*customer_id) {
@@ -117,8 +225,8 @@ pub async fn apply_batch<'a>(
         }
         let mut state = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
         let program_id = program_of(&programs, customer_id, events);
-        let mut versioner =
-            Versioner::new(customer_id, &program_id, stored.map_or(0, |s| s.version), stored.is_some(), recorded_at);
+        let version = stored.map_or_else(|| base_version(customer_id), |s| s.version);
+        let mut versioner = Versioner::new(customer_id, &program_id, version, stored.is_some(), recorded_at);
         let advanced = lifecycle::advance(&mut state, events.iter().copied(), |event, before, after| {
             versioner.observe(before, after, &[event], false, false);
         });
@@ -139,7 +247,10 @@ pub async fn apply_batch<'a>(
         outcome.recomputed = recompute.len() as u64;
         for (customer_id, state) in recompute_from_history(&mut tx, &recompute).await? {
             let stored = states.get(&customer_id);
-            let version = stored.map(|s| s.version).or_else(|| undecodable.get(&customer_id).copied()).unwrap_or(0);
+            let version = stored
+                .map(|s| s.version)
+                .or_else(|| undecodable.get(&customer_id).copied())
+                .unwrap_or_else(|| base_version(&customer_id));
             let before = stored.map(|s| s.lifecycle.clone()).unwrap_or_default();
             let causes = by_customer.get(&customer_id).map(Vec::as_slice).unwrap_or_default();
             let program_id = program_of(&programs, &customer_id, causes);

@@ -5,7 +5,7 @@
 
 use sqlx::{Postgres, Transaction};
 
-use crate::change::LifecycleChange;
+use crate::change::{ChangeReason, LifecycleChange};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// The Postgres channel a committed change is announced on (the relay
@@ -39,22 +39,26 @@ pub async fn record_changes(
     let mut versions = Vec::with_capacity(changes.len());
     let mut documents = Vec::with_capacity(changes.len());
     let mut recorded = Vec::with_capacity(changes.len());
+    // An erased change is followed by a tombstone on the topic, and its
+    // row goes once published.
+    let mut erasure = Vec::with_capacity(changes.len());
     for change in changes {
         customers.push(change.customer_id.clone());
         versions.push(change.version);
         documents
             .push(serde_json::to_string(change).map_err(|err| StoreError::undecodable("encoding a change", &err))?);
         recorded.push(change.recorded_at);
+        erasure.push(change.reason == Some(ChangeReason::Erased));
     }
     sqlx::query!(
         r#"
         WITH written AS (
             INSERT INTO lifecycle_changes (customer_id, version, change, recorded_at)
             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::timestamptz[])
-            RETURNING customer_id, version, recorded_at
+            RETURNING 1
         ), queued AS (
-            INSERT INTO lifecycle_outbox (customer_id, version, recorded_at)
-            SELECT customer_id, version, recorded_at FROM written
+            INSERT INTO lifecycle_outbox (customer_id, version, recorded_at, erasure)
+            SELECT * FROM UNNEST($1::text[], $2::int8[], $4::timestamptz[], $7::bool[])
             RETURNING 1
         )
         SELECT pg_notify($5, '') AS "notified" FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued WHERE $6
@@ -65,6 +69,7 @@ pub async fn record_changes(
         &recorded,
         CHANGES_CHANNEL,
         announce == Announce::Notify,
+        &erasure,
     )
     .fetch_all(&mut **tx)
     .await

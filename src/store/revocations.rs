@@ -1,6 +1,6 @@
-//! The `Idempotency-Key`s of recorded revocations: within a program and
-//! until the key's end, the same key always stands for the same request and
-//! the same event.
+//! The `Idempotency-Key`s of requests that become events of connectflow's
+//! own (revocations and erasures): within a program and until the key's
+//! end, the same key always stands for the same request and the same event.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -10,8 +10,9 @@ use crate::store::error::{StoreError, StoreResultExt};
 /// What a key was first used for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationRequest {
-    /// The customer revoked.
-    pub customer_id: String,
+    /// The customer revoked; none for an erasure (its row outlives the
+    /// customer, and the digest covers the customer).
+    pub customer_id: Option<String>,
     /// SHA-256 of the request (customer, login, who, reason).
     pub request_sha256: Vec<u8>,
     /// The revocation event's id.
@@ -96,7 +97,16 @@ pub async fn remember(
     }
     // A later statement: it sees the row a concurrent request committed
     // (the statements above waited for it).
-    let row = sqlx::query_as!(
+    let row = recall(pool, program, key).await?.ok_or(StoreError::Permanent {
+        context: "reading an idempotency key",
+        reason: "the key's row is gone".into(),
+    })?;
+    Ok(Remembered::Earlier(row))
+}
+
+/// What `(program, key)` was used for, if it was (ended or not).
+pub async fn recall(pool: &PgPool, program: &str, key: &str) -> Result<Option<RevocationRequest>, StoreError> {
+    sqlx::query_as!(
         RevocationRequest,
         r#"
         SELECT customer_id, request_sha256, event_id, occurred_at, token_id, token_name
@@ -105,8 +115,7 @@ pub async fn remember(
         program,
         key
     )
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await
-    .store("reading an idempotency key")?;
-    Ok(Remembered::Earlier(row))
+    .store("reading an idempotency key")
 }

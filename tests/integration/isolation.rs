@@ -390,7 +390,7 @@ async fn me_says_what_the_token_sees_and_may_do() {
         me["programs"],
         json!([{"id": "acme", "name": "Acme Card"}, {"id": "bank-b", "name": "Bank B Rewards"}])
     );
-    assert_eq!(me["scopes"], json!(["read", "stats", "revoke", "audit"]));
+    assert_eq!(me["scopes"], json!(["read", "stats", "revoke", "audit", "erase"]));
     app.stop().await;
 }
 

@@ -11,6 +11,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// Whether the value is null (a tombstone), not merely empty.
+    pub tombstone: bool,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -62,6 +64,7 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Record> {
             records.push(Record {
                 key: message.key().map(<[u8]>::to_vec),
                 value: message.payload().unwrap_or_default().to_vec(),
+                tombstone: message.payload().is_none(),
                 headers,
             });
         }

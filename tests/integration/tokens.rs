@@ -214,9 +214,9 @@ async fn a_missing_scope_is_403_forbidden_naming_it() {
     let mut scopes: Vec<&str> = routes.iter().map(|route| route.2.as_str()).collect();
     scopes.sort_unstable();
     scopes.dedup();
-    assert_eq!(scopes, ["audit", "read", "revoke", "stats"]);
+    assert_eq!(scopes, ["audit", "erase", "read", "revoke", "stats"]);
     for scope in scopes {
-        let others: Vec<&str> = ["read", "stats", "revoke", "audit"].into_iter().filter(|s| *s != scope).collect();
+        let others: Vec<&str> = ["read", "stats", "revoke", "audit", "erase"].into_iter().filter(|s| *s != scope).collect();
         let (without, _) = issue(&app, &format!("all but {scope}"), &[], &others.join(",")).await;
         let (only, _) = issue(&app, &format!("only {scope}"), &[], scope).await;
         // Both known to the server before the routes are called.

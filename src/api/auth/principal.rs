@@ -24,11 +24,13 @@ pub enum Scope {
     Revoke,
     /// The access log.
     Audit,
+    /// Erasures of customers.
+    Erase,
 }
 
 impl Scope {
     /// Every scope, in the order they are listed.
-    pub const ALL: [Self; 4] = [Self::Read, Self::Stats, Self::Revoke, Self::Audit];
+    pub const ALL: [Self; 5] = [Self::Read, Self::Stats, Self::Revoke, Self::Audit, Self::Erase];
 
     /// The scope's name, as granted (`--scopes`), stored and documented.
     pub fn as_str(self) -> &'static str {
@@ -37,6 +39,7 @@ impl Scope {
             Self::Stats => "stats",
             Self::Revoke => "revoke",
             Self::Audit => "audit",
+            Self::Erase => "erase",
         }
     }
 
@@ -53,7 +56,7 @@ impl fmt::Display for Scope {
 
 /// A name that is not a scope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope {0:?}: the scopes are read, stats, revoke and audit")]
+#[error("unknown scope {0:?}: the scopes are read, stats, revoke, audit and erase")]
 pub struct UnknownScope(pub String);
 
 impl FromStr for Scope {
@@ -194,7 +197,7 @@ mod tests {
         for scope in Scope::ALL {
             assert_eq!(scope.as_str().parse::<Scope>(), Ok(scope));
         }
-        assert_eq!(["read", "stats", "revoke", "audit"], Scope::ALL.map(Scope::as_str));
+        assert_eq!(["read", "stats", "revoke", "audit", "erase"], Scope::ALL.map(Scope::as_str));
         for unknown in ["", "Read", "READ", " read", "read ", "write", "admin", "stat", "*"] {
             assert_eq!(unknown.parse::<Scope>(), Err(UnknownScope(unknown.to_owned())), "{unknown:?}");
         }
