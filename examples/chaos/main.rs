@@ -15,7 +15,9 @@
 //! 4. faults, one after another: `kill -9` of the leader of an events
 //!    partition (restarted later); `kill -9` of one consumer, SIGTERM of
 //!    another, a new one started; Postgres stopped and started; `reproject`
-//!    run beside the consumers;
+//!    run beside the consumers; and, between the broker's restart and the
+//!    consumers' faults, a few customers erased through the API while their
+//!    events are still being sent (`erase.rs`);
 //! 5. when sending is done and the consumers have drained, the checks; then,
 //!    once the relays have emptied the outbox, the consumers are stopped and
 //!    the changes topic is read whole and held against Postgres.
@@ -27,6 +29,7 @@
 //! `CONNECTFLOW_BIN` (default `target/debug/connectflow`),
 //! `CONNECTFLOW_CHAOS_SECONDS` (sending time, default 150).
 
+mod erase;
 #[allow(dead_code)]
 #[path = "../bench/procs.rs"]
 mod procs;
@@ -235,6 +238,13 @@ async fn main() -> anyhow::Result<()> {
     faults.push(Fault::new("broker restarted", Instant::now(), t0));
     println!("chaos: t={:.0}s broker {leader} restarted", t0.elapsed().as_secs_f64());
 
+    // Erasures while the customers' events are still in flight.
+    tokio::time::sleep_until(at(50).into()).await;
+    let fault_at = Instant::now();
+    let erased = erase::erase_some(&format!("http://{}", receivers[0].1), procs::TOKEN, &plan).await;
+    println!("chaos: t={:.0}s {} customers erased", t0.elapsed().as_secs_f64(), erased.len());
+    faults.push(Fault::new("erasures while events are in flight", fault_at, t0));
+
     // 2. Consumers: kill -9 one, stop one, start one.
     tokio::time::sleep_until(at(60).into()).await;
     let fault_at = Instant::now();
@@ -289,7 +299,10 @@ async fn main() -> anyhow::Result<()> {
         url: database.clone().into(),
         max_connections: 2,
     })?;
-    let acked: HashSet<String> = sent.acked_event_ids();
+    // The erased customers' events are not kept (suppressed, or deleted
+    // by the erasure); every other acknowledged event is.
+    let erased_events = erase::event_ids_of(&plan, &erased);
+    let acked: HashSet<String> = sent.acked_event_ids().difference(&erased_events).cloned().collect();
     let drain_deadline = Instant::now() + Duration::from_secs(180);
     let recorded = loop {
         let recorded: Vec<String> =
@@ -308,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
     let states: HashMap<String, (String, String)> = states.into_iter().map(|(c, a, b)| (c, (a, b))).collect();
     let mut state_mismatches = Vec::new();
     for customer in &plan.customers {
-        if !sent.customer_complete(&customer.customer_id) {
+        if !sent.customer_complete(&customer.customer_id) || erased.contains(&customer.customer_id) {
             continue;
         }
         let expected = (
@@ -340,12 +353,15 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(consumers);
     let changes_topic = format!("cf-chaos-{id}.changes");
+    let mut erasures = erase::ErasureCheck::of(&pool, erased).await?;
     let changes =
-        check_changes(&pool, &brokers, &changes_topic, unpublished).await.unwrap_or_else(|err| ChangesCheck {
-            topic: changes_topic.clone(),
-            unpublished,
-            read_error: Some(format!("{err:#}")),
-            ..ChangesCheck::default()
+        check_changes(&pool, &brokers, &changes_topic, unpublished, &mut erasures).await.unwrap_or_else(|err| {
+            ChangesCheck {
+                topic: changes_topic.clone(),
+                unpublished,
+                read_error: Some(format!("{err:#}")),
+                ..ChangesCheck::default()
+            }
         });
 
     let report = Report::build(
@@ -363,10 +379,14 @@ async fn main() -> anyhow::Result<()> {
             duration_s: started.elapsed().as_secs_f64(),
         },
     );
-    let passed = report.passed() && changes.passed();
+    for problem in &erasures.problems {
+        println!("chaos: erasure: {problem}");
+    }
+    let passed = report.passed() && changes.passed() && erasures.passed();
     let mut summary = report.json();
     summary["passed"] = json!(passed);
     summary["lifecycle_changes"] = changes.json();
+    summary["erasures"] = erasures.json();
     print_summary(&summary, passed);
     std::fs::create_dir_all("target/chaos")?;
     std::fs::write("target/chaos/summary.json", serde_json::to_string_pretty(&summary)?)?;
@@ -454,7 +474,13 @@ impl ChangesCheck {
 /// earlier version, never skips ahead), with matching `change_id` header and
 /// value, and the highest version's `after` is that of the customer's latest
 /// row in `lifecycle_changes`.
-async fn check_changes(pool: &PgPool, brokers: &str, topic: &str, unpublished: i64) -> anyhow::Result<ChangesCheck> {
+async fn check_changes(
+    pool: &PgPool,
+    brokers: &str,
+    topic: &str,
+    unpublished: i64,
+    erasures: &mut erase::ErasureCheck,
+) -> anyhow::Result<ChangesCheck> {
     let mut check = ChangesCheck { topic: topic.to_owned(), unpublished, ..ChangesCheck::default() };
     let customers: Vec<(String, i64)> =
         sqlx::query_as("SELECT customer_id, version FROM customers ORDER BY customer_id").fetch_all(pool).await?;
@@ -497,7 +523,13 @@ async fn check_changes(pool: &PgPool, brokers: &str, topic: &str, unpublished: i
         by_customer.entry(record.key.clone()).or_default().push(record);
     }
 
+    // The erased customers' records are checked by the erasures' check.
+    let rows: HashSet<String> = customers.iter().map(|(c, _)| c.clone()).collect();
+    erasures.changes(&mut by_customer, &rows);
     for (customer_id, version) in &customers {
+        if erasures.erased.contains(customer_id) {
+            continue;
+        }
         check.customers_checked += 1;
         let records = by_customer.remove(&Some(customer_id.clone())).unwrap_or_default();
         let audit = TopicAudit::of(customer_id, &records);

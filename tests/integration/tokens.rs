@@ -216,7 +216,8 @@ async fn a_missing_scope_is_403_forbidden_naming_it() {
     scopes.dedup();
     assert_eq!(scopes, ["audit", "erase", "read", "revoke", "stats"]);
     for scope in scopes {
-        let others: Vec<&str> = ["read", "stats", "revoke", "audit", "erase"].into_iter().filter(|s| *s != scope).collect();
+        let others: Vec<&str> =
+            ["read", "stats", "revoke", "audit", "erase"].into_iter().filter(|s| *s != scope).collect();
         let (without, _) = issue(&app, &format!("all but {scope}"), &[], &others.join(",")).await;
         let (only, _) = issue(&app, &format!("only {scope}"), &[], scope).await;
         // Both known to the server before the routes are called.
