@@ -70,7 +70,7 @@ done
   --customers 2 --seed 7 --verify --api-url "http://127.0.0.1:$port" --api-token "$token" | tail -2
 
 echo "contract-fuzz: schemathesis, all checks, $examples examples per operation, seed $seed"
-"$venv/bin/st" run "http://127.0.0.1:$port/v1/openapi.json" \
+"$venv/bin/st" --config-file deploy/schemathesis.toml run "http://127.0.0.1:$port/v1/openapi.json" \
   --checks all --max-examples "$examples" --seed "$seed" \
   --header "Authorization: Bearer $token" \
   --exclude-path /webhooks/finicity/connect \
