@@ -241,3 +241,39 @@ async fn an_erased_customer_leaves_only_the_tombstone_and_stays_erased() {
     assert!(state["version"].as_i64().is_some_and(|v| v > erased_version), "{state}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_compliance_record_is_purged_when_its_time_is_up() {
+    let app = spawn_pipeline().await;
+    let customer = "8500000201";
+    let kept = "8500000202";
+    for (n, id) in [customer, kept].into_iter().enumerate() {
+        let flow_bodies =
+            bodies(flow("oauth-success").expect("flow"), id, Utc::now() - chrono::Duration::minutes(5), 4);
+        send(&app, &flow_bodies).await;
+        lifecycle_with(&app, id, flow_bodies.len()).await;
+        assert_eq!(erase(&app, id, &format!("erasure-{n}"), &json!({})).await.0, 202);
+    }
+    for id in [customer, kept] {
+        let gone = eventually(Duration::from_secs(30), || async {
+            (app.api_get(&format!("/v1/customers/{id}/lifecycle")).await.status() == 410).then_some(())
+        })
+        .await;
+        assert!(gone.is_some(), "{id} erased");
+    }
+    // One erasure is older than the record's time, the other not.
+    sqlx::query("UPDATE erased_customers SET erased_at = now() - interval '1100 days' WHERE customer_id = $1")
+        .bind(customer)
+        .execute(&app.pool)
+        .await
+        .expect("backdated");
+    let before = Utc::now() - chrono::Duration::days(1095);
+    let purged = connectflow::store::erasure::purge(&app.pool, before, 1).await.expect("purge");
+    assert_eq!(purged, 1);
+    assert_eq!(tables_mentioning(&app.pool, customer).await, Vec::<(String, i64)>::new());
+    assert_eq!(tables_mentioning(&app.pool, kept).await, [("erased_customers".to_owned(), 1)]);
+    // Without its record, the customer is simply unknown.
+    assert_eq!(app.api_get(&format!("/v1/customers/{customer}/lifecycle")).await.status(), 404);
+    assert_eq!(app.api_get(&format!("/v1/customers/{kept}/lifecycle")).await.status(), 410);
+    app.stop().await;
+}
