@@ -172,6 +172,7 @@ pub fn consumer_args() -> ConsumerArgs {
         queue_bytes: 64 * 1024 * 1024,
         dlq_timeout_seconds: 60,
         audit_retention_days: 400,
+        history_retention_days: 0,
     }
 }
 
