@@ -10,6 +10,7 @@ mod console_programs;
 mod consumer;
 mod foundations;
 mod helpers;
+mod history;
 mod isolation;
 mod kafka_util;
 mod lifecycle;
