@@ -240,6 +240,13 @@ pub struct ConsumerArgs {
     /// asks of records; the operator's decision (docs/privacy.md).
     #[arg(long = "erasure-record-days", env = "CONNECTFLOW_ERASURE_RECORD_DAYS", default_value_t = 1095, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub erasure_record_days: u32,
+    /// How long the event history is kept, in days; 0 keeps it all. A job of
+    /// `consume` (hourly) folds each customer's events older than that into
+    /// a snapshot of the lifecycle they imply and deletes them (their ids are
+    /// kept, for deduplication), and deletes published lifecycle changes
+    /// recorded before it. The lifecycle does not change.
+    #[arg(long = "history-retention-days", env = "CONNECTFLOW_HISTORY_RETENTION_DAYS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub history_retention_days: u32,
 }
 
 /// Where the programs are declared (`serve`, `consume`, `all`, `migrate`).

@@ -24,6 +24,7 @@ mod error;
 pub mod event;
 mod expiry;
 mod health;
+mod history;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;

@@ -107,6 +107,10 @@ pub struct Metrics {
     pub batch_seconds: Histogram,
     /// Consumer lag per partition (high watermark minus next offset).
     pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Events folded into history snapshots and deleted (history retention).
+    pub history_events_folded: Counter,
+    /// Published lifecycle changes deleted for their age (history retention).
+    pub history_changes_pruned: Counter,
 }
 
 impl Metrics {
@@ -229,6 +233,18 @@ impl Metrics {
         registry.register("consumer_batch_seconds", "Time to apply one batch", batch_seconds.clone());
         let consumer_lag = Family::<PartitionLabels, Gauge>::default();
         registry.register("consumer_lag", "Records behind the high watermark, per partition", consumer_lag.clone());
+        let history_events_folded = Counter::default();
+        registry.register(
+            "history_events_folded",
+            "Events older than the history retention folded into snapshots and deleted",
+            history_events_folded.clone(),
+        );
+        let history_changes_pruned = Counter::default();
+        registry.register(
+            "history_changes_pruned",
+            "Published lifecycle changes older than the history retention deleted",
+            history_changes_pruned.clone(),
+        );
         Arc::new(Self {
             registry,
             webhooks,
@@ -257,6 +273,8 @@ impl Metrics {
             batch_size,
             batch_seconds,
             consumer_lag,
+            history_events_folded,
+            history_changes_pruned,
         })
     }
 

@@ -12,9 +12,10 @@ use super::customers::known_customer;
 use super::model::EventPage;
 use super::params::{CustomerPath, PageParams, Params, decode_cursor, encode_cursor, parse_limit, valid_customer_id};
 use crate::error::{ApiError, ErrorBody};
-use crate::store::read;
+use crate::store::{history, read};
 
-/// A customer's recorded events.
+/// A customer's recorded events, and where their recorded history starts
+/// (`history_starts_at`) when older events were folded into the lifecycle.
 #[utoipa::path(
     get,
     path = "/v1/customers/{customer_id}/events",
@@ -39,5 +40,7 @@ pub async fn get_events(
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
     let customer_id = known_customer(&state.pool, customer_id, &principal).await?;
     let (events, next) = read::events(&state.pool, &customer_id, after.as_ref(), limit).await?;
-    Ok((Extension(Items(events.len())), Json(EventPage { events, next_cursor: next.as_ref().map(encode_cursor) })))
+    let history_starts_at = history::history_starts_at(&state.pool, &customer_id).await?;
+    let items = Items(events.len());
+    Ok((Extension(items), Json(EventPage { events, next_cursor: next.as_ref().map(encode_cursor), history_starts_at })))
 }

@@ -154,6 +154,14 @@ pub struct EventPage {
     pub events: Vec<serde_json::Value>,
     /// Pass as `cursor` for the next page; `null` on the last one.
     pub next_cursor: Option<String>,
+    /// Where the recorded history starts: the events that occurred before
+    /// this time were folded into the lifecycle's snapshot and deleted
+    /// (`CONNECTFLOW_HISTORY_RETENTION_DAYS`), so the lifecycle holds more
+    /// than the events listed. An event older than it that arrived late is
+    /// listed until the next fold. `null` while the whole history is kept.
+    #[serde(with = "crate::lifecycle::rfc3339_ms_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub history_starts_at: Option<DateTime<Utc>>,
 }
 
 /// A customer in a listing.

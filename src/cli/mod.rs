@@ -26,6 +26,7 @@ use crate::event::CustomerId;
 use crate::expiry::ExpiryJob;
 use crate::health::consumer::ConsumerHealth;
 use crate::health::{OpsState, ReadinessCache};
+use crate::history::HistoryJob;
 use crate::metrics::Metrics;
 use crate::outbox::Relay;
 use crate::program::{Programs, Secrets};
@@ -116,7 +117,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 /// What `connectflow consume` runs (and `all`, beside the HTTP server): the
 /// lifecycle consumer, the outbox relay its lanes wake, the authorization
-/// expiry job, the access log's pruning, the erasure records' purging, and the operations listener when
+/// expiry job, the access log's pruning, the erasure records' purging, the
+/// history retention job, and the operations listener when
 /// given an address. Each part lives in its own room; this only puts them
 /// together, built once from the configuration, and stops them together.
 pub struct ConsumeProcess {
@@ -125,6 +127,7 @@ pub struct ConsumeProcess {
     expiry: ExpiryJob,
     prune: PruneJob,
     purge: PruneJob,
+    history: HistoryJob,
     ops: Option<(TcpListener, Arc<OpsState>)>,
 }
 
@@ -151,6 +154,7 @@ impl ConsumeProcess {
         let expiry = ExpiryJob::new(pool.clone(), programs, relay.waker());
         let prune = PruneJob::new(pool.clone(), Pruned::AccessLog, args.audit_retention_days, metrics.clone());
         let purge = PruneJob::new(pool.clone(), Pruned::ErasureRecords, args.erasure_record_days, metrics.clone());
+        let history = HistoryJob::new(pool.clone(), args.history_retention_days, metrics.clone());
         let ops = match listen {
             Some(listen) => {
                 let listener =
@@ -167,7 +171,7 @@ impl ConsumeProcess {
             }
             None => None,
         };
-        Ok(Self { consumer, relay, expiry, prune, purge, ops })
+        Ok(Self { consumer, relay, expiry, prune, purge, history, ops })
     }
 
     /// The consumer's lanes' health, for a `/livez` served elsewhere
@@ -185,7 +189,7 @@ impl ConsumeProcess {
     /// for good; then stops the others, once the consumer has committed its
     /// offsets.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, relay, expiry, prune, purge, ops } = self;
+        let Self { consumer, relay, expiry, prune, purge, history, ops } = self;
         let stop = shutdown.child_token();
         // Dropping this future (a caller that gave up on it) stops every part.
         let _stop_on_drop = stop.clone().drop_guard();
@@ -193,6 +197,7 @@ impl ConsumeProcess {
         let expiry_task = tokio::spawn(expiry.run(stop.clone()));
         let prune_task = tokio::spawn(prune.run(stop.clone()));
         let purge_task = tokio::spawn(purge.run(stop.clone()));
+        let history_task = tokio::spawn(history.run(stop.clone()));
         let relay_task = tokio::spawn(relay.run(stop.clone()));
         let consumed = consumer.run(stop.clone()).await;
         stop.cancel();
@@ -200,6 +205,7 @@ impl ConsumeProcess {
         expiry_task.await.context("the authorization expiry job")?;
         prune_task.await.context("the access-log pruning job")?;
         purge_task.await.context("the erasure records' purging job")?;
+        history_task.await.context("the history retention job")?;
         if let Some(ops) = ops_task {
             ops.await.context("operations endpoints")??;
         }

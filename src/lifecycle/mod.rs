@@ -10,6 +10,10 @@
 //! [`last_event`](Lifecycle::last_event) ([`advance`]) and otherwise
 //! recomputes the customer with [`fold`].
 //!
+//! With a history retention the events before a horizon are folded into a
+//! stored *snapshot* and deleted; the lifecycle is then [`fold_from`] that
+//! snapshot and the events kept (`docs/lifecycle.md`, "History retention").
+//!
 //! No I/O here: the consumer and any re-projection share this code.
 
 mod authorization;
@@ -42,11 +46,44 @@ use crate::event::ConnectEvent;
 /// Of several copies of one `event_id` the first by order key wins (then the
 /// first received), which is the copy the event history keeps.
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a ConnectEvent>) -> Lifecycle {
-    let mut state = Lifecycle::default();
+    fold_from(&Lifecycle::default(), events)
+}
+
+/// The lifecycle of a customer whose older events were folded into
+/// `snapshot` (and deleted), with these events besides, in any order,
+/// duplicates included: [`fold`] of the empty snapshot is `fold_from` the
+/// default [`Lifecycle`].
+///
+/// The events are applied over the snapshot in fold order. Those that sort
+/// after the snapshot's [`last_event`](Lifecycle::last_event) (every event
+/// the history kept, which is at or after the horizon the snapshot was made
+/// at) land exactly where [`fold`] of all the events would put them. An event
+/// the snapshot does not hold but that sorts before its last event (a late
+/// event older than the horizon, whose place among the folded events is
+/// lost) is applied *at the horizon*: after every folded event, before every
+/// kept one, with its own dates (`since`, `authorized_at`, the funnel's
+/// first event); `last_event` stays the greatest key folded in and
+/// `event_count` counts it once.
+///
+/// The events must not include any already folded into `snapshot`: the
+/// store keeps their ids and drops such a copy before it gets here.
+pub fn fold_from<'a>(snapshot: &Lifecycle, events: impl IntoIterator<Item = &'a ConnectEvent>) -> Lifecycle {
+    let mut state = snapshot.clone();
     for event in distinct_in_order(events) {
-        apply(&mut state, event);
+        apply_at_horizon(&mut state, event);
     }
     state
+}
+
+/// [`apply`], for an event that may sort before the state's last event (a
+/// late event older than the snapshot's horizon): it takes effect now, after
+/// everything folded, and `last_event` keeps the greatest key.
+fn apply_at_horizon(state: &mut Lifecycle, event: &ConnectEvent) {
+    let later = state.last_event.take_if(|last| last.order_key() > event.order_key());
+    apply(state, event);
+    if later.is_some() {
+        state.last_event = later;
+    }
 }
 
 /// Whether `event` sorts after every event folded into `state`, so that

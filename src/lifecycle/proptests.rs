@@ -292,3 +292,135 @@ proptest! {
         prop_assert_eq!(reload(&state)?, state);
     }
 }
+
+/// A history cut at a horizon (one of the generator's instants, or past them
+/// all): the events before it, and those at or after it as delivered later,
+/// shuffled and some several times.
+fn arb_cut() -> impl Strategy<Value = (Vec<ConnectEvent>, DateTime<Utc>, Vec<ConnectEvent>, Vec<ConnectEvent>)> {
+    (arb_delivery(), 0i64..9).prop_map(|((history, delivered), second)| {
+        let horizon = base() + Duration::seconds(second);
+        let before: Vec<ConnectEvent> = history.iter().filter(|e| e.occurred_at < horizon).cloned().collect();
+        let later: Vec<ConnectEvent> = delivered.into_iter().filter(|e| e.occurred_at >= horizon).collect();
+        (history, horizon, before, later)
+    })
+}
+
+/// The consumer from a snapshot: records each delivered event once (a copy
+/// of a folded one is dropped, as the store drops it by its kept id), applies
+/// it when in order, else recomputes from the snapshot and the recorded
+/// events; the state persisted and reloaded between events.
+fn consume_from_snapshot(
+    snapshot: &Lifecycle,
+    folded: &[ConnectEvent],
+    delivered: &[ConnectEvent],
+) -> Result<Lifecycle, TestCaseError> {
+    let mut recorded: Vec<ConnectEvent> = vec![];
+    let mut state = snapshot.clone();
+    for event in delivered {
+        let known = |seen: &ConnectEvent| seen.event_id == event.event_id;
+        if folded.iter().any(known) || recorded.iter().any(known) {
+            continue;
+        }
+        recorded.push(event.clone());
+        if is_in_order(&state, event) {
+            apply(&mut state, event);
+        } else {
+            state = fold_from(snapshot, &recorded);
+        }
+        state = reload(&state)?;
+    }
+    Ok(state)
+}
+
+proptest! {
+    /// History retention: folding the events before any horizon into a
+    /// (persisted) snapshot, then the later ones in any order and with
+    /// repeats, gives the fold of them all; through `fold_from` and through
+    /// the consumer's incremental path, with copies of folded events
+    /// delivered again among them.
+    #[test]
+    fn folding_a_snapshot_then_the_later_events_equals_the_fold(
+        (history, _horizon, before, later) in arb_cut(),
+        retries in vec(any::<Index>(), 0..4),
+    ) {
+        let snapshot = reload(&fold(&before))?;
+        prop_assert_eq!(fold_from(&snapshot, &later), fold(&history));
+        let mut delivered = later.clone();
+        if !before.is_empty() {
+            for (n, retry) in retries.iter().enumerate() {
+                delivered.insert(n.min(delivered.len()), before[retry.index(before.len())].clone());
+            }
+        }
+        prop_assert_eq!(consume_from_snapshot(&snapshot, &before, &delivered)?, fold(&history));
+    }
+
+    /// A second snapshot at a later horizon, made from the first and the
+    /// events between (the job's next run), changes nothing either.
+    #[test]
+    fn snapshots_at_successive_horizons_equal_the_fold(
+        (history, first, before, later) in arb_cut(),
+        step in 0i64..9,
+    ) {
+        let second = first + Duration::seconds(step);
+        let between: Vec<ConnectEvent> = later.iter().filter(|e| e.occurred_at < second).cloned().collect();
+        let after: Vec<ConnectEvent> = later.iter().filter(|e| e.occurred_at >= second).cloned().collect();
+        let snapshot = reload(&fold_from(&reload(&fold(&before))?, &between))?;
+        prop_assert_eq!(fold_from(&snapshot, &after), fold(&history));
+    }
+
+    /// A late event older than the horizon, new to the snapshot: applied at
+    /// the horizon (after the folded events, before the kept ones). Every
+    /// path agrees: `fold_from` of everything recorded, the consumer's
+    /// incremental path, and the next snapshot that folds the late events
+    /// in; the invariants hold (one count per distinct event, the last event
+    /// the greatest key); and where every late event sorts after the
+    /// snapshot's last one, the result is the plain fold.
+    #[test]
+    fn late_events_older_than_the_horizon_apply_at_the_horizon(
+        (history, horizon, before, later) in arb_cut(),
+        late_picks in vec(any::<Index>(), 0..4),
+    ) {
+        let mut late: Vec<ConnectEvent> = vec![];
+        if !before.is_empty() {
+            for pick in &late_picks {
+                let event = &before[pick.index(before.len())];
+                if !late.iter().any(|l| l.event_id == event.event_id) {
+                    late.push(event.clone());
+                }
+            }
+        }
+        let folded: Vec<ConnectEvent> =
+            before.iter().filter(|e| !late.iter().any(|l| l.event_id == e.event_id)).cloned().collect();
+        let snapshot = reload(&fold(&folded))?;
+        let mut delivered = late.clone();
+        delivered.extend(later.iter().cloned());
+        let expected = fold_from(&snapshot, &delivered);
+
+        // The rule, spelled out: the late ones in order over the snapshot, then the rest.
+        let mut by_hand = snapshot.clone();
+        let mut late_sorted = late.clone();
+        late_sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        for event in &late_sorted {
+            let greatest = by_hand.last_event.clone().into_iter().chain([LastEvent {
+                event_id: event.event_id.clone(),
+                event_type: event.event_type.clone(),
+                occurred_at: event.occurred_at,
+            }]).max_by(|a, b| a.order_key().cmp(&b.order_key()));
+            apply(&mut by_hand, event);
+            by_hand.last_event = greatest;
+        }
+        let kept_distinct = fold_from(&by_hand, &later);
+        prop_assert_eq!(&kept_distinct, &expected);
+
+        prop_assert_eq!(&consume_from_snapshot(&snapshot, &folded, &delivered)?, &expected);
+        let next_snapshot = reload(&fold_from(&snapshot, &late))?;
+        prop_assert_eq!(&fold_from(&next_snapshot, &later), &expected);
+        let mut all_distinct = folded.clone();
+        all_distinct.extend(late.iter().cloned());
+        all_distinct.extend(history.iter().filter(|e| e.occurred_at >= horizon).cloned());
+        check_invariants(&expected, &all_distinct)?;
+        if late.iter().all(|l| is_in_order(&snapshot, l)) {
+            prop_assert_eq!(&expected, &fold(&history));
+        }
+    }
+}

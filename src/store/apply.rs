@@ -4,8 +4,10 @@
 //!
 //! Customers are folded incrementally when every new event comes after the
 //! last one applied in `(occurred_at, event_id)` order; an older event makes
-//! the customer be recomputed from their whole recorded history, in the same
-//! transaction. Either way the result is `fold` of the distinct events.
+//! the customer be recomputed from their whole recorded history (their
+//! history snapshot and the events kept), in the same transaction. Either
+//! way the result is `fold` of the distinct events (`fold_from` the
+//! snapshot, with a history retention).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -20,6 +22,7 @@ use crate::program::ProgramId;
 use crate::store::changes::{Announce, record_changes};
 use crate::store::erasure::{self, Erasure, Tombstone};
 use crate::store::error::{StoreError, StoreResultExt};
+use crate::store::history::load_snapshots;
 
 /// What a batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -365,10 +368,16 @@ async fn insert_events(
         received.push(event.received_at);
         records.push(Json(*event));
     }
+    // An id folded into a history snapshot (and deleted from
+    // connect_events) is as known as a recorded one: a retry or a replay of
+    // it is a duplicate too. The folding job holds the customer's lock while
+    // it moves an id from one table to the other, and so does this batch.
     let inserted = sqlx::query_scalar!(
         r#"
         INSERT INTO connect_events (event_id, customer_id, event_type, occurred_at, received_at, record)
         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::jsonb[])
+            AS incoming(event_id, customer_id, event_type, occurred_at, received_at, record)
+        WHERE NOT EXISTS (SELECT 1 FROM history_folded_events f WHERE f.event_id = incoming.event_id)
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
         "#,
@@ -462,11 +471,15 @@ pub async fn load_lifecycles(tx: &mut Transaction<'_, Postgres>, ids: &[&Custome
     Ok(loaded)
 }
 
-/// Folds each customer's whole recorded history.
+/// Folds each customer's recorded history: their history snapshot, when
+/// older events were folded into one, then the events kept
+/// ([`lifecycle::fold_from`]). A customer whose every event was folded is
+/// their snapshot.
 pub async fn recompute_from_history(
     tx: &mut Transaction<'_, Postgres>,
     customer_ids: &[&CustomerId],
 ) -> Result<Vec<(CustomerId, Lifecycle)>, StoreError> {
+    let snapshots = load_snapshots(tx, customer_ids).await?;
     let ids: Vec<&str> = customer_ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
         r#"SELECT record::text AS "record!" FROM connect_events WHERE customer_id = ANY($1::text[]) ORDER BY customer_id, occurred_at, event_id"#,
@@ -475,13 +488,23 @@ pub async fn recompute_from_history(
     .fetch_all(&mut **tx)
     .await
     .store("loading event histories")?;
-    let mut histories: BTreeMap<CustomerId, Vec<ConnectEvent>> = BTreeMap::new();
+    let mut histories: BTreeMap<CustomerId, Vec<ConnectEvent>> =
+        snapshots.keys().map(|id| (id.clone(), Vec::new())).collect();
     for row in rows {
         let event: ConnectEvent = serde_json::from_str(&row.record)
             .map_err(|err| StoreError::undecodable("decoding a recorded event", &err))?;
         histories.entry(event.customer_id.clone()).or_default().push(event);
     }
-    Ok(histories.into_iter().map(|(id, events)| (id, lifecycle::fold(&events))).collect())
+    Ok(histories
+        .into_iter()
+        .map(|(id, events)| {
+            let state = match snapshots.get(&id) {
+                Some(snapshot) => lifecycle::fold_from(snapshot, &events),
+                None => lifecycle::fold(&events),
+            };
+            (id, state)
+        })
+        .collect())
 }
 
 /// Upserts the customers' rows.

@@ -84,9 +84,9 @@ pub struct Erasure<'a> {
     pub version: i64,
 }
 
-/// Deletes everything held about these customers (event history, accounts,
-/// logins, lifecycle changes, unpublished outbox rows, revocation requests,
-/// the lifecycle itself), names them in the access log by their erasure
+/// Deletes everything held about these customers (event history, the
+/// history's snapshot and folded ids, accounts, logins, lifecycle changes,
+/// unpublished outbox rows, revocation requests, the lifecycle itself), names them in the access log by their erasure
 /// instead (`erased:<erasure event id>`), and writes their tombstones. The
 /// caller holds the customers' locks and records the erased change after
 /// this (its outbox row is then the only one left).
@@ -133,6 +133,10 @@ pub async fn erase(tx: &mut Transaction<'_, Postgres>, erasures: &[Erasure<'_>])
             DELETE FROM lifecycle_outbox WHERE customer_id = ANY($1::text[])
         ), revocations AS (
             DELETE FROM consent_revocation_requests WHERE customer_id = ANY($1::text[])
+        ), snapshots AS (
+            DELETE FROM customer_history_snapshots WHERE customer_id = ANY($1::text[])
+        ), folded AS (
+            DELETE FROM history_folded_events WHERE customer_id = ANY($1::text[])
         ), lifecycles AS (
             DELETE FROM customers WHERE customer_id = ANY($1::text[])
         ), accesses AS (

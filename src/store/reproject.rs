@@ -1,6 +1,7 @@
-//! Re-projection: recompute lifecycle state from the recorded events, after
-//! a change to the state machine, and the audit that checks the stored
-//! state against that recomputation without writing. Both run in bounded
+//! Re-projection: recompute lifecycle state from the recorded events (from
+//! the customer's history snapshot on, when older events were folded into
+//! one), after a change to the state machine, and the audit that checks the
+//! stored state against that recomputation without writing. Both run in bounded
 //! batches of customers, each in its own short transaction, so they can run
 //! while the service does.
 
@@ -31,7 +32,7 @@ pub struct AuditOutcome {
     /// Customers checked.
     pub customers: u64,
     /// Customers whose stored lifecycle is not the fold of their recorded
-    /// events (or does not decode), in id order.
+    /// events over their history snapshot (or does not decode), in id order.
     pub differing: Vec<CustomerId>,
 }
 
@@ -91,7 +92,7 @@ pub async fn reproject(
 }
 
 /// Compares each stored lifecycle with the fold of the customer's recorded
-/// events, writing nothing. Each batch is read from one snapshot
+/// events (over their history snapshot), writing nothing. Each batch is read from one snapshot
 /// (REPEATABLE READ), so a batch the consumer commits meanwhile is seen
 /// either whole or not at all.
 pub async fn audit(pool: &PgPool, customer: Option<&CustomerId>, batch: i64) -> Result<AuditOutcome, StoreError> {

@@ -132,6 +132,18 @@ async fn an_erased_customer_leaves_only_the_tombstone_and_stays_erased() {
     .await;
     assert!(changes_before.is_some(), "the relay publishes");
 
+    // Part of the history folded into a snapshot (its ids kept).
+    let horizon = start + chrono::Duration::seconds(3);
+    let folded = connectflow::store::history::fold_older_than(&app.pool, horizon, 100).await.expect("fold");
+    assert!(folded.events > 0, "{folded:?}");
+    let expected = ["customer_history_snapshots", "history_folded_events", "api_access_log", "connect_events"];
+    let before_erasure = eventually(Duration::from_secs(10), || async {
+        let tables: Vec<String> = tables_mentioning(&app.pool, customer).await.into_iter().map(|(t, _)| t).collect();
+        expected.iter().all(|e| tables.iter().any(|t| t == e)).then_some(tables)
+    })
+    .await;
+    assert!(before_erasure.is_some(), "the customer is in {expected:?} before the erasure");
+
     // Refused before anything is recorded.
     assert_eq!(erase(&app, customer, "e-1", &json!({"reason": 3})).await.0, 400);
     assert_eq!(erase(&app, customer, "e-1", &json!({"why": "x"})).await.0, 400);

@@ -173,6 +173,7 @@ pub fn consumer_args() -> ConsumerArgs {
         dlq_timeout_seconds: 60,
         audit_retention_days: 400,
         erasure_record_days: 1095,
+        history_retention_days: 0,
     }
 }
 

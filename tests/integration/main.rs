@@ -11,6 +11,7 @@ mod consumer;
 mod erasure;
 mod foundations;
 mod helpers;
+mod history;
 mod isolation;
 mod kafka_util;
 mod lifecycle;

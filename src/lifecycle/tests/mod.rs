@@ -1,8 +1,10 @@
 //! The lifecycle's unit tests: the transition table row by row
-//! (`table`), the serialised forms (`serialisation`) and each design
-//! decision of `docs/lifecycle.md` (`decisions`). Shared event builders here.
+//! (`table`), the serialised forms (`serialisation`), each design
+//! decision of `docs/lifecycle.md` (`decisions`) and the history
+//! retention's snapshot rule (`history`). Shared event builders here.
 
 mod decisions;
+mod history;
 mod serialisation;
 mod table;
 
