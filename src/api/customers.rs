@@ -70,8 +70,27 @@ pub(super) async fn known_customer(
     if read::customer_exists(pool, &customer_id, principal.visible(None)?.as_deref()).await? {
         Ok(customer_id)
     } else {
-        Err(ApiError::NotFound(format!("customer {customer_id} not found")))
+        Err(customer_not_found(&customer_id))
     }
+}
+
+/// The 404 of every customer route: the same for a customer of another
+/// program as for one nobody ever saw.
+pub(super) fn customer_not_found(customer_id: &str) -> ApiError {
+    ApiError::NotFound(format!("customer {customer_id} not found"))
+}
+
+/// The lifecycle document of a stored lifecycle at `now`, its expiry fields
+/// from the customer's program's authorization period.
+pub(super) fn lifecycle_document(
+    programs: &Programs,
+    customer_id: String,
+    stored: read::StoredLifecycle,
+    now: DateTime<Utc>,
+) -> CustomerLifecycle {
+    let policy = programs.authorization(&stored.program_id);
+    let read::StoredLifecycle { lifecycle, version, updated_at, program_id } = stored;
+    CustomerLifecycle::new(customer_id, program_id, lifecycle, version, updated_at, policy, now)
 }
 
 /// A customer's lifecycle.
@@ -96,10 +115,8 @@ pub async fn get_lifecycle(
     let customer_id = valid_customer_id(&customer_id)?.to_string();
     let stored = read::lifecycle(&state.pool, &customer_id, principal.visible(None)?.as_deref())
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
-    let policy = state.programs.authorization(&stored.program_id);
-    let read::StoredLifecycle { lifecycle, version, updated_at, program_id } = stored;
-    let answer = CustomerLifecycle::new(customer_id, program_id, lifecycle, version, updated_at, policy, Utc::now());
+        .ok_or_else(|| customer_not_found(&customer_id))?;
+    let answer = lifecycle_document(&state.programs, customer_id, stored, Utc::now());
     Ok((Extension(Items(1)), Json(answer)))
 }
 
