@@ -41,6 +41,7 @@ pub mod apply;
 pub(crate) mod changes;
 pub(crate) mod error;
 pub mod expiry;
+pub(crate) mod export;
 pub(crate) mod read;
 pub mod reproject;
 pub(crate) mod revocations;
