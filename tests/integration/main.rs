@@ -8,6 +8,7 @@ mod consent;
 mod console;
 mod console_programs;
 mod consumer;
+mod export;
 mod foundations;
 mod helpers;
 mod isolation;
