@@ -16,6 +16,7 @@ use super::model::ChangePage;
 use super::params::{
     CustomerPath, Params, decode_version_cursor, encode_version_cursor, parse_limit, valid_customer_id,
 };
+use crate::change::LifecycleChange;
 use crate::error::{ApiError, ErrorBody};
 use crate::store::read;
 
@@ -58,10 +59,15 @@ pub async fn get_changes(
     let after = params.cursor.as_deref().map(decode_version_cursor).transpose()?;
     let customer_id = known_customer(&state.pool, customer_id, &principal).await?;
     let (changes, next) = read::changes(&state.pool, &customer_id, after, limit).await?;
-    let changes = changes
+    let changes = decode_changes(changes)?;
+    Ok((Extension(Items(changes.len())), Json(ChangePage { changes, next_cursor: next.map(encode_version_cursor) })))
+}
+
+/// Recorded changes (JSON text, as published) as the change records.
+pub(super) fn decode_changes(recorded: Vec<String>) -> Result<Vec<LifecycleChange>, ApiError> {
+    recorded
         .into_iter()
         .map(|text| serde_json::from_str(&text))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| ApiError::Internal(anyhow::Error::from(err).context("decoding a recorded change")))?;
-    Ok((Extension(Items(changes.len())), Json(ChangePage { changes, next_cursor: next.map(encode_version_cursor) })))
+        .map_err(|err| ApiError::Internal(anyhow::Error::from(err).context("decoding a recorded change")))
 }

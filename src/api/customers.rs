@@ -83,9 +83,28 @@ pub(super) async fn absent_customer(pool: &PgPool, customer_id: &str, principal:
     };
     match erasure::erased(pool, customer_id, visible.as_deref()).await {
         Ok(Some(erased)) => ApiError::Gone { customer_id: customer_id.to_owned(), erased_at: erased.erased_at },
-        Ok(None) => ApiError::NotFound(format!("customer {customer_id} not found")),
+        Ok(None) => customer_not_found(customer_id),
         Err(err) => err.into(),
     }
+}
+
+/// The 404 of every customer route: the same for a customer of another
+/// program as for one nobody ever saw.
+pub(super) fn customer_not_found(customer_id: &str) -> ApiError {
+    ApiError::NotFound(format!("customer {customer_id} not found"))
+}
+
+/// The lifecycle document of a stored lifecycle at `now`, its expiry fields
+/// from the customer's program's authorization period.
+pub(super) fn lifecycle_document(
+    programs: &Programs,
+    customer_id: String,
+    stored: read::StoredLifecycle,
+    now: DateTime<Utc>,
+) -> CustomerLifecycle {
+    let policy = programs.authorization(&stored.program_id);
+    let read::StoredLifecycle { lifecycle, version, updated_at, program_id } = stored;
+    CustomerLifecycle::new(customer_id, program_id, lifecycle, version, updated_at, policy, now)
 }
 
 /// A customer's lifecycle.
@@ -111,9 +130,7 @@ pub async fn get_lifecycle(
     let Some(stored) = read::lifecycle(&state.pool, &customer_id, principal.visible(None)?.as_deref()).await? else {
         return Err(absent_customer(&state.pool, &customer_id, &principal).await);
     };
-    let policy = state.programs.authorization(&stored.program_id);
-    let read::StoredLifecycle { lifecycle, version, updated_at, program_id } = stored;
-    let answer = CustomerLifecycle::new(customer_id, program_id, lifecycle, version, updated_at, policy, Utc::now());
+    let answer = lifecycle_document(&state.programs, customer_id, stored, Utc::now());
     Ok((Extension(Items(1)), Json(answer)))
 }
 

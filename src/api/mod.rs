@@ -3,7 +3,7 @@
 //! funnel's aggregates and revocations of consent.
 //!
 //! One file per resource ([`customers`], [`events`], [`changes`],
-//! [`stats`], [`revocations`]); what they share lives beside them: the
+//! [`export`], [`stats`], [`revocations`]); what they share lives beside them: the
 //! bearer check, the principal a token stands for and its scopes
 //! ([`auth`]; each handler checks its route's scope first), what is read from the query string
 //! ([`params`]), the error answers described once for the OpenAPI document
@@ -18,6 +18,7 @@ mod changes;
 mod customers;
 mod erasures;
 mod events;
+mod export;
 mod me;
 pub mod model;
 pub mod params;
@@ -71,6 +72,7 @@ fn documented_routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(customers::get_lifecycle))
         .routes(routes!(events::get_events))
         .routes(routes!(changes::get_changes))
+        .routes(routes!(export::get_export))
         .routes(routes!(customers::list_customers))
         .routes(routes!(revocations::revoke))
         .routes(routes!(erasures::erase))

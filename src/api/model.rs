@@ -13,6 +13,7 @@ use crate::lifecycle::{
     AuthReason, AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, FunnelProgress,
     InstitutionLogin, LastEvent, Lifecycle, Outcome,
 };
+use crate::store::access_log::AccessRecord;
 
 /// The stats window when none is given: the 30 days before `until` (now).
 pub const DEFAULT_WINDOW: Duration = Duration::days(30);
@@ -162,6 +163,98 @@ pub struct EventPage {
     #[serde(with = "crate::lifecycle::rfc3339_ms_option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub history_starts_at: Option<DateTime<Utc>>,
+}
+
+/// The most items each list of an export holds (`GET
+/// /v1/customers/{customer_id}/export`); a longer one is cut there and
+/// flagged in `truncated`.
+pub const EXPORT_MAX_ITEMS: usize = 10_000;
+
+/// Everything connectflow holds about one customer, read from one snapshot
+/// of the database: for a customer's request to know their data.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerExport {
+    /// Finicity's customer id.
+    #[schema(example = "1005061234")]
+    pub customer_id: String,
+    /// The customer's program.
+    #[schema(example = "default")]
+    pub program_id: String,
+    /// When the document was read (the lifecycle's `expired` flags are as
+    /// of this time).
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub exported_at: DateTime<Utc>,
+    /// The customer's lifecycle, as `GET /v1/customers/{customer_id}/lifecycle`
+    /// answers it.
+    pub lifecycle: CustomerLifecycle,
+    /// Where the recorded history starts: the events that occurred before
+    /// it were folded into `snapshot` and deleted
+    /// (`CONNECTFLOW_HISTORY_RETENTION_DAYS`); null while the whole history
+    /// is kept.
+    #[serde(with = "crate::lifecycle::rfc3339_ms_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub history_starts_at: Option<DateTime<Utc>>,
+    /// The lifecycle the folded events imply, as stored (connectflow's
+    /// internal form of it); null while the whole history is kept.
+    pub snapshot: Option<Lifecycle>,
+    /// Every recorded event, as `GET /v1/customers/{customer_id}/events`
+    /// lists them (the normalised event as published, plus `recorded_at`),
+    /// in `(occurred_at, event_id)` order.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// Every recorded lifecycle change, as `GET
+    /// /v1/customers/{customer_id}/changes` lists them, in version order.
+    pub changes: Vec<LifecycleChange>,
+    /// The revocation requests recorded for the customer (`POST
+    /// /v1/customers/{customer_id}/consent/revocations`), in
+    /// `(occurred_at, event_id)` order.
+    pub revocations: Vec<ExportedRevocation>,
+    /// The API requests that named the customer, as `GET /v1/audit` shows
+    /// them, oldest first (never this request: it is logged once answered).
+    /// A token of some programs sees the requests made within them only.
+    pub access_log: Vec<AccessRecord>,
+    /// Which lists were cut at their maximum (10,000 items each).
+    pub truncated: ExportTruncated,
+}
+
+/// A revocation request recorded for a customer: what the caller sent and
+/// who it was, never the request's digest.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportedRevocation {
+    /// The caller's `Idempotency-Key`: the client's own name for the
+    /// request, kept to give retries the same answer.
+    pub idempotency_key: String,
+    /// The revocation event's id (in `events`).
+    pub event_id: String,
+    /// When the revocation was recorded: the event's `occurred_at`.
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub occurred_at: DateTime<Utc>,
+    /// The id of the API token that asked.
+    pub token_id: Option<String>,
+    /// The name of the API token that asked.
+    pub token_name: Option<String>,
+    /// When the key was recorded (renewed, for a key used again after its
+    /// end).
+    #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+}
+
+/// For each list of an export, whether it held more than
+/// [`EXPORT_MAX_ITEMS`] and shows the first ones only (the paged routes
+/// give the rest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ExportTruncated {
+    /// `events` was cut.
+    pub events: bool,
+    /// `changes` was cut.
+    pub changes: bool,
+    /// `revocations` was cut.
+    pub revocations: bool,
+    /// `access_log` was cut.
+    pub access_log: bool,
 }
 
 /// A customer in a listing.

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use utoipa::ToSchema;
 
 use crate::event::rfc3339_ms;
@@ -125,9 +125,10 @@ pub async fn insert(pool: &PgPool, records: &[AccessRecord]) -> Result<(), Store
 }
 
 /// A page of records after `after` (`(at, id)`), in time order; and the key
-/// of the last one when more follow.
+/// of the last one when more follow. Takes the pool, or a transaction's
+/// connection to read in its snapshot.
 pub async fn page(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     filter: &AccessFilter,
     after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
@@ -155,7 +156,7 @@ pub async fn page(
         limit + 1,
         filter.within_programs.as_deref(),
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
     .store("reading the access log")?;
     let next = cut_page(&mut rows, limit, |r| (r.at, r.id));

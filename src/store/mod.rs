@@ -42,6 +42,7 @@ pub(crate) mod changes;
 pub mod erasure;
 pub(crate) mod error;
 pub mod expiry;
+pub(crate) mod export;
 pub mod history;
 pub(crate) mod read;
 pub mod reproject;

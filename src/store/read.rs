@@ -3,7 +3,7 @@
 //! between pages whatever is written meanwhile.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 use crate::event::rfc3339_ms;
 use crate::lifecycle::{AuthState, ConsentState, Lifecycle};
@@ -27,8 +27,9 @@ pub struct StoredLifecycle {
 }
 
 /// One customer's stored lifecycle, when the customer exists in `visible`.
+/// Takes the pool, or a transaction's connection to read in its snapshot.
 pub async fn lifecycle(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     customer_id: &str,
     visible: Visible<'_>,
 ) -> Result<Option<StoredLifecycle>, StoreError> {
@@ -40,7 +41,7 @@ pub async fn lifecycle(
         customer_id,
         visible,
     )
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
     .store("reading a lifecycle")?;
     row.map(|row| {
@@ -54,7 +55,7 @@ pub async fn lifecycle(
 /// A page of a customer's recorded lifecycle changes after `after_version`,
 /// in version order; and the last version when more follow.
 pub async fn changes(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     customer_id: &str,
     after_version: Option<i64>,
     limit: i64,
@@ -70,7 +71,7 @@ pub async fn changes(
         after_version.unwrap_or(0),
         limit + 1,
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
     .store("reading lifecycle changes")?;
     let next = cut_page(&mut rows, limit, |r| r.version);
@@ -97,7 +98,7 @@ pub async fn customer_exists(pool: &PgPool, customer_id: &str, visible: Visible<
 /// each the published record plus `recorded_at`; and the key of the last
 /// one when more follow.
 pub async fn events(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     customer_id: &str,
     after: Option<&(DateTime<Utc>, String)>,
     limit: i64,
@@ -120,7 +121,7 @@ pub async fn events(
         after_id,
         limit + 1,
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
     .store("reading events")?;
     let next = cut_page(&mut rows, limit, |r| (r.occurred_at, r.event_id.clone()));

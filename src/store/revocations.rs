@@ -3,9 +3,10 @@
 //! end, the same key always stands for the same request and the same event.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 use crate::store::error::{StoreError, StoreResultExt};
+use crate::store::read::cut_page;
 
 /// What a key was first used for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,4 +119,52 @@ pub async fn recall(pool: &PgPool, program: &str, key: &str) -> Result<Option<Re
     .fetch_optional(pool)
     .await
     .store("reading an idempotency key")
+}
+
+/// A recorded request as a customer's export shows it: never the request's
+/// digest (`request_sha256`), which only tells requests apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRevocation {
+    /// The caller's `Idempotency-Key`.
+    pub idempotency_key: String,
+    /// The revocation event's id.
+    pub event_id: String,
+    /// The event's `occurred_at`.
+    pub occurred_at: DateTime<Utc>,
+    /// The token that asked (id).
+    pub token_id: Option<String>,
+    /// The token that asked (name).
+    pub token_name: Option<String>,
+    /// When the key was recorded (or renewed).
+    pub created_at: DateTime<Utc>,
+}
+
+/// The requests recorded for `customer_id` under `program`, in
+/// `(occurred_at, event_id)` order, at most `limit`; and the key of the last
+/// one when more follow. A key renewed for another customer after its end
+/// (see [`remember`]) is that customer's now.
+pub async fn of_customer(
+    db: impl PgExecutor<'_>,
+    program: &str,
+    customer_id: &str,
+    limit: i64,
+) -> Result<(Vec<RecordedRevocation>, Option<(DateTime<Utc>, String)>), StoreError> {
+    let mut rows = sqlx::query_as!(
+        RecordedRevocation,
+        r#"
+        SELECT idempotency_key, event_id, occurred_at, token_id, token_name, created_at
+        FROM consent_revocation_requests
+        WHERE customer_id = $1 AND program_id = $2
+        ORDER BY occurred_at, event_id
+        LIMIT $3
+        "#,
+        customer_id,
+        program,
+        limit + 1,
+    )
+    .fetch_all(db)
+    .await
+    .store("reading a customer's revocation requests")?;
+    let next = cut_page(&mut rows, limit, |r| (r.occurred_at, r.event_id.clone()));
+    Ok((rows, next))
 }

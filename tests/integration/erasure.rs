@@ -143,6 +143,11 @@ async fn an_erased_customer_leaves_only_the_tombstone_and_stays_erased() {
     })
     .await;
     assert!(before_erasure.is_some(), "the customer is in {expected:?} before the erasure");
+    // The right to know covers the snapshot too.
+    let export: Value = app.api_get(&format!("/v1/customers/{customer}/export")).await.json().await.expect("json");
+    assert!(export["history_starts_at"].is_string(), "{export}");
+    assert_eq!(export["snapshot"]["consent"]["state"], "granted", "{export}");
+    assert_eq!(export["revocations"].as_array().map(Vec::len), Some(1), "{export}");
 
     // Refused before anything is recorded.
     assert_eq!(erase(&app, customer, "e-1", &json!({"reason": 3})).await.0, 400);
@@ -168,7 +173,7 @@ async fn an_erased_customer_leaves_only_the_tombstone_and_stays_erased() {
     .expect("the lifecycle answers 410");
     assert_eq!(gone["error"]["code"], "gone", "{gone}");
     let erased_at = gone["error"]["erased_at"].as_str().expect("erased_at").to_owned();
-    for route in ["lifecycle", "events", "changes"] {
+    for route in ["lifecycle", "events", "changes", "export"] {
         let response = app.api_get(&format!("/v1/customers/{customer}/{route}")).await;
         assert_eq!(response.status(), 410, "{route}");
         let body: Value = response.json().await.expect("json");

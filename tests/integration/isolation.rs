@@ -87,6 +87,7 @@ async fn another_programs_customer_is_exactly_an_unknown_customer() {
             (Method::GET, format!("/v1/customers/{id}/lifecycle")),
             (Method::GET, format!("/v1/customers/{id}/events")),
             (Method::GET, format!("/v1/customers/{id}/changes")),
+            (Method::GET, format!("/v1/customers/{id}/export")),
             (Method::POST, format!("/v1/customers/{id}/consent/revocations")),
         ]
     };

@@ -9,6 +9,7 @@ mod console;
 mod console_programs;
 mod consumer;
 mod erasure;
+mod export;
 mod foundations;
 mod helpers;
 mod history;

@@ -246,6 +246,7 @@ async fn the_openapi_document_covers_every_route() {
         ("post", "/webhooks/finicity/connect"),
         ("get", "/v1/customers/{customer_id}/lifecycle"),
         ("get", "/v1/customers/{customer_id}/events"),
+        ("get", "/v1/customers/{customer_id}/export"),
         ("get", "/v1/customers"),
         ("get", "/v1/stats/funnel"),
         ("get", "/v1/stats/timeseries"),
@@ -273,9 +274,16 @@ async fn the_openapi_document_covers_every_route() {
         }
     }
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
-    for schema in
-        ["ErrorBody", "CustomerLifecycle", "CustomerPage", "EventPage", "Funnel", "Timeseries", "Institutions"]
-    {
+    for schema in [
+        "ErrorBody",
+        "CustomerLifecycle",
+        "CustomerPage",
+        "EventPage",
+        "CustomerExport",
+        "Funnel",
+        "Timeseries",
+        "Institutions",
+    ] {
         assert!(schemas.contains_key(schema), "{schema} missing");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
@@ -295,6 +303,7 @@ async fn the_openapi_document_states_the_constraints_the_server_enforces() {
         "/v1/customers/{customer_id}/lifecycle",
         "/v1/customers/{customer_id}/events",
         "/v1/customers/{customer_id}/changes",
+        "/v1/customers/{customer_id}/export",
     ] {
         let id = parameter(path, "customer_id");
         assert_eq!(id["required"], true);
