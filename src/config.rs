@@ -188,6 +188,26 @@ pub struct HttpArgs {
     /// the same key (in the same program) later is a new request.
     #[arg(long = "idempotency-key-hours", env = "CONNECTFLOW_IDEMPOTENCY_KEY_HOURS", default_value_t = 72, value_parser = clap::value_parser!(u32).range(1..=87_600))]
     pub idempotency_key_hours: u32,
+
+    /// The top-level `webhookData` keys the receiver keeps, comma-separated
+    /// (e.g. `ref,program`); every other key is dropped before the event is
+    /// published, so it never reaches Kafka or Postgres (data minimisation:
+    /// keep what subscribers need). Unset: every key is kept. Keys are taken
+    /// exactly as written: an empty one, or one with spaces around it, is
+    /// refused.
+    #[arg(long = "webhook-data-keys", env = "CONNECTFLOW_WEBHOOK_DATA_KEYS", value_delimiter = ',', value_name = "KEYS", value_parser = webhook_data_key)]
+    pub webhook_data_keys: Option<Vec<String>>,
+}
+
+/// One key of `CONNECTFLOW_WEBHOOK_DATA_KEYS`.
+fn webhook_data_key(key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("a key is empty".into());
+    }
+    if key.trim() != key {
+        return Err("a key has spaces around it".into());
+    }
+    Ok(key.to_owned())
 }
 
 /// The consumer side.
@@ -470,6 +490,8 @@ pub struct HttpSettings {
     pub access_log_queue: usize,
     /// How long a revocation's `Idempotency-Key` is remembered.
     pub idempotency_key_ttl: Duration,
+    /// The top-level `webhookData` keys kept; `None`: all of them.
+    pub webhook_data_keys: Option<Arc<[String]>>,
 }
 
 impl HttpArgs {
@@ -492,6 +514,7 @@ impl HttpArgs {
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
             access_log_queue: usize::try_from(self.access_log_queue).unwrap_or(usize::MAX),
             idempotency_key_ttl: Duration::from_secs(u64::from(self.idempotency_key_hours) * 3600),
+            webhook_data_keys: self.webhook_data_keys.as_deref().map(Arc::from),
         })
     }
 }

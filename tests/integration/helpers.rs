@@ -204,6 +204,7 @@ pub fn http_settings() -> HttpSettings {
         max_concurrent_webhooks: 256,
         access_log_queue: 10_000,
         idempotency_key_hours: 72,
+        webhook_data_keys: None,
     }
     .settings(&lifecycle_args())
     .expect("complete test settings")
