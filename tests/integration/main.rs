@@ -13,6 +13,7 @@ mod helpers;
 mod isolation;
 mod kafka_util;
 mod lifecycle;
+mod minimisation;
 mod pg_proxy;
 mod programs;
 mod query;
