@@ -113,11 +113,22 @@ pub struct MigrationArgs {
     #[arg(long = "topic-min-insync-replicas", env = "CONNECTFLOW_TOPIC_MIN_INSYNC_REPLICAS", default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1..))]
     pub topic_min_insync_replicas: i32,
 
-    /// `retention.ms` of the events topic when created: -1 keeps every event
-    /// (the default), so the lifecycle can always be rebuilt from the topic
-    /// as well as from Postgres.
-    #[arg(long = "events-retention-ms", env = "CONNECTFLOW_EVENTS_RETENTION_MS", default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    /// `retention.ms` of the events topic when created (default 7 days; -1:
+    /// forever). Events carry personal data, so they are kept only as long as
+    /// the topic is needed: past Finicity's 3 days of retries, and for
+    /// re-reading after a Postgres restore; the event history in Postgres is
+    /// what `reproject` rebuilds from. `migrate` warns about an existing
+    /// topic that keeps events for a shorter or a longer time.
+    #[arg(long = "events-retention-ms", env = "CONNECTFLOW_EVENTS_RETENTION_MS", default_value_t = 604_800_000, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub events_retention_ms: i64,
+
+    /// `retention.ms` of the changes topic(s) when created (default 30 days;
+    /// -1: forever): how far behind a subscriber may fall and still catch up
+    /// from the topic; one further behind rebuilds from the query API
+    /// (docs/operations.md, "Topic retention"). `migrate` warns about an
+    /// existing topic that keeps changes for a shorter or a longer time.
+    #[arg(long = "changes-retention-ms", env = "CONNECTFLOW_CHANGES_RETENTION_MS", default_value_t = 2_592_000_000, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub changes_retention_ms: i64,
 
     /// `retention.ms` of the dead-letter topic when created (default 90
     /// days: a person has to look at what is parked).

@@ -28,7 +28,8 @@ async fn topics_are_created_with_the_configured_retention_and_min_insync_replica
         .await
         .expect("topics");
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(config_value(&kafka.brokers, &kafka.events_topic, "retention.ms").await.as_deref(), Some("-1"));
+    assert_eq!(config_value(&kafka.brokers, &kafka.events_topic, "retention.ms").await.as_deref(), Some("604800000"));
+    assert_eq!(config_value(&kafka.brokers, &kafka.changes_topic, "retention.ms").await.as_deref(), Some("2592000000"));
     assert_eq!(config_value(&kafka.brokers, &kafka.dlq_topic, "retention.ms").await.as_deref(), Some("7776000000"));
     assert_eq!(config_value(&kafka.brokers, &kafka.events_topic, "min.insync.replicas").await.as_deref(), Some("1"));
     let again = connectflow::kafka::ensure_topics(&kafka, &migration, &crate::helpers::default_programs())
@@ -53,7 +54,8 @@ async fn an_existing_topic_weaker_than_configured_is_reported_with_the_differenc
         .expect("topics");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[0].contains(&kafka.events_topic) && warnings[0].contains("retention.ms is 60000, configured -1"),
+        warnings[0].contains(&kafka.events_topic)
+            && warnings[0].contains("retention.ms is 60000, configured 604800000"),
         "{warnings:?}"
     );
 
@@ -70,6 +72,37 @@ async fn an_existing_topic_weaker_than_configured_is_reported_with_the_differenc
 }
 
 #[tokio::test]
+async fn an_existing_topic_keeping_data_longer_than_configured_is_reported_and_left_alone() {
+    let kafka = unique_kafka_args(&services().await.kafka_brokers);
+    let forever = NewTopic::new(&kafka.events_topic, 1, TopicReplication::Fixed(1)).set("retention.ms", "-1");
+    let ninety_days =
+        NewTopic::new(&kafka.changes_topic, 1, TopicReplication::Fixed(1)).set("retention.ms", "7776000000");
+    let created = admin(&kafka.brokers)
+        .create_topics([&forever, &ninety_days], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await
+        .expect("create");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let warnings = connectflow::kafka::ensure_topics(&kafka, &migration_args(), &crate::helpers::default_programs())
+        .await
+        .expect("topics");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    for (topic, expected) in [
+        (&kafka.events_topic, "retention.ms is -1, configured 604800000: keeps records (personal data) longer"),
+        (
+            &kafka.changes_topic,
+            "retention.ms is 7776000000, configured 2592000000: keeps records (personal data) longer",
+        ),
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(&format!("topic {topic}: ")) && w.contains(expected)),
+            "{topic}: {warnings:?}"
+        );
+    }
+    // migrate never changes an existing topic: the operator decides.
+    assert_eq!(config_value(&kafka.brokers, &kafka.events_topic, "retention.ms").await.as_deref(), Some("-1"));
+}
+
+#[tokio::test]
 async fn a_changes_topic_with_program_is_created_for_each_program() {
     let mut kafka = unique_kafka_args(&services().await.kafka_brokers);
     kafka.changes_topic = format!("{}.{{program}}", kafka.changes_topic);
@@ -83,7 +116,11 @@ async fn a_changes_topic_with_program_is_created_for_each_program() {
         assert!(topic.ends_with(&format!(".{program}")), "{topic}");
         // Created by migrate, with its settings: not auto-created on first use.
         assert_eq!(config_value(&kafka.brokers, &topic, "min.insync.replicas").await.as_deref(), Some("1"), "{topic}");
-        assert_eq!(config_value(&kafka.brokers, &topic, "retention.ms").await.as_deref(), Some("-1"), "{topic}");
+        assert_eq!(
+            config_value(&kafka.brokers, &topic, "retention.ms").await.as_deref(),
+            Some("2592000000"),
+            "{topic}"
+        );
     }
     assert_eq!(
         config_value(&kafka.brokers, &kafka.changes_topic, "retention.ms").await,
