@@ -1,5 +1,6 @@
-//! `migrate`'s topics: created with the configured durability, and an
-//! existing topic weaker than configured is reported, never silently kept.
+//! `migrate`'s topics: created with the configured durability and
+//! retention, and an existing topic weaker than configured, or keeping data
+//! longer, is reported, never silently kept.
 
 use std::time::Duration;
 
@@ -12,11 +13,19 @@ fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
     rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin")
 }
 
-async fn config_value(brokers: &str, topic: &str, name: &str) -> Option<String> {
+/// The topic's setting as described now (`None` for a topic the broker
+/// does not know).
+async fn described_value(brokers: &str, topic: &str, name: &str) -> Option<String> {
     let resource = ResourceSpecifier::Topic(topic);
     let described = admin(brokers).describe_configs([&resource], &AdminOptions::new()).await.expect("describe");
     let config = described.into_iter().next()?.ok()?;
     config.get(name)?.value.clone()
+}
+
+/// The setting of a topic that exists: a topic just created may not be
+/// known yet to the broker that answers, so ask again for a while.
+async fn config_value(brokers: &str, topic: &str, name: &str) -> Option<String> {
+    crate::helpers::eventually(Duration::from_secs(10), || described_value(brokers, topic, name)).await
 }
 
 #[tokio::test]
@@ -123,7 +132,7 @@ async fn a_changes_topic_with_program_is_created_for_each_program() {
         );
     }
     assert_eq!(
-        config_value(&kafka.brokers, &kafka.changes_topic, "retention.ms").await,
+        described_value(&kafka.brokers, &kafka.changes_topic, "retention.ms").await,
         None,
         "no topic named with the placeholder"
     );
