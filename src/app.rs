@@ -140,6 +140,7 @@ impl HttpServer {
             max_body_bytes: settings.max_body_bytes,
             request_timeout: settings.request_timeout,
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_webhooks)),
+            webhook_data_keys: settings.webhook_data_keys.clone(),
         });
         let (access_log, access_log_writer) = access_log(pool.clone(), settings.access_log_queue, metrics.clone());
         let api = Arc::new(ApiState {

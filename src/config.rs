@@ -113,11 +113,22 @@ pub struct MigrationArgs {
     #[arg(long = "topic-min-insync-replicas", env = "CONNECTFLOW_TOPIC_MIN_INSYNC_REPLICAS", default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1..))]
     pub topic_min_insync_replicas: i32,
 
-    /// `retention.ms` of the events topic when created: -1 keeps every event
-    /// (the default), so the lifecycle can always be rebuilt from the topic
-    /// as well as from Postgres.
-    #[arg(long = "events-retention-ms", env = "CONNECTFLOW_EVENTS_RETENTION_MS", default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    /// `retention.ms` of the events topic when created (default 7 days; -1:
+    /// forever). Events carry personal data, so they are kept only as long as
+    /// the topic is needed: past Finicity's 3 days of retries, and for
+    /// re-reading after a Postgres restore; the event history in Postgres is
+    /// what `reproject` rebuilds from. `migrate` warns about an existing
+    /// topic that keeps events for a shorter or a longer time.
+    #[arg(long = "events-retention-ms", env = "CONNECTFLOW_EVENTS_RETENTION_MS", default_value_t = 604_800_000, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub events_retention_ms: i64,
+
+    /// `retention.ms` of the changes topic(s) when created (default 30 days;
+    /// -1: forever): how far behind a subscriber may fall and still catch up
+    /// from the topic; one further behind rebuilds from the query API
+    /// (docs/operations.md, "Topic retention"). `migrate` warns about an
+    /// existing topic that keeps changes for a shorter or a longer time.
+    #[arg(long = "changes-retention-ms", env = "CONNECTFLOW_CHANGES_RETENTION_MS", default_value_t = 2_592_000_000, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub changes_retention_ms: i64,
 
     /// `retention.ms` of the dead-letter topic when created (default 90
     /// days: a person has to look at what is parked).
@@ -188,6 +199,26 @@ pub struct HttpArgs {
     /// the same key (in the same program) later is a new request.
     #[arg(long = "idempotency-key-hours", env = "CONNECTFLOW_IDEMPOTENCY_KEY_HOURS", default_value_t = 72, value_parser = clap::value_parser!(u32).range(1..=87_600))]
     pub idempotency_key_hours: u32,
+
+    /// The top-level `webhookData` keys the receiver keeps, comma-separated
+    /// (e.g. `ref,program`); every other key is dropped before the event is
+    /// published, so it never reaches Kafka or Postgres (data minimisation:
+    /// keep what subscribers need). Unset: every key is kept. Keys are taken
+    /// exactly as written: an empty one, or one with spaces around it, is
+    /// refused.
+    #[arg(long = "webhook-data-keys", env = "CONNECTFLOW_WEBHOOK_DATA_KEYS", value_delimiter = ',', value_name = "KEYS", value_parser = webhook_data_key)]
+    pub webhook_data_keys: Option<Vec<String>>,
+}
+
+/// One key of `CONNECTFLOW_WEBHOOK_DATA_KEYS`.
+fn webhook_data_key(key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("a key is empty".into());
+    }
+    if key.trim() != key {
+        return Err("a key has spaces around it".into());
+    }
+    Ok(key.to_owned())
 }
 
 /// The consumer side.
@@ -485,6 +516,8 @@ pub struct HttpSettings {
     pub access_log_queue: usize,
     /// How long a revocation's `Idempotency-Key` is remembered.
     pub idempotency_key_ttl: Duration,
+    /// The top-level `webhookData` keys kept; `None`: all of them.
+    pub webhook_data_keys: Option<Arc<[String]>>,
 }
 
 impl HttpArgs {
@@ -507,6 +540,7 @@ impl HttpArgs {
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
             access_log_queue: usize::try_from(self.access_log_queue).unwrap_or(usize::MAX),
             idempotency_key_ttl: Duration::from_secs(u64::from(self.idempotency_key_hours) * 3600),
+            webhook_data_keys: self.webhook_data_keys.as_deref().map(Arc::from),
         })
     }
 }

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use checks::{
-    InvalidField, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, MAX_WEBHOOK_DATA_BYTES, clean_text,
+    InvalidField, KEPT_DIGITS, MASK, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, MAX_WEBHOOK_DATA_BYTES,
+    clean_text, mask_digit_runs,
 };
 pub use customer_id::{CustomerId, InvalidCustomerId};
 pub use event_type::EventType;

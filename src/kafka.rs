@@ -2,6 +2,7 @@
 //! `migrate`: client configuration, the one way to make a producer, and
 //! topic creation.
 
+use std::cmp::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -65,7 +66,8 @@ struct TopicSpec<'a> {
 /// Existing topics are left as they are (their partition count included),
 /// but every setting weaker than configured is reported as a warning and
 /// returned, so an operator is never left believing in a durability the
-/// topic does not have.
+/// topic does not have; so is a retention longer than configured, which
+/// keeps personal data longer than the operator decided.
 pub async fn ensure_topics(
     kafka: &KafkaArgs,
     migration: &MigrationArgs,
@@ -97,7 +99,7 @@ pub async fn ensure_topics(
         partitions: migration.topic_partitions,
         replication_factor: migration.topic_replication_factor,
         min_insync_replicas: migration.topic_min_insync_replicas,
-        retention_ms: migration.events_retention_ms,
+        retention_ms: migration.changes_retention_ms,
     }));
     let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
     let min_isr: Vec<String> = specs.iter().map(|s| s.min_insync_replicas.to_string()).collect();
@@ -122,21 +124,51 @@ pub async fn ensure_topics(
     }
     let mut warnings = Vec::new();
     for spec in specs.iter().filter(|s| existing.iter().any(|e| e == s.name)) {
-        for weaker in weaker_settings(&admin, kafka, spec).await? {
-            tracing::warn!(topic = spec.name, difference = weaker, "existing Kafka topic is weaker than configured");
-            warnings.push(format!("topic {}: {weaker}", spec.name));
+        for difference in differences(&admin, kafka, spec).await? {
+            match &difference {
+                Difference::Weaker(text) => {
+                    tracing::warn!(
+                        topic = spec.name,
+                        difference = text,
+                        "existing Kafka topic is weaker than configured"
+                    );
+                }
+                Difference::KeepsLonger(text) => tracing::warn!(
+                    topic = spec.name,
+                    difference = text,
+                    "existing Kafka topic keeps data longer than configured"
+                ),
+            }
+            warnings.push(format!("topic {}: {}", spec.name, difference.text()));
         }
     }
     Ok(warnings)
 }
 
-/// How an existing topic falls short of `spec`, one line per setting.
-async fn weaker_settings(
+/// How an existing topic differs from its spec in a way the operator must hear of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Difference {
+    /// Less durable than configured (fewer replicas, shorter retention).
+    Weaker(String),
+    /// Keeps records (personal data) longer than configured.
+    KeepsLonger(String),
+}
+
+impl Difference {
+    fn text(&self) -> &str {
+        match self {
+            Self::Weaker(text) | Self::KeepsLonger(text) => text,
+        }
+    }
+}
+
+/// How an existing topic differs from `spec`, one line per setting.
+async fn differences(
     admin: &AdminClient<DefaultClientContext>,
     kafka: &KafkaArgs,
     spec: &TopicSpec<'_>,
-) -> anyhow::Result<Vec<String>> {
-    let mut weaker = Vec::new();
+) -> anyhow::Result<Vec<Difference>> {
+    let mut found = Vec::new();
     let resource = ResourceSpecifier::Topic(spec.name);
     let described = admin
         .describe_configs([&resource], &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))))
@@ -152,30 +184,41 @@ async fn weaker_settings(
         && let Some(actual) = number("min.insync.replicas")
         && actual < i64::from(spec.min_insync_replicas)
     {
-        weaker.push(format!("min.insync.replicas is {actual}, configured {}", spec.min_insync_replicas));
+        found.push(Difference::Weaker(format!(
+            "min.insync.replicas is {actual}, configured {}",
+            spec.min_insync_replicas
+        )));
     }
-    if let Some(actual) = number("retention.ms")
-        && retention_is_shorter(actual, spec.retention_ms)
-    {
-        weaker.push(format!("retention.ms is {actual}, configured {}", spec.retention_ms));
+    if let Some(actual) = number("retention.ms") {
+        let configured = spec.retention_ms;
+        match compare_retention(actual, configured) {
+            Ordering::Less => {
+                found.push(Difference::Weaker(format!("retention.ms is {actual}, configured {configured}")))
+            }
+            Ordering::Greater => found.push(Difference::KeepsLonger(format!(
+                "retention.ms is {actual}, configured {configured}: keeps records (personal data) longer than \
+                 configured; set retention.ms={configured} on the topic (docs/operations.md, \"Topic retention\")"
+            ))),
+            Ordering::Equal => {}
+        }
     }
     if spec.replication_factor > 0 {
         let replicas = replica_count(kafka, spec.name).await?;
         if replicas < spec.replication_factor {
-            weaker.push(format!("replication factor is {replicas}, configured {}", spec.replication_factor));
+            found.push(Difference::Weaker(format!(
+                "replication factor is {replicas}, configured {}",
+                spec.replication_factor
+            )));
         }
     }
-    Ok(weaker)
+    Ok(found)
 }
 
-/// Whether a topic's retention (`-1` = forever) keeps events for less time
-/// than the configured one.
-fn retention_is_shorter(actual: i64, configured: i64) -> bool {
-    match (actual, configured) {
-        (-1, _) => false,
-        (_, -1) => true,
-        (actual, configured) => actual < configured,
-    }
+/// Compares a topic's retention with the configured one, `-1` (or any
+/// negative value: Kafka's "no limit") being longer than every time.
+fn compare_retention(actual: i64, configured: i64) -> Ordering {
+    let forever = |ms: i64| if ms < 0 { i64::MAX } else { ms };
+    forever(actual).cmp(&forever(configured))
 }
 
 /// The fewest replicas any partition of `topic` has.
@@ -201,14 +244,18 @@ async fn replica_count(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::retention_is_shorter;
+    use std::cmp::Ordering::{Equal, Greater, Less};
+
+    use super::compare_retention;
 
     #[test]
     fn forever_is_the_longest_retention() {
-        assert!(!retention_is_shorter(-1, -1));
-        assert!(!retention_is_shorter(-1, 1000));
-        assert!(retention_is_shorter(604_800_000, -1));
-        assert!(retention_is_shorter(1000, 2000));
-        assert!(!retention_is_shorter(2000, 1000));
+        assert_eq!(compare_retention(-1, -1), Equal);
+        assert_eq!(compare_retention(-1, 604_800_000), Greater, "forever keeps data longer than a week");
+        assert_eq!(compare_retention(604_800_000, -1), Less);
+        assert_eq!(compare_retention(1000, 2000), Less);
+        assert_eq!(compare_retention(2000, 1000), Greater);
+        assert_eq!(compare_retention(604_800_000, 604_800_000), Equal);
+        assert_eq!(compare_retention(2_592_000_000, 604_800_000), Greater, "30 days against a week");
     }
 }

@@ -592,7 +592,8 @@ pub struct RevocationBody {
     /// Who asked: `customer` or `partner`.
     pub revoked_by: RevokedBy,
     /// Why, in a few words (at most 256 characters; control characters are
-    /// removed).
+    /// removed, and every run of five or more digits is masked but for its
+    /// last four, as in `card ••••••••••••1111`).
     #[serde(default)]
     #[schema(max_length = 256)]
     pub reason: Option<String>,

@@ -59,6 +59,9 @@ pub struct Receiver {
     pub request_timeout: Duration,
     /// One permit per webhook in flight (`CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS`).
     pub slots: Arc<Semaphore>,
+    /// The top-level `webhookData` keys kept (`CONNECTFLOW_WEBHOOK_DATA_KEYS`);
+    /// `None`: all of them.
+    pub webhook_data_keys: Option<Arc<[String]>>,
 }
 
 /// Decrements the in-flight gauge however the request ends.
@@ -222,7 +225,8 @@ async fn receive(
         receiver.metrics.signature_failures.inc();
         return ("unknown", Err(err.into()));
     }
-    let webhook = match normalise::normalise(&raw, Utc::now(), &program.id) {
+    let kept = receiver.webhook_data_keys.as_deref();
+    let webhook = match normalise::normalise_keeping(&raw, Utc::now(), &program.id, kept) {
         Ok(webhook) => webhook,
         Err(err) => return ("unknown", Err(err.into())),
     };

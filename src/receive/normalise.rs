@@ -62,11 +62,24 @@ pub enum Webhook {
 }
 
 /// Parses and normalises a verified webhook body received at `received_at`
-/// for `program` (the webhook URL's). The program is never taken from the
-/// body, and never from `webhookHeaders` (sent as HTTP headers, outside the
-/// signature); a body whose signed `webhookData.program` names another
-/// program is refused.
+/// for `program` (the webhook URL's), keeping every `webhookData` key. The
+/// program is never taken from the body, and never from `webhookHeaders`
+/// (sent as HTTP headers, outside the signature); a body whose signed
+/// `webhookData.program` names another program is refused.
 pub fn normalise(raw: &[u8], received_at: DateTime<Utc>, program: &ProgramId) -> Result<Webhook, ParseError> {
+    normalise_keeping(raw, received_at, program, None)
+}
+
+/// [`normalise`], keeping only the top-level `webhookData` keys listed in
+/// `data_keys` (`CONNECTFLOW_WEBHOOK_DATA_KEYS`; `None`: all). The others
+/// are dropped before the size limit is applied, so what is kept is not
+/// lost to what is not; `webhookData.program` is checked before either.
+pub fn normalise_keeping(
+    raw: &[u8],
+    received_at: DateTime<Utc>,
+    program: &ProgramId,
+    data_keys: Option<&[String]>,
+) -> Result<Webhook, ParseError> {
     let value: Value = serde_json::from_slice(raw).map_err(|_| ParseError::NotJson)?;
     let Value::Object(envelope) = value else {
         return Err(ParseError::NotObject);
@@ -136,7 +149,7 @@ pub fn normalise(raw: &[u8], received_at: DateTime<Utc>, program: &ProgramId) ->
         query: payload.get("query").and_then(Value::as_str).map(str::to_owned),
         occurred_at,
         received_at,
-        webhook_data: envelope.get("webhookData").filter(|d| d.is_object()).cloned(),
+        webhook_data: envelope.get("webhookData").and_then(Value::as_object).map(|data| kept_keys(data, data_keys)),
         webhook_data_dropped: false,
         source: crate::event::EventSource::Finicity,
         revoked_by: None,
@@ -166,6 +179,15 @@ fn account_ref(account: &Map<String, Value>) -> AccountRef {
         name: account.get("name").and_then(Value::as_str).map(str::to_owned),
         aggregation_status_code: account.get("aggregationStatusCode").and_then(Value::as_i64),
     }
+}
+
+/// `data` with only the top-level `keys` (every key when `None`); nested
+/// values are kept whole.
+fn kept_keys(data: &Map<String, Value>, keys: Option<&[String]>) -> Value {
+    let Some(keys) = keys else {
+        return Value::Object(data.clone());
+    };
+    Value::Object(data.iter().filter(|(key, _)| keys.contains(key)).map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// An identifier as text: Finicity sends most ids as strings but some (the

@@ -54,6 +54,9 @@ fn malformed_values_exit_2_naming_the_variable() {
         ("CONNECTFLOW_KAFKA_PROPERTIES", "no-equals-sign"),
         ("CONNECTFLOW_PUBLISH_TIMEOUT_MS", "soon"),
         ("CONNECTFLOW_LOG_FORMAT", "xml"),
+        ("CONNECTFLOW_WEBHOOK_DATA_KEYS", "ref,,program"),
+        ("CONNECTFLOW_WEBHOOK_DATA_KEYS", "ref, program"),
+        ("CONNECTFLOW_WEBHOOK_DATA_KEYS", ""),
     ];
     for (variable, value) in cases {
         let output = connectflow(&["serve"], &[(variable, value), ("CONNECTFLOW_API_TOKENS", "t")]);

@@ -149,13 +149,15 @@ pub fn database_args(url: &str) -> DatabaseArgs {
     DatabaseArgs { url: url.to_owned().into(), max_connections: 10 }
 }
 
-/// Migration settings for tests: small topics, single replica.
+/// Migration settings for tests: small topics, single replica, the default
+/// retentions.
 pub fn migration_args() -> MigrationArgs {
     MigrationArgs {
         topic_partitions: 3,
         topic_replication_factor: 1,
         topic_min_insync_replicas: -1,
-        events_retention_ms: -1,
+        events_retention_ms: 604_800_000,
+        changes_retention_ms: 2_592_000_000,
         dlq_retention_ms: 7_776_000_000,
         no_migrate: false,
     }
@@ -206,6 +208,7 @@ pub fn http_settings() -> HttpSettings {
         max_concurrent_webhooks: 256,
         access_log_queue: 10_000,
         idempotency_key_hours: 72,
+        webhook_data_keys: None,
     }
     .settings(&lifecycle_args())
     .expect("complete test settings")

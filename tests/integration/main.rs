@@ -16,6 +16,7 @@ mod history;
 mod isolation;
 mod kafka_util;
 mod lifecycle;
+mod minimisation;
 mod pg_proxy;
 mod programs;
 mod query;

@@ -241,3 +241,35 @@ fn programs_come_from_the_url() {
     let back: ConnectEvent = serde_json::from_value(record).expect("reads back");
     assert_eq!(back.program_id, acme);
 }
+
+#[test]
+fn only_the_configured_webhook_data_keys_are_kept() {
+    let keep = |data: Value, keys: Option<&[String]>| {
+        let mut body = envelope("started", json!({}));
+        body["webhookData"] = data;
+        let raw = serde_json::to_vec(&body).expect("serialises");
+        match normalise_keeping(&raw, now(), &ProgramId::default(), keys) {
+            Ok(Webhook::Event(event)) => (event.webhook_data, event.webhook_data_dropped),
+            other => panic!("event expected: {other:?}"),
+        }
+    };
+    let keys = ["ref".to_owned(), "program".to_owned()];
+    let data = json!({"ref": "r-1", "email": "a@example.com", "nested": {"ref": "x"}, "program": "default"});
+    assert_eq!(keep(data.clone(), None), (Some(data.clone()), false), "unset: every key");
+    assert_eq!(keep(data.clone(), Some(&keys)), (Some(json!({"ref": "r-1", "program": "default"})), false));
+    assert_eq!(keep(json!({"email": "a@example.com"}), Some(&keys)), (Some(json!({})), false), "none listed present");
+    assert_eq!(keep(json!({"ref": "r-1"}), Some(&[])), (Some(json!({})), false), "an empty list keeps nothing");
+    // Dropped keys do not count towards the size limit.
+    let big = json!({"ref": "r-1", "blob": "x".repeat(crate::event::MAX_WEBHOOK_DATA_BYTES)});
+    assert_eq!(keep(big.clone(), None), (None, true));
+    assert_eq!(keep(big, Some(&keys)), (Some(json!({"ref": "r-1"})), false));
+    // The signed program is checked against the URL even when it is not kept.
+    let mut body = envelope("started", json!({}));
+    body["webhookData"] = json!({"program": "other"});
+    let raw = serde_json::to_vec(&body).expect("serialises");
+    let only_ref = ["ref".to_owned()];
+    assert_eq!(
+        normalise_keeping(&raw, now(), &ProgramId::default(), Some(&only_ref)),
+        Err(ParseError::ProgramMismatch)
+    );
+}
