@@ -29,7 +29,7 @@ use super::params::{CustomerPath, valid_customer_id};
 use super::revocations::{IDEMPOTENT_REPLAYED, idempotency_key};
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{
-    ConnectEvent, CustomerId, EventSource, EventType, MAX_TEXT_CHARS, Requested, SCHEMA_V1, TokenRef,
+    ConnectEvent, CustomerId, EventSource, EventType, MAX_TEXT_CHARS, Requested, SCHEMA_V1, TokenRef, clean_text,
     truncate_to_millis,
 };
 use crate::program::ProgramId;
@@ -66,11 +66,15 @@ pub async fn erase(
     principal.require(Scope::Erase)?;
     let customer_id = valid_customer_id(&customer_id)?;
     let key = idempotency_key(&headers)?;
-    let body: ErasureBody = serde_json::from_slice(&body)
+    let mut body: ErasureBody = serde_json::from_slice(&body)
         .map_err(|_| ApiError::BadRequest("body must be a JSON object: {} or {\"reason\": \"...\"}".into()))?;
     if body.reason.as_ref().is_some_and(|reason| reason.chars().count() > MAX_TEXT_CHARS) {
         return Err(ApiError::BadRequest(format!("reason must be at most {MAX_TEXT_CHARS} characters")));
     }
+    // Minimised before anything is derived from it: the request's digest
+    // outlives the customer, and must not let a number typed into the
+    // reason be found again by guessing.
+    body.reason = body.reason.map(|reason| clean_text(&reason, MAX_TEXT_CHARS));
     let visible = principal.visible(None)?;
     let digest = request_digest(&customer_id, &body);
     let now = truncate_to_millis(Utc::now());

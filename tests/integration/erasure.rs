@@ -79,6 +79,9 @@ async fn counter(app: &TestApp, series: &str) -> f64 {
     text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 
+/// An erasure's reason with a card number typed into it.
+const REASON: &str = "asked by phone, card 4111111111111111";
+
 fn at_ms(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -155,10 +158,10 @@ async fn an_erased_customer_leaves_only_the_tombstone_and_stays_erased() {
     assert_eq!(erase(&app, "8500000199", "e-1", &json!({})).await.0, 404);
 
     // The same key twice: one erasure, the same answer.
-    let (status, replayed, answer) = erase(&app, customer, "e-1", &json!({"reason": "asked by phone"})).await;
+    let (status, replayed, answer) = erase(&app, customer, "e-1", &json!({"reason": REASON})).await;
     assert_eq!((status, replayed.as_deref()), (202, None), "{answer}");
     let erasure_id = answer["event_id"].as_str().expect("event id").to_owned();
-    let (status, replayed, again) = erase(&app, customer, "e-1", &json!({"reason": "asked by phone"})).await;
+    let (status, replayed, again) = erase(&app, customer, "e-1", &json!({"reason": REASON})).await;
     assert_eq!((status, replayed.as_deref(), &again), (202, Some("true"), &answer));
     let (status, _, conflict) = erase(&app, customer, "e-1", &json!({})).await;
     assert_eq!((status, conflict["error"]["code"].as_str()), (409, Some("conflict")), "{conflict}");
@@ -185,7 +188,7 @@ async fn an_erased_customer_leaves_only_the_tombstone_and_stays_erased() {
     assert_eq!((status, body["error"]["code"].as_str()), (410, Some("gone")), "{body}");
     assert_eq!(erase(&app, customer, "e-2", &json!({})).await.0, 410, "a new erasure of an erased customer");
     // The erasing request itself is still answered the same.
-    let (status, replayed, late) = erase(&app, customer, "e-1", &json!({"reason": "asked by phone"})).await;
+    let (status, replayed, late) = erase(&app, customer, "e-1", &json!({"reason": REASON})).await;
     assert_eq!((status, replayed.as_deref(), &late), (202, Some("true"), &answer));
     // The bystander is untouched.
     lifecycle_with(&app, bystander, other.len()).await;
@@ -226,6 +229,14 @@ async fn an_erased_customer_leaves_only_the_tombstone_and_stays_erased() {
     );
     assert_eq!(last_change["caused_by"][0]["event_id"], erasure_id.as_str(), "{last_change}");
     let erased_version = last_change["version"].as_i64().expect("version");
+    // The reason reached Kafka minimised, and Postgres not at all.
+    let erasure_event = read_all(&app.kafka.brokers, &app.kafka.events_topic)
+        .into_iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok())
+        .find(|event| event["event_id"] == erasure_id.as_str())
+        .expect("the erasure event on the events topic");
+    assert_eq!(erasure_event["reason"], "asked by phone, card ••••••••••••1111", "{erasure_event}");
+    assert_eq!(tables_mentioning(&app.pool, "asked by phone").await, Vec::<(String, i64)>::new());
 
     // Finicity's retries of every old webhook, a webhook naming the
     // erasure type, and a replay of the parked event: nothing comes back.
