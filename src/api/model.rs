@@ -193,10 +193,11 @@ pub struct CustomerExport {
     /// (`CONNECTFLOW_HISTORY_RETENTION_DAYS`); null while the whole history
     /// is kept.
     #[serde(with = "crate::lifecycle::rfc3339_ms_option")]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
     pub history_starts_at: Option<DateTime<Utc>>,
     /// The lifecycle the folded events imply, as stored (connectflow's
     /// internal form of it); null while the whole history is kept.
+    #[schema(required = true)]
     pub snapshot: Option<Lifecycle>,
     /// Every recorded event, as `GET /v1/customers/{customer_id}/events`
     /// lists them (the normalised event as published, plus `recorded_at`),
