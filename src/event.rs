@@ -146,6 +146,44 @@ impl ConnectEvent {
         (self.occurred_at, self.event_id.as_str())
     }
 
+    /// An event of connectflow's own for a request made through the API
+    /// (`source: "connectflow"`, dated by the request's first recording),
+    /// every field Finicity would fill left empty; the caller sets the
+    /// request's own fields (a revocation's login, who asked, a reason).
+    pub fn requested(
+        event_type: EventType,
+        event_id: String,
+        customer_id: CustomerId,
+        program_id: ProgramId,
+        occurred_at: DateTime<Utc>,
+        requested_by: TokenRef,
+    ) -> Self {
+        Self {
+            schema: SCHEMA_V1.to_owned(),
+            event_id,
+            event_type,
+            customer_id,
+            program_id,
+            consumer_id: None,
+            institution_id: None,
+            institution_login_id: None,
+            oauth: None,
+            mfa: None,
+            accounts: Vec::new(),
+            deleted_account_ids: Vec::new(),
+            error_code: None,
+            query: None,
+            occurred_at,
+            received_at: occurred_at,
+            webhook_data: None,
+            webhook_data_dropped: false,
+            source: EventSource::Connectflow,
+            revoked_by: None,
+            reason: None,
+            requested_by: Some(requested_by),
+        }
+    }
+
     /// Whether this is an erasure recorded through the API (a webhook
     /// naming the type is not one: no webhook has `source: "connectflow"`).
     pub fn is_erasure(&self) -> bool {

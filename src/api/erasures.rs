@@ -13,27 +13,21 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
-use super::access::Items;
 use super::auth::{Principal, Scope};
 use super::model::{ErasureAccepted, ErasureBody};
 use super::params::{CustomerPath, valid_customer_id};
-use super::revocations::{IDEMPOTENT_REPLAYED, idempotency_key};
+use super::revocations::{idempotency_key, publish_accepted, remember_key, requested_by};
 use crate::error::{ApiError, ErrorBody};
-use crate::event::{
-    ConnectEvent, CustomerId, EventSource, EventType, MAX_TEXT_CHARS, Requested, SCHEMA_V1, TokenRef, clean_text,
-    truncate_to_millis,
-};
+use crate::event::{ConnectEvent, CustomerId, EventType, MAX_TEXT_CHARS, Requested, clean_text};
 use crate::program::ProgramId;
-use crate::store::revocations::{self, Remembered, RevocationRequest};
+use crate::store::revocations;
 use crate::store::{erasure, read};
 
 /// Erases the customer.
@@ -77,35 +71,15 @@ pub async fn erase(
     body.reason = body.reason.map(|reason| clean_text(&reason, MAX_TEXT_CHARS));
     let visible = principal.visible(None)?;
     let digest = request_digest(&customer_id, &body);
-    let now = truncate_to_millis(Utc::now());
 
     let (recorded, replayed) = match read::lifecycle(&state.pool, customer_id.as_str(), visible.as_deref()).await? {
         Some(stored) => {
             // Stored by connectflow from a checked id.
             let program_id = ProgramId::try_from(stored.program_id)
                 .map_err(|_| ApiError::Internal(anyhow::anyhow!("a stored program_id is not a program id")))?;
-            let request = RevocationRequest {
-                // The row outlives the customer: it names them by the digest only.
-                customer_id: None,
-                request_sha256: digest,
-                event_id: Requested::Erasure.event_id(&program_id, key),
-                occurred_at: now,
-                token_id: Some(principal.token_id.to_string()),
-                token_name: Some(principal.token_name.to_string()),
-            };
-            let ttl = chrono::Duration::from_std(state.idempotency_key_ttl).unwrap_or(chrono::Duration::MAX);
-            let expired_before = now.checked_sub_signed(ttl).unwrap_or(DateTime::<Utc>::MIN_UTC);
-            let renewed_id = Requested::Erasure.renewed_event_id(&program_id, key, now);
-            let remembered =
-                revocations::remember(&state.pool, program_id.as_str(), key, &request, expired_before, &renewed_id)
-                    .await?;
-            let (recorded, replayed) = match remembered {
-                Remembered::New(recorded) => (recorded, false),
-                Remembered::Earlier(earlier) => (earlier, true),
-            };
-            if recorded.request_sha256 != request.request_sha256 {
-                return Err(ApiError::Conflict("this Idempotency-Key was used for another request".into()));
-            }
+            // The row outlives the customer: it names them by the digest only.
+            let (recorded, replayed) =
+                remember_key(&state, &principal, Requested::Erasure, &program_id, key, None, digest).await?;
             ((recorded, program_id), replayed)
         }
         // Erased already: only the request that erased them is answered
@@ -127,50 +101,23 @@ pub async fn erase(
     };
     let (recorded, program_id) = recorded;
 
-    let mut event = ConnectEvent {
-        schema: SCHEMA_V1.to_owned(),
-        event_id: recorded.event_id.clone(),
-        event_type: EventType::CustomerErased,
+    let mut event = ConnectEvent::requested(
+        EventType::CustomerErased,
+        recorded.event_id.clone(),
         customer_id,
         program_id,
-        consumer_id: None,
-        institution_id: None,
-        institution_login_id: None,
-        oauth: None,
-        mfa: None,
-        accounts: Vec::new(),
-        deleted_account_ids: Vec::new(),
-        error_code: None,
-        query: None,
-        occurred_at: recorded.occurred_at,
-        received_at: recorded.occurred_at,
-        webhook_data: None,
-        webhook_data_dropped: false,
-        source: EventSource::Connectflow,
-        revoked_by: None,
-        reason: body.reason,
-        requested_by: Some(TokenRef {
-            token_id: recorded.token_id.clone().unwrap_or_else(|| principal.token_id.to_string()),
-            token_name: recorded.token_name.clone().unwrap_or_else(|| principal.token_name.to_string()),
-        }),
-    };
-    event.check().map_err(|err| ApiError::BadRequest(format!("{}: {}", err.field, err.problem)))?;
-    event.sanitise();
-    state.publisher.publish(&event).await.map_err(|err| {
-        tracing::warn!(error = %err, event_id = %event.event_id, "publishing an erasure failed");
-        ApiError::Unavailable {
-            message: "Kafka did not confirm the erasure; retry with the same Idempotency-Key",
-            retry_after_s: 5,
-        }
-    })?;
-    tracing::info!(event_id = %event.event_id, "erasure recorded");
-    let mut response =
-        (StatusCode::ACCEPTED, Json(ErasureAccepted { status: "accepted", event_id: event.event_id })).into_response();
-    if replayed {
-        response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    }
-    response.extensions_mut().insert(Items(1));
-    Ok(response)
+        recorded.occurred_at,
+        requested_by(&recorded, &principal),
+    );
+    event.reason = body.reason;
+    publish_accepted(
+        &state,
+        event,
+        replayed,
+        "Kafka did not confirm the erasure; retry with the same Idempotency-Key",
+        |event_id| ErasureAccepted { status: "accepted", event_id },
+    )
+    .await
 }
 
 /// What makes two erasures the same request: the customer and the reason,

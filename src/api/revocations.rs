@@ -31,8 +31,8 @@ use super::model::{RevocationAccepted, RevocationBody};
 use super::params::{CustomerPath, valid_customer_id};
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{
-    ConnectEvent, CustomerId, EventSource, EventType, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, Requested,
-    SCHEMA_V1, TokenRef, truncate_to_millis,
+    ConnectEvent, CustomerId, EventType, MAX_EVENT_ID_LEN, MAX_IDENTIFIER_LEN, MAX_TEXT_CHARS, Requested, TokenRef,
+    truncate_to_millis,
 };
 use crate::program::ProgramId;
 use crate::store::read;
@@ -97,20 +97,60 @@ pub async fn revoke(
         return Err(ApiError::NotFound(format!("customer {customer_id} has no institution login {login}")));
     }
 
+    let digest = request_digest(&customer_id, &body);
+    let customer = Some(customer_id.to_string());
+    let (recorded, replayed) =
+        remember_key(&state, &principal, Requested::Revocation, &program_id, key, customer, digest).await?;
+
+    let mut event = ConnectEvent::requested(
+        EventType::ConsentRevoked,
+        recorded.event_id.clone(),
+        customer_id,
+        program_id,
+        recorded.occurred_at,
+        requested_by(&recorded, &principal),
+    );
+    event.institution_login_id = body.institution_login_id;
+    event.revoked_by = Some(body.revoked_by);
+    event.reason = body.reason;
+    publish_accepted(
+        &state,
+        event,
+        replayed,
+        "Kafka did not confirm the revocation; retry with the same Idempotency-Key",
+        |event_id| RevocationAccepted { status: "accepted", event_id },
+    )
+    .await
+}
+
+/// Records `key` for this request in `program` (or finds what it was first
+/// used for): the request as recorded and whether it was a replay; 409 when
+/// the key stands for another request. `customer` is kept with the key
+/// (none for an erasure, whose row outlives the customer); `digest` tells
+/// requests apart.
+pub(super) async fn remember_key(
+    state: &ApiState,
+    principal: &Principal,
+    kind: Requested,
+    program: &ProgramId,
+    key: &str,
+    customer: Option<String>,
+    digest: Vec<u8>,
+) -> Result<(RevocationRequest, bool), ApiError> {
     let now = truncate_to_millis(Utc::now());
     let request = RevocationRequest {
-        customer_id: Some(customer_id.to_string()),
-        request_sha256: request_digest(&customer_id, &body),
-        event_id: Requested::Revocation.event_id(&program_id, key),
+        customer_id: customer,
+        request_sha256: digest,
+        event_id: kind.event_id(program, key),
         occurred_at: now,
         token_id: Some(principal.token_id.to_string()),
         token_name: Some(principal.token_name.to_string()),
     };
     let ttl = chrono::Duration::from_std(state.idempotency_key_ttl).unwrap_or(chrono::Duration::MAX);
     let expired_before = now.checked_sub_signed(ttl).unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let renewed_id = Requested::Revocation.renewed_event_id(&program_id, key, now);
+    let renewed_id = kind.renewed_event_id(program, key, now);
     let remembered =
-        revocations::remember(&state.pool, program_id.as_str(), key, &request, expired_before, &renewed_id).await?;
+        revocations::remember(&state.pool, program.as_str(), key, &request, expired_before, &renewed_id).await?;
     let (recorded, replayed) = match remembered {
         Remembered::New(recorded) => (recorded, false),
         Remembered::Earlier(earlier) => (earlier, true),
@@ -118,47 +158,38 @@ pub async fn revoke(
     if recorded.customer_id != request.customer_id || recorded.request_sha256 != request.request_sha256 {
         return Err(ApiError::Conflict("this Idempotency-Key was used for another request".into()));
     }
+    Ok((recorded, replayed))
+}
 
-    let mut event = ConnectEvent {
-        schema: SCHEMA_V1.to_owned(),
-        event_id: recorded.event_id.clone(),
-        event_type: EventType::ConsentRevoked,
-        customer_id,
-        program_id,
-        consumer_id: None,
-        institution_id: None,
-        institution_login_id: body.institution_login_id,
-        oauth: None,
-        mfa: None,
-        accounts: Vec::new(),
-        deleted_account_ids: Vec::new(),
-        error_code: None,
-        query: None,
-        occurred_at: recorded.occurred_at,
-        received_at: recorded.occurred_at,
-        webhook_data: None,
-        webhook_data_dropped: false,
-        source: EventSource::Connectflow,
-        revoked_by: Some(body.revoked_by),
-        reason: body.reason,
-        requested_by: Some(TokenRef {
-            token_id: recorded.token_id.clone().unwrap_or_else(|| principal.token_id.to_string()),
-            token_name: recorded.token_name.clone().unwrap_or_else(|| principal.token_name.to_string()),
-        }),
-    };
+/// The token that first made a request: as recorded with its key (a
+/// replay may come with another token of the same client), else the
+/// caller.
+pub(super) fn requested_by(recorded: &RevocationRequest, principal: &Principal) -> TokenRef {
+    TokenRef {
+        token_id: recorded.token_id.clone().unwrap_or_else(|| principal.token_id.to_string()),
+        token_name: recorded.token_name.clone().unwrap_or_else(|| principal.token_name.to_string()),
+    }
+}
+
+/// Checks, minimises and publishes an event of connectflow's own recorded
+/// for an API request, then answers 202 with `answer(event_id)` (and
+/// `Idempotent-Replayed: true` when the key was used before); 503 with
+/// `unconfirmed` when Kafka does not confirm it.
+pub(super) async fn publish_accepted<B: serde::Serialize>(
+    state: &ApiState,
+    mut event: ConnectEvent,
+    replayed: bool,
+    unconfirmed: &'static str,
+    answer: impl FnOnce(String) -> B,
+) -> Result<Response, ApiError> {
     event.check().map_err(|err| ApiError::BadRequest(format!("{}: {}", err.field, err.problem)))?;
     event.sanitise();
     state.publisher.publish(&event).await.map_err(|err| {
-        tracing::warn!(error = %err, event_id = %event.event_id, "publishing a revocation failed");
-        ApiError::Unavailable {
-            message: "Kafka did not confirm the revocation; retry with the same Idempotency-Key",
-            retry_after_s: 5,
-        }
+        tracing::warn!(error = %err, event_id = %event.event_id, event_type = %event.event_type, "publishing a request's event failed");
+        ApiError::Unavailable { message: unconfirmed, retry_after_s: 5 }
     })?;
-    tracing::info!(event_id = %event.event_id, customer_id = %event.customer_id, "revocation recorded");
-    let mut response =
-        (StatusCode::ACCEPTED, Json(RevocationAccepted { status: "accepted", event_id: event.event_id }))
-            .into_response();
+    tracing::info!(event_id = %event.event_id, event_type = %event.event_type, "recorded through the API");
+    let mut response = (StatusCode::ACCEPTED, Json(answer(event.event_id))).into_response();
     if replayed {
         response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
