@@ -23,7 +23,7 @@ use super::ApiState;
 use super::auth::{Principal, Scope};
 use super::model::{ErasureAccepted, ErasureBody};
 use super::params::{CustomerPath, valid_customer_id};
-use super::revocations::{idempotency_key, publish_accepted, remember_key, requested_by};
+use super::revocations::{idempotency_key, json_object, publish_accepted, remember_key, requested_by};
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{ConnectEvent, CustomerId, EventType, MAX_TEXT_CHARS, Requested, clean_text};
 use crate::program::ProgramId;
@@ -60,7 +60,7 @@ pub async fn erase(
     principal.require(Scope::Erase)?;
     let customer_id = valid_customer_id(&customer_id)?;
     let key = idempotency_key(&headers)?;
-    let mut body: ErasureBody = serde_json::from_slice(&body)
+    let mut body: ErasureBody = json_object(&body)
         .map_err(|_| ApiError::BadRequest("body must be a JSON object: {} or {\"reason\": \"...\"}".into()))?;
     if body.reason.as_ref().is_some_and(|reason| reason.chars().count() > MAX_TEXT_CHARS) {
         return Err(ApiError::BadRequest(format!("reason must be at most {MAX_TEXT_CHARS} characters")));

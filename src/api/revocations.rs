@@ -74,7 +74,7 @@ pub async fn revoke(
     principal.require(Scope::Revoke)?;
     let customer_id = valid_customer_id(&customer_id)?;
     let key = idempotency_key(&headers)?;
-    let body: RevocationBody = serde_json::from_slice(&body).map_err(|_| {
+    let body: RevocationBody = json_object(&body).map_err(|_| {
         ApiError::BadRequest(
             "body must be a JSON object with revoked_by (customer or partner) and optionally institution_login_id \
              and reason"
@@ -197,6 +197,14 @@ pub(super) async fn publish_accepted<B: serde::Serialize>(
     Ok(response)
 }
 
+/// A request body that must be a JSON object. serde would also take a
+/// struct from an array of its fields in order (`[null, "customer"]`), which
+/// the documented body is not.
+pub(super) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)?;
+    serde_json::from_value(serde_json::Value::Object(object))
+}
+
 pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     let invalid = || {
         ApiError::BadRequest(format!(
@@ -258,6 +266,17 @@ mod tests {
             assert!(idempotency_key(&with_key(bad)).is_err(), "{bad:?}");
         }
         assert!(idempotency_key(&HeaderMap::new()).is_err(), "required");
+    }
+
+    #[test]
+    fn bodies_are_json_objects_only() {
+        let object: Result<RevocationBody, _> = json_object(br#"{"revoked_by": "customer"}"#);
+        assert!(object.is_ok());
+        for not_an_object in [&br#"[null, "customer", null]"#[..], b"[]", b"null", b"\"customer\""] {
+            assert!(json_object::<RevocationBody>(not_an_object).is_err(), "{not_an_object:?}");
+            assert!(json_object::<crate::api::model::ErasureBody>(not_an_object).is_err(), "{not_an_object:?}");
+        }
+        assert!(json_object::<crate::api::model::ErasureBody>(b"{}").is_ok());
     }
 
     #[test]
