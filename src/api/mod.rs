@@ -59,11 +59,20 @@ pub struct ApiState {
 /// Every `/v1` route, each behind the bearer check, documented.
 pub fn routes(state: Arc<ApiState>) -> OpenApiRouter {
     // Layers wrap what is already there: the bearer check runs first, then
-    // the access log, then the handler.
+    // the access log, then the handler; every answer, a refusal of the
+    // bearer check included, is marked not to be stored by any cache.
     documented_routes()
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::log_access))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .route_layer(axum::middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// `Cache-Control: no-store`: answers about customers are personal data
+/// that no browser, proxy or CDN may keep.
+async fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The routes and their OpenAPI description, before the bearer check.

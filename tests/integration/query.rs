@@ -342,3 +342,19 @@ async fn the_openapi_document_states_the_constraints_the_server_enforces() {
         assert!(schemas["ConsentState"]["enum"].as_array().is_some_and(|e| e.contains(&Value::from(state))));
     }
 }
+
+#[tokio::test]
+async fn api_answers_are_never_stored_by_a_cache() {
+    let app = spawn_app().await;
+    seed(&app, &flow_events("legacy-success", "9100000001", 1)).await;
+    let cache_control = |response: &reqwest::Response| {
+        response.headers().get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_owned)
+    };
+    let found = app.api_get("/v1/customers/9100000001/lifecycle").await;
+    assert_eq!((found.status().as_u16(), cache_control(&found).as_deref()), (200, Some("no-store")));
+    let missing = app.api_get("/v1/customers/9100000002/lifecycle").await;
+    assert_eq!((missing.status().as_u16(), cache_control(&missing).as_deref()), (404, Some("no-store")));
+    let anonymous = app.get("/v1/customers/9100000001/lifecycle").await;
+    assert_eq!((anonymous.status().as_u16(), cache_control(&anonymous).as_deref()), (401, Some("no-store")));
+    app.stop().await;
+}
