@@ -150,6 +150,7 @@ impl HttpServer {
             publisher,
             access_log,
             idempotency_key_ttl: settings.idempotency_key_ttl,
+            stats_max_window: chrono::Duration::days(i64::from(settings.stats_max_window_days)),
         });
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -200,6 +200,12 @@ pub struct HttpArgs {
     #[arg(long = "idempotency-key-hours", env = "CONNECTFLOW_IDEMPOTENCY_KEY_HOURS", default_value_t = 72, value_parser = clap::value_parser!(u32).range(1..=87_600))]
     pub idempotency_key_hours: u32,
 
+    /// The longest window of the statistics routes, in days: a longer one is
+    /// cut to its last part, answered with `truncated: true`, so that no
+    /// request costs more than this much data.
+    #[arg(long = "stats-max-window-days", env = "CONNECTFLOW_STATS_MAX_WINDOW_DAYS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub stats_max_window_days: u32,
+
     /// The top-level `webhookData` keys the receiver keeps, comma-separated
     /// (e.g. `ref,program`); every other key is dropped before the event is
     /// published, so it never reaches Kafka or Postgres (data minimisation:
@@ -516,6 +522,8 @@ pub struct HttpSettings {
     pub access_log_queue: usize,
     /// How long a revocation's `Idempotency-Key` is remembered.
     pub idempotency_key_ttl: Duration,
+    /// The longest statistics window, in days.
+    pub stats_max_window_days: u32,
     /// The top-level `webhookData` keys kept; `None`: all of them.
     pub webhook_data_keys: Option<Arc<[String]>>,
 }
@@ -540,6 +548,7 @@ impl HttpArgs {
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
             access_log_queue: usize::try_from(self.access_log_queue).unwrap_or(usize::MAX),
             idempotency_key_ttl: Duration::from_secs(u64::from(self.idempotency_key_hours) * 3600),
+            stats_max_window_days: self.stats_max_window_days,
             webhook_data_keys: self.webhook_data_keys.as_deref().map(Arc::from),
         })
     }

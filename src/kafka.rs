@@ -204,7 +204,9 @@ async fn differences(
     }
     if spec.replication_factor > 0 {
         let replicas = replica_count(kafka, spec.name).await?;
-        if replicas < spec.replication_factor {
+        if let Some(replicas) = replicas
+            && replicas < spec.replication_factor
+        {
             found.push(Difference::Weaker(format!(
                 "replication factor is {replicas}, configured {}",
                 spec.replication_factor
@@ -222,21 +224,31 @@ fn compare_retention(actual: i64, configured: i64) -> Ordering {
 }
 
 /// The fewest replicas any partition of `topic` has.
-async fn replica_count(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<i32> {
+/// The fewest replicas of any partition of `topic`; `None` while the
+/// brokers do not describe its partitions yet (a topic created moments ago,
+/// by this run or another process), after a few tries over some seconds.
+async fn replica_count(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Option<i32>> {
     let client: BaseConsumer = client_config(kafka, &[]).create().context("creating a Kafka metadata client")?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let metadata =
-            client.fetch_metadata(Some(&topic), Duration::from_secs(30)).context("reading topic metadata")?;
-        let fewest = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions())
-            .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
-            .min()
-            .unwrap_or(0);
-        Ok(fewest)
+        for attempt in 0..10 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let metadata =
+                client.fetch_metadata(Some(&topic), Duration::from_secs(30)).context("reading topic metadata")?;
+            let fewest = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions())
+                .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
+                .min();
+            if fewest.is_some() {
+                return Ok(fewest);
+            }
+        }
+        Ok(None)
     })
     .await
     .context("reading topic metadata")?

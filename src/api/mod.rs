@@ -54,6 +54,8 @@ pub struct ApiState {
     pub access_log: AccessLog,
     /// How long a revocation's `Idempotency-Key` is remembered.
     pub idempotency_key_ttl: std::time::Duration,
+    /// The longest statistics window answered; a longer one is cut.
+    pub stats_max_window: chrono::Duration,
 }
 
 /// Every `/v1` route, each behind the bearer check, documented.

@@ -508,6 +508,10 @@ pub struct Funnel {
     #[serde(with = "rfc3339_ms")]
     #[schema(value_type = String, format = DateTime)]
     pub until: DateTime<Utc>,
+    /// True when the window asked for was longer than
+    /// `CONNECTFLOW_STATS_MAX_WINDOW_DAYS` (400 by default): it was cut to
+    /// its last part, and `since` is where that starts.
+    pub truncated: bool,
     /// Its customers' funnel.
     #[serde(flatten)]
     pub counts: FunnelCounts,
@@ -539,8 +543,9 @@ pub struct Timeseries {
     pub until: DateTime<Utc>,
     /// The bucket size.
     pub bucket: Bucket,
-    /// True when the window spans more than 2,400 buckets: it was cut to
-    /// its last 2,400, and `since` is the first one's start.
+    /// True when the window was cut: to `CONNECTFLOW_STATS_MAX_WINDOW_DAYS`
+    /// (400 by default), or, when it spans more than 2,400 buckets, to its
+    /// last 2,400 (`since` is then the first one's start).
     pub truncated: bool,
     /// Every bucket the window touches, in time order, empty ones included.
     pub buckets: Vec<BucketFunnel>,
@@ -576,6 +581,10 @@ pub struct Institutions {
     #[serde(with = "rfc3339_ms")]
     #[schema(value_type = String, format = DateTime)]
     pub until: DateTime<Utc>,
+    /// True when the window asked for was longer than
+    /// `CONNECTFLOW_STATS_MAX_WINDOW_DAYS` (400 by default): it was cut to
+    /// its last part, and `since` is where that starts.
+    pub truncated: bool,
     /// Sorted by `customers`, most first, then by id; customers who chose
     /// no institution are not in any row.
     pub institutions: Vec<InstitutionFunnel>,

@@ -65,14 +65,27 @@ pub struct InstitutionLimit {
     limit: Option<String>,
 }
 
-/// The window from the query string, defaulted and checked. A window whose
-/// `since` is not before its `until` is empty (every count 0, no buckets),
-/// not an error: the parameters are each valid alone.
+/// A window of first events, as answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    /// Whether the window asked for was longer than the longest answered
+    /// and was cut to its last part (`since` moved).
+    truncated: bool,
+}
+
+/// The window from the query string, defaulted, checked and cut to its last
+/// `longest` (`CONNECTFLOW_STATS_MAX_WINDOW_DAYS`), so that no request
+/// costs more than a window that long. A window whose `since` is not before
+/// its `until` is empty (every count 0, no buckets), not an error: the
+/// parameters are each valid alone.
 fn window(
     since: Option<&str>,
     until: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    longest: chrono::Duration,
+) -> Result<Window, ApiError> {
     let until = parse_time("until", until)?.unwrap_or(now);
     let since = match parse_time("since", since)? {
         Some(since) => since,
@@ -81,7 +94,10 @@ fn window(
         }
     };
     // A `since` not before `until` makes an empty window: nobody in it.
-    Ok((since, until))
+    match until.checked_sub_signed(longest) {
+        Some(earliest) if since < earliest => Ok(Window { since: earliest, until, truncated: true }),
+        _ => Ok(Window { since, until, truncated: false }),
+    }
 }
 
 /// The funnel of each key's customers.
@@ -113,10 +129,11 @@ pub async fn get_funnel(
 ) -> Result<(Extension<Items>, Json<Funnel>), ApiError> {
     principal.require(Scope::Stats)?;
     let visible = principal.visible(program.program_id.as_deref())?;
-    let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
+    let Window { since, until, truncated } =
+        window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
     let counts =
         tally(stats::funnel(&state.pool, since, until, visible.as_deref()).await?).remove(&()).unwrap_or_default();
-    Ok((Extension(Items(1)), Json(Funnel { since, until, counts })))
+    Ok((Extension(Items(1)), Json(Funnel { since, until, truncated, counts })))
 }
 
 /// The connect funnel per hour or day of first events.
@@ -140,16 +157,18 @@ pub async fn get_timeseries(
 ) -> Result<(Extension<Items>, Json<Timeseries>), ApiError> {
     principal.require(Scope::Stats)?;
     let visible = principal.visible(program.program_id.as_deref())?;
-    let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
+    let Window { since, until, truncated: cut } =
+        window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
     let bucket = match bucket.as_deref() {
         None | Some("day") => Bucket::Day,
         Some("hour") => Bucket::Hour,
         Some(_) => return Err(ApiError::BadRequest("bucket must be hour or day".into())),
     };
-    let (starts, truncated) = bucket_starts(since, until, bucket)?;
+    let (starts, too_many) = bucket_starts(since, until, bucket)?;
+    let truncated = cut || too_many;
     // A window cut to its last buckets starts at the first of them.
     let since = match starts.first() {
-        Some(first) if truncated => *first,
+        Some(first) if too_many => *first,
         _ => since,
     };
     let mut found = tally(stats::timeseries(&state.pool, since, until, bucket.length(), visible.as_deref()).await?);
@@ -201,7 +220,8 @@ pub async fn get_institutions(
 ) -> Result<(Extension<Items>, Json<Institutions>), ApiError> {
     principal.require(Scope::Stats)?;
     let visible = principal.visible(program.program_id.as_deref())?;
-    let (since, until) = window(params.since.as_deref(), params.until.as_deref(), Utc::now())?;
+    let Window { since, until, truncated } =
+        window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
     let limit = parse_limit(limit.as_deref())?;
     let mut institutions: Vec<InstitutionFunnel> =
         tally(stats::institutions(&state.pool, since, until, limit, visible.as_deref()).await?)
@@ -210,7 +230,7 @@ pub async fn get_institutions(
             .collect();
     // Most customers first, then by id.
     institutions.sort_by(|a, b| b.customers.cmp(&a.customers).then_with(|| a.institution_id.cmp(&b.institution_id)));
-    Ok((Extension(Items(institutions.len())), Json(Institutions { since, until, institutions })))
+    Ok((Extension(Items(institutions.len())), Json(Institutions { since, until, truncated, institutions })))
 }
 
 #[cfg(test)]
@@ -227,12 +247,24 @@ mod tests {
     #[test]
     fn windows_default_to_the_last_30_days() {
         let now = at("2026-11-26T12:00:00Z");
-        assert_eq!(window(None, None, now).ok(), Some((at("2026-10-27T12:00:00Z"), now)));
+        let longest = chrono::Duration::days(400);
+        let whole = |since, until| Some(Window { since, until, truncated: false });
+        assert_eq!(window(None, None, now, longest).ok(), whole(at("2026-10-27T12:00:00Z"), now));
         let until = "2026-01-31T00:00:00Z";
-        assert_eq!(window(None, Some(until), now).ok(), Some((at("2026-01-01T00:00:00Z"), at(until))));
-        assert!(window(Some("yesterday"), None, now).is_err());
-        let backwards = window(Some("2026-02-01T00:00:00Z"), Some(until), now).expect("an empty window");
-        assert_eq!(bucket_starts(backwards.0, backwards.1, Bucket::Day).ok(), Some((vec![], false)));
+        assert_eq!(window(None, Some(until), now, longest).ok(), whole(at("2026-01-01T00:00:00Z"), at(until)));
+        assert!(window(Some("yesterday"), None, now, longest).is_err());
+        let backwards = window(Some("2026-02-01T00:00:00Z"), Some(until), now, longest).expect("an empty window");
+        assert_eq!(bucket_starts(backwards.since, backwards.until, Bucket::Day).ok(), Some((vec![], false)));
+    }
+
+    #[test]
+    fn a_window_longer_than_the_longest_is_cut_to_its_last_part() {
+        let until = at("2026-11-26T12:00:00Z");
+        let longest = chrono::Duration::days(400);
+        let ten_years = window(Some("2016-11-26T12:00:00Z"), Some("2026-11-26T12:00:00Z"), until, longest);
+        assert_eq!(ten_years.ok(), Some(Window { since: until - longest, until, truncated: true }));
+        let exactly = window(Some("2025-10-22T12:00:00Z"), Some("2026-11-26T12:00:00Z"), until, longest);
+        assert_eq!(exactly.ok(), Some(Window { since: until - longest, until, truncated: false }));
     }
 
     #[test]

@@ -208,6 +208,7 @@ pub fn http_settings() -> HttpSettings {
         max_concurrent_webhooks: 256,
         access_log_queue: 10_000,
         idempotency_key_hours: 72,
+        stats_max_window_days: 400,
         webhook_data_keys: None,
     }
     .settings(&lifecycle_args())

@@ -21,6 +21,7 @@ fn counts(mut answer: Value) -> Value {
     if let Value::Object(fields) = &mut answer {
         fields.remove("since");
         fields.remove("until");
+        fields.remove("truncated");
         fields.remove("start");
     }
     answer
@@ -186,5 +187,21 @@ async fn a_lifecycle_stored_without_its_funnel_is_recomputed_at_the_next_event()
     );
     let lifecycle = json_of(&app, "/v1/customers/4242/lifecycle").await;
     assert_eq!(lifecycle["funnel"]["steps"]["consent_granted"], true, "{lifecycle}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_window_longer_than_the_longest_answered_is_cut_and_flagged() {
+    let app = spawn_app().await;
+    let ten_years = "since=2016-11-26T00:00:00Z&until=2026-11-26T00:00:00Z";
+    for route in ["funnel", "timeseries", "institutions"] {
+        let answer = json_of(&app, &format!("/v1/stats/{route}?{ten_years}")).await;
+        assert_eq!(answer["truncated"], true, "{route}: {answer}");
+        // The last 400 days (CONNECTFLOW_STATS_MAX_WINDOW_DAYS) of the window.
+        assert_eq!(answer["since"], "2025-10-22T00:00:00.000Z", "{route}: {answer}");
+        assert_eq!(answer["until"], "2026-11-26T00:00:00.000Z", "{route}: {answer}");
+    }
+    let one_month = json_of(&app, "/v1/stats/funnel?since=2026-10-26T00:00:00Z&until=2026-11-26T00:00:00Z").await;
+    assert_eq!(one_month["truncated"], false, "{one_month}");
     app.stop().await;
 }
