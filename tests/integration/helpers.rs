@@ -400,21 +400,6 @@ pub fn normalised(
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_database_name;
-
-    #[test]
-    fn database_name_is_replaced() {
-        assert_eq!(with_database_name("postgres://u:p@h:5432/db", "x"), "postgres://u:p@h:5432/x");
-        assert_eq!(
-            with_database_name("postgres://u:p@h:5432/db?sslmode=disable", "x"),
-            "postgres://u:p@h:5432/x?sslmode=disable"
-        );
-        assert_eq!(with_database_name("postgres://u:p@h:5432", "x"), "postgres://u:p@h:5432/x");
-    }
-}
-
 /// The real binary running one subcommand (`serve`, `all`) on a fresh
 /// migrated database and unique topics, everything it writes (JSON log
 /// lines) going to a file: for what only the process shows, its logs.
@@ -484,5 +469,20 @@ impl BinaryApp {
         let logs = std::fs::read_to_string(&self.log_path).expect("log file");
         std::fs::remove_file(&self.log_path).ok();
         logs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database_name;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(with_database_name("postgres://u:p@h:5432/db", "x"), "postgres://u:p@h:5432/x");
+        assert_eq!(
+            with_database_name("postgres://u:p@h:5432/db?sslmode=disable", "x"),
+            "postgres://u:p@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(with_database_name("postgres://u:p@h:5432", "x"), "postgres://u:p@h:5432/x");
     }
 }
