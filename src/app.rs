@@ -141,6 +141,7 @@ impl HttpServer {
             request_timeout: settings.request_timeout,
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_webhooks)),
             webhook_data_keys: settings.webhook_data_keys.clone(),
+            log_limiter: Arc::default(),
         });
         let (access_log, access_log_writer) = access_log(pool.clone(), settings.access_log_queue, metrics.clone());
         let api = Arc::new(ApiState {

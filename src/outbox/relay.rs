@@ -1,6 +1,9 @@
 //! The relay: claims customers with unpublished changes, publishes their
 //! changes in version order and marks what Kafka confirmed, each round in
 //! one Postgres transaction (see [`crate::outbox`] for why it is correct).
+//!
+//! Its warnings are logged at most once per message per second, each with
+//! the count `suppressed` since the previous one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use crate::kafka;
 use crate::metrics::Metrics;
 use crate::store::changes::CHANGES_CHANNEL;
 use crate::store::error::StoreResultExt;
+use crate::telemetry::LogLimiter;
 
 use super::RelayError;
 
@@ -46,6 +50,9 @@ pub struct Relay {
     wake: Arc<Notify>,
     /// When the backlog gauges were last measured.
     backlog_measured: std::sync::Mutex<Option<Instant>>,
+    /// Thins the warnings to one per message per second: a Kafka outage
+    /// fails every claimed customer's change in each round.
+    log_limiter: LogLimiter,
 }
 
 /// How a round ends once Kafka confirmed what it could.
@@ -93,6 +100,7 @@ impl Relay {
             metrics,
             wake: Arc::new(Notify::new()),
             backlog_measured: std::sync::Mutex::new(None),
+            log_limiter: LogLimiter::default(),
         })
     }
 
@@ -115,7 +123,9 @@ impl Relay {
             match self.publish_all().await {
                 Ok(()) => backoff.reset(),
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?backoff.delay(), "publishing lifecycle changes failed; retrying");
+                    if let Some(suppressed) = self.log_limiter.admit("round failed", Instant::now()) {
+                        tracing::warn!(error = %err, retry_in = ?backoff.delay(), suppressed, "publishing lifecycle changes failed; retrying");
+                    }
                     if !backoff.wait(&shutdown).await {
                         return Ok(());
                     }
@@ -284,7 +294,9 @@ impl Relay {
                     confirmed.push((change.customer_id.as_str(), change.version));
                 }
                 Err(err) => {
-                    tracing::warn!(change_id, error = %err, "publishing a lifecycle change failed");
+                    if let Some(suppressed) = self.log_limiter.admit("change failed", Instant::now()) {
+                        tracing::warn!(change_id, error = %err, suppressed, "publishing a lifecycle change failed");
+                    }
                     break;
                 }
             }

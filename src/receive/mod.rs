@@ -6,6 +6,11 @@
 //! signature over the raw bytes (401), parse (400); then `ping` is answered
 //! and every other event is normalised, published, and acknowledged only
 //! once Kafka has confirmed the write (else 503, so Finicity retries).
+//!
+//! A refusal is logged at most once per reason per second, the line
+//! carrying `suppressed` (how many of that reason were left out since the
+//! previous line); `connectflow_webhooks_total{outcome}` and
+//! `connectflow_webhook_signature_failures_total` count every one.
 
 pub(crate) mod error;
 pub mod normalise;
@@ -28,6 +33,7 @@ use crate::error::ErrorBody;
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::program::ProgramId;
 use crate::publish::Publisher;
+use crate::telemetry::LogLimiter;
 use error::ReceiveError;
 use normalise::Webhook;
 use signature::SignatureVerifier;
@@ -62,6 +68,9 @@ pub struct Receiver {
     /// The top-level `webhookData` keys kept (`CONNECTFLOW_WEBHOOK_DATA_KEYS`);
     /// `None`: all of them.
     pub webhook_data_keys: Option<Arc<[String]>>,
+    /// Thins the refusals' log lines to one per reason (the `outcome`
+    /// label) per second, each with the count `suppressed` since the last.
+    pub log_limiter: Arc<LogLimiter>,
 }
 
 /// Decrements the in-flight gauge however the request ends.
@@ -174,11 +183,20 @@ async fn handle_for(receiver: Arc<Receiver>, program: &str, headers: HeaderMap, 
                 Json(Answer { status: "accepted", event_id: Some(&event_id) }).into_response()
             }
             Err(err) => {
+                // One line per reason per second (the metric above counts
+                // every one): a flood of bad signatures cannot flood the log.
+                let now = Instant::now();
                 match &err {
                     ReceiveError::Unavailable(cause) => {
-                        tracing::warn!(error = %cause, "publish failed; answering 503 so Finicity retries");
+                        if let Some(suppressed) = receiver.log_limiter.admit("publish_failed", now) {
+                            tracing::warn!(error = %cause, suppressed, "publish failed; answering 503 so Finicity retries");
+                        }
                     }
-                    other => tracing::info!(outcome, reason = %other, "webhook rejected"),
+                    other => {
+                        if let Some(suppressed) = receiver.log_limiter.admit(outcome, now) {
+                            tracing::info!(outcome, reason = %other, suppressed, "webhook rejected");
+                        }
+                    }
                 }
                 crate::error::ApiError::from(err).into_response()
             }

@@ -401,6 +401,78 @@ pub fn normalised(
         .collect()
 }
 
+/// The real binary running one subcommand (`serve`, `all`) on a fresh
+/// migrated database and unique topics, everything it writes (JSON log
+/// lines) going to a file: for what only the process shows, its logs.
+pub struct BinaryApp {
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    /// Its database.
+    pub pool: PgPool,
+    /// Its Kafka settings.
+    pub kafka: KafkaArgs,
+    child: tokio::process::Child,
+    log_path: std::path::PathBuf,
+}
+
+/// Starts `connectflow <subcommand>` with `RUST_LOG=<rust_log>` and waits
+/// until `/readyz` answers 200.
+pub async fn spawn_binary(subcommand: &str, rust_log: &str) -> BinaryApp {
+    let services = services().await;
+    let kafka = unique_kafka_args(&services.kafka_brokers);
+    let database_url = fresh_database().await;
+    let pool = connectflow::store::pool(&database_args(&database_url)).expect("pool");
+    connectflow::cli::migrate(&pool, &kafka, &migration_args(), &default_programs()).await.expect("migrating");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr");
+    let log_path = std::env::temp_dir().join(format!("cf-{subcommand}-{}.log", uuid::Uuid::new_v4().simple()));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_connectflow"))
+        .arg(subcommand)
+        .env("CONNECTFLOW_LISTEN", addr.to_string())
+        .env("DATABASE_URL", &database_url)
+        .env("KAFKA_BROKERS", &kafka.brokers)
+        .env("CONNECTFLOW_EVENTS_TOPIC", &kafka.events_topic)
+        .env("CONNECTFLOW_CHANGES_TOPIC", &kafka.changes_topic)
+        .env("CONNECTFLOW_DLQ_TOPIC", &kafka.dlq_topic)
+        .env("CONNECTFLOW_CONSUMER_GROUP", format!("cf-test-{}", uuid::Uuid::new_v4().simple()))
+        .env("CONNECTFLOW_NO_MIGRATE", "true")
+        .env("FINICITY_PARTNER_SECRETS", PARTNER_SECRET)
+        .env("CONNECTFLOW_API_TOKENS", API_TOKEN)
+        .env("CONNECTFLOW_LOG_FORMAT", "json")
+        .env("RUST_LOG", rust_log)
+        .env_remove("CONNECTFLOW_PROGRAMS_FILE")
+        .env_remove("CONNECTFLOW_WEBHOOK_DATA_KEYS")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting connectflow {subcommand}: {err}"));
+    let base_url = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(60), || async {
+        let response = client.get(format!("{base_url}/readyz")).send().await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(ready, Some(()), "connectflow {subcommand} became ready");
+    BinaryApp { base_url, pool, kafka, child, log_path }
+}
+
+impl BinaryApp {
+    /// Stops it with SIGTERM, checks that it exited cleanly and returns
+    /// what it logged.
+    pub async fn stop(mut self) -> String {
+        let pid = self.child.id().expect("running").to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let status =
+            tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("stops").expect("exit");
+        assert!(status.success(), "{status:?}");
+        let logs = std::fs::read_to_string(&self.log_path).expect("log file");
+        std::fs::remove_file(&self.log_path).ok();
+        logs
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database_name;

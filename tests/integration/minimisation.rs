@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    API_TOKEN, AppOptions, PARTNER_SECRET, database_args, default_programs, eventually, fresh_database, http_settings,
-    migration_args, services, spawn_app_with, unique_kafka_args,
+    API_TOKEN, AppOptions, PARTNER_SECRET, eventually, http_settings, services, spawn_app_with, spawn_binary,
+    unique_kafka_args,
 };
 use crate::kafka_util::{count_records, read_all};
 
@@ -96,43 +96,9 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 async fn a_number_typed_into_free_text_reaches_no_topic_table_or_log_line() {
     // The real binary (`connectflow all`: receiver, consumer, relay), with
     // every log line at debug level written to a file.
-    let services = services().await;
-    let kafka = unique_kafka_args(&services.kafka_brokers);
-    let database_url = fresh_database().await;
-    let pool = connectflow::store::pool(&database_args(&database_url)).expect("pool");
-    connectflow::cli::migrate(&pool, &kafka, &migration_args(), &default_programs()).await.expect("migrating");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr");
-    let log_path = std::env::temp_dir().join(format!("cf-minimisation-{}.log", uuid::Uuid::new_v4().simple()));
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_connectflow"))
-        .arg("all")
-        .env("CONNECTFLOW_LISTEN", addr.to_string())
-        .env("DATABASE_URL", &database_url)
-        .env("KAFKA_BROKERS", &kafka.brokers)
-        .env("CONNECTFLOW_EVENTS_TOPIC", &kafka.events_topic)
-        .env("CONNECTFLOW_CHANGES_TOPIC", &kafka.changes_topic)
-        .env("CONNECTFLOW_DLQ_TOPIC", &kafka.dlq_topic)
-        .env("CONNECTFLOW_CONSUMER_GROUP", format!("cf-test-{}", uuid::Uuid::new_v4().simple()))
-        .env("CONNECTFLOW_NO_MIGRATE", "true")
-        .env("FINICITY_PARTNER_SECRETS", PARTNER_SECRET)
-        .env("CONNECTFLOW_API_TOKENS", API_TOKEN)
-        .env("CONNECTFLOW_LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .env_remove("CONNECTFLOW_PROGRAMS_FILE")
-        .env_remove("CONNECTFLOW_WEBHOOK_DATA_KEYS")
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting connectflow all");
-    let base = format!("http://{addr}");
+    let app = spawn_binary("all", "debug").await;
+    let (base, pool, kafka) = (app.base_url.clone(), app.pool.clone(), app.kafka.clone());
     let client = reqwest::Client::new();
-    let ready = eventually(Duration::from_secs(60), || async {
-        let response = client.get(format!("{base}/readyz")).send().await.ok()?;
-        (response.status() == 200).then_some(())
-    })
-    .await;
-    assert_eq!(ready, Some(()), "connectflow all became ready");
 
     for body in [not_found(), added()] {
         let raw = serde_json::to_vec(&body).expect("JSON");
@@ -174,9 +140,7 @@ async fn a_number_typed_into_free_text_reaches_no_topic_table_or_log_line() {
     })
     .await;
     assert_eq!(settled, Some(()), "three events applied, their changes published");
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().expect("running").to_string()]).status();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("stops").expect("exit");
-    assert!(status.success(), "{status:?}");
+    let logs = app.stop().await;
 
     // Kafka: the events, changes and dead-letter topics.
     let events = topic_texts(&kafka.brokers, &kafka.events_topic).await;
@@ -201,8 +165,6 @@ async fn a_number_typed_into_free_text_reaches_no_topic_table_or_log_line() {
     }
 
     // The process's log lines.
-    let logs = std::fs::read_to_string(&log_path).expect("log file");
-    std::fs::remove_file(&log_path).ok();
     assert!(logs.contains("HTTP server listening") && logs.lines().count() > 20, "the logs were captured: {logs}");
     assert!(logs.contains(CUSTOMER), "the logs name the customer, so they were written while it was handled");
     for needle in [RUN, HIDDEN] {

@@ -247,3 +247,81 @@ async fn a_slightly_oversized_body_sent_slowly_still_gets_its_413() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
     app.stop().await;
 }
+
+/// Sends `count` webhooks signed with a wrong secret, `concurrency` at a
+/// time over kept-alive connections; returns how many were answered 401.
+async fn post_badly_signed(base_url: &str, count: usize, concurrency: usize) -> usize {
+    use futures::StreamExt;
+    let client = reqwest::Client::new();
+    let url = format!("{base_url}/webhooks/finicity/connect");
+    let body = event(json!("1005061234"), "started", "1764000000000-flood", json!({}));
+    let signature = sign("not-the-partner-secret", &body);
+    futures::stream::iter(0..count)
+        .map(|_| {
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-finicity-signature", &signature)
+                .body(body.clone())
+                .send()
+        })
+        .buffer_unordered(concurrency)
+        .filter(|answer| std::future::ready(answer.as_ref().is_ok_and(|a| a.status() == 401)))
+        .count()
+        .await
+}
+
+/// The log lines of refused bad signatures, as JSON.
+fn bad_signature_lines(logs: &str) -> Vec<Value> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == "webhook rejected" && line["outcome"] == "invalid_signature")
+        .collect()
+}
+
+/// A metric's value in a Prometheus text exposition.
+fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|line| line.starts_with(name) && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_signatures_logs_a_line_a_second_and_counts_every_one() {
+    let app = crate::helpers::spawn_binary("serve", "info").await;
+    let started = Instant::now();
+    let refused = post_badly_signed(&app.base_url, 10_000, 32).await;
+    let took = started.elapsed();
+    assert_eq!(refused, 10_000, "every one answered 401");
+    let exposition =
+        reqwest::get(format!("{}/metrics", app.base_url)).await.expect("metrics").text().await.expect("metrics text");
+    let logs = app.stop().await;
+
+    assert_eq!(metric(&exposition, "connectflow_webhook_signature_failures_total"), Some(10_000.0), "{exposition}");
+    assert_eq!(
+        metric(&exposition, r#"connectflow_webhooks_total{event_type="unknown",outcome="invalid_signature"}"#),
+        Some(10_000.0),
+        "{exposition}"
+    );
+    let lines = bad_signature_lines(&logs);
+    // One line a second, and the first one at once.
+    let allowed = took.as_secs() as usize + 2;
+    assert!(!lines.is_empty() && lines.len() <= allowed, "{} lines in {took:?}: {lines:?}", lines.len());
+    let suppressed: u64 = lines.iter().filter_map(|line| line["suppressed"].as_u64()).sum();
+    assert_eq!(lines[0]["suppressed"], 0, "the first line: {lines:?}");
+    assert!(lines.len() == 1 || suppressed > 0, "every line after the first counts the ones left out: {lines:?}");
+    assert!(suppressed + lines.len() as u64 <= 10_000, "{suppressed} left out, {} logged", lines.len());
+}
+
+#[tokio::test]
+async fn a_single_bad_signature_is_still_logged() {
+    let app = crate::helpers::spawn_binary("serve", "info").await;
+    assert_eq!(post_badly_signed(&app.base_url, 1, 1).await, 1);
+    let logs = app.stop().await;
+    let lines = bad_signature_lines(&logs);
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert_eq!(lines[0]["suppressed"], 0, "{lines:?}");
+    assert!(lines[0]["reason"].as_str().is_some_and(|r| !r.is_empty()), "the line says why: {lines:?}");
+}
