@@ -193,8 +193,8 @@ pub struct HttpArgs {
     /// it is closed at once, unread, and counted in
     /// `connectflow_connections_refused_total`. Keep it below the process's
     /// open-file limit.
-    #[arg(long = "max-connections", env = "CONNECTFLOW_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub max_connections: u64,
+    #[arg(long = "max-connections", env = "CONNECTFLOW_MAX_CONNECTIONS", value_name = "CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_client_connections: u64,
 
     /// Access-log records waiting to be written, at most. Every `/v1`
     /// request takes a place before it is handled; when the writer falls
@@ -548,7 +548,7 @@ impl HttpArgs {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
-            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_connections: usize::try_from(self.max_client_connections).unwrap_or(usize::MAX),
             access_log_queue: usize::try_from(self.access_log_queue).unwrap_or(usize::MAX),
             idempotency_key_ttl: Duration::from_secs(u64::from(self.idempotency_key_hours) * 3600),
             webhook_data_keys: self.webhook_data_keys.as_deref().map(Arc::from),
