@@ -25,6 +25,7 @@ use crate::health::consumer::ConsumerHealth;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::receive::{self, Receiver, ReceiverProgram, signature::SignatureVerifier};
+use crate::serve::ConnectionLimits;
 
 /// What the listener serves: the webhook receiver, the API and the
 /// operations endpoints, each room with its own state.
@@ -192,8 +193,11 @@ impl HttpServer {
         // records of the requests still finishing, within the grace period.
         let writer_stop = CancellationToken::new();
         let writer = tokio::spawn(access_log.run(writer_stop.clone(), settings.shutdown_grace));
+        let metrics = ops.metrics.clone();
         let app = router(&AppState { receiver, api, ops });
-        let serve = crate::serve::serve(listener, app, settings.request_timeout, shutdown.clone());
+        let limits =
+            ConnectionLimits { header_timeout: settings.request_timeout, max_connections: settings.max_connections };
+        let serve = crate::serve::serve(listener, app, limits, &metrics, shutdown.clone());
         let grace = settings.shutdown_grace;
         tokio::select! {
             () = serve => {},

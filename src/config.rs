@@ -177,7 +177,8 @@ pub struct HttpArgs {
 
     /// Longest time a client may take to send a request's headers, and a
     /// webhook's whole body (408 when the body is slower), in milliseconds.
-    /// An idle keep-alive connection is closed after the same time.
+    /// A new connection that sends nothing, and an idle keep-alive one, are
+    /// closed after the same time.
     #[arg(long = "request-timeout-ms", env = "CONNECTFLOW_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
 
@@ -187,6 +188,13 @@ pub struct HttpArgs {
     /// manifests give a receiver.
     #[arg(long = "max-concurrent-webhooks", env = "CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_webhooks: u64,
+
+    /// Most connections open at once on the HTTP listener; a new one past
+    /// it is closed at once, unread, and counted in
+    /// `connectflow_connections_refused_total`. Keep it below the process's
+    /// open-file limit.
+    #[arg(long = "max-connections", env = "CONNECTFLOW_MAX_CONNECTIONS", value_name = "CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_client_connections: u64,
 
     /// Access-log records waiting to be written, at most. Every `/v1`
     /// request takes a place before it is handled; when the writer falls
@@ -518,6 +526,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Most webhooks handled at once.
     pub max_concurrent_webhooks: usize,
+    /// Most connections open at once on the listener.
+    pub max_connections: usize,
     /// Access-log records waiting to be written, at most.
     pub access_log_queue: usize,
     /// How long a revocation's `Idempotency-Key` is remembered.
@@ -546,6 +556,7 @@ impl HttpArgs {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
+            max_connections: usize::try_from(self.max_client_connections).unwrap_or(usize::MAX),
             access_log_queue: usize::try_from(self.access_log_queue).unwrap_or(usize::MAX),
             idempotency_key_ttl: Duration::from_secs(u64::from(self.idempotency_key_hours) * 3600),
             stats_max_window_days: self.stats_max_window_days,

@@ -59,17 +59,23 @@ pub fn routes(state: Arc<OpsState>) -> OpenApiRouter {
 /// Serves the operations endpoints alone (the consumer's listener) until
 /// `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (router, _) = routes(state).split_for_parts();
+    let (router, _) = routes(state.clone()).split_for_parts();
     let router =
         router.fallback(|| async { crate::error::error_response(StatusCode::NOT_FOUND, "not_found", "no such route") });
     tracing::info!(listen = %listener.local_addr()?, "operations endpoints listening");
-    crate::serve::serve(listener, router, OPS_HEADER_TIMEOUT, shutdown).await;
+    let limits =
+        crate::serve::ConnectionLimits { header_timeout: OPS_HEADER_TIMEOUT, max_connections: OPS_MAX_CONNECTIONS };
+    crate::serve::serve(listener, router, limits, &state.metrics, shutdown).await;
     Ok(())
 }
 
 /// Header deadline (and keep-alive idle timeout) of the consumer's own
 /// operations listener.
 const OPS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections open at once on the consumer's operations listener
+/// (probes and scrapes need a handful).
+const OPS_MAX_CONNECTIONS: usize = 256;
 
 /// How long a readiness probe waits for each dependency.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -59,6 +59,10 @@ pub struct Metrics {
     pub publish_seconds: Histogram,
     /// Webhook requests being handled now.
     pub webhooks_in_flight: Gauge,
+    /// Connections open on this process's listener.
+    pub connections_open: Gauge,
+    /// Connections closed unread because the listener had its most open.
+    pub connections_refused: Counter,
     /// Events recorded and applied by the consumer.
     pub events_applied: Counter,
     /// Events skipped because their id was already recorded.
@@ -133,6 +137,14 @@ impl Metrics {
         );
         let webhooks_in_flight = Gauge::default();
         registry.register("webhooks_in_flight", "Webhook requests being handled", webhooks_in_flight.clone());
+        let connections_open = Gauge::default();
+        registry.register("connections_open", "Connections open on the listener", connections_open.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed unread because the listener had its most open",
+            connections_refused.clone(),
+        );
         let events_applied = Counter::default();
         registry.register("events_applied", "Events recorded and applied to the lifecycle", events_applied.clone());
         let duplicates_skipped = Counter::default();
@@ -251,6 +263,8 @@ impl Metrics {
             signature_failures,
             publish_seconds,
             webhooks_in_flight,
+            connections_open,
+            connections_refused,
             events_applied,
             duplicates_skipped,
             recomputations,

@@ -206,6 +206,7 @@ pub fn http_settings() -> HttpSettings {
         shutdown_grace_ms: 5_000,
         request_timeout_ms: 10_000,
         max_concurrent_webhooks: 256,
+        max_client_connections: 10_000,
         access_log_queue: 10_000,
         idempotency_key_hours: 72,
         stats_max_window_days: 400,

@@ -325,3 +325,100 @@ async fn a_single_bad_signature_is_still_logged() {
     assert_eq!(lines[0]["suppressed"], 0, "{lines:?}");
     assert!(lines[0]["reason"].as_str().is_some_and(|r| !r.is_empty()), "the line says why: {lines:?}");
 }
+
+/// A signed webhook, as the cap tests send it; `Err` when the connection
+/// was refused.
+async fn try_webhook(app: &TestApp, event_id: &str) -> Result<reqwest::StatusCode, reqwest::Error> {
+    let body = event(json!("8200000002"), "started", event_id, json!({}));
+    app.client
+        .post(format!("{}/webhooks/finicity/connect", app.base_url))
+        .header("content-type", "application/json")
+        .header("x-finicity-signature", sign(PARTNER_SECRET, &body))
+        .body(body)
+        .send()
+        .await
+        .map(|response| response.status())
+}
+
+/// hyper-util reads a new connection's first bytes (to tell HTTP/1 from
+/// HTTP/2) with no deadline, and the header deadline starts only after
+/// them: without a deadline of its own, a connection that never sends a
+/// byte is held for ever.
+#[tokio::test]
+async fn connections_that_never_send_a_byte_are_closed_within_the_header_timeout() {
+    let timeout = Duration::from_secs(2);
+    let app = spawn_with(|h| h.request_timeout = timeout, false).await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    let mut silent = Vec::new();
+    for _ in 0..400 {
+        silent.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    // Each reader starts after its connection was made, so its deadline is
+    // at least the header timeout plus 5 s after the connect.
+    let readers: Vec<_> = silent
+        .into_iter()
+        .map(|mut stream| {
+            tokio::spawn(async move { read_until_closed(&mut stream, timeout + Duration::from_secs(5)).await })
+        })
+        .collect();
+
+    let answered = try_webhook(&app, "1764000000000-silent").await.expect("webhook request");
+    assert_eq!(answered, 200, "webhooks are answered while silent connections are open");
+
+    for (i, reader) in readers.into_iter().enumerate() {
+        let (bytes, closed) = reader.await.expect("reader task");
+        assert!(closed, "silent connection {i} still open 5 s past the header timeout");
+        assert_eq!(bytes, "", "nothing is sent to a connection that sent nothing");
+    }
+    assert_eq!(app.metrics.connections_refused.get(), 0, "under the cap, none refused");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_new_connections_are_closed_at_once_and_counted() {
+    let cap = 50;
+    // A header timeout far longer than the test's deadlines: a connection
+    // closed within them was refused, not timed out.
+    let app = spawn_with(
+        |h| {
+            h.max_connections = cap;
+            h.request_timeout = Duration::from_secs(60);
+        },
+        false,
+    )
+    .await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    // The test client may already hold a kept-alive connection.
+    let already = usize::try_from(app.metrics.connections_open.get()).expect("a count");
+    let mut holders = Vec::new();
+    for _ in already..cap {
+        holders.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    let full = eventually(Duration::from_secs(10), || async {
+        (app.metrics.connections_open.get() == i64::try_from(cap).expect("cap")).then_some(())
+    })
+    .await;
+    assert!(full.is_some(), "the holders fill the cap");
+    assert_eq!(app.metrics.connections_refused.get(), 0);
+
+    let extra = 20;
+    for i in 0..extra {
+        let mut stream = TcpStream::connect(&addr).await.expect("the kernel accepts the connection");
+        let (bytes, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(closed, "connection {i} past the cap is closed long before the header timeout");
+        assert_eq!(bytes, "", "and nothing is read or sent");
+    }
+    assert_eq!(app.metrics.connections_refused.get(), extra);
+    let metrics = app.metrics.render();
+    assert!(metrics.contains(&format!("connectflow_connections_refused_total {extra}")), "{metrics}");
+    assert!(metrics.contains(&format!("connectflow_connections_open {cap}")), "{metrics}");
+
+    // When the holders go, their places come back.
+    drop(holders);
+    let accepted = eventually(Duration::from_secs(10), || async {
+        try_webhook(&app, "1764000000000-capped").await.ok().filter(|status| *status == 200)
+    })
+    .await;
+    assert!(accepted.is_some(), "a webhook is accepted once the holders have gone");
+    app.stop().await;
+}
