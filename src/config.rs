@@ -468,6 +468,14 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "TEXT")]
     pub reason_contains: Option<String>,
 
+    /// Start at the dead-letter topic's beginning. Without it a replay goes
+    /// on from where the last one (with the same `--reason-contains`)
+    /// stopped: its position is kept in the consumer group
+    /// `connectflow-dlq-replay` (a filter gets
+    /// `connectflow-dlq-replay-<16 hex digits>`).
+    #[arg(long)]
+    pub from_beginning: bool,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,

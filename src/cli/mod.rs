@@ -52,8 +52,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Tokens(command) => tokens::run(command).await,
         Command::Audit(args) => audit::run(&args).await,
         Command::Dlq(DlqCommand::Replay(args)) => {
-            let outcome =
-                crate::dead_letter::replay::replay(&args.kafka, args.reason_contains.as_deref(), args.dry_run).await?;
+            let outcome = crate::dead_letter::replay::Replay {
+                reason_contains: args.reason_contains.as_deref(),
+                dry_run: args.dry_run,
+                from_beginning: args.from_beginning,
+            }
+            .run(&args.kafka)
+            .await?;
             let verb = if args.dry_run { "would replay" } else { "replayed" };
             println!(
                 "read {} parked records: {verb} {}, {} filtered out, {} metadata only",

@@ -1,6 +1,5 @@
-//! Reading a topic up to its end: `dlq replay` reads the dead-letter topic
-//! once, `simulate --verify-changes` (and `make chaos`) read the changes
-//! topic in steps while the relays catch up.
+//! Reading a topic up to its end: `simulate --verify-changes` (and
+//! `make chaos`) read the changes topic in steps while the relays catch up.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -473,9 +473,26 @@ async fn parked_records_are_replayed_once_their_cause_is_fixed() {
     all_applied(&app.pool, &[("7900000001".to_owned(), 1)], Duration::from_secs(30))
         .await
         .expect("replayed and applied");
-    // Replaying again changes nothing: the event is a duplicate.
-    connectflow::dead_letter::replay::replay(&app.kafka, Some("23514"), false).await.expect("again");
+    // A second run remembers the first: it republishes nothing.
+    let again = connectflow::dead_letter::replay::replay(&app.kafka, Some("23514"), false).await.expect("again");
+    assert_eq!((again.read, again.replayed), (0, 0), "{again:?}");
+    let on_topic = crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic);
+    // Another filter has its own position; without one, every parked record
+    // is read once.
+    let all = connectflow::dead_letter::replay::replay(&app.kafka, None, true).await.expect("all, dry");
+    assert_eq!((all.read, all.replayed), (2, 2), "{all:?}");
+    // From the beginning, the record goes again, and is a duplicate.
+    let from_start = connectflow::dead_letter::replay::Replay {
+        reason_contains: Some("23514"),
+        dry_run: false,
+        from_beginning: true,
+    };
+    let again = from_start.run(&app.kafka).await.expect("from the beginning");
+    assert_eq!((again.read, again.replayed), (2, 1), "{again:?}");
+    assert_eq!(crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic), on_topic + 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(event_count(&app.pool, "7900000001").await, Some(1));
+    let after = connectflow::dead_letter::replay::replay(&app.kafka, Some("23514"), false).await.expect("after");
+    assert_eq!(after.read, 0, "{after:?}");
     app.stop().await;
 }
