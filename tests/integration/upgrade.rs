@@ -211,3 +211,38 @@ async fn a_history_snapshot_that_does_not_decode_never_parks_a_valid_event() {
     handle.await.expect("join").expect("clean stop");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_change_version_already_recorded_stalls_the_consumer_and_never_parks_the_event() {
+    let app = spawn_app().await;
+    let customer = "8500000001";
+    // A restored database whose changes table kept a change it no longer
+    // has a lifecycle for: the customer's first change collides with it.
+    sqlx::query(
+        "INSERT INTO lifecycle_changes (customer_id, version, change, recorded_at) VALUES ($1, 1, '{}', now())",
+    )
+    .bind(customer)
+    .execute(&app.pool)
+    .await
+    .expect("a stray change");
+    let mut args = consumer_args();
+    args.stall_seconds = 2;
+    let metrics = Metrics::new();
+    let (ops, token, handle) = start_consume_process(&app, &app.kafka, args, metrics.clone()).await;
+    let count = send_flow(&app, customer, "legacy-success", 45).await;
+    assert!(stalled_on_stored_state(&metrics).await, "the stall is counted");
+    assert!(livez_becomes(&app, ops, 503, Duration::from_secs(60)).await, "/livez fails");
+    assert_ne!(event_count(&app.pool, customer).await, Some(count as i64), "the flow stops at the collision");
+    assert_eq!(count_records(&app.kafka.brokers, &app.kafka.dlq_topic), 0, "never parked");
+
+    sqlx::query("DELETE FROM lifecycle_changes WHERE customer_id = $1")
+        .bind(customer)
+        .execute(&app.pool)
+        .await
+        .expect("fixed");
+    all_applied(&app.pool, &[(customer.to_owned(), count)], Duration::from_secs(60)).await.expect("proceeds");
+    assert!(livez_becomes(&app, ops, 200, Duration::from_secs(30)).await, "/livez recovers");
+    token.cancel();
+    handle.await.expect("join").expect("clean stop");
+    app.stop().await;
+}
