@@ -267,11 +267,12 @@ pub struct ConsumerArgs {
     #[arg(long = "consumer-queue-bytes", env = "CONNECTFLOW_CONSUMER_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1u64 << 40)))]
     pub queue_bytes: u64,
 
-    /// How long the consumer tries to park a record on the dead-letter topic
-    /// (as is, then as metadata only) before it stops with an error rather
-    /// than stall.
-    #[arg(long = "dlq-timeout-seconds", env = "CONNECTFLOW_DLQ_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-    pub dlq_timeout_seconds: u64,
+    /// For tests only: the schema version this consumer takes for its own
+    /// (default: `event::SCHEMA_VERSION`). Records of a higher
+    /// `schema_version` are parked as `newer_schema`. Lowering it plays an
+    /// older consumer meeting a newer receiver's records.
+    #[arg(long = "test-schema-version", env = "CONNECTFLOW_TEST_SCHEMA_VERSION", hide = true, default_value_t = crate::event::SCHEMA_VERSION)]
+    pub schema_version: u32,
 
     /// How long access-log records are kept, in days; older ones are deleted
     /// by a job of `consume` (hourly).

@@ -25,6 +25,21 @@ pub use program_id::{InvalidProgramId, ProgramId};
 /// The value of the `schema` field and header of every published record.
 pub const SCHEMA_V1: &str = "connectflow.connect_event.v1";
 
+/// The value of the `schema_version` header of every record connectflow
+/// publishes on the events topic: raised whenever a release writes records
+/// (or event types of connectflow's own `connectflow.*` namespace) that an
+/// older consumer would apply wrongly. A consumer parks a record of a
+/// higher version as `newer_schema` rather than apply it, and `dlq replay`
+/// after the upgrade applies it (docs/event-schema.md, docs/operations.md
+/// "Upgrades"). A record without the header is version 1.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The header that carries [`SCHEMA_VERSION`], as decimal digits.
+pub const SCHEMA_VERSION_HEADER: &str = "schema_version";
+
+/// The namespace of connectflow's own event types (`connectflow.consent.revoked`, ...).
+pub const OWN_EVENT_TYPE_PREFIX: &str = "connectflow.";
+
 /// Who produced an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -77,6 +77,13 @@ pub struct Metrics {
     /// Records Postgres refused alone, found by splitting their batch, and
     /// parked.
     pub isolated_records: Counter,
+    /// Records parked as `newer_schema`: written by a newer connectflow than
+    /// this consumer (a rolling upgrade in progress).
+    pub newer_schema_parked: Counter,
+    /// Lanes stalled now because a customer's stored state is in the way (a
+    /// lifecycle of a newer version, a history that does not decode); the
+    /// customer is named in the error log, not here (docs/privacy.md).
+    pub stalled_on_stored_state: Gauge,
     /// `/v1` requests refused (503) because the access log's queue was full.
     pub access_log_rejected: Counter,
     /// Access-log records written to Postgres.
@@ -172,6 +179,18 @@ impl Metrics {
             "consumer_isolated_records",
             "Records Postgres refused alone, isolated by splitting their batch, and parked",
             isolated_records.clone(),
+        );
+        let newer_schema_parked = Counter::default();
+        registry.register(
+            "consumer_newer_schema_parked",
+            "Records parked as newer_schema: written by a newer connectflow, applied by dlq replay after the upgrade",
+            newer_schema_parked.clone(),
+        );
+        let stalled_on_stored_state = Gauge::default();
+        registry.register(
+            "consumer_stalled_on_stored_state",
+            "Consumer lanes stalled now because a customer's stored state is in the way (the customer is in the error log)",
+            stalled_on_stored_state.clone(),
         );
         let access_log_rejected = Counter::default();
         registry.register(
@@ -271,6 +290,8 @@ impl Metrics {
             dead_letters,
             dead_letters_metadata_only,
             isolated_records,
+            newer_schema_parked,
+            stalled_on_stored_state,
             program_conflicts,
             events_suppressed,
             customers_erased,

@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaArgs;
-use crate::event::{ConnectEvent, SCHEMA_V1};
+use crate::event::{ConnectEvent, SCHEMA_V1, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 use crate::kafka;
 
 /// Why an event could not be published. The webhook is then answered 503,
@@ -64,11 +64,13 @@ impl Publisher {
     /// replicas) or the timeout passes. Returns the time Kafka took.
     pub async fn publish(&self, event: &ConnectEvent) -> Result<Duration, PublishError> {
         let value = serde_json::to_vec(event)?;
-        let headers = OwnedHeaders::new_with_capacity(4)
+        let version = SCHEMA_VERSION.to_string();
+        let headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header { key: "event_id", value: Some(event.event_id.as_bytes()) })
             .insert(Header { key: "program", value: Some(event.program_id.as_str().as_bytes()) })
             .insert(Header { key: "event_type", value: Some(event.event_type.as_str().as_bytes()) })
-            .insert(Header { key: "schema", value: Some(SCHEMA_V1.as_bytes()) });
+            .insert(Header { key: "schema", value: Some(SCHEMA_V1.as_bytes()) })
+            .insert(Header { key: SCHEMA_VERSION_HEADER, value: Some(version.as_bytes()) });
         let record =
             FutureRecord::to(&self.topic).key(event.customer_id.as_str().as_bytes()).payload(&value).headers(headers);
         let started = Instant::now();

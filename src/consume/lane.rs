@@ -14,14 +14,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::record::{decode, header_event_id, key_text};
+use super::record::{Decoded, NEWER_SCHEMA, decode, header_event_id, header_schema_version, key_text};
 use super::{Assignment, Callbacks, Queued};
 use crate::backoff::Backoff;
 use crate::dead_letter::{DeadLetters, ParkError, ParkedAs};
-use crate::event::ConnectEvent;
 use crate::health::consumer::ConsumerHealth;
 use crate::metrics::{Metrics, SuppressedLabels};
-use crate::store::apply::apply_batch;
+use crate::store::apply::{Published, apply_published};
 use crate::store::error::StoreError;
 
 /// What every lane shares.
@@ -33,6 +32,9 @@ pub(super) struct Shared {
     pub health: Arc<ConsumerHealth>,
     pub assignment: Arc<Assignment>,
     pub batch_max: usize,
+    /// This consumer's schema version (`event::SCHEMA_VERSION`; lowered by
+    /// tests): records of a higher one are parked as `newer_schema`.
+    pub schema_version: u32,
     pub linger: Duration,
     pub lanes: usize,
     /// Notified after a batch recorded changes (wakes this process's relay).
@@ -43,7 +45,7 @@ pub(super) struct Shared {
 /// (docs/operations.md, "Programs").
 pub const PROGRAM_CONFLICT: &str = "program_conflict";
 
-/// A running lane's task: it fails only when a record cannot be parked.
+/// A running lane's task (it only ends with shutdown).
 type LaneTask = JoinHandle<Result<(), ParkError>>;
 
 /// The lanes, before they run.
@@ -52,7 +54,7 @@ pub(super) struct Lanes(Arc<Shared>);
 /// Where one record of a batch stands.
 enum Item {
     /// Decoded, not applied yet.
-    Pending(Box<ConnectEvent>),
+    Pending(Box<Decoded>),
     /// Applied or parked: its offset may be stored.
     Settled,
 }
@@ -61,7 +63,10 @@ enum Item {
 enum Failure {
     /// Postgres failed in a way that can pass: retry the batch.
     Transient(StoreError),
-    /// Shutdown, or a record that cannot even be parked.
+    /// A customer's stored state is in the way: stall on the batch (never
+    /// park its events), retrying until it is resolved.
+    StoredState(StoreError),
+    /// Shutdown.
     Stop(ParkError),
 }
 
@@ -129,7 +134,6 @@ impl Shared {
             match settled {
                 Ok(()) => {}
                 Err(ParkError::Interrupted) => return Ok(()),
-                Err(err) => return Err(err),
             }
         }
     }
@@ -191,6 +195,24 @@ impl Shared {
                         return Err(ParkError::Interrupted);
                     }
                 }
+                Err(Failure::StoredState(err)) => {
+                    drop(applying);
+                    // No progress is reported, so `/livez` fails once the
+                    // stall lasts; the offsets stay where they are.
+                    tracing::error!(
+                        lane,
+                        error = %err,
+                        retry_in = ?backoff.delay(),
+                        "a customer's stored state is in the way; the lane stalls and retries (the event is not at fault)"
+                    );
+                    let waited = {
+                        let _stalled = StalledOnStoredState::new(&self.metrics);
+                        backoff.wait(stop).await
+                    };
+                    if !waited {
+                        return Err(ParkError::Interrupted);
+                    }
+                }
             }
         }
     }
@@ -204,9 +226,19 @@ impl Shared {
     ) -> Result<Vec<Item>, ParkError> {
         let mut items = Vec::with_capacity(batch.len());
         for queued in batch {
-            match decode(queued.message.payload()) {
-                Ok(event) => items.push(Item::Pending(Box::new(event))),
+            let message = &queued.message;
+            match decode(message.payload(), header_schema_version(message), self.schema_version) {
+                Ok(decoded) => items.push(Item::Pending(Box::new(decoded))),
                 Err(poison) => {
+                    if poison.reason == NEWER_SCHEMA {
+                        // Not recorded, so not deduplicated: `dlq replay`
+                        // after the upgrade applies it.
+                        tracing::warn!(
+                            own_version = self.schema_version,
+                            "a record written by a newer connectflow; parked for dlq replay after the upgrade"
+                        );
+                        self.metrics.newer_schema_parked.inc();
+                    }
                     let parked = ParkedAs {
                         reason: &poison.reason,
                         event_id: header_event_id(&queued.message),
@@ -236,23 +268,30 @@ impl Shared {
         parts.push(0..items.len());
         while let Some(part) = parts.pop() {
             let pending: Vec<usize> = part.clone().filter(|&i| matches!(items[i], Item::Pending(_))).collect();
-            let events: Vec<&ConnectEvent> = pending
+            let events: Vec<Published<'_>> = pending
                 .iter()
                 .filter_map(|&i| match &items[i] {
-                    Item::Pending(event) => Some(event.as_ref()),
+                    Item::Pending(decoded) => Some(Published {
+                        event: &decoded.event,
+                        bytes: decoded
+                            .verbatim
+                            .then(|| batch[i].message.payload().and_then(|p| std::str::from_utf8(p).ok()))
+                            .flatten(),
+                    }),
                     Item::Settled => None,
                 })
                 .collect();
             if events.is_empty() {
                 continue;
             }
-            match apply_batch(&self.pool, events).await {
+            match apply_published(&self.pool, events).await {
                 Ok(outcome) => {
                     // Events for a customer of another program were neither
                     // recorded nor applied: parked, they settle too.
                     for conflict in &outcome.conflicts {
                         for &i in &pending {
-                            let Item::Pending(event) = &items[i] else { continue };
+                            let Item::Pending(decoded) = &items[i] else { continue };
+                            let event = &decoded.event;
                             if event.event_id != conflict.event_id || event.program_id != conflict.program_id {
                                 continue;
                             }
@@ -289,9 +328,11 @@ impl Shared {
                     self.health.progressed(lane);
                 }
                 Err(err) if err.is_transient() => return Err(Failure::Transient(err)),
+                Err(err) if err.is_stored_state() => return Err(Failure::StoredState(err)),
                 Err(err) if pending.len() == 1 => {
                     let i = pending[0];
-                    if let Item::Pending(event) = &items[i] {
+                    if let Item::Pending(decoded) = &items[i] {
+                        let event = &decoded.event;
                         let reason = format!("postgres refused the event: {err}");
                         let parked = ParkedAs {
                             reason: &reason,
@@ -336,5 +377,22 @@ impl Shared {
             // deduplicates.
             tracing::info!(error = %err, "storing offsets failed (partition revoked?)");
         }
+    }
+}
+
+/// Counts a lane in `connectflow_consumer_stalled_on_stored_state` while it
+/// waits to retry a batch a customer's stored state holds up.
+struct StalledOnStoredState<'a>(&'a Metrics);
+
+impl<'a> StalledOnStoredState<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.stalled_on_stored_state.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for StalledOnStoredState<'_> {
+    fn drop(&mut self) {
+        self.0.stalled_on_stored_state.dec();
     }
 }

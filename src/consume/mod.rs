@@ -18,12 +18,20 @@
 //!   librdkafka commits stored offsets periodically, on revocation, and
 //!   (explicitly, here) on shutdown.
 //! - A record that cannot become an event (poison) is parked on the
-//!   dead-letter topic ([`crate::dead_letter`]). A batch that fails
+//!   dead-letter topic ([`crate::dead_letter`]), and so is a record written
+//!   by a newer connectflow (`newer_schema`: a higher `schema_version`
+//!   header, or a `connectflow.*` type it does not know), unrecorded, for
+//!   `dlq replay` after the upgrade. Parking retries until the topic takes
+//!   the record (a lane waiting on it is stalled). A batch that fails
 //!   *permanently* in Postgres (bad data) is split in halves until the
 //!   offending records are isolated; those are parked, the rest applied. A
 //!   *transient* failure (Postgres away) retries the batch with capped
 //!   backoff, and `/livez` turns 503 when a lane makes no progress for
-//!   `CONNECTFLOW_CONSUMER_STALL_SECONDS` ([`ConsumerHealth`]).
+//!   `CONNECTFLOW_CONSUMER_STALL_SECONDS` ([`ConsumerHealth`]). A failure
+//!   caused by a customer's *stored* state (a lifecycle of a newer version,
+//!   a history that does not decode, a change version already recorded) is
+//!   not the events' fault: the batch is retried the same way, never parked,
+//!   and the lane counts in `connectflow_consumer_stalled_on_stored_state`.
 //! - On a rebalance, a revocation waits for lanes to finish the batch they
 //!   apply and queued records of revoked partitions are dropped
 //!   ([`assignment`]), so a partition is only written by its current owner.
@@ -167,7 +175,7 @@ impl LifecycleConsumer {
         let consumer = Arc::new(consumer);
         let lane_count = usize::try_from(args.parallelism).unwrap_or(1).max(1);
         let health = Arc::new(ConsumerHealth::new(lane_count, Duration::from_secs(args.stall_seconds)));
-        let dead_letters = DeadLetters::new(kafka, Duration::from_secs(args.dlq_timeout_seconds), metrics.clone())?;
+        let dead_letters = DeadLetters::new(kafka, metrics.clone())?;
         let lanes = Lanes::new(lane::Shared {
             consumer: consumer.clone(),
             dead_letters,
@@ -176,6 +184,7 @@ impl LifecycleConsumer {
             health: health.clone(),
             assignment: assignment.clone(),
             batch_max: usize::try_from(args.batch).unwrap_or(usize::MAX),
+            schema_version: args.schema_version,
             linger: Duration::from_millis(args.linger_ms),
             lanes: lane_count,
             changes_recorded,
@@ -189,8 +198,7 @@ impl LifecycleConsumer {
         self.health.clone()
     }
 
-    /// Runs until `shutdown` is cancelled or a lane fails for good (a record
-    /// that cannot even be parked). On the way out each lane finishes the
+    /// Runs until `shutdown` is cancelled (or a lane panics). On the way out each lane finishes the
     /// batch it applies, queued records are left for the next owner, and the
     /// stored offsets are committed so a restart resumes exactly there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -212,8 +220,8 @@ impl LifecycleConsumer {
                 .context("starting the Kafka poll thread")?
         };
 
-        // A lane fails only when a record cannot even be parked: stop
-        // everything then, so the process exits and is restarted.
+        // A lane stops early only if it panics (or, in principle, fails):
+        // stop everything then, so the process exits and is restarted.
         let mut result: anyhow::Result<()> = Ok(());
         for task in lane_tasks {
             match task.await {

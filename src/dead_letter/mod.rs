@@ -3,13 +3,16 @@
 //! publishing them back once their cause is fixed ([`replay`]).
 //!
 //! The original record is parked as it is, with the reason and its origin in
-//! headers. When the broker will not take it (too large with the added
-//! headers, topic missing, not authorised) a metadata-only record is parked
+//! headers. Only when the dead-letter topic refuses *the record itself*
+//! (too large with the added headers, say) is a metadata-only record parked
 //! instead: no value, the origin, the reason, the event and customer ids and
 //! the original size, so an operator can find the record on the events
-//! topic. If even that fails for `CONNECTFLOW_DLQ_TIMEOUT_SECONDS`, the
-//! consumer stops with an error: a restarting pod is visible, a silent stall
-//! is not.
+//! topic. Any other failure (the broker away, the topic missing or not
+//! writable yet) is retried with capped backoff for as long as it lasts:
+//! the lane holds its batch without progress, so `/livez` fails after
+//! `CONNECTFLOW_CONSUMER_STALL_SECONDS` ([`crate::health::consumer`]), and
+//! the record is parked whole once the topic takes it. A transient fault
+//! never costs a payload.
 
 pub mod replay;
 
@@ -30,8 +33,6 @@ use crate::metrics::Metrics;
 
 /// How long one send may wait for the broker.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the original record is tried before falling back to metadata.
-const FULL_RECORD_WINDOW: Duration = Duration::from_secs(15);
 /// Longest `dlq_reason` header.
 const MAX_REASON_LEN: usize = 1024;
 
@@ -41,20 +42,6 @@ pub enum ParkError {
     /// Shutdown came first; the record's offset was not stored.
     #[error("stopped while parking a record")]
     Interrupted,
-    /// Not even a metadata-only record could be parked in time.
-    #[error(
-        "could not park a record on the dead-letter topic {topic} for {waited:?} (last error: {last}); \
-         stopping rather than stalling: fix the topic or its permissions, and the restarted consumer \
-         parks the record again"
-    )]
-    GaveUp {
-        /// The dead-letter topic.
-        topic: String,
-        /// How long it was tried.
-        waited: Duration,
-        /// The last error Kafka gave.
-        last: KafkaError,
-    },
 }
 
 /// What the consumer knows about a record it parks.
@@ -72,20 +59,28 @@ pub struct ParkedAs<'a> {
 pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
-    give_up_after: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl DeadLetters {
     /// An idempotent, `acks=all` producer for the dead-letter topic.
-    pub fn new(kafka: &KafkaArgs, give_up_after: Duration, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(kafka: &KafkaArgs, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let timeout_ms = SEND_TIMEOUT.as_millis().to_string();
-        let producer = kafka::producer(kafka, "dead-letter producer", &[("message.timeout.ms", &timeout_ms)])?;
-        Ok(Self { producer, topic: kafka.dlq_topic.clone(), give_up_after, metrics })
+        // Never has the broker create the topic on a first write: it would
+        // get the broker's defaults, not the dead-letter retention that
+        // `migrate` sets. A missing topic is retried until it exists.
+        let producer = kafka::producer(
+            kafka,
+            "dead-letter producer",
+            &[("message.timeout.ms", &timeout_ms), ("allow.auto.create.topics", "false")],
+        )?;
+        Ok(Self { producer, topic: kafka.dlq_topic.clone(), metrics })
     }
 
-    /// Parks `message`, returning once Kafka has either the record or its
-    /// metadata: only then may its offset be stored.
+    /// Parks `message`, returning once Kafka has either the record or (when
+    /// the topic refuses the record itself) its metadata: only then may its
+    /// offset be stored. Retries everything else until it succeeds or
+    /// `shutdown`.
     pub async fn park(
         &self,
         message: &OwnedMessage,
@@ -128,16 +123,18 @@ impl DeadLetters {
                 }
                 Err((err, _)) => err,
             };
-            let waited = started.elapsed();
-            if full && (refuses_the_record(&err) || waited >= FULL_RECORD_WINDOW) {
-                tracing::warn!(error = %err, "the dead-letter topic does not take the record; parking its metadata only");
+            if full && refuses_the_record(&err) {
+                tracing::warn!(error = %err, "the dead-letter topic refuses the record itself; parking its metadata only");
                 full = false;
                 continue;
             }
-            if waited >= self.give_up_after {
-                return Err(ParkError::GaveUp { topic: self.topic.clone(), waited, last: err });
-            }
-            tracing::warn!(error = %err, retry_in = ?backoff.delay(), "dead-letter publish failed; retrying");
+            tracing::warn!(
+                error = %err,
+                topic = %self.topic,
+                retrying_for = ?started.elapsed(),
+                retry_in = ?backoff.delay(),
+                "dead-letter publish failed; retrying (the lane stalls meanwhile)"
+            );
             if !backoff.wait(shutdown).await {
                 return Err(ParkError::Interrupted);
             }
@@ -187,7 +184,9 @@ impl Origin {
     }
 }
 
-/// Errors that sending the same record again cannot fix.
+/// Errors that say the topic refuses this record itself, so that sending it
+/// again cannot help: its size or its encoding. A missing topic, missing
+/// rights or a broker away are the topic's state, which can pass: retried.
 fn refuses_the_record(err: &KafkaError) -> bool {
     let code = match err {
         KafkaError::MessageProduction(code) => *code,
@@ -199,10 +198,6 @@ fn refuses_the_record(err: &KafkaError) -> bool {
             | RDKafkaErrorCode::InvalidMessageSize
             | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::UnknownTopic
-            | RDKafkaErrorCode::UnknownTopicOrPartition
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::PolicyViolation
     )
 }
 
@@ -236,7 +231,14 @@ mod tests {
     #[test]
     fn only_refusals_of_the_record_itself_skip_to_metadata() {
         assert!(refuses_the_record(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)));
-        assert!(refuses_the_record(&KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)));
+        assert!(refuses_the_record(&KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRecord)));
+        for topic_state in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(!refuses_the_record(&KafkaError::MessageProduction(topic_state)), "{topic_state:?} can pass");
+        }
         assert!(!refuses_the_record(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));
         assert!(!refuses_the_record(&KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure)));
     }

@@ -133,17 +133,57 @@ pub struct ProgramConflict {
     pub owner: ProgramId,
 }
 
-/// Records and applies `events` in one transaction.
-///
-/// Fails [transiently](StoreError::is_transient) when Postgres does, and
-/// permanently when a record cannot be stored (the caller splits the batch to
-/// find it). A stored lifecycle that does not decode is not an error: the
-/// customer is recomputed from their recorded events instead.
+/// The version of the stored lifecycle (`customers.lifecycle`) this binary
+/// writes and reads: raised whenever a release stores a lifecycle an older
+/// one would misread (a state it does not know). A consumer meets a stored
+/// lifecycle of a higher version only during a rolling upgrade (or a
+/// rollback): it stalls then rather than recompute the customer with older
+/// rules ([`StoreError::StoredState`]).
+pub const STORED_LIFECYCLE_VERSION: i32 = 1;
+
+/// An event with the bytes it was published as, when they are to be kept
+/// verbatim (`connect_events.published`).
+#[derive(Debug, Clone, Copy)]
+pub struct Published<'a> {
+    /// The decoded, sanitised event.
+    pub event: &'a ConnectEvent,
+    /// The record's value as published, when sanitising left it as it was.
+    pub bytes: Option<&'a str>,
+}
+
+/// Records and applies `events` in one transaction, keeping no published
+/// bytes ([`apply_published`] does).
 pub async fn apply_batch<'a>(
     pool: &PgPool,
     events: impl IntoIterator<Item = &'a ConnectEvent>,
 ) -> Result<BatchOutcome, StoreError> {
-    let events: Vec<&ConnectEvent> = events.into_iter().collect();
+    apply_published(pool, events.into_iter().map(|event| Published { event, bytes: None })).await
+}
+
+/// Records and applies `events` in one transaction, each recorded with the
+/// bytes it was published as, when given.
+///
+/// Fails [transiently](StoreError::is_transient) when Postgres does,
+/// permanently when a record cannot be stored (the caller splits the batch to
+/// find it), and with [`StoreError::StoredState`] when what is stored for a
+/// customer is in the way (the caller stalls; the events are not at fault).
+/// A stored lifecycle that does not decode and is not of a newer version is
+/// not an error: the customer is recomputed from their recorded events
+/// instead.
+pub async fn apply_published<'a>(
+    pool: &PgPool,
+    events: impl IntoIterator<Item = Published<'a>>,
+) -> Result<BatchOutcome, StoreError> {
+    let mut published: HashMap<&str, &str> = HashMap::new();
+    let events: Vec<&ConnectEvent> = events
+        .into_iter()
+        .map(|p| {
+            if let Some(bytes) = p.bytes {
+                published.entry(p.event.event_id.as_str()).or_insert(bytes);
+            }
+            p.event
+        })
+        .collect();
     let mut batch_customers: Vec<&CustomerId> = events.iter().map(|e| &e.customer_id).collect();
     batch_customers.sort();
     batch_customers.dedup();
@@ -181,7 +221,7 @@ pub async fn apply_batch<'a>(
     // unique-index locks of shared event ids in the same order.
     distinct.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     distinct.dedup_by(|a, b| a.event_id == b.event_id);
-    let inserted = insert_events(&mut tx, &distinct).await?;
+    let inserted = insert_events(&mut tx, &distinct, &published).await?;
     let new_events: Vec<&ConnectEvent> =
         distinct.into_iter().filter(|e| inserted.contains(e.event_id.as_str())).collect();
     let mut outcome = BatchOutcome {
@@ -195,7 +235,9 @@ pub async fn apply_batch<'a>(
     };
     if new_events.is_empty() {
         outcome.changes = changes.len() as u64;
-        record_changes(&mut tx, &changes, Announce::InProcess).await?;
+        record_changes(&mut tx, &changes, Announce::InProcess)
+            .await
+            .map_err(|err| changes_in_the_way(err, &changes))?;
         tx.commit().await.store("committing the batch")?;
         return Ok(outcome);
     }
@@ -283,9 +325,28 @@ pub async fn apply_batch<'a>(
         .collect();
     write_accounts(&mut tx, &projections).await?;
     outcome.changes = changes.len() as u64;
-    record_changes(&mut tx, &changes, Announce::InProcess).await?;
+    record_changes(&mut tx, &changes, Announce::InProcess).await.map_err(|err| changes_in_the_way(err, &changes))?;
     tx.commit().await.store("committing the batch")?;
     Ok(outcome)
+}
+
+/// A change version already in `lifecycle_changes` (a database restored to
+/// an earlier point, its changes table not) is the stored state's fault,
+/// never the new events': [`StoreError::StoredState`], naming the customers
+/// of the changes.
+fn changes_in_the_way(err: StoreError, changes: &[LifecycleChange]) -> StoreError {
+    if !err.is_unique_violation() {
+        return err;
+    }
+    let mut customers: Vec<&str> = changes.iter().map(|c| c.customer_id.as_str()).collect();
+    customers.sort_unstable();
+    customers.dedup();
+    let shown = customers.iter().take(10).copied().collect::<Vec<_>>().join(",");
+    StoreError::StoredState {
+        context: "recording lifecycle changes",
+        customer_id: shown,
+        reason: "a change of this version is already recorded (a restored database?)".into(),
+    }
 }
 
 /// The program of `customer_id`: the stored one, else (a new customer) that
@@ -353,6 +414,7 @@ pub struct Stored {
 async fn insert_events(
     tx: &mut Transaction<'_, Postgres>,
     events: &[&ConnectEvent],
+    published: &HashMap<&str, &str>,
 ) -> Result<HashSet<String>, StoreError> {
     let mut ids = Vec::with_capacity(events.len());
     let mut customers = Vec::with_capacity(events.len());
@@ -360,7 +422,9 @@ async fn insert_events(
     let mut occurred = Vec::with_capacity(events.len());
     let mut received = Vec::with_capacity(events.len());
     let mut records = Vec::with_capacity(events.len());
+    let mut verbatim: Vec<Option<&str>> = Vec::with_capacity(events.len());
     for event in events {
+        verbatim.push(published.get(event.event_id.as_str()).copied());
         ids.push(event.event_id.as_str());
         customers.push(event.customer_id.as_str());
         types.push(event.event_type.as_str());
@@ -374,9 +438,10 @@ async fn insert_events(
     // it moves an id from one table to the other, and so does this batch.
     let inserted = sqlx::query_scalar!(
         r#"
-        INSERT INTO connect_events (event_id, customer_id, event_type, occurred_at, received_at, record)
-        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::jsonb[])
-            AS incoming(event_id, customer_id, event_type, occurred_at, received_at, record)
+        INSERT INTO connect_events (event_id, customer_id, event_type, occurred_at, received_at, record, published)
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::jsonb[],
+                             $7::text[])
+            AS incoming(event_id, customer_id, event_type, occurred_at, received_at, record, published)
         WHERE NOT EXISTS (SELECT 1 FROM history_folded_events f WHERE f.event_id = incoming.event_id)
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
@@ -387,6 +452,7 @@ async fn insert_events(
         &occurred,
         &received,
         &records as _,
+        &verbatim as &[Option<&str>],
     )
     .fetch_all(&mut **tx)
     .await
@@ -423,9 +489,9 @@ pub async fn lock_customers(tx: &mut Transaction<'_, Postgres>, sorted_ids: &[&C
 pub struct Loaded {
     /// Customers with a stored lifecycle this binary can read.
     pub states: HashMap<CustomerId, Stored>,
-    /// Customers whose stored lifecycle does not decode (written by another
-    /// version, or damaged), with their version: recompute them from their
-    /// events.
+    /// Customers whose stored lifecycle does not decode (damaged: one of a
+    /// newer version is an error instead), with their version: recompute
+    /// them from their events.
     pub undecodable: HashMap<CustomerId, i64>,
     /// The program of every stored customer, readable or not.
     pub programs: HashMap<CustomerId, ProgramId>,
@@ -436,7 +502,7 @@ pub struct Loaded {
 pub async fn load_lifecycles(tx: &mut Transaction<'_, Postgres>, ids: &[&CustomerId]) -> Result<Loaded, StoreError> {
     let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
-        r#"SELECT customer_id, lifecycle::text AS "lifecycle!", version, program_id FROM customers WHERE customer_id = ANY($1::text[])"#,
+        r#"SELECT customer_id, lifecycle::text AS "lifecycle!", version, program_id, lifecycle_schema_version FROM customers WHERE customer_id = ANY($1::text[])"#,
         &ids as &[&str]
     )
     .fetch_all(&mut **tx)
@@ -458,6 +524,16 @@ pub async fn load_lifecycles(tx: &mut Transaction<'_, Postgres>, ids: &[&Custome
             reason: "a stored program_id is not a program id".into(),
         })?;
         loaded.programs.insert(customer_id.clone(), program);
+        if row.lifecycle_schema_version > STORED_LIFECYCLE_VERSION {
+            return Err(StoreError::StoredState {
+                context: "loading customers",
+                customer_id: customer_id.as_str().to_owned(),
+                reason: format!(
+                    "its lifecycle was written by a newer version (stored lifecycle version {}, this binary reads up to {STORED_LIFECYCLE_VERSION}); finish the upgrade",
+                    row.lifecycle_schema_version
+                ),
+            });
+        }
         match serde_json::from_str::<Lifecycle>(&row.lifecycle) {
             Ok(lifecycle) => {
                 loaded.states.insert(customer_id, Stored { lifecycle, version: row.version });
@@ -482,7 +558,7 @@ pub async fn recompute_from_history(
     let snapshots = load_snapshots(tx, customer_ids).await?;
     let ids: Vec<&str> = customer_ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
-        r#"SELECT record::text AS "record!" FROM connect_events WHERE customer_id = ANY($1::text[]) ORDER BY customer_id, occurred_at, event_id"#,
+        r#"SELECT customer_id, coalesce(published, record::text) AS "record!" FROM connect_events WHERE customer_id = ANY($1::text[]) ORDER BY customer_id, occurred_at, event_id"#,
         &ids as &[&str]
     )
     .fetch_all(&mut **tx)
@@ -491,8 +567,14 @@ pub async fn recompute_from_history(
     let mut histories: BTreeMap<CustomerId, Vec<ConnectEvent>> =
         snapshots.keys().map(|id| (id.clone(), Vec::new())).collect();
     for row in rows {
-        let event: ConnectEvent = serde_json::from_str(&row.record)
-            .map_err(|err| StoreError::undecodable("decoding a recorded event", &err))?;
+        // The published bytes when kept (a newer consumer reads the fields
+        // an older one did not know), else the record. One that no longer
+        // decodes is the stored history's fault, not the new event's.
+        let event: ConnectEvent = serde_json::from_str(&row.record).map_err(|err| StoreError::StoredState {
+            context: "decoding a recorded event",
+            customer_id: row.customer_id.clone(),
+            reason: format!("a recorded event does not decode: {err}"),
+        })?;
         histories.entry(event.customer_id.clone()).or_default().push(event);
     }
     Ok(histories
@@ -558,8 +640,8 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         INSERT INTO customers (customer_id, consent_state, consent_since, auth_state, auth_since, auth_reason,
                                auth_error_code, last_event_id, last_event_type, last_occurred_at, event_count,
                                lifecycle, version, consent_authorized_at, first_event_at, funnel_steps,
-                               chosen_institution_id, program_id, updated_at)
-        SELECT *, now() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
+                               chosen_institution_id, program_id, lifecycle_schema_version, updated_at)
+        SELECT *, $19::int4, now() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
                                     $6::text[], $7::int8[], $8::text[], $9::text[], $10::timestamptz[],
                                     $11::int8[], $12::jsonb[], $13::int8[], $14::timestamptz[],
                                     $15::timestamptz[], $16::int2[], $17::text[], $18::text[])
@@ -572,7 +654,7 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
             lifecycle = EXCLUDED.lifecycle, version = EXCLUDED.version,
             consent_authorized_at = EXCLUDED.consent_authorized_at, first_event_at = EXCLUDED.first_event_at,
             funnel_steps = EXCLUDED.funnel_steps, chosen_institution_id = EXCLUDED.chosen_institution_id,
-            updated_at = EXCLUDED.updated_at
+            lifecycle_schema_version = EXCLUDED.lifecycle_schema_version, updated_at = EXCLUDED.updated_at
         "#,
         &ids as &[&str],
         &consent as &[&str],
@@ -592,6 +674,7 @@ pub async fn write_lifecycles(tx: &mut Transaction<'_, Postgres>, states: &[Proj
         &funnel_steps,
         &institution as &[Option<&str>],
         &program_ids as &[&str],
+        STORED_LIFECYCLE_VERSION,
     )
     .execute(&mut **tx)
     .await

@@ -27,12 +27,39 @@ pub enum StoreError {
         /// a stored value.
         reason: String,
     },
+    /// What is already stored for a customer, not the work at hand, is at
+    /// fault: a lifecycle written by a newer version, a history that no
+    /// longer decodes, a duplicate change version after a restore. Parking
+    /// the new event would lose a valid event for it, and recomputing with
+    /// older rules could move the customer backwards: the consumer stalls
+    /// instead (retrying, `/livez` failing) until an operator or a newer
+    /// version resolves it.
+    #[error("{context}: the stored state of customer {customer_id} is in the way: {reason}")]
+    StoredState {
+        /// What was being done.
+        context: &'static str,
+        /// The customer whose stored state is in the way.
+        customer_id: String,
+        /// Why (never a stored value).
+        reason: String,
+    },
 }
 
 impl StoreError {
     /// Whether retrying the same work can succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient { .. })
+    }
+
+    /// Whether stored state, not the work at hand, is at fault
+    /// ([`StoreError::StoredState`]).
+    pub fn is_stored_state(&self) -> bool {
+        matches!(self, Self::StoredState { .. })
+    }
+
+    /// Whether this is Postgres' unique violation (SQLSTATE 23505).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Permanent { reason, .. } if reason.starts_with(UNIQUE_VIOLATION_REASON))
     }
 
     /// A permanent error for data that does not decode.
@@ -110,6 +137,9 @@ impl<T> StoreResultExt<T> for Result<T, sqlx::Error> {
 pub fn is_permanent_sqlstate(code: &str) -> bool {
     code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
 }
+
+/// How the reason of a unique violation starts (see [`database_reason`]).
+const UNIQUE_VIOLATION_REASON: &str = "postgres SQLSTATE 23505";
 
 fn database_reason(code: &str, db: &dyn sqlx::error::DatabaseError) -> String {
     let mut reason = format!("postgres SQLSTATE {code}: {}", bounded(db.message()));

@@ -96,7 +96,7 @@ pub async fn fold_next(
     let keys: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
         r#"
-        SELECT customer_id, event_id, record::text AS "record!" FROM connect_events
+        SELECT customer_id, event_id, coalesce(published, record::text) AS "record!" FROM connect_events
         WHERE customer_id = ANY($1::text[]) AND occurred_at < $2
         ORDER BY customer_id, occurred_at, event_id
         "#,
@@ -245,7 +245,14 @@ pub async fn load_snapshots(
 ) -> Result<HashMap<CustomerId, Lifecycle>, StoreError> {
     let mut snapshots = HashMap::new();
     for (customer_id, snapshot) in snapshot_rows(tx, ids).await? {
-        let snapshot = snapshot.map_err(|err| StoreError::undecodable("decoding a history snapshot", &err))?;
+        // Not derivable (its events were deleted when folded): recomputing
+        // without it would move the customer back, and it is not the new
+        // event's fault either.
+        let snapshot = snapshot.map_err(|err| StoreError::StoredState {
+            context: "decoding a history snapshot",
+            customer_id: customer_id.clone(),
+            reason: format!("the history snapshot does not decode: {err}"),
+        })?;
         if let Ok(customer_id) = CustomerId::try_from(customer_id) {
             snapshots.insert(customer_id, snapshot);
         }

@@ -18,18 +18,18 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    AppOptions, TestApp, consumer_args, database_args, eventually, http_settings, run_consumer, services, spawn_app,
-    spawn_app_with, spawn_consumer, unique_kafka_args,
+    AppOptions, TestApp, consumer_args, database_args, eventually, http_settings, services, spawn_app, spawn_app_with,
+    spawn_consumer, unique_kafka_args,
 };
 use crate::kafka_util::{Record, read_all};
 use crate::pg_proxy::PgProxy;
 
-fn start() -> DateTime<Utc> {
+pub(crate) fn start() -> DateTime<Utc> {
     DateTime::from_timestamp_millis(1_764_000_000_000).expect("valid time")
 }
 
 /// A normalised event record as the receiver publishes it.
-fn record(customer_id: &str, event_id: &str, event_type: &str) -> Value {
+pub(crate) fn record(customer_id: &str, event_id: &str, event_type: &str) -> Value {
     json!({
         "schema": "connectflow.connect_event.v1", "event_id": event_id, "event_type": event_type,
         "customer_id": customer_id, "consumer_id": null, "institution_id": "101732", "institution_login_id": null,
@@ -39,7 +39,7 @@ fn record(customer_id: &str, event_id: &str, event_type: &str) -> Value {
     })
 }
 
-async fn produce(brokers: &str, topic: &str, key: &str, value: &[u8]) {
+pub(crate) async fn produce(brokers: &str, topic: &str, key: &str, value: &[u8]) {
     let producer: FutureProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("producer");
     producer
@@ -48,11 +48,11 @@ async fn produce(brokers: &str, topic: &str, key: &str, value: &[u8]) {
         .expect("produced");
 }
 
-async fn produce_json(app: &TestApp, key: &str, value: &Value) {
+pub(crate) async fn produce_json(app: &TestApp, key: &str, value: &Value) {
     produce(&app.kafka.brokers, &app.kafka.events_topic, key, &serde_json::to_vec(value).expect("json")).await;
 }
 
-async fn send_flow(app: &TestApp, customer: &str, name: &str, seed: u64) -> usize {
+pub(crate) async fn send_flow(app: &TestApp, customer: &str, name: &str, seed: u64) -> usize {
     let bodies = bodies(flow(name).expect("flow"), customer, start(), seed);
     for body in &bodies {
         let response = app.post_webhook(&serde_json::to_vec(body).expect("json")).await;
@@ -61,7 +61,7 @@ async fn send_flow(app: &TestApp, customer: &str, name: &str, seed: u64) -> usiz
     bodies.len()
 }
 
-async fn event_count(pool: &PgPool, customer: &str) -> Option<i64> {
+pub(crate) async fn event_count(pool: &PgPool, customer: &str) -> Option<i64> {
     sqlx::query_scalar("SELECT event_count FROM customers WHERE customer_id = $1")
         .bind(customer)
         .fetch_optional(pool)
@@ -71,7 +71,7 @@ async fn event_count(pool: &PgPool, customer: &str) -> Option<i64> {
 }
 
 /// Waits until every customer shows its expected event count.
-async fn all_applied(pool: &PgPool, expected: &[(String, usize)], within: Duration) -> Result<(), String> {
+pub(crate) async fn all_applied(pool: &PgPool, expected: &[(String, usize)], within: Duration) -> Result<(), String> {
     let done = eventually(within, || async {
         for (customer, count) in expected {
             if event_count(pool, customer).await != Some(*count as i64) {
@@ -96,7 +96,7 @@ async fn all_applied(pool: &PgPool, expected: &[(String, usize)], within: Durati
     }
 }
 
-async fn dead_letters(app: &TestApp, at_least: usize) -> Vec<Record> {
+pub(crate) async fn dead_letters(app: &TestApp, at_least: usize) -> Vec<Record> {
     eventually(Duration::from_secs(30), || async {
         let records = read_all(&app.kafka.brokers, &app.kafka.dlq_topic);
         (records.len() >= at_least).then_some(records)
@@ -107,7 +107,7 @@ async fn dead_letters(app: &TestApp, at_least: usize) -> Vec<Record> {
 
 /// Every stored lifecycle equals the fold of its recorded events, and
 /// `event_count` the number of recorded events.
-async fn assert_projection_matches_history(pool: &PgPool) {
+pub(crate) async fn assert_projection_matches_history(pool: &PgPool) {
     let audit = connectflow::store::reproject::audit(pool, None, 100).await.expect("audit");
     assert!(audit.differing.is_empty(), "stored lifecycles differ from their events: {:?}", audit.differing);
     let mismatched: Vec<(String, i64, i64)> = sqlx::query_as(
@@ -247,19 +247,85 @@ async fn a_record_the_dead_letter_topic_refuses_is_parked_as_metadata_and_the_la
     app.stop().await;
 }
 
+/// Starts a `connectflow consume` process on `app`'s database with its
+/// operations listener; returns its `/livez` address.
+pub(crate) async fn start_consume_process(
+    app: &TestApp,
+    kafka: &connectflow::config::KafkaArgs,
+    args: connectflow::config::ConsumerArgs,
+    metrics: std::sync::Arc<Metrics>,
+) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let consumer = ConsumeProcess::build(
+        &args,
+        kafka,
+        "127.0.0.1:0".parse().ok(),
+        app.pool.clone(),
+        metrics,
+        std::sync::Arc::new(connectflow::program::Programs::single(AuthorizationPolicy::default(), None)),
+    )
+    .await
+    .expect("consumer");
+    let ops = consumer.ops_addr().expect("ops listener");
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(consumer.run(token.clone()));
+    (ops, token, handle)
+}
+
+/// The status `/livez` answers at `ops`.
+pub(crate) async fn livez(app: &TestApp, ops: std::net::SocketAddr) -> Option<u16> {
+    app.client.get(format!("http://{ops}/livez")).send().await.ok().map(|r| r.status().as_u16())
+}
+
+/// Waits until `/livez` at `ops` answers `status`.
+pub(crate) async fn livez_becomes(app: &TestApp, ops: std::net::SocketAddr, status: u16, within: Duration) -> bool {
+    eventually(within, || async { (livez(app, ops).await == Some(status)).then_some(()) }).await.is_some()
+}
+
 #[tokio::test]
-async fn a_consumer_that_cannot_park_at_all_stops_with_an_error_instead_of_stalling() {
+async fn a_dead_letter_topic_that_is_not_there_yet_stalls_the_lane_and_gets_the_whole_record_later() {
     let app = spawn_app().await;
-    produce(&app.kafka.brokers, &app.kafka.events_topic, "7400000001", b"not an event").await;
+    let poison = b"not an event, parked whole".to_vec();
+    produce(&app.kafka.brokers, &app.kafka.events_topic, "7400000001", &poison).await;
     let mut kafka = app.kafka.clone();
-    // A name Kafka refuses: nothing can be parked there.
-    kafka.dlq_topic = "no such topic: spaces and colons are invalid".into();
+    // Not created yet (and the dead-letter producer never has the broker
+    // create a topic: it would get the broker's defaults, not the
+    // dead-letter retention `migrate` sets).
+    kafka.dlq_topic = format!("{}-later", app.kafka.dlq_topic);
     let mut args = consumer_args();
-    args.dlq_timeout_seconds = 2;
-    let handle = run_consumer(args, kafka, app.pool.clone(), Metrics::new(), CancellationToken::new());
-    let ended = tokio::time::timeout(Duration::from_secs(90), handle).await.expect("the consumer stops by itself");
-    let err = ended.expect("join").expect_err("an error, not a silent stall");
-    assert!(format!("{err:#}").contains("dead-letter"), "{err:#}");
+    args.stall_seconds = 2;
+    let metrics = Metrics::new();
+    let (ops, token, handle) = start_consume_process(&app, &kafka, args, metrics.clone()).await;
+    assert!(
+        livez_becomes(&app, ops, 503, Duration::from_secs(60)).await,
+        "/livez fails while the record cannot be parked"
+    );
+    // Well past the old 15 s fallback to metadata, and past the point where
+    // librdkafka gives up on an unknown topic (30 s).
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(!handle.is_finished(), "the consumer keeps retrying rather than stopping");
+    assert_eq!(metrics.dead_letters.get(), 0, "nothing parked meanwhile, not even metadata");
+
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("admin");
+    let topic = NewTopic::new(&kafka.dlq_topic, 1, TopicReplication::Fixed(1));
+    let created = admin.create_topics([&topic], &AdminOptions::new()).await.expect("create");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let parked = eventually(Duration::from_secs(90), || async {
+        let records = read_all(&kafka.brokers, &kafka.dlq_topic);
+        (!records.is_empty()).then_some(records)
+    })
+    .await
+    .expect("parked once the topic exists");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].value, poison, "the whole record, not its metadata");
+    assert_eq!(parked[0].header("dlq_metadata_only"), Some("false"));
+    assert_eq!(metrics.dead_letters_metadata_only.get(), 0);
+    assert!(livez_becomes(&app, ops, 200, Duration::from_secs(30)).await, "/livez recovers by itself");
+    token.cancel();
+    if let Err(err) = handle.await.expect("join") {
+        panic!("the consumer did not stop cleanly: {err:#}");
+    }
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -442,7 +508,7 @@ async fn a_lane_stuck_on_postgres_fails_livez_and_recovers_by_itself_losing_noth
 }
 
 /// The URL of the app's own database.
-async fn app_database_url(app: &TestApp) -> String {
+pub(crate) async fn app_database_url(app: &TestApp) -> String {
     let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&app.pool).await.expect("name");
     let base = &services().await.database_url;
     let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");

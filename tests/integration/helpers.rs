@@ -172,7 +172,7 @@ pub fn consumer_args() -> ConsumerArgs {
         parallelism: 2,
         stall_seconds: 120,
         queue_bytes: 64 * 1024 * 1024,
-        dlq_timeout_seconds: 60,
+        schema_version: connectflow::event::SCHEMA_VERSION,
         audit_retention_days: 400,
         erasure_record_days: 1095,
         history_retention_days: 0,

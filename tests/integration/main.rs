@@ -27,3 +27,4 @@ mod simulate;
 mod stats;
 mod tokens;
 mod topics;
+mod upgrade;
