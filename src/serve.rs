@@ -29,6 +29,12 @@ use crate::metrics::Metrics;
 /// Accept errors (too many open files) pause accepting this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The most an HTTP/1 connection buffers of what it reads (hyper's default,
+/// about 400 KiB, grows under a fast sender: 64 bodies in flight would hold
+/// some 25 MiB in read buffers besides the bodies themselves). Also the
+/// largest request head accepted.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -82,7 +88,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(READ_BUFFER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
