@@ -619,3 +619,45 @@ async fn a_chunked_body_growing_past_the_budget_is_shed_with_503_and_nothing_pub
     assert_eq!(crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic), 1);
     app.stop().await;
 }
+
+/// An HTTP/2 client answers the server's keep-alive pings by itself: with
+/// no idle limit, a connection that sent one request and then nothing was
+/// held for ever.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_within_the_idle_limit_though_it_answers_pings() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let idle = Duration::from_secs(2);
+    let mut http = http_settings();
+    http.request_timeout = idle;
+    // Only /livez is asked: no topics needed.
+    let kafka = unique_kafka_args(&services().await.kafka_brokers);
+    let app = spawn_app_with(AppOptions { http, kafka, create_topics: false, consumer: false }).await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    let stream = TcpStream::connect(&addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2 handshake");
+    let mut connection = tokio::spawn(connection);
+
+    // Requests closer together than the limit keep the connection.
+    let kept = Instant::now();
+    while kept.elapsed() < idle * 2 {
+        let request =
+            hyper::Request::get(format!("{}/livez", app.base_url)).body(Empty::<bytes::Bytes>::new()).expect("request");
+        let response = sender.send_request(request).await.expect("answered on the same connection");
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.expect("body");
+        tokio::time::sleep(idle / 10).await;
+    }
+
+    // Then nothing: closed by the server (GOAWAY), though the client
+    // answers every ping.
+    let quiet = Instant::now();
+    let ended = tokio::time::timeout(idle + Duration::from_secs(10), &mut connection).await;
+    let waited = quiet.elapsed();
+    assert!(ended.is_ok(), "the idle connection is still open {waited:?} after its last request");
+    assert!(waited >= idle / 2, "not before the limit: {waited:?}");
+    assert!(sender.is_closed() || sender.ready().await.is_err(), "no new request can be sent on it");
+    app.stop().await;
+}
