@@ -199,6 +199,8 @@ async fn past_the_concurrency_cap_webhooks_are_shed_with_503_before_their_body_i
     assert!(started.elapsed() < Duration::from_secs(4), "shed, not queued behind the slow ones");
     let answer: Value = response.json().await.expect("json");
     assert_eq!(answer["error"]["code"], "unavailable");
+    let shed = |reason| app.metrics.webhooks_shed.get_or_create(&connectflow::metrics::ShedLabels { reason }).get();
+    assert_eq!((shed("concurrency"), shed("body_bytes")), (1, 0), "counted as shed by the count cap");
     drop(holders);
     // The slots come back.
     let ok = eventually(Duration::from_secs(10), || async {
