@@ -141,6 +141,7 @@ impl HttpServer {
             max_body_bytes: settings.max_body_bytes,
             request_timeout: settings.request_timeout,
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_webhooks)),
+            body_budget: crate::receive::budget::BodyBudget::new(settings.max_inflight_body_bytes),
             webhook_data_keys: settings.webhook_data_keys.clone(),
             log_limiter: Arc::default(),
         });

@@ -183,11 +183,22 @@ pub struct HttpArgs {
     pub request_timeout_ms: u64,
 
     /// Most webhook requests handled at once; beyond it the receiver answers
-    /// 503 with Retry-After before reading the body (Finicity retries). With
-    /// the default body limit, 256 x 1 MiB stays well inside the 512 MiB the
-    /// manifests give a receiver.
+    /// 503 with Retry-After before reading the body (Finicity retries). The
+    /// memory their bodies take is bounded by
+    /// CONNECTFLOW_MAX_INFLIGHT_BODY_BYTES.
     #[arg(long = "max-concurrent-webhooks", env = "CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_webhooks: u64,
+
+    /// Most bytes of webhook bodies held at once, in bytes. Each webhook
+    /// reserves its declared Content-Length (at most
+    /// CONNECTFLOW_MAX_BODY_BYTES) before its body is read, a chunked one
+    /// its bytes as they arrive, until it is answered; one that does not fit
+    /// in what is left is answered 503 with Retry-After (Finicity retries),
+    /// a declared length without reading the body. Keep it at least
+    /// CONNECTFLOW_MAX_BODY_BYTES, and well inside the receiver's memory
+    /// limit (64 MiB of bodies in the 256 MiB the manifests give).
+    #[arg(long = "max-inflight-body-bytes", env = "CONNECTFLOW_MAX_INFLIGHT_BODY_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_inflight_body_bytes: u64,
 
     /// Most connections open at once on the HTTP listener; a new one past
     /// it is closed at once, unread, and counted in
@@ -535,6 +546,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Most webhooks handled at once.
     pub max_concurrent_webhooks: usize,
+    /// Most bytes of webhook bodies held at once.
+    pub max_inflight_body_bytes: usize,
     /// Most connections open at once on the listener.
     pub max_connections: usize,
     /// Access-log records waiting to be written, at most.
@@ -565,6 +578,7 @@ impl HttpArgs {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_webhooks: usize::try_from(self.max_concurrent_webhooks).unwrap_or(usize::MAX),
+            max_inflight_body_bytes: usize::try_from(self.max_inflight_body_bytes).unwrap_or(usize::MAX),
             max_connections: usize::try_from(self.max_client_connections).unwrap_or(usize::MAX),
             access_log_queue: usize::try_from(self.access_log_queue).unwrap_or(usize::MAX),
             idempotency_key_ttl: Duration::from_secs(u64::from(self.idempotency_key_hours) * 3600),

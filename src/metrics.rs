@@ -31,6 +31,15 @@ pub struct SuppressedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the shed-webhooks counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    /// The limit that shed it: `concurrency`
+    /// (`CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS`) or `body_bytes`
+    /// (`CONNECTFLOW_MAX_INFLIGHT_BODY_BYTES`).
+    pub reason: &'static str,
+}
+
 /// Labels per Kafka partition.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -53,6 +62,9 @@ pub struct Metrics {
     registry: Registry,
     /// Webhooks answered, by event type and outcome.
     pub webhooks: Family<WebhookLabels, Counter>,
+    /// Webhooks answered 503 before their body was kept, by the receiver
+    /// limit that shed them (also counted in `webhooks` as `unavailable`).
+    pub webhooks_shed: Family<ShedLabels, Counter>,
     /// Webhooks whose signature was missing, malformed or wrong.
     pub signature_failures: Counter,
     /// Seconds from sending a record to Kafka's confirmation.
@@ -130,6 +142,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("connectflow");
         let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register("webhooks", "Webhooks answered, by event type and outcome", webhooks.clone());
+        let webhooks_shed = Family::<ShedLabels, Counter>::default();
+        registry.register(
+            "webhooks_shed",
+            "Webhooks answered 503 for a receiver limit (count or body bytes), by reason",
+            webhooks_shed.clone(),
+        );
         let signature_failures = Counter::default();
         registry.register(
             "webhook_signature_failures",
@@ -279,6 +297,7 @@ impl Metrics {
         Arc::new(Self {
             registry,
             webhooks,
+            webhooks_shed,
             signature_failures,
             publish_seconds,
             webhooks_in_flight,

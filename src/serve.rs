@@ -2,32 +2,41 @@
 //! needs, which `axum::serve` does not expose: a cap on open connections, a
 //! deadline for a new connection's first byte and for the request headers
 //! (a client that connects and stays silent, sends half its headers, or
-//! idles on a keep-alive connection is cut off) and graceful shutdown that
-//! waits for requests in flight. The body deadline and the concurrency cap
-//! of webhooks live in the webhook handler, where the answer (408, 503) can
-//! use the one error shape.
+//! idles on a keep-alive connection is cut off), an idle limit for HTTP/2
+//! connections (which keep-alive pings alone would hold open for ever) and
+//! graceful shutdown that waits for requests in flight. The body deadline,
+//! the concurrency cap and the body budget of webhooks live in the webhook
+//! handler, where the answer (408, 503) can use the one error shape.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::metrics::Metrics;
 
 /// Accept errors (too many open files) pause accepting this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The most an HTTP/1 connection buffers of what it reads (hyper's default,
+/// about 400 KiB, grows under a fast sender: 64 bodies in flight would hold
+/// some 25 MiB in read buffers besides the bodies themselves). Also the
+/// largest request head accepted.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +45,10 @@ pub struct ConnectionLimits {
     /// request's headers, counted from when the server is ready to read
     /// them: for a new connection from the accept (once for the first byte,
     /// again for the headers), for a kept-alive one from the end of the
-    /// previous answer. So it is also the keep-alive idle timeout, and the
-    /// HTTP/2 ping interval and ping-answer timeout.
+    /// previous answer. So it is also the keep-alive idle timeout, the
+    /// HTTP/2 ping interval and ping-answer timeout, and the idle limit: a
+    /// connection with no request open for this long is closed gracefully
+    /// (HTTP/2: GOAWAY), even one that answers every ping.
     pub header_timeout: Duration,
     /// Most connections open at once; one past it is closed unread.
     pub max_connections: usize,
@@ -73,7 +84,9 @@ impl Drop for Place {
 /// waits up to `limits.header_timeout` for a first byte before handing the
 /// socket to hyper: hyper-util's protocol detection (HTTP/1 or HTTP/2)
 /// reads that byte with no deadline of its own, and HTTP/1's header
-/// deadline starts only after it.
+/// deadline starts only after it. Once served, a connection is shut down
+/// gracefully when it has had no request open for `limits.header_timeout`
+/// ([`idle_for`]), or at `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -82,7 +95,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(READ_BUFFER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -92,7 +110,7 @@ pub async fn serve(
     let places = Arc::new(Semaphore::new(limits.max_connections));
     let counts =
         ConnectionCounts { open: metrics.connections_open.clone(), refused: metrics.connections_refused.clone() };
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -117,29 +135,70 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "TCP_NODELAY");
         }
-        let service =
-            TowerToHyperService::new(router.clone().map_request(|req: hyper::Request<Incoming>| req.map(Body::new)));
-        // Taken before the task starts, so a shutdown signalled meanwhile
-        // still reaches the connection.
-        let watcher = graceful.watcher();
-        let (builder, shutdown) = (builder.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        let (builder, router, shutdown) = (builder.clone(), router.clone(), shutdown.clone());
+        // Tracked from the accept, so the wait at shutdown covers a
+        // connection whose task has not started yet.
+        connections.spawn(async move {
             let _place = place;
             let spoke = tokio::select! {
                 () = shutdown.cancelled() => false,
                 spoke = first_byte(&stream, limits.header_timeout) => spoke,
             };
-            if !spoke {
-                return;
-            }
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(error = %err, "connection ended with an error");
+            if spoke {
+                serve_connection(&builder, stream, router, limits.header_timeout, &shutdown).await;
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves one connection until it ends, shutting it down gracefully (HTTP/1:
+/// after the answer being written; HTTP/2: GOAWAY, the open streams
+/// finished) once it has been idle for `idle_limit` or at `shutdown`.
+async fn serve_connection(
+    builder: &Builder<TokioExecutor>,
+    stream: TcpStream,
+    router: Router,
+    idle_limit: Duration,
+    shutdown: &CancellationToken,
+) {
+    let (open, mut watch_open) = watch::channel(0_usize);
+    let open = Arc::new(open);
+    // Each request counted open from its head to the end of its answer.
+    let service = TowerToHyperService::new(tower::service_fn(move |req: hyper::Request<Incoming>| {
+        let request = OpenRequest::new(open.clone());
+        let router = router.clone();
+        async move {
+            let response = router.oneshot(req.map(Body::new)).await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| Body::new(CountedBody { body, _request: request })))
+        }
+    }));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    let idle = idle_for(&mut watch_open, idle_limit);
+    let mut idle = std::pin::pin!(idle);
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(err) = ended {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = &mut idle, if !closing => {
+                tracing::debug!(?idle_limit, "connection closed: no request within the idle limit");
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
 }
 
 /// Whether `stream` has a byte to read within `timeout` (peeked, so hyper
@@ -157,5 +216,73 @@ async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
             tracing::debug!(?timeout, "connection closed: nothing sent within the header timeout");
             false
         }
+    }
+}
+
+/// Returns once no request has been open on the connection for `limit`
+/// (`open` counts them): for HTTP/1 the header timeout already cuts such a
+/// connection at the same point; an HTTP/2 connection, whose keep-alive
+/// pings a client may answer for ever without sending a request, has no
+/// other bound.
+async fn idle_for(open: &mut watch::Receiver<usize>, limit: Duration) {
+    loop {
+        if open.wait_for(|&open| open == 0).await.is_err() {
+            // The service (and so every request) is gone: the connection is
+            // ending on its own.
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(limit) => return,
+            changed = open.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+}
+
+/// One request counted open on its connection until dropped: the request
+/// is being handled, or its answer written.
+struct OpenRequest(Arc<watch::Sender<usize>>);
+
+impl OpenRequest {
+    fn new(open: Arc<watch::Sender<usize>>) -> Self {
+        open.send_modify(|open| *open += 1);
+        Self(open)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open = open.saturating_sub(1));
+    }
+}
+
+/// An answer's body that keeps its request counted open until it is
+/// written (or dropped), the same body otherwise (its size hint, and so
+/// its Content-Length, kept).
+struct CountedBody {
+    body: Body,
+    _request: OpenRequest,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

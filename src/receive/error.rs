@@ -22,6 +22,12 @@ pub enum ReceiveError {
     /// shed before reading the body (503, retried by Finicity).
     #[error("too many webhooks in flight; retry later")]
     Overloaded,
+    /// The body's declared length, or a chunked body's bytes so far, do not
+    /// fit in what is left of `CONNECTFLOW_MAX_INFLIGHT_BODY_BYTES` (503,
+    /// retried by Finicity; a declared length is refused before the body is
+    /// read).
+    #[error("too many webhook bytes in flight; retry later")]
+    BodyBudgetExhausted,
     /// Declared or actual body over `CONNECTFLOW_MAX_BODY_BYTES` (413).
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
@@ -50,7 +56,7 @@ impl ReceiveError {
     /// answered.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Overloaded | Self::Unavailable(_) => "unavailable",
+            Self::Overloaded | Self::BodyBudgetExhausted | Self::Unavailable(_) => "unavailable",
             Self::TooLarge(_) => "payload_too_large",
             Self::BodyTimeout(_) => "request_timeout",
             Self::UnknownProgram => "not_found",
@@ -62,11 +68,28 @@ impl ReceiveError {
     }
 }
 
+impl ReceiveError {
+    /// The `reason` label of `connectflow_webhooks_shed_total` when the
+    /// webhook was shed for a receiver limit (`concurrency`: the count cap;
+    /// `body_bytes`: the body budget); `None` for every other refusal.
+    pub fn shed_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Overloaded => Some("concurrency"),
+            Self::BodyBudgetExhausted => Some("body_bytes"),
+            _ => None,
+        }
+    }
+}
+
 impl From<ReceiveError> for ApiError {
     fn from(err: ReceiveError) -> Self {
         match err {
             ReceiveError::Overloaded => ApiError::Unavailable {
                 message: "too many webhooks in flight; retry later",
+                retry_after_s: RETRY_AFTER_S,
+            },
+            ReceiveError::BodyBudgetExhausted => ApiError::Unavailable {
+                message: "too many webhook bytes in flight; retry later",
                 retry_after_s: RETRY_AFTER_S,
             },
             ReceiveError::Unavailable(_) => ApiError::Unavailable {
@@ -95,6 +118,7 @@ mod tests {
     fn each_error_answers_the_status_its_label_names() {
         let cases = [
             (ReceiveError::Overloaded, StatusCode::SERVICE_UNAVAILABLE),
+            (ReceiveError::BodyBudgetExhausted, StatusCode::SERVICE_UNAVAILABLE),
             (ReceiveError::TooLarge(10), StatusCode::PAYLOAD_TOO_LARGE),
             (ReceiveError::BodyTimeout(Duration::from_secs(1)), StatusCode::REQUEST_TIMEOUT),
             (ReceiveError::BodyUnreadable, StatusCode::BAD_REQUEST),

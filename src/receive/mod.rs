@@ -12,6 +12,7 @@
 //! previous line); `connectflow_webhooks_total{outcome}` and
 //! `connectflow_webhook_signature_failures_total` count every one.
 
+pub mod budget;
 pub(crate) mod error;
 pub mod normalise;
 pub mod signature;
@@ -30,10 +31,11 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, field};
 
 use crate::error::ErrorBody;
-use crate::metrics::{Metrics, WebhookLabels};
+use crate::metrics::{Metrics, ShedLabels, WebhookLabels};
 use crate::program::ProgramId;
 use crate::publish::Publisher;
 use crate::telemetry::LogLimiter;
+use budget::{BodyBudget, Reservation};
 use error::ReceiveError;
 use normalise::Webhook;
 use signature::SignatureVerifier;
@@ -65,6 +67,8 @@ pub struct Receiver {
     pub request_timeout: Duration,
     /// One permit per webhook in flight (`CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS`).
     pub slots: Arc<Semaphore>,
+    /// The bytes of bodies held at once (`CONNECTFLOW_MAX_INFLIGHT_BODY_BYTES`).
+    pub body_budget: BodyBudget,
     /// The top-level `webhookData` keys kept (`CONNECTFLOW_WEBHOOK_DATA_KEYS`);
     /// `None`: all of them.
     pub webhook_data_keys: Option<Arc<[String]>>,
@@ -150,7 +154,7 @@ pub async fn handle_program(
 
 const BAD_REQUEST: &str = "Not JSON, not an object, no eventType, or a field outside the limits of docs/event-schema.md (customerId not 1 to 22 digits, eventId not 1 to 128 printable ASCII characters, another id over 64); the message names the field. `program_mismatch`: the signed `webhookData.program` names another program than the URL's";
 
-const UNAVAILABLE: &str = "Kafka did not confirm the write, or more than CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS are in flight; retry (Retry-After)";
+const UNAVAILABLE: &str = "Kafka did not confirm the write, or more than CONNECTFLOW_MAX_CONCURRENT_WEBHOOKS are in flight, or the body's length does not fit in what is left of CONNECTFLOW_MAX_INFLIGHT_BODY_BYTES; retry (Retry-After)";
 
 async fn handle_for(receiver: Arc<Receiver>, program: &str, headers: HeaderMap, body: Body) -> Response {
     let span = tracing::info_span!(
@@ -177,6 +181,9 @@ async fn handle_for(receiver: Arc<Receiver>, program: &str, headers: HeaderMap, 
             Err(err) => err.outcome(),
         };
         metrics.webhooks.get_or_create(&WebhookLabels { event_type: label, outcome }).inc();
+        if let Some(reason) = result.as_ref().err().and_then(ReceiveError::shed_reason) {
+            metrics.webhooks_shed.get_or_create(&ShedLabels { reason }).inc();
+        }
         match result {
             Ok(Accepted::Pong) => Json(Answer { status: "pong", event_id: None }).into_response(),
             Ok(Accepted::Event(event_id)) => {
@@ -227,12 +234,15 @@ async fn receive(
     body: Body,
 ) -> (&'static str, Result<Accepted, ReceiveError>) {
     // Shed before reading the body: a flood of slow or large requests
-    // cannot hold more than `slots` bodies in memory.
+    // cannot hold more than `slots` bodies, nor more than the budget's
+    // bytes, in memory.
     let Ok(_slot) = receiver.slots.try_acquire() else {
         return ("unknown", Err(ReceiveError::Overloaded));
     };
-    let raw = match read_body(receiver, headers, body).await {
-        Ok(raw) => raw,
+    // The reservation is held until the answer: once the body is parsed, it
+    // counts the event and the record published instead.
+    let (raw, _reservation) = match read_body(receiver, headers, body).await {
+        Ok(read) => read,
         Err(err) => return ("unknown", Err(err)),
     };
     if !is_json(headers) {
@@ -248,6 +258,8 @@ async fn receive(
         Ok(webhook) => webhook,
         Err(err) => return ("unknown", Err(err.into())),
     };
+    // Not held across the wait for Kafka: the event is what is published.
+    drop(raw);
     let event = match webhook {
         Webhook::Ping => return ("ping", Ok(Accepted::Pong)),
         Webhook::Event(event) => event,
@@ -273,10 +285,17 @@ async fn receive(
     }
 }
 
-/// Reads the whole body within the request timeout and the size limit. A
-/// declared length over the limit is refused before reading anything; an
-/// undeclared one is read only up to the limit.
-async fn read_body(receiver: &Receiver, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ReceiveError> {
+/// Reads the whole body within the request timeout and the size limit,
+/// into one buffer whose bytes are reserved against the body budget. A
+/// declared length over the limit is refused before reading anything, and
+/// a declared length is reserved whole before reading anything (503 when
+/// the budget has not that much left); an undeclared one (chunked) is
+/// reserved as it arrives, and read only up to the limit.
+async fn read_body(
+    receiver: &Receiver,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(bytes::Bytes, Reservation), ReceiveError> {
     let max = receiver.max_body_bytes;
     // A body somewhat over the limit is read to its end and thrown away
     // before the 413: a client still sending it would otherwise meet a reset
@@ -288,9 +307,14 @@ async fn read_body(receiver: &Receiver, headers: &HeaderMap, body: Body) -> Resu
     if declared.is_some_and(|len| len > drain_limit as u64) {
         return Err(ReceiveError::TooLarge(max));
     }
+    // Only the first `max` bytes of a body are ever kept.
+    let expected = declared.map_or(0, |len| usize::try_from(len).unwrap_or(usize::MAX).min(max));
+    let Some(mut reservation) = receiver.body_budget.try_reserve(expected) else {
+        return Err(ReceiveError::BodyBudgetExhausted);
+    };
     let read = async move {
         let mut body = body;
-        let mut kept = bytes::BytesMut::new();
+        let mut kept = Vec::with_capacity(expected);
         let mut seen = 0usize;
         while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
             let Ok(data) = frame.map_err(|_| ReceiveError::BodyUnreadable)?.into_data() else { continue };
@@ -299,15 +323,38 @@ async fn read_body(receiver: &Receiver, headers: &HeaderMap, body: Body) -> Resu
                 return Err(ReceiveError::TooLarge(max));
             }
             if seen <= max {
+                make_room(&mut kept, &mut reservation, data.len(), max)?;
                 kept.extend_from_slice(&data);
             }
         }
-        if seen > max { Err(ReceiveError::TooLarge(max)) } else { Ok(kept.freeze()) }
+        if seen > max { Err(ReceiveError::TooLarge(max)) } else { Ok((bytes::Bytes::from(kept), reservation)) }
     };
     match tokio::time::timeout(receiver.request_timeout, read).await {
         Err(_) => Err(ReceiveError::BodyTimeout(receiver.request_timeout)),
         Ok(result) => result,
     }
+}
+
+/// The least a chunked body's reservation grows by, so that small chunks
+/// do not cost a reallocation each.
+const MIN_GROWTH: usize = 16 * 1024;
+
+/// Makes room in `buffer` for `more` bytes, its capacity never past what
+/// `reservation` holds: a body with a declared length already has it; a
+/// chunked one grows both, doubling (at most to `max`, the body limit) when
+/// the budget allows and else by exactly what is needed, or is refused
+/// (503) when the budget has not even that.
+fn make_room(buffer: &mut Vec<u8>, reservation: &mut Reservation, more: usize, max: usize) -> Result<(), ReceiveError> {
+    let needed = buffer.len().saturating_add(more);
+    if needed > reservation.held() {
+        let generous = needed.max(reservation.held().saturating_mul(2)).max(MIN_GROWTH).min(max);
+        if !(reservation.grow_to(generous) || reservation.grow_to(needed)) {
+            return Err(ReceiveError::BodyBudgetExhausted);
+        }
+    }
+    // Exact, not amortised: the capacity stays what was reserved.
+    buffer.reserve_exact(reservation.held().max(needed) - buffer.len());
+    Ok(())
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -331,6 +378,33 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).expect("valid header"));
         headers
+    }
+
+    #[test]
+    fn a_chunked_body_grows_its_buffer_and_reservation_together() {
+        let budget = BodyBudget::new(100_000);
+        let mut reservation = budget.empty();
+        let mut buffer = Vec::new();
+        make_room(&mut buffer, &mut reservation, 100, 50_000).expect("room");
+        assert_eq!(reservation.held(), MIN_GROWTH, "small chunks reserve a step");
+        assert!(buffer.capacity() >= 100 && buffer.capacity() <= MIN_GROWTH + 64, "{}", buffer.capacity());
+        buffer.resize(MIN_GROWTH, 0);
+        make_room(&mut buffer, &mut reservation, 1, 50_000).expect("room");
+        assert_eq!(reservation.held(), 2 * MIN_GROWTH, "then doubling");
+        buffer.resize(40_000, 0);
+        make_room(&mut buffer, &mut reservation, 10_000, 50_000).expect("room");
+        assert_eq!(reservation.held(), 50_000, "never past the body limit");
+        assert_eq!(budget.free(), 50_000);
+        let _other = budget.try_reserve(45_000).expect("the budget's other half, nearly");
+        let mut second = budget.empty();
+        let mut small = Vec::new();
+        make_room(&mut small, &mut second, 5_000, 50_000).expect("exactly what is needed when doubling does not fit");
+        assert_eq!(second.held(), 5_000);
+        small.resize(5_000, 0);
+        assert!(matches!(make_room(&mut small, &mut second, 1, 50_000), Err(ReceiveError::BodyBudgetExhausted)));
+        assert_eq!(budget.free(), 0, "a refusal keeps what was held until dropped");
+        drop(second);
+        assert_eq!(budget.free(), 5_000);
     }
 
     #[test]

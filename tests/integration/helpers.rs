@@ -206,6 +206,7 @@ pub fn http_settings() -> HttpSettings {
         shutdown_grace_ms: 5_000,
         request_timeout_ms: 10_000,
         max_concurrent_webhooks: 256,
+        max_inflight_body_bytes: 64 * 1024 * 1024,
         max_client_connections: 10_000,
         access_log_queue: 10_000,
         idempotency_key_hours: 72,
@@ -419,6 +420,11 @@ pub struct BinaryApp {
 /// Starts `connectflow <subcommand>` with `RUST_LOG=<rust_log>` and waits
 /// until `/readyz` answers 200.
 pub async fn spawn_binary(subcommand: &str, rust_log: &str) -> BinaryApp {
+    spawn_binary_with(subcommand, rust_log, &[]).await
+}
+
+/// [`spawn_binary`] with more environment variables (`(name, value)`).
+pub async fn spawn_binary_with(subcommand: &str, rust_log: &str, env: &[(&str, &str)]) -> BinaryApp {
     let services = services().await;
     let kafka = unique_kafka_args(&services.kafka_brokers);
     let database_url = fresh_database().await;
@@ -443,6 +449,7 @@ pub async fn spawn_binary(subcommand: &str, rust_log: &str) -> BinaryApp {
         .env("RUST_LOG", rust_log)
         .env_remove("CONNECTFLOW_PROGRAMS_FILE")
         .env_remove("CONNECTFLOW_WEBHOOK_DATA_KEYS")
+        .envs(env.iter().copied())
         .stdout(log.try_clone().expect("log file"))
         .stderr(log)
         .kill_on_drop(true)
@@ -460,6 +467,19 @@ pub async fn spawn_binary(subcommand: &str, rust_log: &str) -> BinaryApp {
 }
 
 impl BinaryApp {
+    /// The process's resident memory now, in bytes (`VmRSS` of
+    /// `/proc/<pid>/status`, Linux).
+    pub fn resident_bytes(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in kB");
+        kib * 1024
+    }
+
     /// Stops it with SIGTERM, checks that it exited cleanly and returns
     /// what it logged.
     pub async fn stop(mut self) -> String {

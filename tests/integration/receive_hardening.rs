@@ -104,7 +104,7 @@ async fn free_text_is_cleaned_and_oversized_webhook_data_dropped_and_all_of_it_s
 
 /// Reads until the peer closes; the bytes read and whether it closed within
 /// `within`.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) -> (String, bool) {
     let mut out = Vec::new();
     let mut buf = [0_u8; 4096];
     let deadline = tokio::time::Instant::now() + within;
@@ -199,6 +199,8 @@ async fn past_the_concurrency_cap_webhooks_are_shed_with_503_before_their_body_i
     assert!(started.elapsed() < Duration::from_secs(4), "shed, not queued behind the slow ones");
     let answer: Value = response.json().await.expect("json");
     assert_eq!(answer["error"]["code"], "unavailable");
+    let shed = |reason| app.metrics.webhooks_shed.get_or_create(&connectflow::metrics::ShedLabels { reason }).get();
+    assert_eq!((shed("concurrency"), shed("body_bytes")), (1, 0), "counted as shed by the count cap");
     drop(holders);
     // The slots come back.
     let ok = eventually(Duration::from_secs(10), || async {
@@ -420,5 +422,244 @@ async fn past_the_connection_cap_new_connections_are_closed_at_once_and_counted(
     })
     .await;
     assert!(accepted.is_some(), "a webhook is accepted once the holders have gone");
+    app.stop().await;
+}
+
+/// Reads an answer's head (up to its blank line), or what came before the
+/// peer closed; `None` when nothing came within `within`.
+async fn answer_head(stream: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let mut buf = [0_u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return Some(String::from_utf8_lossy(&out).into_owned());
+                }
+            }
+            Err(_) => return (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned()),
+        }
+    }
+}
+
+/// A client that declares `declared` bytes, sends all but the last 16, and
+/// stalls. Returns the answer's head if one came (within 5 s of the last
+/// byte sent), and the connection's halves, held open by the caller.
+async fn stall_in_a_body(
+    addr: String,
+    declared: usize,
+    body: std::sync::Arc<Vec<u8>>,
+) -> (Option<String>, tokio::net::tcp::OwnedWriteHalf, tokio::task::JoinHandle<Option<String>>) {
+    let (mut read, mut write) = TcpStream::connect(&addr).await.expect("connect").into_split();
+    // Read while sending: an answer sent before the body is read is seen
+    // even when the server then resets the connection.
+    let mut reader = tokio::spawn(async move { answer_head(&mut read, Duration::from_secs(120)).await });
+    let head = format!(
+        "POST /webhooks/finicity/connect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-Finicity-Signature: 00\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    if write.write_all(head.as_bytes()).await.is_ok() {
+        for chunk in body[..declared - 16].chunks(64 * 1024) {
+            if write.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+    }
+    let answer = match tokio::time::timeout(Duration::from_secs(5), &mut reader).await {
+        Ok(answer) => answer.expect("reader task"),
+        Err(_) => None,
+    };
+    (answer, write, reader)
+}
+
+/// A metric's value in a Prometheus text exposition, by its exact series.
+fn series(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The count cap alone let 256 bodies of 1 MiB in (some 480 MiB of RSS):
+/// the byte budget (64 MiB by default) refuses the ones past it on their
+/// Content-Length, before reading them, and a small webhook still fits.
+#[tokio::test]
+async fn stalled_megabyte_bodies_are_bounded_in_bytes_and_the_rest_shed_with_503() {
+    let app = crate::helpers::spawn_binary_with(
+        "serve",
+        "warn",
+        // The admitted ones stall for the whole test, not cut off by a 408.
+        &[("CONNECTFLOW_REQUEST_TIMEOUT_MS", "120000")],
+    )
+    .await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    let declared = 1_000_000;
+    let body = std::sync::Arc::new(vec![b' '; declared]);
+    let clients: Vec<_> =
+        (0..300).map(|_| tokio::spawn(stall_in_a_body(addr.clone(), declared, body.clone()))).collect();
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    for client in clients {
+        let (answer, write, reader) = client.await.expect("client task");
+        match answer {
+            Some(answer) => answers.push(answer),
+            None => held.push((write, reader)),
+        }
+    }
+    let resident = app.resident_bytes();
+
+    // 64 MiB holds 67 bodies of 1,000,000 bytes; every other client was
+    // answered 503 before it had sent its body.
+    let admitted = held.len();
+    assert!((1..=67).contains(&admitted), "{admitted} bodies admitted");
+    assert_eq!(answers.len(), 300 - admitted);
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+        assert!(answer.to_ascii_lowercase().contains("\r\nretry-after: 5\r\n"), "{answer:?}");
+    }
+    assert!(resident < 200 * 1024 * 1024, "RSS {} MiB with {admitted} bodies held", resident / (1024 * 1024));
+
+    // A small body reserves only its length: it still fits.
+    let small = event(json!("8300000001"), "started", "1764000000000-budget", json!({}));
+    let answered = reqwest::Client::new()
+        .post(format!("{}/webhooks/finicity/connect", app.base_url))
+        .header("content-type", "application/json")
+        .header("x-finicity-signature", sign(PARTNER_SECRET, &small))
+        .body(small)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(answered.status(), 200);
+    let exposition =
+        reqwest::get(format!("{}/metrics", app.base_url)).await.expect("metrics").text().await.expect("metrics text");
+    assert_eq!(
+        series(&exposition, r#"connectflow_webhooks_shed_total{reason="body_bytes"}"#),
+        Some(answers.len() as f64),
+        "{exposition}"
+    );
+    drop(held);
+    app.stop().await;
+}
+
+/// Sends `body` chunked (`chunk` bytes a chunk) with `Connection: close`,
+/// reading while sending; returns the answer.
+async fn post_chunked(addr: &str, body: &[u8], chunk: usize) -> String {
+    let (mut read, mut write) = TcpStream::connect(addr).await.expect("connect").into_split();
+    let reader = tokio::spawn(async move { read_until_closed(&mut read, Duration::from_secs(20)).await.0 });
+    let head = format!(
+        "POST /webhooks/finicity/connect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Connection: close\r\nTransfer-Encoding: chunked\r\nX-Finicity-Signature: {}\r\n\r\n",
+        sign(PARTNER_SECRET, body)
+    );
+    let mut wire = head.into_bytes();
+    for piece in body.chunks(chunk) {
+        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    for piece in wire.chunks(chunk) {
+        if write.write_all(piece).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let answer = reader.await.expect("reader task");
+    drop(write);
+    answer
+}
+
+#[tokio::test]
+async fn a_chunked_body_growing_past_the_budget_is_shed_with_503_and_nothing_published() {
+    let app = spawn_with(
+        |h| {
+            h.max_inflight_body_bytes = 100_000;
+            h.request_timeout = Duration::from_secs(30);
+        },
+        false,
+    )
+    .await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    // A stalled body holds 60,000 of the 100,000 bytes.
+    let mut holder = TcpStream::connect(&addr).await.expect("connect");
+    holder
+        .write_all(
+            b"POST /webhooks/finicity/connect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              X-Finicity-Signature: 00\r\nContent-Length: 60000\r\n\r\n{",
+        )
+        .await
+        .expect("write");
+    let held =
+        eventually(Duration::from_secs(5), || async { (app.metrics.webhooks_in_flight.get() == 1).then_some(()) })
+            .await;
+    assert!(held.is_some(), "the holder's body is being read");
+
+    // A signed chunked webhook of about 48 KiB: more than the 40,000 left.
+    let mut big =
+        serde_json::from_slice::<Value>(&event(json!("8300000002"), "started", "1764000000000-chunked", json!({})))
+            .expect("json");
+    big["webhookData"] = json!({"blob": "x".repeat(48 * 1024)});
+    let big = serde_json::to_vec(&big).expect("json");
+    let answer = post_chunked(&addr, &big, 8 * 1024).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(answer.to_ascii_lowercase().contains("\r\nretry-after: 5\r\n"), "{answer:?}");
+    assert!(answer.contains(r#""code":"unavailable""#), "{answer:?}");
+    assert_eq!(crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic), 0, "nothing published");
+    let shed =
+        app.metrics.webhooks_shed.get_or_create(&connectflow::metrics::ShedLabels { reason: "body_bytes" }).get();
+    assert_eq!(shed, 1);
+
+    // The holder's bytes come back when its request ends, and the same
+    // body is then accepted.
+    drop(holder);
+    let freed =
+        eventually(Duration::from_secs(10), || async { (app.metrics.webhooks_in_flight.get() == 0).then_some(()) })
+            .await;
+    assert!(freed.is_some(), "the holder's request ended");
+    let answer = post_chunked(&addr, &big, 8 * 1024).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(crate::kafka_util::count_records(&app.kafka.brokers, &app.kafka.events_topic), 1);
+    app.stop().await;
+}
+
+/// An HTTP/2 client answers the server's keep-alive pings by itself: with
+/// no idle limit, a connection that sent one request and then nothing was
+/// held for ever.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_within_the_idle_limit_though_it_answers_pings() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let idle = Duration::from_secs(2);
+    let mut http = http_settings();
+    http.request_timeout = idle;
+    // Only /livez is asked: no topics needed.
+    let kafka = unique_kafka_args(&services().await.kafka_brokers);
+    let app = spawn_app_with(AppOptions { http, kafka, create_topics: false, consumer: false }).await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    let stream = TcpStream::connect(&addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2 handshake");
+    let mut connection = tokio::spawn(connection);
+
+    // Requests closer together than the limit keep the connection.
+    let kept = Instant::now();
+    while kept.elapsed() < idle * 2 {
+        let request =
+            hyper::Request::get(format!("{}/livez", app.base_url)).body(Empty::<bytes::Bytes>::new()).expect("request");
+        let response = sender.send_request(request).await.expect("answered on the same connection");
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.expect("body");
+        tokio::time::sleep(idle / 10).await;
+    }
+
+    // Then nothing: closed by the server (GOAWAY), though the client
+    // answers every ping.
+    let quiet = Instant::now();
+    let ended = tokio::time::timeout(idle + Duration::from_secs(10), &mut connection).await;
+    let waited = quiet.elapsed();
+    assert!(ended.is_ok(), "the idle connection is still open {waited:?} after its last request");
+    assert!(waited >= idle / 2, "not before the limit: {waited:?}");
+    assert!(sender.is_closed() || sender.ready().await.is_err(), "no new request can be sent on it");
     app.stop().await;
 }
