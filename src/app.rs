@@ -101,6 +101,22 @@ pub fn router(state: &AppState) -> Router {
     routes(state).0
 }
 
+/// The query API's own pool: to the same database as `pool`, with its own
+/// `CONNECTFLOW_API_MAX_CONNECTIONS` connections, so that API queries never
+/// take the connections of readiness, the access log's writer or (in `all`)
+/// the consumer; and every statement on it under `statement_timeout`
+/// (`CONNECTFLOW_API_STATEMENT_TIMEOUT_MS`), set when each connection opens.
+/// The access log's writer stays on `pool`: its batched inserts are not
+/// the API's queries and must not be cancelled with them.
+fn api_pool(pool: &PgPool, settings: &HttpSettings) -> PgPool {
+    let timeout_ms = settings.api_statement_timeout.as_millis();
+    let options = (*pool.connect_options()).clone().options([("statement_timeout", timeout_ms)]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(settings.api_max_connections)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with(options)
+}
+
 /// The HTTP server, bound and ready to run.
 #[derive(Debug)]
 pub struct HttpServer {
@@ -146,7 +162,7 @@ impl HttpServer {
         });
         let (access_log, access_log_writer) = access_log(pool.clone(), settings.access_log_queue, metrics.clone());
         let api = Arc::new(ApiState {
-            pool: pool.clone(),
+            pool: api_pool(&pool, &settings),
             auth: ApiAuth::new(&settings.api_tokens),
             programs: settings.programs.clone(),
             publisher,

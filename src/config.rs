@@ -214,6 +214,20 @@ pub struct HttpArgs {
     #[arg(long = "stats-max-window-days", env = "CONNECTFLOW_STATS_MAX_WINDOW_DAYS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub stats_max_window_days: u32,
 
+    /// Longest time one statement of the query API may run, in
+    /// milliseconds: Postgres cancels it past this (`statement_timeout` on
+    /// every connection of the API's pool) and the request is answered 503
+    /// `timeout` with Retry-After.
+    #[arg(long = "api-statement-timeout-ms", env = "CONNECTFLOW_API_STATEMENT_TIMEOUT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub api_statement_timeout_ms: u64,
+
+    /// Postgres connections of the query API's own pool, apart from the
+    /// process's (`CONNECTFLOW_DATABASE_MAX_CONNECTIONS`: the consumer,
+    /// readiness and the access log's writer), so that API queries never
+    /// hold those up.
+    #[arg(long = "api-max-connections", env = "CONNECTFLOW_API_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub api_max_connections: u32,
+
     /// The top-level `webhookData` keys the receiver keeps, comma-separated
     /// (e.g. `ref,program`); every other key is dropped before the event is
     /// published, so it never reaches Kafka or Postgres (data minimisation:
@@ -534,6 +548,10 @@ pub struct HttpSettings {
     pub idempotency_key_ttl: Duration,
     /// The longest statistics window, in days.
     pub stats_max_window_days: u32,
+    /// Longest time one API statement may run.
+    pub api_statement_timeout: Duration,
+    /// Connections of the API's own pool.
+    pub api_max_connections: u32,
     /// The top-level `webhookData` keys kept; `None`: all of them.
     pub webhook_data_keys: Option<Arc<[String]>>,
 }
@@ -560,6 +578,8 @@ impl HttpArgs {
             access_log_queue: usize::try_from(self.access_log_queue).unwrap_or(usize::MAX),
             idempotency_key_ttl: Duration::from_secs(u64::from(self.idempotency_key_hours) * 3600),
             stats_max_window_days: self.stats_max_window_days,
+            api_statement_timeout: Duration::from_millis(self.api_statement_timeout_ms),
+            api_max_connections: self.api_max_connections,
             webhook_data_keys: self.webhook_data_keys.as_deref().map(Arc::from),
         })
     }

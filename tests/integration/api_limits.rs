@@ -1,11 +1,18 @@
-//! The query API's bounded cost: the index of the `institution_id` listing.
+//! The query API's bounded cost: every statement under the statement
+//! timeout (503 `timeout`), and the index of the `institution_id` listing.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use connectflow::config::HttpSettings;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
 
-use crate::helpers::{AppOptions, TestApp, http_settings, services, spawn_app_with, unique_kafka_args};
-use connectflow::config::HttpSettings;
+use crate::helpers::{API_TOKEN, AppOptions, TestApp, http_settings, services, spawn_app_with, unique_kafka_args};
+use crate::isolation::seed_flow;
+
+/// Long enough for anything a loaded machine does, short of a hang.
+const GENEROUS: Duration = Duration::from_secs(30);
 
 async fn spawn(http: HttpSettings) -> TestApp {
     let services = services().await;
@@ -16,6 +23,46 @@ async fn spawn(http: HttpSettings) -> TestApp {
         consumer: false,
     })
     .await
+}
+
+/// GETs `path` with the bootstrap token, giving up after [`GENEROUS`].
+async fn get(app: &TestApp, path: &str) -> reqwest::Response {
+    let url = format!("{}{path}", app.base_url);
+    app.client.get(url).bearer_auth(API_TOKEN).timeout(GENEROUS).send().await.expect("an answer within the bound")
+}
+
+/// Holds `customers` locked against every read until dropped (rolled back).
+async fn lock_customers(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("a transaction");
+    sqlx::query("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await.expect("locking customers");
+    tx
+}
+
+#[tokio::test]
+async fn a_statement_past_the_timeout_answers_503_timeout() {
+    let mut http = http_settings();
+    http.api_statement_timeout = Duration::from_millis(300);
+    let app = spawn(http).await;
+    seed_flow(&app, "default", "legacy-success", &["1005061234"]).await;
+    let lookup = "/v1/customers/1005061234/lifecycle";
+    assert_eq!(get(&app, lookup).await.status(), 200);
+
+    // Every read of `customers` now waits for the lock until Postgres
+    // cancels it for the statement timeout (no lock_timeout is set: the
+    // code `timeout` is SQLSTATE 57014's, any other database error is
+    // `unavailable` or `internal`).
+    let lock = lock_customers(&app.pool).await;
+    for path in [lookup, "/v1/customers?institution_id=101732", "/v1/stats/funnel"] {
+        let response = get(&app, path).await;
+        assert_eq!(response.status(), 503, "{path}");
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert!(retry_after.is_some_and(|s| s.parse::<u32>().is_ok_and(|s| s >= 1)), "{path}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], "timeout", "{path}: {body}");
+    }
+    lock.rollback().await.expect("unlocking");
+    assert_eq!(get(&app, lookup).await.status(), 200);
+    app.stop().await;
 }
 
 /// The customer listing's statement, exactly as the store runs it.
