@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::access_log::{AccessLogWriter, access_log};
-use crate::api::{self, ApiAuth, ApiState};
+use crate::api::{self, ApiAuth, ApiState, StatsCost};
 use crate::config::{HttpSettings, KafkaArgs};
 use crate::error::error_response;
 use crate::health;
@@ -169,6 +169,7 @@ impl HttpServer {
             access_log,
             idempotency_key_ttl: settings.idempotency_key_ttl,
             stats_max_window: chrono::Duration::days(i64::from(settings.stats_max_window_days)),
+            stats: StatsCost::new(settings.stats_concurrency, settings.api_statement_timeout, settings.stats_cache_ttl),
         });
         let listener = TcpListener::bind(settings.listen)
             .await

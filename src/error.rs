@@ -70,6 +70,10 @@ pub enum ApiError {
     /// ran past `CONNECTFLOW_API_STATEMENT_TIMEOUT_MS`.
     #[error("the query took too long; retry later")]
     StatementTimeout,
+    /// 503 `busy` on the query API: every statistics place was taken for
+    /// longer than a statement may run.
+    #[error("too many statistics requests at once; retry later")]
+    Busy,
     /// 500: anything else. The cause is logged, never returned.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -120,13 +124,14 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::StatementTimeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
 
-/// `Retry-After` of `timeout`: the load that caused it passes within
-/// seconds.
+/// `Retry-After` of `timeout` and `busy`: the load that caused them passes
+/// within seconds.
 const RETRY_SOON_S: u32 = 2;
 
 /// The answer when Postgres cannot be reached: retryable, never a 500.
@@ -178,7 +183,7 @@ impl IntoResponse for ApiError {
             Self::Unavailable { retry_after_s, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
-            Self::StatementTimeout => {
+            Self::StatementTimeout | Self::Busy => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_SOON_S));
             }
             _ => {}

@@ -25,6 +25,7 @@ pub mod params;
 mod responses;
 mod revocations;
 mod stats;
+mod stats_cost;
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::{ApiAuth, Principal, ProgramAccess, Scope, Scopes, UnknownScope};
+pub use stats_cost::StatsCost;
 
 use crate::access_log::AccessLog;
 use crate::program::Programs;
@@ -57,6 +59,8 @@ pub struct ApiState {
     pub idempotency_key_ttl: std::time::Duration,
     /// The longest statistics window answered; a longer one is cut.
     pub stats_max_window: chrono::Duration,
+    /// The statistics routes' share of the pool and their cached answers.
+    pub stats: StatsCost,
 }
 
 /// Every `/v1` route, each behind the bearer check, documented.
