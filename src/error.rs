@@ -12,6 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::store::error::{StoreError, is_transient_sqlx};
+use crate::telemetry::LogLimiter;
 
 /// Everything an HTTP handler can answer with instead of success.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +144,10 @@ const DATABASE_UNAVAILABLE: ApiError =
 /// connection; nothing in the API cancels its own statements otherwise).
 const QUERY_CANCELED: &str = "57014";
 
+/// At most one statement-timeout warning a second (with the count left
+/// out), so that a slow database under load does not flood the log.
+static TIMEOUT_LOG: std::sync::LazyLock<LogLimiter> = std::sync::LazyLock::new(LogLimiter::default);
+
 impl From<StoreError> for ApiError {
     /// A statement cancelled for running too long is a 503 `timeout`; a
     /// transient database failure (Postgres down, pool exhausted) is a 503
@@ -153,7 +158,9 @@ impl From<StoreError> for ApiError {
             StoreError::Transient { source, .. }
                 if source.as_database_error().and_then(|db| db.code()).is_some_and(|code| code == QUERY_CANCELED) =>
             {
-                tracing::warn!(error = %err, "statement timeout: the query was cancelled");
+                if let Some(suppressed) = TIMEOUT_LOG.admit("statement timeout", std::time::Instant::now()) {
+                    tracing::warn!(error = %err, suppressed, "statement timeout: the query was cancelled");
+                }
                 Self::StatementTimeout
             }
             StoreError::Transient { source, .. } if is_transient_sqlx(source) => {

@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::model::{Funnel, Institutions, Timeseries};
 use crate::error::ApiError;
+use crate::telemetry::LogLimiter;
 
 /// Answers kept per route, at most; the least recently used goes first.
 pub const CACHED_ANSWERS_PER_ROUTE: usize = 1_000;
@@ -101,6 +102,7 @@ impl<K: Eq + Hash, V: Clone> AnswerCache<K, V> {
 pub struct StatsCost {
     places: Semaphore,
     wait: Duration,
+    refusals_log: LogLimiter,
     /// `/v1/stats/funnel`.
     pub funnel: AnswerCache<StatsQuery, Funnel>,
     /// `/v1/stats/timeseries`.
@@ -116,6 +118,7 @@ impl StatsCost {
         Self {
             places: Semaphore::new(concurrency),
             wait,
+            refusals_log: LogLimiter::default(),
             funnel: AnswerCache::new(ttl, CACHED_ANSWERS_PER_ROUTE),
             timeseries: AnswerCache::new(ttl, CACHED_ANSWERS_PER_ROUTE),
             institutions: AnswerCache::new(ttl, CACHED_ANSWERS_PER_ROUTE),
@@ -129,7 +132,9 @@ impl StatsCost {
             Ok(Ok(permit)) => Ok(permit),
             // Timed out, or closed (never: the semaphore is not closed).
             Ok(Err(_)) | Err(_) => {
-                tracing::warn!(wait = ?self.wait, "statistics request refused: every statistics place is taken");
+                if let Some(suppressed) = self.refusals_log.admit("busy", Instant::now()) {
+                    tracing::warn!(wait = ?self.wait, suppressed, "statistics request refused: every statistics place is taken");
+                }
                 Err(ApiError::Busy)
             }
         }
