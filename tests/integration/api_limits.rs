@@ -22,15 +22,12 @@ use crate::tokens::{call, issue, until_status};
 /// Long enough for anything a loaded machine does, short of a hang.
 const GENEROUS: Duration = Duration::from_secs(30);
 
+/// The HTTP side on a fresh database; Kafka is not needed (no topics are
+/// created: nothing here publishes).
 async fn spawn(http: HttpSettings) -> TestApp {
     let services = services().await;
-    spawn_app_with(AppOptions {
-        http,
-        kafka: unique_kafka_args(&services.kafka_brokers),
-        create_topics: true,
-        consumer: false,
-    })
-    .await
+    let kafka = unique_kafka_args(&services.kafka_brokers);
+    spawn_app_with(AppOptions { http, kafka, create_topics: false, consumer: false }).await
 }
 
 /// GETs `path` with the bootstrap token, giving up after [`GENEROUS`].
