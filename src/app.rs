@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::access_log::{AccessLogWriter, access_log};
-use crate::api::{self, ApiAuth, ApiState};
+use crate::api::{self, ApiAuth, ApiState, StatsCost};
 use crate::config::{HttpSettings, KafkaArgs};
 use crate::error::error_response;
 use crate::health;
@@ -101,6 +101,22 @@ pub fn router(state: &AppState) -> Router {
     routes(state).0
 }
 
+/// The query API's own pool: to the same database as `pool`, with its own
+/// `CONNECTFLOW_API_MAX_CONNECTIONS` connections, so that API queries never
+/// take the connections of readiness, the access log's writer or (in `all`)
+/// the consumer; and every statement on it under `statement_timeout`
+/// (`CONNECTFLOW_API_STATEMENT_TIMEOUT_MS`), set when each connection opens.
+/// The access log's writer stays on `pool`: its batched inserts are not
+/// the API's queries and must not be cancelled with them.
+fn api_pool(pool: &PgPool, settings: &HttpSettings) -> PgPool {
+    let timeout_ms = settings.api_statement_timeout.as_millis();
+    let options = (*pool.connect_options()).clone().options([("statement_timeout", timeout_ms)]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(settings.api_max_connections)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with(options)
+}
+
 /// The HTTP server, bound and ready to run.
 #[derive(Debug)]
 pub struct HttpServer {
@@ -147,13 +163,14 @@ impl HttpServer {
         });
         let (access_log, access_log_writer) = access_log(pool.clone(), settings.access_log_queue, metrics.clone());
         let api = Arc::new(ApiState {
-            pool: pool.clone(),
+            pool: api_pool(&pool, &settings),
             auth: ApiAuth::new(&settings.api_tokens),
             programs: settings.programs.clone(),
             publisher,
             access_log,
             idempotency_key_ttl: settings.idempotency_key_ttl,
             stats_max_window: chrono::Duration::days(i64::from(settings.stats_max_window_days)),
+            stats: StatsCost::new(settings.stats_concurrency, settings.api_statement_timeout, settings.stats_cache_ttl),
         });
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -225,6 +225,36 @@ pub struct HttpArgs {
     #[arg(long = "stats-max-window-days", env = "CONNECTFLOW_STATS_MAX_WINDOW_DAYS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub stats_max_window_days: u32,
 
+    /// Longest time one statement of the query API may run, in
+    /// milliseconds: Postgres cancels it past this (`statement_timeout` on
+    /// every connection of the API's pool) and the request is answered 503
+    /// `timeout` with Retry-After.
+    #[arg(long = "api-statement-timeout-ms", env = "CONNECTFLOW_API_STATEMENT_TIMEOUT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub api_statement_timeout_ms: u64,
+
+    /// Postgres connections of the query API's own pool, apart from the
+    /// process's (`CONNECTFLOW_DATABASE_MAX_CONNECTIONS`: the consumer,
+    /// readiness and the access log's writer), so that API queries never
+    /// hold those up.
+    #[arg(long = "api-max-connections", env = "CONNECTFLOW_API_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub api_max_connections: u32,
+
+    /// Statistics requests (`/v1/stats/*`) computed at once, at most; the
+    /// rest of the API's pool stays for lookups, listings and revocations.
+    /// A statistics request waits for its turn at most as long as one
+    /// statement may run (`CONNECTFLOW_API_STATEMENT_TIMEOUT_MS`), then is
+    /// answered 503 `busy` with Retry-After. Default: half of
+    /// `CONNECTFLOW_API_MAX_CONNECTIONS`; it must be below it.
+    #[arg(long = "stats-concurrency", env = "CONNECTFLOW_STATS_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub stats_concurrency: Option<u32>,
+
+    /// How long a statistics answer is reused for the same query (route and
+    /// parameters) and the same programs visible, in seconds; 0 disables
+    /// the cache. A window whose `until` is left out is the one computed
+    /// when the answer was cached (its `until` says so).
+    #[arg(long = "stats-cache-seconds", env = "CONNECTFLOW_STATS_CACHE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub stats_cache_seconds: u32,
+
     /// The top-level `webhookData` keys the receiver keeps, comma-separated
     /// (e.g. `ref,program`); every other key is dropped before the event is
     /// published, so it never reaches Kafka or Postgres (data minimisation:
@@ -556,6 +586,14 @@ pub struct HttpSettings {
     pub idempotency_key_ttl: Duration,
     /// The longest statistics window, in days.
     pub stats_max_window_days: u32,
+    /// Longest time one API statement may run.
+    pub api_statement_timeout: Duration,
+    /// Connections of the API's own pool.
+    pub api_max_connections: u32,
+    /// Statistics requests computed at once; below `api_max_connections`.
+    pub stats_concurrency: usize,
+    /// How long a statistics answer is reused; zero: not cached.
+    pub stats_cache_ttl: Duration,
     /// The top-level `webhookData` keys kept; `None`: all of them.
     pub webhook_data_keys: Option<Arc<[String]>>,
 }
@@ -583,8 +621,30 @@ impl HttpArgs {
             access_log_queue: usize::try_from(self.access_log_queue).unwrap_or(usize::MAX),
             idempotency_key_ttl: Duration::from_secs(u64::from(self.idempotency_key_hours) * 3600),
             stats_max_window_days: self.stats_max_window_days,
+            api_statement_timeout: Duration::from_millis(self.api_statement_timeout_ms),
+            api_max_connections: self.api_max_connections,
+            stats_concurrency: self.stats_concurrency()?,
+            stats_cache_ttl: Duration::from_secs(u64::from(self.stats_cache_seconds)),
             webhook_data_keys: self.webhook_data_keys.as_deref().map(Arc::from),
         })
+    }
+}
+
+impl HttpArgs {
+    /// `CONNECTFLOW_STATS_CONCURRENCY`, half the API's pool by default: it
+    /// must leave the other routes at least one connection.
+    fn stats_concurrency(&self) -> Result<usize, ConfigError> {
+        let concurrency = self.stats_concurrency.unwrap_or(self.api_max_connections / 2).max(1);
+        if concurrency >= self.api_max_connections {
+            return Err(ConfigError {
+                variable: "CONNECTFLOW_STATS_CONCURRENCY",
+                problem: format!(
+                    "{concurrency} must be below CONNECTFLOW_API_MAX_CONNECTIONS ({}), so that lookups keep a connection",
+                    self.api_max_connections
+                ),
+            });
+        }
+        Ok(usize::try_from(concurrency).unwrap_or(usize::MAX))
     }
 }
 
@@ -678,6 +738,28 @@ mod tests {
         assert!("novalue".parse::<KafkaProperties>().is_err());
         assert!("=x".parse::<KafkaProperties>().is_err());
         assert!("".parse::<KafkaProperties>().expect("empty is fine").pairs().is_empty());
+    }
+
+    #[test]
+    fn statistics_take_half_the_api_pool_by_default_and_never_all_of_it() {
+        #[derive(clap::Parser)]
+        struct Http {
+            #[command(flatten)]
+            http: HttpArgs,
+        }
+        let concurrency = |args: &[&str]| {
+            let parsed =
+                <Http as clap::Parser>::try_parse_from(std::iter::once("connectflow").chain(args.iter().copied()))
+                    .expect("valid arguments");
+            parsed.http.stats_concurrency().map_err(|err| err.variable)
+        };
+        assert_eq!(concurrency(&[]), Ok(5));
+        assert_eq!(concurrency(&["--api-max-connections", "3"]), Ok(1));
+        assert_eq!(concurrency(&["--api-max-connections", "4", "--stats-concurrency", "3"]), Ok(3));
+        assert_eq!(
+            concurrency(&["--api-max-connections", "4", "--stats-concurrency", "4"]),
+            Err("CONNECTFLOW_STATS_CONCURRENCY")
+        );
     }
 
     #[test]

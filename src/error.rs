@@ -12,6 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::store::error::{StoreError, is_transient_sqlx};
+use crate::telemetry::LogLimiter;
 
 /// Everything an HTTP handler can answer with instead of success.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,14 @@ pub enum ApiError {
         /// Seconds for `Retry-After`.
         retry_after_s: u32,
     },
+    /// 503 `timeout` on the query API: Postgres cancelled a statement that
+    /// ran past `CONNECTFLOW_API_STATEMENT_TIMEOUT_MS`.
+    #[error("the query took too long; retry later")]
+    StatementTimeout,
+    /// 503 `busy` on the query API: every statistics place was taken for
+    /// longer than a statement may run.
+    #[error("too many statistics requests at once; retry later")]
+    Busy,
     /// 500: anything else. The cause is logged, never returned.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -115,21 +124,45 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::StatementTimeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
 
+/// `Retry-After` of `timeout` and `busy`: the load that caused them passes
+/// within seconds.
+const RETRY_SOON_S: u32 = 2;
+
 /// The answer when Postgres cannot be reached: retryable, never a 500.
 const DATABASE_UNAVAILABLE: ApiError =
     ApiError::Unavailable { message: "the database is unavailable; retry later", retry_after_s: 5 };
 
+/// SQLSTATE 57014 `query_canceled`: what Postgres answers when a
+/// statement runs past `statement_timeout` (the API's pool sets it on every
+/// connection; nothing in the API cancels its own statements otherwise).
+const QUERY_CANCELED: &str = "57014";
+
+/// At most one statement-timeout warning a second (with the count left
+/// out), so that a slow database under load does not flood the log.
+static TIMEOUT_LOG: std::sync::LazyLock<LogLimiter> = std::sync::LazyLock::new(LogLimiter::default);
+
 impl From<StoreError> for ApiError {
-    /// A transient database failure (Postgres down, pool exhausted) is a
-    /// 503 the client may retry; anything else is a 500. Either way the
-    /// cause is only logged.
+    /// A statement cancelled for running too long is a 503 `timeout`; a
+    /// transient database failure (Postgres down, pool exhausted) is a 503
+    /// the client may retry; anything else is a 500. Either way the cause
+    /// is only logged (the API's handlers run in a span naming their route).
     fn from(err: StoreError) -> Self {
         match &err {
+            StoreError::Transient { source, .. }
+                if source.as_database_error().and_then(|db| db.code()).is_some_and(|code| code == QUERY_CANCELED) =>
+            {
+                if let Some(suppressed) = TIMEOUT_LOG.admit("statement timeout", std::time::Instant::now()) {
+                    tracing::warn!(error = %err, suppressed, "statement timeout: the query was cancelled");
+                }
+                Self::StatementTimeout
+            }
             StoreError::Transient { source, .. } if is_transient_sqlx(source) => {
                 tracing::warn!(error = %err, "database unavailable");
                 DATABASE_UNAVAILABLE
@@ -156,6 +189,9 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable { retry_after_s, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            Self::StatementTimeout | Self::Busy => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_SOON_S));
             }
             _ => {}
         }

@@ -25,6 +25,7 @@ pub mod params;
 mod responses;
 mod revocations;
 mod stats;
+mod stats_cost;
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::{ApiAuth, Principal, ProgramAccess, Scope, Scopes, UnknownScope};
+pub use stats_cost::StatsCost;
 
 use crate::access_log::AccessLog;
 use crate::program::Programs;
@@ -41,7 +43,8 @@ use crate::publish::Publisher;
 /// What the API's handlers share.
 #[derive(Debug)]
 pub struct ApiState {
-    /// Postgres pool.
+    /// The API's own Postgres pool, every statement under
+    /// `CONNECTFLOW_API_STATEMENT_TIMEOUT_MS`.
     pub pool: PgPool,
     /// The accepted bearer tokens.
     pub auth: ApiAuth,
@@ -56,18 +59,31 @@ pub struct ApiState {
     pub idempotency_key_ttl: std::time::Duration,
     /// The longest statistics window answered; a longer one is cut.
     pub stats_max_window: chrono::Duration,
+    /// The statistics routes' share of the pool and their cached answers.
+    pub stats: StatsCost,
 }
 
 /// Every `/v1` route, each behind the bearer check, documented.
 pub fn routes(state: Arc<ApiState>) -> OpenApiRouter {
     // Layers wrap what is already there: the bearer check runs first, then
-    // the access log, then the handler; every answer, a refusal of the
-    // bearer check included, is marked not to be stored by any cache.
+    // the access log, then the handler in a span naming its route; every
+    // answer, a refusal of the bearer check included, is marked not to be
+    // stored by any cache.
     documented_routes()
+        .route_layer(axum::middleware::from_fn(in_route_span))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::log_access))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .route_layer(axum::middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// Runs the handler in a span naming its route (the template, never the
+/// customer in the path), so that what it logs (a statement cancelled for
+/// its timeout, for instance) says which route it was.
+async fn in_route_span(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument;
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("", |path| path.as_str()).to_owned();
+    next.run(request).instrument(tracing::info_span!("api", route)).await
 }
 
 /// `Cache-Control: no-store`: answers about customers are personal data

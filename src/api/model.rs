@@ -498,7 +498,7 @@ pub fn conversion(granted: i64, started: i64) -> Option<f64> {
 }
 
 /// The funnel of a window.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Funnel {
     /// The window's start (inclusive).
     #[serde(with = "rfc3339_ms")]
@@ -518,7 +518,7 @@ pub struct Funnel {
 }
 
 /// One bucket of a time series.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BucketFunnel {
     /// The bucket's start (UTC); it holds first events in `[start, start +
     /// bucket)`, cut to the window.
@@ -531,7 +531,7 @@ pub struct BucketFunnel {
 }
 
 /// The funnel per bucket.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Timeseries {
     /// The window's start (inclusive).
     #[serde(with = "rfc3339_ms")]
@@ -552,7 +552,7 @@ pub struct Timeseries {
 }
 
 /// One institution's customers.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct InstitutionFunnel {
     /// The institution the customers chose last.
     pub institution_id: String,
@@ -571,7 +571,7 @@ pub struct InstitutionFunnel {
 }
 
 /// The institutions with the most customers.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Institutions {
     /// The window's start (inclusive).
     #[serde(with = "rfc3339_ms")]

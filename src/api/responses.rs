@@ -14,7 +14,11 @@ const SHARED: [(&str, &str); 4] = [
     ("401", "Missing or invalid credentials"),
     ("403", "The token lacks the route's scope (the message names it)"),
     ("500", "Internal error"),
-    ("503", "The database is unavailable; retry (Retry-After)"),
+    (
+        "503",
+        "The database is unavailable (`unavailable`), a statement ran past the API's statement timeout \
+         (`timeout`), or too many statistics requests are computed at once (`busy`); retry (Retry-After)",
+    ),
 ];
 
 /// Adds the shared answers to every operation of `openapi` (the API's routes

@@ -7,6 +7,9 @@
 //! occurred in it (a cohort): each is counted once, with every step they
 //! reached since and the authentication and consent they have now
 //! (`docs/lifecycle.md`, "The connect funnel").
+//!
+//! Each answer is computed in one of a few places and kept a short while
+//! ([`super::stats_cost`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -25,6 +28,7 @@ use super::model::{
     Bucket, BucketFunnel, DEFAULT_WINDOW, Funnel, FunnelCounts, InstitutionFunnel, Institutions, Timeseries,
 };
 use super::params::{Params, ProgramFilter, parse_limit, parse_time};
+use super::stats_cost::{AnswerCache, StatsQuery};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::stats::{self, Group};
 
@@ -129,11 +133,46 @@ pub async fn get_funnel(
 ) -> Result<(Extension<Items>, Json<Funnel>), ApiError> {
     principal.require(Scope::Stats)?;
     let visible = principal.visible(program.program_id.as_deref())?;
-    let Window { since, until, truncated } =
-        window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
-    let counts =
-        tally(stats::funnel(&state.pool, since, until, visible.as_deref()).await?).remove(&()).unwrap_or_default();
-    Ok((Extension(Items(1)), Json(Funnel { since, until, truncated, counts })))
+    let query = stats_query(&params, 0, visible.as_deref())?;
+    let funnel = cached(&state.stats.funnel, &state, query, async {
+        let Window { since, until, truncated } =
+            window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
+        let counts =
+            tally(stats::funnel(&state.pool, since, until, visible.as_deref()).await?).remove(&()).unwrap_or_default();
+        Ok(Funnel { since, until, truncated, counts })
+    })
+    .await?;
+    Ok((Extension(Items(1)), Json(funnel)))
+}
+
+/// The cache's key of a statistics query: its parameters parsed (`detail`:
+/// what else the route takes) and the programs visible.
+fn stats_query(params: &WindowParams, detail: i64, visible: Option<&[String]>) -> Result<StatsQuery, ApiError> {
+    let since = parse_time("since", params.since.as_deref())?;
+    let until = parse_time("until", params.until.as_deref())?;
+    Ok(StatsQuery::new(since, until, detail, visible))
+}
+
+/// The answer to `query` from `cache`, or computed by `compute` in one of
+/// the statistics places (503 `busy` when none frees up in time) and then
+/// kept. Errors are not kept.
+async fn cached<V: Clone>(
+    cache: &AnswerCache<StatsQuery, V>,
+    state: &ApiState,
+    query: StatsQuery,
+    compute: impl Future<Output = Result<V, ApiError>>,
+) -> Result<V, ApiError> {
+    if let Some(answer) = cache.get(&query) {
+        return Ok(answer);
+    }
+    let _place = state.stats.place().await?;
+    // The same query may have been answered while this one waited.
+    if let Some(answer) = cache.get(&query) {
+        return Ok(answer);
+    }
+    let answer = compute.await?;
+    cache.insert(query, answer.clone());
+    Ok(answer)
 }
 
 /// The connect funnel per hour or day of first events.
@@ -157,26 +196,31 @@ pub async fn get_timeseries(
 ) -> Result<(Extension<Items>, Json<Timeseries>), ApiError> {
     principal.require(Scope::Stats)?;
     let visible = principal.visible(program.program_id.as_deref())?;
-    let Window { since, until, truncated: cut } =
-        window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
     let bucket = match bucket.as_deref() {
         None | Some("day") => Bucket::Day,
         Some("hour") => Bucket::Hour,
         Some(_) => return Err(ApiError::BadRequest("bucket must be hour or day".into())),
     };
-    let (starts, too_many) = bucket_starts(since, until, bucket)?;
-    let truncated = cut || too_many;
-    // A window cut to its last buckets starts at the first of them.
-    let since = match starts.first() {
-        Some(first) if too_many => *first,
-        _ => since,
-    };
-    let mut found = tally(stats::timeseries(&state.pool, since, until, bucket.length(), visible.as_deref()).await?);
-    let buckets: Vec<BucketFunnel> = starts
-        .into_iter()
-        .map(|start| BucketFunnel { start, counts: found.remove(&start).unwrap_or_default() })
-        .collect();
-    Ok((Extension(Items(buckets.len())), Json(Timeseries { since, until, bucket, truncated, buckets })))
+    let query = stats_query(&params, bucket.length().num_seconds(), visible.as_deref())?;
+    let series = cached(&state.stats.timeseries, &state, query, async {
+        let Window { since, until, truncated: cut } =
+            window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
+        let (starts, too_many) = bucket_starts(since, until, bucket)?;
+        let truncated = cut || too_many;
+        // A window cut to its last buckets starts at the first of them.
+        let since = match starts.first() {
+            Some(first) if too_many => *first,
+            _ => since,
+        };
+        let mut found = tally(stats::timeseries(&state.pool, since, until, bucket.length(), visible.as_deref()).await?);
+        let buckets: Vec<BucketFunnel> = starts
+            .into_iter()
+            .map(|start| BucketFunnel { start, counts: found.remove(&start).unwrap_or_default() })
+            .collect();
+        Ok(Timeseries { since, until, bucket, truncated, buckets })
+    })
+    .await?;
+    Ok((Extension(Items(series.buckets.len())), Json(series)))
 }
 
 /// The starts of the buckets `[since, until)` touches, at most the last
@@ -220,17 +264,23 @@ pub async fn get_institutions(
 ) -> Result<(Extension<Items>, Json<Institutions>), ApiError> {
     principal.require(Scope::Stats)?;
     let visible = principal.visible(program.program_id.as_deref())?;
-    let Window { since, until, truncated } =
-        window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
     let limit = parse_limit(limit.as_deref())?;
-    let mut institutions: Vec<InstitutionFunnel> =
-        tally(stats::institutions(&state.pool, since, until, limit, visible.as_deref()).await?)
-            .into_iter()
-            .map(|(institution_id, counts)| InstitutionFunnel::new(institution_id, counts))
-            .collect();
-    // Most customers first, then by id.
-    institutions.sort_by(|a, b| b.customers.cmp(&a.customers).then_with(|| a.institution_id.cmp(&b.institution_id)));
-    Ok((Extension(Items(institutions.len())), Json(Institutions { since, until, truncated, institutions })))
+    let query = stats_query(&params, limit, visible.as_deref())?;
+    let answer = cached(&state.stats.institutions, &state, query, async {
+        let Window { since, until, truncated } =
+            window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
+        let mut institutions: Vec<InstitutionFunnel> =
+            tally(stats::institutions(&state.pool, since, until, limit, visible.as_deref()).await?)
+                .into_iter()
+                .map(|(institution_id, counts)| InstitutionFunnel::new(institution_id, counts))
+                .collect();
+        // Most customers first, then by id.
+        institutions
+            .sort_by(|a, b| b.customers.cmp(&a.customers).then_with(|| a.institution_id.cmp(&b.institution_id)));
+        Ok(Institutions { since, until, truncated, institutions })
+    })
+    .await?;
+    Ok((Extension(Items(answer.institutions.len())), Json(answer)))
 }
 
 #[cfg(test)]

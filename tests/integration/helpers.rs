@@ -211,6 +211,12 @@ pub fn http_settings() -> HttpSettings {
         access_log_queue: 10_000,
         idempotency_key_hours: 72,
         stats_max_window_days: 400,
+        api_statement_timeout_ms: 2_000,
+        api_max_connections: 10,
+        stats_concurrency: None,
+        // Off: tests read the statistics again after changing the data;
+        // `api_limits` turns it on to test it.
+        stats_cache_seconds: 0,
         webhook_data_keys: None,
     }
     .settings(&lifecycle_args())
