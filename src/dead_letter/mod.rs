@@ -187,8 +187,9 @@ impl Origin {
     }
 }
 
-/// Errors that sending the same record again cannot fix.
-fn refuses_the_record(err: &KafkaError) -> bool {
+/// Errors that sending the same record again cannot fix (the outbox relay
+/// uses it too, for the changes topic).
+pub(crate) fn refuses_the_record(err: &KafkaError) -> bool {
     let code = match err {
         KafkaError::MessageProduction(code) => *code,
         _ => return false,
