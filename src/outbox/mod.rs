@@ -29,7 +29,9 @@
 //! - **One customer holds back only itself**: a change Kafka does not
 //!   confirm stops its customer's round there and sets `not_before` on it
 //!   (100 ms, doubling per attempt, at most 30 s); the other customers go
-//!   on. A change the changes topic refuses for good (too large, invalid;
+//!   on, and two rounds run at once, so a round waiting on Kafka for
+//!   one customer does not hold back the next wake-up's round (the leases
+//!   keep rounds apart as they keep relays apart). A change the changes topic refuses for good (too large, invalid;
 //!   tried alone first, since the broker refuses a batch as a whole) is
 //!   *parked*: a metadata-only record on the dead-letter topic, the counter
 //!   `connectflow_lifecycle_changes_parked_total{reason}`, and its row

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -36,6 +38,13 @@ use super::RelayError;
 
 /// How often the relay looks for unpublished changes without a notification.
 pub const SAFETY_POLL: Duration = Duration::from_secs(5);
+/// Rounds one relay runs at once: one waiting on Kafka for a customer, and
+/// the next wake-up's for the others. Each holds a Postgres connection only
+/// while it claims or settles.
+const ROUNDS_IN_FLIGHT: usize = 2;
+/// Longest wait to (re)open the `LISTEN` connection: the rounds in flight
+/// wait meanwhile.
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Customers claimed per round: many, so that a backlog is published in
 /// large Kafka batches and few claim queries.
 const CUSTOMERS_PER_CLAIM: i64 = 1000;
@@ -45,6 +54,9 @@ const BACKLOG_INTERVAL: Duration = Duration::from_secs(10);
 const BACKLOG_READ_MAX: i64 = 10_000;
 /// How long one change may wait for Kafka's confirmation.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait for one send's answer: room in the producer's queue,
+/// then Kafka's confirmation.
+const DELIVERY_WAIT: Duration = Duration::from_secs(20);
 /// How long a round starts new sends; the changes it did not reach are
 /// released for the next round.
 const ROUND_BUDGET: Duration = Duration::from_secs(15);
@@ -155,6 +167,7 @@ impl Relay {
         // As `PgListener::connect` does, but with the pool's own options.
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(LISTEN_CONNECT_TIMEOUT)
             .max_lifetime(None)
             .idle_timeout(None)
             .connect_lazy_with((*pool.connect_options()).clone());
@@ -179,32 +192,34 @@ impl Relay {
 
     /// Publishes until `shutdown`: every change recorded so far, then each
     /// time a batch announces new ones, a customer's backoff ends or the
-    /// safety poll comes round. Postgres outages are waited out, like the
-    /// consumer does; Kafka's failures hold back only the customers whose
-    /// changes failed.
+    /// safety poll comes round. Up to [`ROUNDS_IN_FLIGHT`] rounds run at
+    /// once, so a round waiting on Kafka for one customer does not hold
+    /// back the next wake-up's round, which claims the other customers (the
+    /// leases keep rounds apart as they keep relays apart). Postgres outages
+    /// are waited out, like the consumer does; Kafka's failures hold back
+    /// only the customers whose changes failed. On shutdown the rounds in
+    /// flight finish (so their customers are not left leased).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut listener: Option<PgListener> = None;
         let mut backoff = Backoff::default();
+        let mut rounds = FuturesUnordered::new();
+        // Whether changes may be waiting that no round in flight will see.
+        let mut due = true;
+        let mut poll_at = tokio::time::Instant::now() + SAFETY_POLL;
+        // After a failed round (Postgres away), no round starts before this.
+        let mut resume_at = tokio::time::Instant::now();
         loop {
-            if listener.is_none() {
+            let stopping = shutdown.is_cancelled();
+            if stopping && rounds.is_empty() {
+                return Ok(());
+            }
+            if listener.is_none() && !stopping {
                 listener = self.listen().await;
             }
-            let next_poll = match self.publish_all().await {
-                Ok(retry_in) => {
-                    backoff.reset();
-                    retry_in.map_or(SAFETY_POLL, |retry| retry.min(SAFETY_POLL))
-                }
-                Err(err) => {
-                    if let Some(suppressed) = self.log_limiter.admit("round failed", Instant::now()) {
-                        tracing::warn!(error = %err, retry_in = ?backoff.delay(), suppressed, "publishing lifecycle changes failed; retrying");
-                    }
-                    if !backoff.wait(&shutdown).await {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            };
-            self.export_backlog().await;
+            if due && !stopping && rounds.len() < ROUNDS_IN_FLIGHT && tokio::time::Instant::now() >= resume_at {
+                rounds.push(self.publish_until_idle(&shutdown));
+                due = false;
+            }
             let notified = async {
                 match listener.as_mut() {
                     Some(l) => l.recv().await.is_ok(),
@@ -212,14 +227,40 @@ impl Relay {
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = self.wake.notified() => {}
-                ok = notified => if !ok {
-                    // The listening connection failed: poll until it is back.
-                    listener = None;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                () = shutdown.cancelled(), if !stopping => {}
+                Some(result) = rounds.next(), if !rounds.is_empty() => {
+                    let now = tokio::time::Instant::now();
+                    match result {
+                        Ok(retry_in) => {
+                            backoff.reset();
+                            if let Some(retry_in) = retry_in {
+                                poll_at = poll_at.min(now + retry_in);
+                            }
+                        }
+                        Err(err) => {
+                            let pause = backoff.advance();
+                            if let Some(suppressed) = self.log_limiter.admit("round failed", Instant::now()) {
+                                tracing::warn!(error = %err, retry_in = ?pause, suppressed, "publishing lifecycle changes failed; retrying");
+                            }
+                            resume_at = now + pause;
+                            poll_at = resume_at;
+                        }
+                    }
+                    self.export_backlog().await;
+                }
+                () = self.wake.notified() => due = true,
+                ok = notified => {
+                    due = true;
+                    if !ok {
+                        // The listening connection failed: poll until it is back.
+                        listener = None;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 },
-                () = tokio::time::sleep(next_poll) => {}
+                () = tokio::time::sleep_until(poll_at) => {
+                    due = true;
+                    poll_at = tokio::time::Instant::now() + SAFETY_POLL;
+                }
             }
         }
     }
@@ -236,6 +277,12 @@ impl Relay {
     /// next wake-up tries again). Returns the soonest a customer that
     /// failed may be tried again.
     pub async fn publish_all(&self) -> Result<Option<Duration>, RelayError> {
+        self.publish_until_idle(&CancellationToken::new()).await
+    }
+
+    /// [`publish_all`](Self::publish_all), claiming no new batch once
+    /// `shutdown` is cancelled.
+    async fn publish_until_idle(&self, shutdown: &CancellationToken) -> Result<Option<Duration>, RelayError> {
         let mut retry_in: Option<Duration> = None;
         loop {
             let round = self.publish_batch(End::Settle).await?;
@@ -243,7 +290,7 @@ impl Relay {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            if round.claimed == 0 || round.done == 0 {
+            if round.claimed == 0 || round.done == 0 || shutdown.is_cancelled() {
                 return Ok(retry_in);
             }
         }
@@ -285,14 +332,21 @@ impl Relay {
         let published: usize = outcomes.iter().map(|o| o.published.len()).sum();
         let parked: usize = outcomes.iter().map(|o| o.parked.len()).sum();
         let retry_in = outcomes.iter().filter_map(|o| o.failed.map(|(_, _, wait)| wait)).min();
+        let claimed: Vec<String> = by_customer.keys().map(|c| (*c).to_owned()).collect();
         if end == End::CrashBeforeSettle {
-            sqlx::query!("UPDATE lifecycle_outbox SET leased_until = now() WHERE lease_token = $1::text::uuid", &token)
-                .execute(&self.pool)
-                .await
-                .store("letting a lease run out (simulated crash)")?;
+            sqlx::query!(
+                "UPDATE lifecycle_outbox SET leased_until = now() \
+                 WHERE customer_id = ANY($1::text[]) AND lease_token = $2::text::uuid",
+                &claimed,
+                &token
+            )
+            .execute(&self.pool)
+            .await
+            .store("letting a lease run out (simulated crash)")?;
             return Ok(Round { claimed: rows.len(), done: published, retry_in });
         }
-        self.settle(&token, &outcomes).await?;
+        let unsettled = rows.len() - published - parked;
+        self.settle(&token, &claimed, unsettled, &outcomes).await?;
         self.metrics.changes_published.inc_by(published as u64);
         Ok(Round { claimed: rows.len(), done: published + parked, retry_in })
     }
@@ -368,7 +422,17 @@ impl Relay {
     /// under this round's lease (`token`): deletes the published changes,
     /// parks the refused ones, backs off the failed ones' customers and
     /// releases the rest.
-    async fn settle(&self, token: &str, outcomes: &[CustomerOutcome<'_>]) -> Result<(), RelayError> {
+    ///
+    /// `claimed` are the round's customers (each statement finds its rows by
+    /// the primary key, not by scanning for the token); `unsettled` counts
+    /// the rows neither published nor parked, which are released.
+    async fn settle(
+        &self,
+        token: &str,
+        claimed: &[String],
+        unsettled: usize,
+        outcomes: &[CustomerOutcome<'_>],
+    ) -> Result<(), RelayError> {
         let (published_customers, published_versions): (Vec<String>, Vec<i64>) =
             outcomes.iter().flat_map(|o| &o.published).map(|(c, v)| ((*c).to_owned(), *v)).unzip();
         let mut parked = (Vec::new(), Vec::new(), Vec::new());
@@ -407,7 +471,8 @@ impl Relay {
         if !parked.0.is_empty() {
             sqlx::query!(
                 r#"
-                UPDATE lifecycle_outbox o SET parked_at = now(), park_reason = p.reason
+                UPDATE lifecycle_outbox o
+                SET parked_at = now(), park_reason = p.reason, leased_until = NULL, lease_token = NULL
                 FROM UNNEST($1::text[], $2::int8[], $3::text[]) AS p(customer_id, version, reason)
                 WHERE o.customer_id = p.customer_id AND o.version = p.version AND o.lease_token = $4::text::uuid
                 "#,
@@ -437,13 +502,17 @@ impl Relay {
             .await
             .store("backing off customers whose change failed")?;
         }
-        sqlx::query!(
-            "UPDATE lifecycle_outbox SET leased_until = NULL, lease_token = NULL WHERE lease_token = $1::text::uuid",
-            token
-        )
-        .execute(&mut *tx)
-        .await
-        .store("releasing the rest of a relay round")?;
+        if unsettled > 0 {
+            sqlx::query!(
+                "UPDATE lifecycle_outbox SET leased_until = NULL, lease_token = NULL \
+                 WHERE customer_id = ANY($1::text[]) AND lease_token = $2::text::uuid",
+                claimed,
+                token
+            )
+            .execute(&mut *tx)
+            .await
+            .store("releasing the rest of a relay round")?;
+        }
         tx.commit().await.store("settling a relay round")?;
         Ok(())
     }
@@ -508,7 +577,7 @@ impl Relay {
             .key(change.customer_id.as_bytes())
             .payload(change.change.as_bytes())
             .headers(headers);
-        producer.send(record, Timeout::After(SEND_TIMEOUT)).await.map_err(|(err, _)| err)?;
+        deliver(producer, record).await?;
         if change.erasure {
             self.send_tombstone(producer, change, &topic).await?;
         }
@@ -521,7 +590,7 @@ impl Relay {
         let headers = OwnedHeaders::new_with_capacity(1)
             .insert(Header { key: "program", value: Some(change.program_id.as_bytes()) });
         let tombstone = FutureRecord::<[u8], [u8]>::to(topic).key(change.customer_id.as_bytes()).headers(headers);
-        producer.send(tombstone, Timeout::After(SEND_TIMEOUT)).await.map(|_| ()).map_err(|(err, _)| err)
+        deliver(producer, tombstone).await
     }
 
     /// Parks a change the changes topic refused for good: a record on the
@@ -562,7 +631,7 @@ impl Relay {
         });
         let record =
             FutureRecord::<[u8], [u8]>::to(&self.topic.dlq_topic).key(change.customer_id.as_bytes()).headers(headers);
-        self.producer.send(record, Timeout::After(SEND_TIMEOUT)).await.map_err(|(err, _)| err)?;
+        deliver(&self.producer, record).await?;
         if change.erasure {
             self.send_tombstone(&self.producer, change, &topic).await?;
         }
@@ -604,6 +673,23 @@ impl Relay {
             self.metrics.changes_oldest_waiting_seconds.set(age);
         }
         tracing::trace!(took = ?started.elapsed(), "outbox backlog measured");
+    }
+}
+
+/// Sends `record` and waits for Kafka's answer, at most [`DELIVERY_WAIT`]:
+/// librdkafka's own message timeout does not end the wait for a record whose
+/// topic it never learns of (a program's topic before `migrate` created it),
+/// and a round that never ends would outlive its lease. A record given up on
+/// may still be delivered later: at worst a duplicate (the change is sent
+/// again, after it, in the same partition), never a later version first.
+async fn deliver<K, P>(producer: &FutureProducer, record: FutureRecord<'_, K, P>) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    match tokio::time::timeout(DELIVERY_WAIT, producer.send(record, Timeout::After(SEND_TIMEOUT))).await {
+        Ok(sent) => sent.map(|_| ()).map_err(|(err, _)| err),
+        Err(_) => Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)),
     }
 }
 
@@ -662,8 +748,7 @@ mod tests {
 
     #[test]
     fn a_lease_outlasts_the_longest_round() {
-        // The budget, then four sends of the change in flight, each of which
-        // may wait for room in the producer's queue and for the broker.
-        assert!(ROUND_BUDGET + SEND_TIMEOUT * 8 < LEASE);
+        // The budget, then four sends of the change in flight.
+        assert!(ROUND_BUDGET + DELIVERY_WAIT * 4 < LEASE);
     }
 }

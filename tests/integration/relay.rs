@@ -195,3 +195,61 @@ async fn the_relay_listens_on_a_connection_of_its_own() {
     running.await.expect("joined").expect("relay stopped");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_customer_waiting_on_kafka_does_not_hold_back_the_others() {
+    let services = services().await;
+    let mut kafka = unique_kafka_args(&services.kafka_brokers);
+    // A topic per program; `migrate` creates the default program's only, so
+    // a change of the `ghost` program waits for its topic: until the relay
+    // gives up on the send (20 s), or while a broker that creates topics on
+    // demand creates it.
+    kafka.changes_topic = format!("{}.{{program}}", kafka.changes_topic);
+    let app = spawn_app_with(AppOptions { http: http_settings(), kafka, create_topics: true, consumer: false }).await;
+    let stuck = "9700000001";
+    sqlx::query(
+        "INSERT INTO customers (customer_id, consent_state, auth_state, last_event_id, last_event_type, \
+         last_occurred_at, event_count, lifecycle, updated_at, program_id) \
+         VALUES ($1, 'none', 'not_started', 'e', 't', now(), 1, '{}', now(), 'ghost')",
+    )
+    .bind(stuck)
+    .execute(&app.pool)
+    .await
+    .expect("a customer of a program without a topic");
+    record_change(&app.pool, stuck, 1, r#"{"version":1}"#).await;
+    let relay = Relay::new(&app.kafka, app.pool.clone(), Metrics::new()).expect("relay");
+    let wake = relay.waker();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let count = |sql: &'static str, customer: &'static str| {
+        let pool = app.pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).bind(customer).fetch_one(&pool).await.ok() }
+    };
+    // Claimed (leased), or already gone where the broker made the topic.
+    let unclaimed = "SELECT count(*) FROM lifecycle_outbox WHERE customer_id = $1 AND leased_until IS NULL";
+    let claimed = eventually(Duration::from_secs(10), || async { (count(unclaimed, stuck).await? == 0).then_some(()) });
+    assert!(claimed.await.is_some(), "the stuck customer's change is claimed");
+
+    // Another customer's change, recorded while the first waits on Kafka,
+    // is published by the next round, without waiting for the first's send
+    // to end (a generous bound).
+    let flowing = "9700000002";
+    record_change(&app.pool, flowing, 1, r#"{"version":1}"#).await;
+    let recorded = Instant::now();
+    wake.notify_one();
+    let published = eventually(Duration::from_secs(30), || async {
+        let gone = count("SELECT count(*) FROM lifecycle_outbox WHERE customer_id = $1", flowing).await? == 0;
+        gone.then_some(recorded.elapsed())
+    })
+    .await
+    .expect("the other customer's change is published");
+    assert!(published < Duration::from_secs(6), "waited for the stuck customer's round: {published:?}");
+    let topic = app.kafka.changes_topic_for("default");
+    let ids: Vec<String> =
+        read_all(&app.kafka.brokers, &topic).iter().filter_map(|r| r.header("change_id").map(str::to_owned)).collect();
+    assert_eq!(ids, vec![format!("{flowing}:1")]);
+
+    shutdown.cancel();
+    running.await.expect("joined").expect("relay stopped");
+    app.stop().await;
+}
