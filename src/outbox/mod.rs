@@ -43,7 +43,10 @@
 //!   until the lease runs out (two minutes), and another relay publishes
 //!   them again: subscribers de-duplicate by `change_id`. Never a gap: a
 //!   version is deleted only when it and every earlier one are confirmed or
-//!   parked.
+//!   parked. An erasure deletes a customer's outbox rows but the leased
+//!   ones, which their relay settles (a row whose record the erasure
+//!   deleted goes unpublished), so the erased change and its tombstone
+//!   never overtake a change in flight.
 
 mod relay;
 

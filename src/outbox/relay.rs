@@ -111,7 +111,11 @@ enum End {
 struct Pending {
     customer_id: String,
     version: i64,
-    change: String,
+    /// The record; `None` once the customer was erased while the row was
+    /// leased (the erasure leaves leased rows to their relay, so that the
+    /// erased change and its tombstone cannot overtake a change in flight):
+    /// nothing to publish, the row goes.
+    change: Option<String>,
     recorded_at: DateTime<Utc>,
     program_id: String,
     /// The customer's erased change: a tombstone follows it, and its row
@@ -397,15 +401,15 @@ impl Relay {
                 SET leased_until = now() + make_interval(secs => $2), lease_token = $3::text::uuid
                 FROM free
                 WHERE o.customer_id = free.customer_id AND o.parked_at IS NULL
-                RETURNING o.customer_id, o.version, o.erasure, o.attempts
+                RETURNING o.customer_id, o.version, o.recorded_at, o.erasure, o.attempts
             )
-            SELECT c.customer_id AS "customer_id!", c.version AS "version!", c.change AS "change!",
-                   c.recorded_at AS "recorded_at!", l.erasure AS "erasure!", l.attempts AS "attempts!",
+            SELECT l.customer_id AS "customer_id!", l.version AS "version!", c.change AS "change?",
+                   l.recorded_at AS "recorded_at!", l.erasure AS "erasure!", l.attempts AS "attempts!",
                    COALESCE(cu.program_id, e.program_id, 'default') AS "program_id!"
-            FROM leased l JOIN lifecycle_changes c USING (customer_id, version)
+            FROM leased l LEFT JOIN lifecycle_changes c USING (customer_id, version)
                  LEFT JOIN customers cu USING (customer_id)
                  LEFT JOIN erased_customers e USING (customer_id)
-            ORDER BY c.customer_id, c.version
+            ORDER BY l.customer_id, l.version
             "#,
             &due,
             LEASE.as_secs_f64(),
@@ -527,15 +531,20 @@ impl Relay {
                 // Released with the rest; the next round goes on from here.
                 break;
             }
+            let Some(value) = change.change.as_deref() else {
+                // Erased meanwhile: nothing left to publish; its row goes.
+                outcome.published.push((change.customer_id.as_str(), change.version));
+                continue;
+            };
             let change_id = format!("{}:{}", change.customer_id, change.version);
-            let mut sent = self.send(&self.producer, change, &change_id).await;
+            let mut sent = self.send(&self.producer, change, value, &change_id).await;
             if let Err(err) = &sent
                 && refusal(err).is_some()
             {
                 // The broker refuses a batch as a whole, and the batch may
                 // hold another customer's record: alone, it is the change's
                 // own refusal.
-                sent = self.send(&self.solo, change, &change_id).await;
+                sent = self.send(&self.solo, change, value, &change_id).await;
             }
             let err = match sent {
                 Ok(()) => {
@@ -547,7 +556,7 @@ impl Relay {
                 Err(err) => err,
             };
             let parked = match refusal(&err) {
-                Some(reason) => self.park(change, &change_id, reason, &err).await.map(|()| reason),
+                Some(reason) => self.park(change, value.len(), &change_id, reason, &err).await.map(|()| reason),
                 None => Err(err),
             };
             match parked {
@@ -567,16 +576,20 @@ impl Relay {
 
     /// Sends a change (and, for an erasure, its tombstone) to its changes
     /// topic with `producer`, returning once Kafka confirmed or refused it.
-    async fn send(&self, producer: &FutureProducer, change: &Pending, change_id: &str) -> Result<(), KafkaError> {
+    async fn send(
+        &self,
+        producer: &FutureProducer,
+        change: &Pending,
+        value: &str,
+        change_id: &str,
+    ) -> Result<(), KafkaError> {
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header { key: "change_id", value: Some(change_id.as_bytes()) })
             .insert(Header { key: "schema", value: Some(CHANGE_SCHEMA_V1.as_bytes()) })
             .insert(Header { key: "program", value: Some(change.program_id.as_bytes()) });
         let topic = self.topic.changes_topic_for(&change.program_id);
-        let record = FutureRecord::to(&topic)
-            .key(change.customer_id.as_bytes())
-            .payload(change.change.as_bytes())
-            .headers(headers);
+        let record =
+            FutureRecord::to(&topic).key(change.customer_id.as_bytes()).payload(value.as_bytes()).headers(headers);
         deliver(producer, record).await?;
         if change.erasure {
             self.send_tombstone(producer, change, &topic).await?;
@@ -601,6 +614,7 @@ impl Relay {
     async fn park(
         &self,
         change: &Pending,
+        size: usize,
         change_id: &str,
         reason: &'static str,
         err: &KafkaError,
@@ -615,7 +629,7 @@ impl Relay {
             detail.truncate(cut);
         }
         let version = change.version.to_string();
-        let size = change.change.len().to_string();
+        let size = size.to_string();
         let pairs: [(&str, &str); 8] = [
             ("dlq_reason", &detail),
             ("dlq_source_topic", &topic),

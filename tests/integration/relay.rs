@@ -253,3 +253,28 @@ async fn a_customer_waiting_on_kafka_does_not_hold_back_the_others() {
     running.await.expect("joined").expect("relay stopped");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_row_whose_change_an_erasure_deleted_goes_unpublished_and_the_next_follows() {
+    let app = spawn_app().await;
+    let customer = "9800000001";
+    record_change(&app.pool, customer, 1, r#"{"version":1}"#).await;
+    record_change(&app.pool, customer, 2, r#"{"version":2}"#).await;
+    // As an erasure leaves a row a relay had leased: the record is gone.
+    sqlx::query("DELETE FROM lifecycle_changes WHERE customer_id = $1 AND version = 1")
+        .bind(customer)
+        .execute(&app.pool)
+        .await
+        .expect("deleting the record");
+    let relay = Relay::new(&app.kafka, app.pool.clone(), Metrics::new()).expect("relay");
+    relay.publish_all().await.expect("a round");
+    let ids: Vec<String> = read_all(&app.kafka.brokers, &app.kafka.changes_topic)
+        .iter()
+        .filter_map(|r| r.header("change_id").map(str::to_owned))
+        .collect();
+    assert_eq!(ids, vec![format!("{customer}:2")]);
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM lifecycle_outbox").fetch_one(&app.pool).await.expect("count");
+    assert_eq!(left, 0, "the row without its record is gone too");
+    app.stop().await;
+}
