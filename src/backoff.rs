@@ -64,8 +64,9 @@ impl Backoff {
         }
     }
 
-    /// The current pause; doubles the next one.
-    fn advance(&mut self) -> Duration {
+    /// The current pause, without sleeping; doubles the next one (for a
+    /// loop that waits in a `select!` of its own, as the relay does).
+    pub fn advance(&mut self) -> Duration {
         let pause = self.next;
         self.next = (self.next * 2).min(self.max);
         pause

@@ -41,9 +41,49 @@ pub struct DatabaseArgs {
     )]
     pub url: Secret,
 
-    /// Largest number of Postgres connections this process opens.
-    #[arg(long = "database-max-connections", env = "CONNECTFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
-    pub max_connections: u32,
+    /// Largest number of Postgres connections this process opens. Default:
+    /// 10 for `serve` and the commands; for `consume`, one per lane
+    /// (CONNECTFLOW_CONSUMER_PARALLELISM) plus 3 (the relay, the expiry job,
+    /// readiness); for `all`, that plus 10. `consume` and `all` refuse to
+    /// start with fewer than the consumer needs. The relay's `LISTEN`
+    /// connection is its own, on top.
+    #[arg(long = "database-max-connections", env = "CONNECTFLOW_DATABASE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+}
+
+/// The pool size of a process that runs no consumer, unless configured.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+impl DatabaseArgs {
+    /// The pool size: as configured, else [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn pool_size(&self) -> u32 {
+        self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// These settings for a process that runs `consumer` and, when
+    /// `beside_consumer` is given, needs that many more connections (the
+    /// HTTP side of `all`): the pool size defaults to what they use
+    /// together, and a configured one below the consumer's need is a
+    /// [`ConfigError`] naming both settings.
+    pub fn sized_for(&self, consumer: &ConsumerArgs, beside_consumer: u32) -> Result<Self, ConfigError> {
+        let needed = consumer.connections_needed();
+        let size = match self.max_connections {
+            None => needed.saturating_add(beside_consumer),
+            Some(size) if size < needed => {
+                return Err(ConfigError {
+                    variable: "CONNECTFLOW_DATABASE_MAX_CONNECTIONS",
+                    problem: format!(
+                        "{size} connections cannot serve CONNECTFLOW_CONSUMER_PARALLELISM={}: the consumer needs {needed} \
+                         (one per lane, plus {CONNECTIONS_BESIDE_LANES} for the relay, the expiry job and readiness); \
+                         raise the pool or lower the parallelism",
+                        consumer.parallelism
+                    ),
+                });
+            }
+            Some(size) => size,
+        };
+        Ok(Self { url: self.url.clone(), max_connections: Some(size) })
+    }
 }
 
 /// Kafka connection and topics.
@@ -293,7 +333,8 @@ pub struct ConsumerArgs {
 
     /// Transactions a batch is split into and applied concurrently, by
     /// partition (a customer's events share a partition, so the parts touch
-    /// different customers). Keep it at or below the database pool size.
+    /// different customers). Each lane holds a Postgres connection: the
+    /// pool (CONNECTFLOW_DATABASE_MAX_CONNECTIONS) must have 3 more.
     #[arg(long = "consumer-parallelism", env = "CONNECTFLOW_CONSUMER_PARALLELISM", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallelism: u64,
 
@@ -334,6 +375,19 @@ pub struct ConsumerArgs {
     /// recorded before it. The lifecycle does not change.
     #[arg(long = "history-retention-days", env = "CONNECTFLOW_HISTORY_RETENTION_DAYS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500))]
     pub history_retention_days: u32,
+}
+
+/// Connections a consumer needs beside its lanes' at the same time: the
+/// relay's claims and settling, the authorization expiry job and readiness
+/// (`/readyz`). The hourly jobs wait for one of these.
+pub const CONNECTIONS_BESIDE_LANES: u32 = 3;
+
+impl ConsumerArgs {
+    /// Postgres connections the consumer uses at once: one per lane and
+    /// [`CONNECTIONS_BESIDE_LANES`].
+    pub fn connections_needed(&self) -> u32 {
+        u32::try_from(self.parallelism).unwrap_or(u32::MAX).saturating_add(CONNECTIONS_BESIDE_LANES)
+    }
 }
 
 /// Where the programs are declared (`serve`, `consume`, `all`, `migrate`).
@@ -707,6 +761,34 @@ impl fmt::Debug for KafkaProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_pool_is_sized_for_the_lanes_and_what_else_needs_a_connection() {
+        let consumer = |parallelism| {
+            let cli = <crate::cli::Cli as clap::Parser>::try_parse_from([
+                "connectflow",
+                "consume",
+                "--consumer-parallelism",
+                parallelism,
+            ])
+            .expect("parses");
+            match cli.command {
+                crate::cli::Command::Consume(args) => args.consumer,
+                _ => unreachable!("parsed consume"),
+            }
+        };
+        let unset = DatabaseArgs { url: Secret::from(String::new()), max_connections: None };
+        assert_eq!(unset.pool_size(), DEFAULT_MAX_CONNECTIONS);
+        let sized = |database: &DatabaseArgs, lanes, beside| database.sized_for(&consumer(lanes), beside);
+        assert_eq!(sized(&unset, "4", 0).expect("fits").max_connections, Some(7));
+        assert_eq!(sized(&unset, "16", 0).expect("fits").max_connections, Some(19));
+        assert_eq!(sized(&unset, "4", DEFAULT_MAX_CONNECTIONS).expect("fits").max_connections, Some(17));
+        let explicit = DatabaseArgs { max_connections: Some(7), ..unset };
+        assert_eq!(sized(&explicit, "4", 10).expect("fits").max_connections, Some(7));
+        let refused = sized(&explicit, "5", 0).expect_err("one short");
+        assert_eq!(refused.variable, "CONNECTFLOW_DATABASE_MAX_CONNECTIONS");
+        assert!(refused.problem.contains("CONNECTFLOW_CONSUMER_PARALLELISM=5"), "{refused}");
+    }
 
     #[test]
     fn secrets_never_show_in_debug() {

@@ -40,6 +40,13 @@ pub struct ShedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the parked-changes counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ParkedChangeLabels {
+    /// Why the changes topic refused it: `too_large` or `invalid`.
+    pub reason: &'static str,
+}
+
 /// Labels per Kafka partition.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -122,6 +129,9 @@ pub struct Metrics {
     pub change_publish_seconds: Histogram,
     /// Lifecycle changes recorded but not published yet.
     pub changes_waiting: Gauge,
+    /// Lifecycle changes the changes topic refused for good, parked on the
+    /// dead-letter topic, by reason.
+    pub changes_parked: Family<ParkedChangeLabels, Counter>,
     /// Age in seconds of the oldest change not published yet.
     pub changes_oldest_waiting_seconds: Gauge<f64, AtomicU64>,
     /// Records per applied batch.
@@ -270,6 +280,12 @@ impl Metrics {
         );
         let changes_waiting = Gauge::default();
         registry.register("lifecycle_changes_waiting", "Lifecycle changes not published yet", changes_waiting.clone());
+        let changes_parked = Family::<ParkedChangeLabels, Counter>::default();
+        registry.register(
+            "lifecycle_changes_parked",
+            "Lifecycle changes the changes topic refused for good, parked on the dead-letter topic",
+            changes_parked.clone(),
+        );
         let changes_oldest_waiting_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "lifecycle_changes_oldest_waiting_seconds",
@@ -323,6 +339,7 @@ impl Metrics {
             changes_published,
             change_publish_seconds,
             changes_waiting,
+            changes_parked,
             changes_oldest_waiting_seconds,
             batch_size,
             batch_seconds,

@@ -177,7 +177,8 @@ async fn main() -> anyhow::Result<()> {
         ("CONNECTFLOW_TOPIC_PARTITIONS".into(), "6".into()),
         ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR".into(), "3".into()),
         ("CONNECTFLOW_TOPIC_MIN_INSYNC_REPLICAS".into(), "2".into()),
-        ("CONNECTFLOW_DATABASE_MAX_CONNECTIONS".into(), "4".into()),
+        // Two lanes, the relay, the expiry job and readiness.
+        ("CONNECTFLOW_DATABASE_MAX_CONNECTIONS".into(), "5".into()),
         ("CONNECTFLOW_CONSUMER_PARALLELISM".into(), "2".into()),
     ];
     let (code, output) = run_connectflow(&["migrate"], &env)?;
@@ -297,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
     // Drain: every acknowledged event recorded.
     let pool = connectflow::store::pool(&connectflow::config::DatabaseArgs {
         url: database.clone().into(),
-        max_connections: 2,
+        max_connections: Some(2),
     })?;
     // The erased customers' events are not kept (suppressed, or deleted
     // by the erasure); every other acknowledged event is.

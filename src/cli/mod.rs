@@ -20,7 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::HttpServer;
-use crate::config::{ConfigError, ConsumerArgs, DatabaseArgs, DlqCommand, KafkaArgs, MigrationArgs};
+use crate::config::{
+    ConfigError, ConsumerArgs, DEFAULT_MAX_CONNECTIONS, DatabaseArgs, DlqCommand, KafkaArgs, MigrationArgs,
+};
 use crate::consume::LifecycleConsumer;
 use crate::event::CustomerId;
 use crate::expiry::ExpiryJob;
@@ -85,7 +87,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Consume(args) => {
             let programs = args.lifecycle.programs(Secrets::NotNeeded)?;
-            let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration, &programs).await?;
+            let database = args.database.sized_for(&args.consumer, 0)?;
+            let (pool, metrics) = prepare(&database, &args.kafka, &args.migration, &programs).await?;
             let process =
                 ConsumeProcess::build(&args.consumer, &args.kafka, args.listen, pool, metrics, Arc::new(programs))
                     .await?;
@@ -93,7 +96,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::All(args) => {
             let settings = args.http.settings(&args.lifecycle)?;
-            let (pool, metrics) = prepare(&args.database, &args.kafka, &args.migration, &settings.programs).await?;
+            let database = args.database.sized_for(&args.consumer, DEFAULT_MAX_CONNECTIONS)?;
+            let (pool, metrics) = prepare(&database, &args.kafka, &args.migration, &settings.programs).await?;
             let consumer = ConsumeProcess::build(
                 &args.consumer,
                 &args.kafka,

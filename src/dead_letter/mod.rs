@@ -187,7 +187,8 @@ impl Origin {
 /// Errors that say the topic refuses this record itself, so that sending it
 /// again cannot help: its size or its encoding. A missing topic, missing
 /// rights or a broker away are the topic's state, which can pass: retried.
-fn refuses_the_record(err: &KafkaError) -> bool {
+/// The outbox relay uses it too, for the changes topic.
+pub(crate) fn refuses_the_record(err: &KafkaError) -> bool {
     let code = match err {
         KafkaError::MessageProduction(code) => *code,
         _ => return false,

@@ -9,22 +9,44 @@
 //!   Postgres takes a database-wide lock to commit a notifying
 //!   transaction). Writers outside `consume` (`reproject`) `NOTIFY` on
 //!   [`CHANGES_CHANNEL`](crate::store::changes::CHANGES_CHANNEL), which the
-//!   relay `LISTEN`s to, and it polls every [`SAFETY_POLL`] anyway (a
-//!   notification is lost while the listening connection is down).
+//!   relay `LISTEN`s to on a connection of its own, and it polls every
+//!   [`SAFETY_POLL`] anyway (a notification is lost while the listening
+//!   connection is down).
+//! - **No transaction open while Kafka is slow**: a round *claims* up to
+//!   1000 customers in a short transaction, leasing all of each one's
+//!   unpublished rows (`leased_until`, and a `lease_token` of the round),
+//!   commits, publishes, then *settles* in another short transaction that
+//!   touches only rows still carrying its token.
 //! - **Several relays (one per `consume` process) never publish one
-//!   customer's versions concurrently or out of order**: a relay claims
-//!   customers with a transaction-scoped advisory lock of their own
+//!   customer's versions concurrently or out of order**: a customer is
+//!   claimed only when none of its rows is leased or backing off, under a
+//!   transaction-scoped advisory lock of its own
 //!   (`pg_try_advisory_xact_lock` on `connectflow.relay:<customer>`; a
-//!   customer another relay holds is skipped, not waited for), publishes each
-//!   claimed customer's unpublished versions one after another, and marks
-//!   them in the same transaction. Customers are claimed per transaction,
-//!   not by Kafka partition, so a relay needs no partition assignment and
-//!   keeps working when consumers come and go.
+//!   customer another relay is claiming is skipped, not waited for), and a
+//!   lease outlasts the longest round. Customers are claimed, not Kafka
+//!   partitions, so a relay needs no partition assignment and keeps working
+//!   when consumers come and go.
+//! - **One customer holds back only itself**: a change Kafka does not
+//!   confirm stops its customer's round there and sets `not_before` on it
+//!   (100 ms, doubling per attempt, at most 30 s); the other customers go
+//!   on, and two rounds run at once, so a round waiting on Kafka for
+//!   one customer does not hold back the next wake-up's round (the leases
+//!   keep rounds apart as they keep relays apart). A change the changes topic refuses for good (too large, invalid;
+//!   tried alone first, since the broker refuses a batch as a whole) is
+//!   *parked*: a metadata-only record on the dead-letter topic, the counter
+//!   `connectflow_lifecycle_changes_parked_total{reason}`, and its row
+//!   marked `parked_at`, never claimed again. The customer's later changes
+//!   follow it: each carries the whole `after`, so a subscriber misses one
+//!   step of the customer's history, not its state.
 //! - **Exactly one record per change, except after a crash**: a relay that
-//!   dies between Kafka's confirmation and its commit leaves the rows
-//!   unpublished, and they are published again: subscribers de-duplicate by
-//!   `change_id`. Never a gap: a version is marked only when it and every
-//!   earlier one are confirmed.
+//!   dies between Kafka's confirmation and settling leaves the rows leased
+//!   until the lease runs out (two minutes), and another relay publishes
+//!   them again: subscribers de-duplicate by `change_id`. Never a gap: a
+//!   version is deleted only when it and every earlier one are confirmed or
+//!   parked. An erasure deletes a customer's outbox rows but the leased
+//!   ones, which their relay settles (a row whose record the erasure
+//!   deleted goes unpublished), so the erased change and its tombstone
+//!   never overtake a change in flight.
 
 mod relay;
 
@@ -32,17 +54,12 @@ pub use relay::{Relay, SAFETY_POLL};
 
 use crate::store::error::StoreError;
 
-/// Why a relay round did not publish everything it claimed. Either way the
-/// changes stay in the outbox and the next round publishes them.
+/// Why a relay round stopped: Postgres failed claiming or settling. The
+/// changes stay in the outbox and a later round publishes them (a lease
+/// taken runs out first).
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    /// Postgres failed claiming, reading or marking changes.
+    /// Postgres failed claiming, reading or settling changes.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Kafka refused or did not confirm some changes in time.
-    #[error("publishing lifecycle changes: {count} changes not confirmed by Kafka")]
-    Unconfirmed {
-        /// How many.
-        count: usize,
-    },
 }

@@ -130,7 +130,11 @@ pub async fn erase(tx: &mut Transaction<'_, Postgres>, erasures: &[Erasure<'_>])
         ), changes AS (
             DELETE FROM lifecycle_changes WHERE customer_id = ANY($1::text[])
         ), outbox AS (
-            DELETE FROM lifecycle_outbox WHERE customer_id = ANY($1::text[])
+            -- A row a relay has leased stays: the relay deletes it once
+            -- published, and the erased change (a later version) waits for
+            -- it, so the tombstone cannot overtake a change in flight.
+            DELETE FROM lifecycle_outbox
+            WHERE customer_id = ANY($1::text[]) AND (leased_until IS NULL OR leased_until < now())
         ), revocations AS (
             DELETE FROM consent_revocation_requests WHERE customer_id = ANY($1::text[])
         ), snapshots AS (

@@ -24,7 +24,7 @@ pub fn pool(database: &DatabaseArgs) -> anyhow::Result<PgPool> {
         .context("DATABASE_URL is not a valid Postgres URL")?
         .options([("plan_cache_mode", "force_custom_plan")]);
     Ok(PgPoolOptions::new()
-        .max_connections(database.max_connections)
+        .max_connections(database.pool_size())
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(options))
 }

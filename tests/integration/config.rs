@@ -158,3 +158,21 @@ fn a_bad_programs_file_exits_2_naming_the_line_or_variable() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_parallelism_the_pool_cannot_serve_exits_2_naming_both_settings() {
+    let env = [
+        ("CONNECTFLOW_CONSUMER_PARALLELISM", "8"),
+        ("CONNECTFLOW_DATABASE_MAX_CONNECTIONS", "10"),
+        ("FINICITY_PARTNER_SECRETS", "s"),
+        ("CONNECTFLOW_API_TOKENS", "t"),
+    ];
+    for command in ["consume", "all"] {
+        let output = connectflow(&[command], &env);
+        assert_eq!(output.status.code(), Some(2), "{command}");
+        let lines = stderr_lines(&output);
+        assert_eq!(lines.len(), 1, "one line: {lines:?}");
+        assert!(lines[0].contains("CONNECTFLOW_DATABASE_MAX_CONNECTIONS"), "{lines:?}");
+        assert!(lines[0].contains("CONNECTFLOW_CONSUMER_PARALLELISM"), "{lines:?}");
+    }
+}

@@ -146,7 +146,7 @@ pub fn unique_kafka_args(brokers: &str) -> KafkaArgs {
 
 /// Database settings for a URL.
 pub fn database_args(url: &str) -> DatabaseArgs {
-    DatabaseArgs { url: url.to_owned().into(), max_connections: 10 }
+    DatabaseArgs { url: url.to_owned().into(), max_connections: Some(10) }
 }
 
 /// Migration settings for tests: small topics, single replica, the default

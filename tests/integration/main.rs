@@ -24,6 +24,7 @@ mod query;
 mod receive;
 mod receive_hardening;
 mod receive_properties;
+mod relay;
 mod simulate;
 mod stats;
 mod tokens;
