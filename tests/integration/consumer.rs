@@ -247,10 +247,10 @@ async fn a_record_the_dead_letter_topic_refuses_is_parked_as_metadata_and_the_la
     app.stop().await;
 }
 
-/// Starts a `connectflow consume` process on `app`'s database with its
-/// operations listener; returns its `/livez` address.
+/// Starts a `connectflow consume` process on `pool` with its operations
+/// listener; returns its `/livez` address.
 pub(crate) async fn start_consume_process(
-    app: &TestApp,
+    pool: sqlx::PgPool,
     kafka: &connectflow::config::KafkaArgs,
     args: connectflow::config::ConsumerArgs,
     metrics: std::sync::Arc<Metrics>,
@@ -259,7 +259,7 @@ pub(crate) async fn start_consume_process(
         &args,
         kafka,
         "127.0.0.1:0".parse().ok(),
-        app.pool.clone(),
+        pool,
         metrics,
         std::sync::Arc::new(connectflow::program::Programs::single(AuthorizationPolicy::default(), None)),
     )
@@ -294,7 +294,7 @@ async fn a_dead_letter_topic_that_is_not_there_yet_stalls_the_lane_and_gets_the_
     let mut args = consumer_args();
     args.stall_seconds = 2;
     let metrics = Metrics::new();
-    let (ops, token, handle) = start_consume_process(&app, &kafka, args, metrics.clone()).await;
+    let (ops, token, handle) = start_consume_process(app.pool.clone(), &kafka, args, metrics.clone()).await;
     assert!(
         livez_becomes(&app, ops, 503, Duration::from_secs(60)).await,
         "/livez fails while the record cannot be parked"
@@ -465,43 +465,24 @@ async fn a_lane_stuck_on_postgres_fails_livez_and_recovers_by_itself_losing_noth
     let pool = connectflow::store::pool(&database_args(&proxied)).expect("pool");
     let mut args = consumer_args();
     args.stall_seconds = 2;
-    let listen = "127.0.0.1:0".parse().ok();
-    let consumer = ConsumeProcess::build(
-        &args,
-        &app.kafka,
-        listen,
-        pool,
-        Metrics::new(),
-        std::sync::Arc::new(connectflow::program::Programs::single(AuthorizationPolicy::default(), None)),
-    )
-    .await
-    .expect("consumer");
-    let ops = consumer.ops_addr().expect("ops listener");
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(consumer.run(token.clone()));
-    let livez = |client: reqwest::Client| async move {
-        client.get(format!("http://{ops}/livez")).send().await.ok().map(|r| r.status().as_u16())
-    };
+    let (ops, token, handle) = start_consume_process(pool, &app.kafka, args, Metrics::new()).await;
 
     let first = send_flow(&app, "7800000001", "legacy-success", 11).await;
     all_applied(&app.pool, &[("7800000001".to_owned(), first)], Duration::from_secs(30)).await.expect("applied");
-    assert_eq!(livez(app.client.clone()).await, Some(200));
+    assert_eq!(livez(&app, ops).await, Some(200));
 
     proxy.set_up(false);
     let second = send_flow(&app, "7800000002", "mfa-success", 12).await;
-    let unlive =
-        eventually(Duration::from_secs(60), || async { (livez(app.client.clone()).await == Some(503)).then_some(()) })
-            .await;
-    assert!(unlive.is_some(), "/livez turns 503 once a lane is stuck past the stall time");
+    assert!(
+        livez_becomes(&app, ops, 503, Duration::from_secs(60)).await,
+        "/livez turns 503 once a lane is stuck past the stall time"
+    );
 
     proxy.set_up(true);
     all_applied(&app.pool, &[("7800000002".to_owned(), second)], Duration::from_secs(60))
         .await
         .expect("applied after Postgres returns");
-    let live =
-        eventually(Duration::from_secs(20), || async { (livez(app.client.clone()).await == Some(200)).then_some(()) })
-            .await;
-    assert!(live.is_some(), "/livez recovers by itself");
+    assert!(livez_becomes(&app, ops, 200, Duration::from_secs(20)).await, "/livez recovers by itself");
     assert_projection_matches_history(&app.pool).await;
     token.cancel();
     handle.await.expect("join").expect("clean stop");

@@ -120,7 +120,7 @@ async fn consumer_with_a_customer(
     let mut args = consumer_args();
     args.stall_seconds = 2;
     let metrics = Metrics::new();
-    let (ops, token, handle) = start_consume_process(app, &app.kafka, args, metrics.clone()).await;
+    let (ops, token, handle) = start_consume_process(app.pool.clone(), &app.kafka, args, metrics.clone()).await;
     let first = send_flow(app, customer, "legacy-success", seed).await;
     all_applied(&app.pool, &[(customer.to_owned(), first)], Duration::from_secs(30)).await.expect("applied");
     (ops, token, handle, metrics, first)
@@ -228,7 +228,7 @@ async fn a_change_version_already_recorded_stalls_the_consumer_and_never_parks_t
     let mut args = consumer_args();
     args.stall_seconds = 2;
     let metrics = Metrics::new();
-    let (ops, token, handle) = start_consume_process(&app, &app.kafka, args, metrics.clone()).await;
+    let (ops, token, handle) = start_consume_process(app.pool.clone(), &app.kafka, args, metrics.clone()).await;
     let count = send_flow(&app, customer, "legacy-success", 45).await;
     assert!(stalled_on_stored_state(&metrics).await, "the stall is counted");
     assert!(livez_becomes(&app, ops, 503, Duration::from_secs(60)).await, "/livez fails");
