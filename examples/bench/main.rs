@@ -513,6 +513,10 @@ async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
     let mut env = service_env(&database, events_topic, dlq_topic);
     env.push(("CONNECTFLOW_NO_MIGRATE", "true".into()));
     env.push(("CONNECTFLOW_DATABASE_MAX_CONNECTIONS", "16".into()));
+    // The API's queries have a pool of their own: as many connections, and
+    // no statistics cache, so the figures are the queries' cost.
+    env.push(("CONNECTFLOW_API_MAX_CONNECTIONS", "16".into()));
+    env.push(("CONNECTFLOW_STATS_CACHE_SECONDS", "0".into()));
     let server = spawn_connectflow("serve", &env, Some(addr))?;
     wait_for(&format!("http://{addr}/livez"), Duration::from_secs(30)).await?;
     // A pseudo-random spread of ids over the whole table.
