@@ -140,18 +140,60 @@ pub async fn serve(
         // connection whose task has not started yet.
         connections.spawn(async move {
             let _place = place;
-            let spoke = tokio::select! {
-                () = shutdown.cancelled() => false,
-                spoke = first_byte(&stream, limits.header_timeout) => spoke,
+            let first = tokio::select! {
+                () = shutdown.cancelled() => None,
+                first = first_bytes(&stream, limits.header_timeout) => first,
             };
-            if spoke {
-                serve_connection(&builder, stream, router, limits.header_timeout, &shutdown).await;
+            match first {
+                None => {}
+                Some(Protocol::Http1) => serve_http1(&builder, stream, router, &shutdown).await,
+                Some(Protocol::MaybeHttp2) => {
+                    serve_connection(&builder, stream, router, limits.header_timeout, &shutdown).await;
+                }
             }
         });
     }
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// A request line: hyper's header timeout and keep-alive bound it.
+    Http1,
+    /// HTTP/2's preface (`PRI * HTTP/2.0`), or too few bytes to tell.
+    MaybeHttp2,
+}
+
+/// The start of HTTP/2's connection preface; no HTTP/1 method is `PRI`.
+const H2_PREFACE_START: &[u8] = b"PRI";
+
+/// Serves an HTTP/1 connection until it ends, shutting it down gracefully
+/// (after the answer being written) at `shutdown`. An idle connection is
+/// cut by hyper's header timeout, so no request counting is needed here.
+async fn serve_http1(
+    builder: &Builder<TokioExecutor>,
+    stream: TcpStream,
+    router: Router,
+    shutdown: &CancellationToken,
+) {
+    let service = TowerToHyperService::new(router.map_request(|req: hyper::Request<Incoming>| req.map(Body::new)));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => {
+            if let Err(err) = ended {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    if let Err(err) = connection.await {
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
 }
 
 /// Serves one connection until it ends, shutting it down gracefully (HTTP/1:
@@ -201,20 +243,22 @@ async fn serve_connection(
     }
 }
 
-/// Whether `stream` has a byte to read within `timeout` (peeked, so hyper
-/// still reads it). False when the client closed or failed first, or stayed
-/// silent.
-async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
-    let mut byte = [0_u8; 1];
-    match tokio::time::timeout(timeout, stream.peek(&mut byte)).await {
-        Ok(Ok(n)) => n > 0,
+/// What `stream`'s first bytes, sent within `timeout`, say it speaks
+/// (peeked, so hyper still reads them). `None` when the client closed or
+/// failed first, or stayed silent.
+async fn first_bytes(stream: &TcpStream, timeout: Duration) -> Option<Protocol> {
+    let mut start = [0_u8; H2_PREFACE_START.len()];
+    match tokio::time::timeout(timeout, stream.peek(&mut start)).await {
+        Ok(Ok(0)) => None,
+        Ok(Ok(n)) if start[..n] == H2_PREFACE_START[..n] => Some(Protocol::MaybeHttp2),
+        Ok(Ok(_)) => Some(Protocol::Http1),
         Ok(Err(err)) => {
             tracing::debug!(error = %err, "connection failed before its first byte");
-            false
+            None
         }
         Err(_) => {
             tracing::debug!(?timeout, "connection closed: nothing sent within the header timeout");
-            false
+            None
         }
     }
 }
@@ -284,5 +328,29 @@ impl hyper::body::Body for CountedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn protocol_of(first: &[u8]) -> Option<Protocol> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        client.write_all(first).await.expect("write");
+        client.flush().await.expect("flush");
+        first_bytes(&server, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_told_http1_or_http2_by_its_first_bytes() {
+        assert_eq!(protocol_of(b"POST /webhooks HTTP/1.1\r\n").await, Some(Protocol::Http1));
+        assert_eq!(protocol_of(b"PUT / HTTP/1.1\r\n").await, Some(Protocol::Http1));
+        assert_eq!(protocol_of(b"GET / HTTP/1.1\r\n").await, Some(Protocol::Http1));
+        assert_eq!(protocol_of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await, Some(Protocol::MaybeHttp2));
+        assert_eq!(protocol_of(b"PR").await, Some(Protocol::MaybeHttp2), "too few bytes to tell: counted");
     }
 }
