@@ -274,7 +274,7 @@ impl Shared {
                     Item::Pending(decoded) => Some(Published {
                         event: &decoded.event,
                         bytes: decoded
-                            .verbatim
+                            .keep_published
                             .then(|| batch[i].message.payload().and_then(|p| std::str::from_utf8(p).ok()))
                             .flatten(),
                     }),

@@ -33,11 +33,15 @@ impl Poison {
 pub struct Decoded {
     /// The event, checked and sanitised.
     pub event: ConnectEvent,
-    /// Whether sanitising changed nothing: then the published bytes are
-    /// stored beside it, verbatim (unknown fields included). A record of an
-    /// older receiver that still held text to minimise is stored as the
-    /// consumer cleaned it only.
-    pub verbatim: bool,
+    /// Whether the published bytes are stored beside the event, verbatim
+    /// (`connect_events.published`): when they hold something the event's
+    /// own `record` would not (a field this consumer does not know, another
+    /// layout). Not when they are exactly what this consumer writes for the
+    /// event itself (what the same release's receiver publishes): `record`
+    /// holds all of it then, and storing both would double every event's
+    /// row. Never for a record of an older receiver that still held text to
+    /// minimise: it is stored as the consumer cleaned it only.
+    pub keep_published: bool,
 }
 
 /// Decodes one record as a [`ConnectEvent`] of schema v1, checks its
@@ -78,8 +82,8 @@ pub fn decode(payload: Option<&[u8]>, schema_version: Option<&[u8]>, own_version
     event.check().map_err(|invalid| Poison { reason: format!("invalid field {invalid}") })?;
     let published = event.clone();
     event.sanitise();
-    let verbatim = event == published;
-    Ok(Decoded { event, verbatim })
+    let keep_published = event == published && serde_json::to_vec(&published).map_or(true, |own| own != payload);
+    Ok(Decoded { event, keep_published })
 }
 
 /// `connectflow.connect_event.v<N>` with N above 1.
@@ -195,15 +199,21 @@ mod tests {
     }
 
     #[test]
-    fn only_records_sanitising_leaves_alone_are_kept_verbatim() {
+    fn only_records_with_more_than_the_event_and_nothing_to_minimise_are_kept_verbatim() {
         let mut extra = valid();
         extra["added_by_a_newer_receiver"] = "kept".into();
         let bytes = serde_json::to_vec(&extra).expect("json");
-        assert!(decode(Some(&bytes), None, 1).expect("valid").verbatim);
+        assert!(decode(Some(&bytes), None, 1).expect("valid").keep_published, "an unknown field");
+        let pretty = serde_json::to_vec_pretty(&valid()).expect("json");
+        assert!(decode(Some(&pretty), None, 1).expect("valid").keep_published, "another layout");
+        let own = serde_json::to_vec(&decode_value(&valid()).expect("valid")).expect("json");
+        let decoded = decode(Some(&own), None, 1).expect("valid");
+        assert!(!decoded.keep_published, "exactly the consumer's own serialisation: `record` holds it");
+        assert_eq!(serde_json::to_vec(&decoded.event).expect("json"), own);
         let mut dirty = valid();
         dirty["event_type"] = "institutionNotFound".into();
         dirty["query"] = "card 4111111111111111".into();
         let bytes = serde_json::to_vec(&dirty).expect("json");
-        assert!(!decode(Some(&bytes), None, 1).expect("valid").verbatim, "text still to minimise");
+        assert!(!decode(Some(&bytes), None, 1).expect("valid").keep_published, "text still to minimise");
     }
 }
