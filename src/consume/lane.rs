@@ -22,12 +22,15 @@ use crate::health::consumer::ConsumerHealth;
 use crate::metrics::{Metrics, SuppressedLabels};
 use crate::store::apply::{Published, apply_published};
 use crate::store::error::StoreError;
+use crate::store::positions::{self, Position, Positions};
 
 /// What every lane shares.
 pub(super) struct Shared {
     pub consumer: Arc<BaseConsumer<Callbacks>>,
     pub dead_letters: DeadLetters,
     pub pool: PgPool,
+    /// The consumer group, whose positions are recorded with each batch.
+    pub group: String,
     pub metrics: Arc<Metrics>,
     pub health: Arc<ConsumerHealth>,
     pub assignment: Arc<Assignment>,
@@ -257,6 +260,12 @@ impl Shared {
     /// the part is split in halves, down to single events, and each event
     /// it refuses alone is parked: a bad record costs its neighbours about
     /// 2·log2(batch) extra transactions, never a stall.
+    ///
+    /// Each part's transaction records the group's positions after the
+    /// part's last record: parts are applied in order, so every record
+    /// before it is settled. Records settled without such a transaction
+    /// (parked ones, after the last one that recorded positions) get their
+    /// positions in a transaction of their own at the end, once parked.
     async fn apply_isolating(
         &self,
         lane: usize,
@@ -264,6 +273,7 @@ impl Shared {
         items: &mut [Item],
         stop: &CancellationToken,
     ) -> Result<(), Failure> {
+        let mut recorded: HashMap<(&str, i32), i64> = HashMap::new();
         let mut parts: Vec<Range<usize>> = Vec::new();
         parts.push(0..items.len());
         while let Some(part) = parts.pop() {
@@ -284,8 +294,14 @@ impl Shared {
             if events.is_empty() {
                 continue;
             }
-            match apply_published(&self.pool, events).await {
+            let positions = self.positions(&batch[part.clone()]);
+            match apply_published(&self.pool, events, &positions).await {
                 Ok(outcome) => {
+                    if outcome.positions_recorded {
+                        for p in &positions.partitions {
+                            recorded.insert((p.topic, p.partition), p.next_offset);
+                        }
+                    }
                     // Events for a customer of another program were neither
                     // recorded nor applied: parked, they settle too.
                     for conflict in &outcome.conflicts {
@@ -354,17 +370,33 @@ impl Shared {
                 }
             }
         }
+        let mut rest = self.positions(batch);
+        rest.partitions.retain(|p| recorded.get(&(p.topic, p.partition)).is_none_or(|&at| at < p.next_offset));
+        if !rest.is_empty() {
+            // Rare: parked records. Failing here retries the batch, whose
+            // records are all settled by now.
+            positions::record_alone(&self.pool, &rest).await.map_err(Failure::Transient)?;
+        }
         Ok(())
     }
 
-    /// Stores, per partition, the offset after the batch's last record.
-    fn store_offsets(&self, batch: &[Queued]) {
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        for queued in batch {
-            let message = &queued.message;
-            let entry = next.entry((message.topic(), message.partition())).or_insert(0);
-            *entry = (*entry).max(message.offset() + 1);
+    /// The group's positions after these records: per partition, the
+    /// offset after the last one.
+    fn positions<'a>(&'a self, records: &'a [Queued]) -> Positions<'a> {
+        Positions {
+            group: &self.group,
+            partitions: next_offsets(records)
+                .into_iter()
+                .map(|((topic, partition), next_offset)| Position { topic, partition, next_offset })
+                .collect(),
         }
+    }
+
+    /// Stores, per partition, the offset after the batch's last record (in
+    /// librdkafka, which commits it to Kafka: for lag monitoring and tools;
+    /// the consumer resumes from the positions in Postgres).
+    fn store_offsets(&self, batch: &[Queued]) {
+        let next = next_offsets(batch);
         let mut offsets = TopicPartitionList::with_capacity(next.len());
         for ((topic, partition), offset) in next {
             if let Err(err) = offsets.add_partition_offset(topic, partition, Offset::Offset(offset)) {
@@ -378,6 +410,17 @@ impl Shared {
             tracing::info!(error = %err, "storing offsets failed (partition revoked?)");
         }
     }
+}
+
+/// Per partition, the offset after the last of these records.
+fn next_offsets(records: &[Queued]) -> HashMap<(&str, i32), i64> {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for queued in records {
+        let message = &queued.message;
+        let entry = next.entry((message.topic(), message.partition())).or_insert(0);
+        *entry = (*entry).max(message.offset() + 1);
+    }
+    next
 }
 
 /// Counts a lane in `connectflow_consumer_stalled_on_stored_state` while it

@@ -16,7 +16,12 @@
 //! - Each lane batches records, applies them in one transaction and only
 //!   then stores their offsets (`enable.auto.offset.store=false`);
 //!   librdkafka commits stored offsets periodically, on revocation, and
-//!   (explicitly, here) on shutdown.
+//!   (explicitly, here) on shutdown. The same transaction records the
+//!   group's position per partition in Postgres
+//!   ([`crate::store::positions`]), and a newly assigned partition starts
+//!   there ([`resume`]): after a Postgres failover that lost the last
+//!   transactions, the consumer re-reads what the new primary lacks, where
+//!   Kafka's committed offset would skip it.
 //! - A record that cannot become an event (poison) is parked on the
 //!   dead-letter topic ([`crate::dead_letter`]), and so is a record written
 //!   by a newer connectflow (`newer_schema`: a higher `schema_version`
@@ -43,6 +48,7 @@
 pub(crate) mod assignment;
 mod lane;
 pub(crate) mod record;
+mod resume;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +69,7 @@ use crate::kafka::client_config;
 use crate::metrics::{Metrics, PartitionLabels};
 use assignment::Assignment;
 use lane::Lanes;
+use resume::Resume;
 
 /// Bookkeeping bytes counted per queued record on top of its key, value and
 /// headers.
@@ -71,10 +78,11 @@ const RECORD_OVERHEAD_BYTES: usize = 256;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// librdkafka's callbacks: statistics into the lag gauges, rebalances into
-/// the [`Assignment`].
+/// the [`Assignment`], new partitions to their stored positions.
 struct Callbacks {
     metrics: Arc<Metrics>,
     assignment: Arc<Assignment>,
+    resume: Resume,
 }
 
 impl ClientContext for Callbacks {
@@ -97,9 +105,15 @@ impl ClientContext for Callbacks {
 
 impl ConsumerContext for Callbacks {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(partitions = %describe(partitions), "partitions revoked; draining lanes");
-            self.assignment.revoke(partitions);
+        match rebalance {
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions revoked; draining lanes");
+                self.assignment.revoke(partitions);
+            }
+            // Before librdkafka takes the list: the offsets set here are
+            // where it starts fetching.
+            Rebalance::Assign(partitions) => self.resume.seek_to_stored(partitions),
+            Rebalance::Error(_) => {}
         }
     }
 
@@ -138,6 +152,9 @@ pub struct LifecycleConsumer {
     assignment: Arc<Assignment>,
     health: Arc<ConsumerHealth>,
     queue_bytes: usize,
+    /// Cancelled when `run` stops (ends a stored-position lookup waiting
+    /// for Postgres in the assignment callback).
+    closing: CancellationToken,
 }
 
 impl std::fmt::Debug for LifecycleConsumer {
@@ -158,6 +175,13 @@ impl LifecycleConsumer {
         changes_recorded: Arc<Notify>,
     ) -> anyhow::Result<Self> {
         let assignment = Arc::new(Assignment::new(tokio::runtime::Handle::current()));
+        let closing = CancellationToken::new();
+        let resume = Resume {
+            pool: pool.clone(),
+            group: args.group.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            closing: closing.clone(),
+        };
         let consumer: BaseConsumer<Callbacks> = client_config(
             kafka,
             &[
@@ -169,7 +193,7 @@ impl LifecycleConsumer {
                 ("partition.assignment.strategy", "cooperative-sticky"),
             ],
         )
-        .create_with_context(Callbacks { metrics: metrics.clone(), assignment: assignment.clone() })
+        .create_with_context(Callbacks { metrics: metrics.clone(), assignment: assignment.clone(), resume })
         .context("creating the Kafka consumer")?;
         consumer.subscribe(&[&kafka.events_topic]).context("subscribing to the events topic")?;
         let consumer = Arc::new(consumer);
@@ -180,6 +204,7 @@ impl LifecycleConsumer {
             consumer: consumer.clone(),
             dead_letters,
             pool,
+            group: args.group.clone(),
             metrics,
             health: health.clone(),
             assignment: assignment.clone(),
@@ -190,7 +215,7 @@ impl LifecycleConsumer {
             changes_recorded,
         });
         let queue_bytes = usize::try_from(args.queue_bytes).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
-        Ok(Self { consumer, lanes, assignment, health, queue_bytes })
+        Ok(Self { consumer, lanes, assignment, health, queue_bytes, closing })
     }
 
     /// The lanes' health, for the `/livez` and `/metrics` that report it.
@@ -202,8 +227,15 @@ impl LifecycleConsumer {
     /// batch it applies, queued records are left for the next owner, and the
     /// stored offsets are committed so a restart resumes exactly there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, lanes, assignment, health: _, queue_bytes } = self;
+        let Self { consumer, lanes, assignment, health: _, queue_bytes, closing } = self;
         let stop = shutdown.child_token();
+        let _closing_on_stop = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                closing.cancel();
+            })
+        };
         // Dropping this future (a caller that gave up on it) stops the poll
         // thread too, so no orphaned member stays in the group.
         let _stop_on_drop = stop.clone().drop_guard();

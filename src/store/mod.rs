@@ -44,6 +44,7 @@ pub(crate) mod error;
 pub mod expiry;
 pub(crate) mod export;
 pub mod history;
+pub mod positions;
 pub(crate) mod read;
 pub mod reproject;
 pub(crate) mod revocations;

@@ -11,6 +11,7 @@ mod console_programs;
 mod consumer;
 mod erasure;
 mod export;
+mod failover;
 mod foundations;
 mod helpers;
 mod history;
