@@ -26,6 +26,7 @@ mod receive;
 mod receive_hardening;
 mod receive_properties;
 mod relay;
+mod replica;
 mod simulate;
 mod stats;
 mod tokens;
