@@ -29,6 +29,9 @@
 #   bash deploy/services.sh replica-reset      stop the standby, delete its data and clone
 #                                              the primary again (after a failover test,
 #                                              once the primary runs again)
+#   bash deploy/services.sh replica-detach     stop the standby receiving WAL: everything the
+#                                              primary commits afterwards is lost at the next
+#                                              failover (a wide, deliberate loss window)
 #   bash deploy/services.sh wal-positions      print the primary's current WAL position and
 #                                              the standby's replayed one ("- -" when down)
 # Ports and directories (environment; the defaults are what `make` uses):
@@ -697,6 +700,19 @@ replica_promote_cmd() {
   }
   [[ $(psql_at "$PG_REPLICA_PORT" "select pg_is_in_recovery()") == f ]] || die "postgres: the standby is still in recovery"
   say "postgres: promoted the standby on $PG_HOST:$PG_REPLICA_PORT to primary ($(elapsed "$t0")s)"
+}
+
+# Stops the standby's WAL receiver (primary_conninfo emptied, reloaded): what
+# the primary commits from now on never reaches it, so a failover test can
+# make the window of lost transactions as wide as it wants. replica-reset
+# clones afresh (primary_conninfo included).
+replica_detach_cmd() {
+  resolve_replica_home
+  find_pg_bin || die "postgres: binaries missing"
+  our_replica_pid >/dev/null || die "postgres: the standby of $REPLICA_HOME does not run"
+  psql_at "$PG_REPLICA_PORT" "alter system set primary_conninfo = ''" >/dev/null
+  psql_at "$PG_REPLICA_PORT" "select pg_reload_conf()" >/dev/null
+  say "postgres: the standby on $PG_HOST:$PG_REPLICA_PORT no longer receives WAL (replayed up to $(psql_at "$PG_REPLICA_PORT" "select pg_last_wal_replay_lsn()"))"
 }
 
 # "<primary's pg_current_wal_lsn> <standby's pg_last_wal_replay_lsn>", "-" for
@@ -1557,6 +1573,7 @@ replica-promote) replica_promote_cmd ;;
 replica-reset) replica_reset_cmd ;;
 proxy-switch) proxy_switch_cmd "$2" ;;
 wal-positions) wal_positions_cmd ;;
+replica-detach) replica_detach_cmd ;;
 status)
   postgres_status
   replica_status

@@ -148,6 +148,10 @@ pub struct Metrics {
     /// its primary, in seconds; 0 when it has replayed all it received or
     /// is not in recovery. Only set by a process with a read replica.
     pub replica_lag_seconds: Gauge<f64, AtomicU64>,
+    /// Partitions read again from the position stored in Postgres because
+    /// it was behind what the consumer had applied (a failover lost
+    /// transactions).
+    pub rewinds: Counter,
 }
 
 impl Metrics {
@@ -320,6 +324,12 @@ impl Metrics {
             "How far the read replica is behind its primary (0 when caught up or not a standby)",
             replica_lag_seconds.clone(),
         );
+        let rewinds = Counter::default();
+        registry.register(
+            "consumer_rewinds",
+            "Partitions read again from the position stored in Postgres after it lost applied transactions (a failover)",
+            rewinds.clone(),
+        );
         Arc::new(Self {
             registry,
             webhooks,
@@ -357,6 +367,7 @@ impl Metrics {
             history_events_folded,
             history_changes_pruned,
             replica_lag_seconds,
+            rewinds,
         })
     }
 

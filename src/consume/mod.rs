@@ -134,6 +134,17 @@ fn describe(partitions: &TopicPartitionList) -> String {
     ids.join(",")
 }
 
+/// A lane's request to the poll thread: read a partition again from
+/// `offset`, because Postgres lost what this consumer applied after it.
+pub(crate) struct Rewind {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    /// Told whether the partition was rewound (false: not owned any more,
+    /// or the seek failed).
+    done: tokio::sync::oneshot::Sender<bool>,
+}
+
 /// A record on its way to a lane.
 pub(crate) struct Queued {
     message: OwnedMessage,
@@ -152,6 +163,8 @@ pub struct LifecycleConsumer {
     assignment: Arc<Assignment>,
     health: Arc<ConsumerHealth>,
     queue_bytes: usize,
+    /// The lanes' rewind requests, served by the poll thread.
+    rewinds: mpsc::UnboundedReceiver<Rewind>,
     /// Cancelled when `run` stops (ends a stored-position lookup waiting
     /// for Postgres in the assignment callback).
     closing: CancellationToken,
@@ -200,6 +213,7 @@ impl LifecycleConsumer {
         let lane_count = usize::try_from(args.parallelism).unwrap_or(1).max(1);
         let health = Arc::new(ConsumerHealth::new(lane_count, Duration::from_secs(args.stall_seconds)));
         let dead_letters = DeadLetters::new(kafka, metrics.clone())?;
+        let (rewind, rewinds) = mpsc::unbounded_channel();
         let lanes = Lanes::new(lane::Shared {
             consumer: consumer.clone(),
             dead_letters,
@@ -213,9 +227,11 @@ impl LifecycleConsumer {
             linger: Duration::from_millis(args.linger_ms),
             lanes: lane_count,
             changes_recorded,
+            rewind,
+            rewound: std::sync::Mutex::default(),
         });
         let queue_bytes = usize::try_from(args.queue_bytes).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
-        Ok(Self { consumer, lanes, assignment, health, queue_bytes, closing })
+        Ok(Self { consumer, lanes, assignment, health, queue_bytes, rewinds, closing })
     }
 
     /// The lanes' health, for the `/livez` and `/metrics` that report it.
@@ -227,7 +243,7 @@ impl LifecycleConsumer {
     /// batch it applies, queued records are left for the next owner, and the
     /// stored offsets are committed so a restart resumes exactly there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, lanes, assignment, health: _, queue_bytes, closing } = self;
+        let Self { consumer, lanes, assignment, health: _, queue_bytes, mut rewinds, closing } = self;
         let stop = shutdown.child_token();
         let _closing_on_stop = {
             let stop = stop.clone();
@@ -248,7 +264,10 @@ impl LifecycleConsumer {
             let runtime = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name("connectflow-poll".into())
-                .spawn(move || poll(&consumer, &senders, &assignment, &budget, queue_bytes, &runtime, &stop))
+                .spawn(move || {
+                    let lanes = Polled { senders: &senders, budget: &budget, budget_max: queue_bytes };
+                    poll(&consumer, &lanes, &assignment, &mut rewinds, &runtime, &stop)
+                })
                 .context("starting the Kafka poll thread")?
         };
 
@@ -294,18 +313,55 @@ impl LifecycleConsumer {
     }
 }
 
+/// Where the poll thread hands records: the lanes' queues and their byte
+/// budget.
+struct Polled<'a> {
+    senders: &'a [mpsc::UnboundedSender<Queued>],
+    budget: &'a Arc<Semaphore>,
+    budget_max: usize,
+}
+
+/// Serves a lane's rewind on the poll thread, between two polls, so that no
+/// record is stamped while it happens: a new generation for the partition
+/// (what was polled before is dropped unapplied), then a seek (librdkafka
+/// discards what it fetched before it).
+fn rewind(consumer: &BaseConsumer<Callbacks>, assignment: &Assignment, request: Rewind) {
+    let Rewind { topic, partition, offset, done } = request;
+    let rewound = assignment.renew(&topic, partition)
+        && match consumer.seek(&topic, partition, rdkafka::Offset::Offset(offset), Duration::from_secs(10)) {
+            Ok(()) => {
+                tracing::warn!(
+                    partition,
+                    offset,
+                    "Postgres lacks records this consumer applied (a failover lost them): reading the partition again from its stored position"
+                );
+                true
+            }
+            Err(err) => {
+                tracing::error!(partition, offset, error = %err, "seeking back to the stored position failed; the lane retries");
+                false
+            }
+        };
+    // The lane may have stopped waiting (shutdown).
+    let _ = done.send(rewound);
+}
+
 /// The poll thread: reads records and hands each to its partition's lane
-/// until `stop`. Rebalance callbacks run inside `consumer.poll`, here.
+/// until `stop`, and serves the lanes' rewinds. Rebalance callbacks run
+/// inside `consumer.poll`, here.
 fn poll(
     consumer: &BaseConsumer<Callbacks>,
-    lanes: &[mpsc::UnboundedSender<Queued>],
+    lanes: &Polled<'_>,
     assignment: &Assignment,
-    budget: &Arc<Semaphore>,
-    budget_max: usize,
+    rewinds: &mut mpsc::UnboundedReceiver<Rewind>,
     runtime: &tokio::runtime::Handle,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let Polled { senders, budget, budget_max } = *lanes;
     while !stop.is_cancelled() {
+        while let Ok(request) = rewinds.try_recv() {
+            rewind(consumer, assignment, request);
+        }
         let message = match consumer.poll(POLL_INTERVAL) {
             None => continue,
             Some(Err(err)) => {
@@ -321,16 +377,27 @@ fn poll(
         };
         let size = record_size(&message).min(budget_max);
         let permits = u32::try_from(size).unwrap_or(u32::MAX);
+        // While it waits for room, rewinds are still served: the lane that
+        // asked holds records, and so room, until it is answered.
         let acquired = runtime.block_on(async {
-            tokio::select! {
-                permit = budget.clone().acquire_many_owned(permits) => permit.ok(),
-                () = stop.cancelled() => None,
+            let acquire = budget.clone().acquire_many_owned(permits);
+            tokio::pin!(acquire);
+            loop {
+                tokio::select! {
+                    permit = &mut acquire => return permit.ok(),
+                    Some(request) = rewinds.recv() => rewind(consumer, assignment, request),
+                    () = stop.cancelled() => return None,
+                }
             }
         });
         let Some(bytes) = acquired else { break };
-        let lane = usize::try_from(message.partition()).unwrap_or(0) % lanes.len();
+        // A rewind served meanwhile may have made this record stale.
+        if !assignment.is_current(message.topic(), message.partition(), generation) {
+            continue;
+        }
+        let lane = usize::try_from(message.partition()).unwrap_or(0) % senders.len();
         let queued = Queued { message, generation, polled_at: Instant::now(), _bytes: bytes };
-        if lanes[lane].send(queued).is_err() {
+        if senders[lane].send(queued).is_err() {
             // The lane stopped: shutdown or a fatal error, reported by run.
             break;
         }

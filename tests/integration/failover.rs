@@ -5,13 +5,15 @@
 
 use std::time::Duration;
 
+use connectflow::metrics::Metrics;
 use connectflow::simulate::flows::FLOWS;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{all_applied, assert_projection_matches_history, dead_letters, produce, send_flow};
-use crate::helpers::{TestApp, migration_args, spawn_app, spawn_consumer};
+use crate::helpers::{TestApp, consumer_args, eventually, migration_args, run_consumer, spawn_app, spawn_consumer};
 
 /// Runs a consumer of `group` until the customers show their events, then
 /// stops it (which commits its offsets to Kafka).
@@ -102,14 +104,17 @@ async fn events_a_failover_lost_are_applied_again_from_the_positions_stored_with
     }
     produce(&app.kafka.brokers, &app.kafka.events_topic, "8300000099", b"not an event").await;
     let first_round = kept.iter().map(|(_, n)| n).sum::<usize>() + 1;
-    consume_until_applied(&app, &group, &kept).await;
+    let (token, handle) = spawn_consumer(&app, &group);
+    all_applied(&app.pool, &kept, Duration::from_secs(60)).await.expect("first round applied");
     assert_eq!(dead_letters(&app, 1).await.len(), 1, "the poison record is parked");
-    let before = stored_positions(&app.pool, &group).await;
-    assert_eq!(
-        before.iter().map(|(_, _, next)| next).sum::<i64>(),
-        first_round as i64,
-        "the positions cover every record read, the parked one included: {before:?}"
-    );
+    let before = eventually(Duration::from_secs(30), || async {
+        let positions = stored_positions(&app.pool, &group).await;
+        (positions.iter().map(|(_, _, next)| next).sum::<i64>() == first_round as i64).then_some(positions)
+    })
+    .await
+    .expect("the positions cover every record read, the parked one included");
+    token.cancel();
+    handle.await.expect("join").expect("the consumer stops cleanly");
 
     // A second round, applied and committed to Kafka...
     let mut lost = Vec::new();
@@ -152,4 +157,58 @@ async fn events_a_failover_lost_are_applied_again_from_the_positions_stored_with
     token.cancel();
     handle.await.expect("join").expect("clean stop");
     assert_eq!(dead_letters(&app, 1).await.len(), 1, "the parked record was not read again");
+}
+
+#[tokio::test]
+async fn a_consumer_running_through_the_failover_reads_again_what_the_new_primary_lacks() {
+    // Arrange: one consumer that stays up, a first round applied.
+    let app = spawn_app().await;
+    let mut args = consumer_args();
+    let group = args.group.clone();
+    args.parallelism = 2;
+    let metrics = Metrics::new();
+    let token = CancellationToken::new();
+    let handle = run_consumer(args, app.kafka.clone(), app.pool.clone(), metrics.clone(), token.clone());
+    let mut kept = Vec::new();
+    for i in 0..4 {
+        let customer = format!("84000000{i:02}");
+        let count = send_flow(&app, &customer, FLOWS[i % FLOWS.len()].name, 110 + i as u64).await;
+        kept.push((customer, count));
+    }
+    all_applied(&app.pool, &kept, Duration::from_secs(60)).await.expect("first round applied");
+    let before = stored_positions(&app.pool, &group).await;
+
+    // A second round applied, then lost by a failover the consumer does not
+    // notice: its Kafka client has read past those records.
+    let mut lost = Vec::new();
+    for i in 0..6 {
+        let customer = format!("84000001{i:02}");
+        let count = send_flow(&app, &customer, FLOWS[(i + 5) % FLOWS.len()].name, 120 + i as u64).await;
+        lost.push((customer, count));
+    }
+    all_applied(&app.pool, &lost, Duration::from_secs(60)).await.expect("second round applied");
+    let lost_customers: Vec<String> = lost.iter().map(|(c, _)| c.clone()).collect();
+    lose_transactions(&app.pool, &lost_customers, &group, &before).await;
+
+    // Act: new events arrive on the same partitions (the same customers).
+    for (customer, count) in &mut lost {
+        let event =
+            crate::consumer::record(customer, &format!("1764999999999-after-{customer}"), "institutionSupported");
+        crate::consumer::produce_json(&app, customer, &event).await;
+        *count += 1;
+    }
+
+    // Assert: the lost events are read again and applied once, before and
+    // with the new ones.
+    all_applied(&app.pool, &lost, Duration::from_secs(60))
+        .await
+        .expect("what the new primary lacked is applied again while the consumer keeps running");
+    assert!(metrics.rewinds.get() >= 1, "the consumer rewound at least one partition");
+    let expected: usize = kept.iter().chain(&lost).map(|(_, n)| n).sum();
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM connect_events").fetch_one(&app.pool).await.expect("count");
+    assert_eq!(recorded, expected as i64, "every event recorded exactly once");
+    assert_projection_matches_history(&app.pool).await;
+    token.cancel();
+    handle.await.expect("join").expect("clean stop");
 }
