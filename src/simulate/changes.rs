@@ -8,7 +8,11 @@
 //! Kafka's confirmation and its commit leaves the versions unmarked, and the
 //! next relay publishes them again, from the first unmarked one on: so a
 //! record may *repeat* an earlier version (the same `change_id`, the same
-//! content), but no record ever skips ahead of the one before it.
+//! content), but no record ever skips ahead of the one before it. After a
+//! Postgres failover that lost published changes, their events are applied
+//! again and the changes recorded again: a repeat then differs in
+//! `recorded_at` alone (counted as re-recorded; docs/event-schema.md,
+//! "After a Postgres failover").
 //!
 //! [`ChangesReader`] reads the topic (blocking: from `spawn_blocking`);
 //! [`TopicAudit`] is the pure check of one customer's records, which
@@ -119,6 +123,9 @@ pub struct TopicAudit {
     /// Kafka's confirmation and its commit): allowed, subscribers
     /// de-duplicate by `change_id`.
     pub duplicates: u64,
+    /// Of those, repeats recorded again after a Postgres failover lost the
+    /// original: the same change but for a later `recorded_at`.
+    pub rerecorded: u64,
     /// Tombstones (null values) seen, each right after an erased change.
     pub tombstones: u64,
     /// The highest version seen; 0 when none.
@@ -185,7 +192,12 @@ impl TopicAudit {
                 }
                 Some(original) => {
                     audit.duplicates += 1;
-                    if original != change {
+                    let rerecorded = LifecycleChange { recorded_at: change.recorded_at, ..original.clone() };
+                    if original == change {
+                        // A relay's crash replay.
+                    } else if original.recorded_at < change.recorded_at && rerecorded == *change {
+                        audit.rerecorded += 1;
+                    } else {
                         audit.problems.push(format!("{at}: version {version} published again with other content"));
                     }
                 }
@@ -376,6 +388,7 @@ pub async fn verify_changes(
         let audit = TopicAudit::of(&expectation.customer_id, records);
         verification.records += audit.records;
         verification.duplicates += audit.duplicates;
+        verification.rerecorded += audit.rerecorded;
         match expectation.compare(&audit) {
             None => verification.matched += 1,
             Some(problem) => verification.mismatches.push(Mismatch {
@@ -511,6 +524,31 @@ mod tests {
         recs.push(record(2, change(1, ConsentState::Revoked, AuthState::Failed)));
         let problem = expectation(2).compare(&TopicAudit::of(CUSTOMER, &recs)).expect("a different repeat");
         assert!(problem.contains("version 1 published again with other content"), "{problem}");
+    }
+
+    #[test]
+    fn a_change_recorded_again_after_a_failover_differs_in_recorded_at_alone() {
+        let mut recs = records(&[1, 2]);
+        let mut again = change(1, ConsentState::None, AuthState::InProgress);
+        again.recorded_at = at() + chrono::Duration::seconds(5);
+        recs.push(record(2, again.clone()));
+        let mut last = change(2, ConsentState::Granted, AuthState::Authenticated);
+        last.recorded_at = again.recorded_at;
+        recs.push(record(3, last));
+        let audit = TopicAudit::of(CUSTOMER, &recs);
+        assert_eq!((audit.duplicates, audit.rerecorded), (2, 2));
+        assert_eq!(expectation(2).compare(&audit), None, "{:?}", audit.problems);
+
+        // Earlier, or with other content: not a re-recording.
+        let mut recs = records(&[1, 2]);
+        let mut earlier = change(1, ConsentState::None, AuthState::InProgress);
+        earlier.recorded_at = at() - chrono::Duration::seconds(5);
+        recs.push(record(2, earlier));
+        let mut other = change(2, ConsentState::Revoked, AuthState::Authenticated);
+        other.recorded_at = at() + chrono::Duration::seconds(5);
+        recs.push(record(3, other));
+        let audit = TopicAudit::of(CUSTOMER, &recs);
+        assert_eq!(audit.problems.len(), 2, "{:?}", audit.problems);
     }
 
     #[test]
