@@ -123,8 +123,11 @@ pub struct TopicAudit {
     /// Kafka's confirmation and its commit): allowed, subscribers
     /// de-duplicate by `change_id`.
     pub duplicates: u64,
-    /// Of those, repeats recorded again after a Postgres failover lost the
-    /// original: the same change but for a later `recorded_at`.
+    /// Runs of versions recorded again after a Postgres failover lost the
+    /// first ones: each starts with a repeated version recorded later than
+    /// every record before it, and replaces the versions from there on
+    /// (whose steps may be grouped otherwise). Also repeats that differ
+    /// from the original in a later `recorded_at` alone.
     pub rerecorded: u64,
     /// Tombstones (null values) seen, each right after an erased change.
     pub tombstones: u64,
@@ -145,6 +148,8 @@ impl TopicAudit {
         let mut partition = None;
         // The version of the record before, 0 before the first.
         let mut previous = 0;
+        // The latest `recorded_at` of the records before.
+        let mut latest_recorded = None;
         for record in records {
             audit.records += 1;
             let at = format!("partition {} offset {}", record.partition, record.offset);
@@ -184,6 +189,20 @@ impl TopicAudit {
                 // another from the first: it never skips, even when it
                 // starts again after a crash.
                 audit.problems.push(format!("{at}: version {version} follows version {previous}"));
+            }
+            let recorded_later = latest_recorded.is_some_and(|latest| change.recorded_at > latest);
+            latest_recorded = latest_recorded.max(Some(change.recorded_at));
+            if version <= previous && recorded_later {
+                // Recorded again after a Postgres failover lost the versions
+                // from this one on: a new run, whose steps may be grouped
+                // otherwise than the lost ones (docs/event-schema.md).
+                audit.duplicates += 1;
+                audit.rerecorded += 1;
+                audit.seen.retain(|&v, _| v < version);
+                audit.seen.insert(version, change.clone());
+                audit.highest = version;
+                previous = version;
+                continue;
             }
             match audit.seen.get(&version) {
                 None => {
@@ -527,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn a_change_recorded_again_after_a_failover_differs_in_recorded_at_alone() {
+    fn changes_recorded_again_after_a_failover_start_a_new_run() {
         let mut recs = records(&[1, 2]);
         let mut again = change(1, ConsentState::None, AuthState::InProgress);
         again.recorded_at = at() + chrono::Duration::seconds(5);
@@ -536,8 +555,26 @@ mod tests {
         last.recorded_at = again.recorded_at;
         recs.push(record(3, last));
         let audit = TopicAudit::of(CUSTOMER, &recs);
-        assert_eq!((audit.duplicates, audit.rerecorded), (2, 2));
+        // The first repeat starts the new run; what follows it is that
+        // run's versions.
+        assert_eq!((audit.duplicates, audit.rerecorded, audit.highest), (1, 1, 2));
         assert_eq!(expectation(2).compare(&audit), None, "{:?}", audit.problems);
+
+        // Recorded again with the steps grouped otherwise, ending lower:
+        // the new run counts.
+        let mut recs = records(&[1, 2, 3]);
+        for (offset, version) in [(3, 1), (4, 2)] {
+            let mut again = if version == 2 {
+                change(2, ConsentState::Granted, AuthState::Authenticated)
+            } else {
+                change(1, ConsentState::Revoked, AuthState::InProgress)
+            };
+            again.recorded_at = at() + chrono::Duration::seconds(5);
+            recs.push(record(offset, again));
+        }
+        let audit = TopicAudit::of(CUSTOMER, &recs);
+        assert_eq!((audit.highest, audit.rerecorded), (2, 1), "{:?}", audit.problems);
+        assert_eq!(expectation(2).compare(&audit), None);
 
         // Earlier, or with other content: not a re-recording.
         let mut recs = records(&[1, 2]);

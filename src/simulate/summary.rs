@@ -175,8 +175,8 @@ pub struct ChangesVerification {
     /// Of those, records that repeat a change already read (allowed: a
     /// relay published them again after a crash).
     pub duplicates: u64,
-    /// Of the duplicates, changes recorded again after a Postgres failover
-    /// lost them: the same but for a later `recorded_at`.
+    /// Runs of versions recorded again after a Postgres failover lost them
+    /// (`TopicAudit::rerecorded`).
     pub rerecorded: u64,
     /// Every checked customer whose changes are not as they should be.
     pub mismatches: Vec<Mismatch>,
@@ -216,7 +216,7 @@ impl fmt::Display for ChangesVerification {
             self.records,
             self.duplicates,
             if self.rerecorded > 0 {
-                format!(", {} recorded again after a failover", self.rerecorded)
+                format!(", {} runs recorded again after a failover", self.rerecorded)
             } else {
                 String::new()
             },
