@@ -37,6 +37,14 @@ impl Resume {
     /// anyway): starting from Kafka's committed offset instead could skip
     /// what a failover lost. Gives up only when the consumer stops.
     pub fn seek_to_stored(&self, partitions: &TopicPartitionList) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Not the poll thread: a consumer closed from async code (built
+            // but never run, or dropped after `run`) that librdkafka hands
+            // a last assignment while it leaves. Nothing reads from it any
+            // more, and blocking here would stall the runtime.
+            tracing::debug!("an assignment while the consumer closes; not seeking");
+            return;
+        }
         let topics: BTreeSet<String> = partitions.elements().iter().map(|p| p.topic().to_owned()).collect();
         let mut stored: HashMap<String, HashMap<i32, i64>> = HashMap::new();
         for topic in topics {
