@@ -22,7 +22,7 @@ PG_REPLICA ?= 0
 DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
 DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
 
-.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos contract
+.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos contract failover
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -67,6 +67,11 @@ chaos: ## Faults on a 3-node Kafka cluster and Postgres while webhooks flow; che
 	KAFKA_NODES=3 bash deploy/services.sh up
 	cargo build --bin connectflow --example chaos
 	CONNECTFLOW_BIN=target/debug/connectflow ./target/debug/examples/chaos
+
+failover: ## A Postgres failover under webhook load (standby, kill -9, promote, proxy switch), checked (about 2 minutes)
+	PG_REPLICA=1 bash deploy/services.sh up
+	cargo build --bin connectflow
+	bash deploy/failover-smoke.sh
 
 contract: services ## Schemathesis (all checks) against the running API, from /v1/openapi.json (CONTRACT_EXAMPLES=1000 for a long run)
 	cargo build --bin connectflow

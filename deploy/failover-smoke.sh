@@ -19,9 +19,10 @@
 #     difference; every customer ends in its flow's states and its changes on
 #     the topic are in order, a run recorded again after the failover allowed
 #     (simulate --verify --verify-changes).
-# Exit status 0 when every check passed. Leaves the promoted standby as the
-# primary: `bash deploy/services.sh postgres-start && bash deploy/services.sh
-# replica-reset` goes back (the next run does it first).
+# Exit status 0 when every check passed. At the end the old primary is
+# started again and the standby cloned from it afresh (what was written to
+# the promoted standby is discarded), the proxy pointing at the primary: the
+# services are as `make services PG_REPLICA=1` left them.
 #
 # Environment: PG_PORT, PG_REPLICA_PORT, PG_PROXY_PORT, PG_DIR_NAME as for
 # deploy/services.sh; KAFKA_BROKERS (default 127.0.0.1:9092); CONNECTFLOW_BIN
@@ -58,7 +59,13 @@ export FINICITY_PARTNER_SECRETS=failover-secret CONNECTFLOW_API_TOKENS=failover-
 export CONNECTFLOW_LOG_FORMAT=json RUST_LOG=info
 "$BIN" all >"$OUT/all.log" 2>&1 &
 app=$!
-trap 'kill -TERM $app 2>/dev/null || true' EXIT
+restore() {
+  kill -TERM "$app" 2>/dev/null || true
+  wait "$app" 2>/dev/null || true
+  services postgres-start >/dev/null 2>&1 || true
+  services replica-reset >/dev/null 2>&1 || echo "failover-smoke: restoring the standby failed: bash deploy/services.sh replica-reset" >&2
+}
+trap restore EXIT
 for _ in $(seq 60); do curl -sf "http://$LISTEN/readyz" >/dev/null && break; sleep 1; done
 "$BIN" simulate --url "http://$LISTEN/webhooks/finicity/connect" --customers 30 --rate 60 --duplicates 0.2 --shuffle \
   --verify --api-url "http://$LISTEN" --api-token failover-token --verify-timeout-s 180 \
