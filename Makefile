@@ -13,18 +13,22 @@ LOCAL_KAFKA_BROKERS := 127.0.0.1:9092
 # `make run` use); 3, a replicated 3-node cluster on 127.0.0.1:19092-19094 for
 # failure tests (`make services KAFKA_NODES=3`; see deploy/services.sh).
 KAFKA_NODES ?= 1
+# PG_REPLICA=1: also a streaming standby of the local Postgres on 5433 and a
+# proxy on 5434 pointing at the primary, for failover tests (`make services
+# PG_REPLICA=1`; see deploy/services.sh).
+PG_REPLICA ?= 0
 
 # Development-only credentials for `make run`. Never use them anywhere else.
 DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
 DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
 
-.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos contract
+.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos contract failover
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-services: ## Install (if needed) and start local PostgreSQL and Kafka (KAFKA_NODES=3: the 3-node cluster)
-	@KAFKA_NODES='$(KAFKA_NODES)' bash deploy/services.sh up
+services: ## Install (if needed) and start local PostgreSQL and Kafka (KAFKA_NODES=3: the 3-node cluster; PG_REPLICA=1: a standby and a proxy)
+	@KAFKA_NODES='$(KAFKA_NODES)' PG_REPLICA='$(PG_REPLICA)' bash deploy/services.sh up
 
 services-down: ## Stop what `make services` started (single broker, cluster and PostgreSQL)
 	@bash deploy/services.sh down
@@ -63,6 +67,11 @@ chaos: ## Faults on a 3-node Kafka cluster and Postgres while webhooks flow; che
 	KAFKA_NODES=3 bash deploy/services.sh up
 	cargo build --bin connectflow --example chaos
 	CONNECTFLOW_BIN=target/debug/connectflow ./target/debug/examples/chaos
+
+failover: ## A Postgres failover under webhook load (standby, kill -9, promote, proxy switch), checked (about 2 minutes)
+	PG_REPLICA=1 bash deploy/services.sh up
+	cargo build --bin connectflow
+	bash deploy/failover-smoke.sh
 
 contract: services ## Schemathesis (all checks) against the running API, from /v1/openapi.json (CONTRACT_EXAMPLES=1000 for a long run)
 	cargo build --bin connectflow

@@ -13,6 +13,41 @@
 #   bash deploy/services.sh node-pid N      print node N's pid; exit status 1 when it does not run
 #   bash deploy/services.sh postgres-stop   stop (fast shutdown) the PostgreSQL cluster `up` started
 #   bash deploy/services.sh postgres-start  start it again and wait until it accepts connections
+#   bash deploy/services.sh postgres-up     PostgreSQL alone (and its standby with PG_REPLICA=1)
+#   bash deploy/services.sh postgres-down   stop the proxy, the standby and PostgreSQL (not Kafka)
+#
+# The standby and the failover (PG_REPLICA=1; `make services PG_REPLICA=1`):
+#   PG_REPLICA=1 bash deploy/services.sh up    also a streaming standby of the
+#                          primary (pg_basebackup, asynchronous replication) on
+#                          PG_REPLICA_PORT, and the proxy (below) on PG_PROXY_PORT
+#                          pointing at the primary
+#   bash deploy/services.sh primary-kill       kill -9 the primary's postmaster (a crash:
+#                                              what it committed but did not send is lost)
+#   bash deploy/services.sh replica-promote    promote the standby; waits until it writes
+#   bash deploy/services.sh proxy-switch PORT  point the proxy at 127.0.0.1:PORT (the new
+#                                              primary); open connections are cut
+#   bash deploy/services.sh replica-reset      stop the standby, delete its data and clone
+#                                              the primary again (after a failover test,
+#                                              once the primary runs again)
+#   bash deploy/services.sh replica-detach     stop the standby receiving WAL: everything the
+#                                              primary commits afterwards is lost at the next
+#                                              failover (a wide, deliberate loss window)
+#   bash deploy/services.sh wal-positions      print the primary's current WAL position and
+#                                              the standby's replayed one ("- -" when down)
+# Ports and directories (environment; the defaults are what `make` uses):
+#   PG_PORT=5432           the primary
+#   PG_REPLICA_PORT=5433   the standby
+#   PG_PROXY_PORT=5434     the proxy: connectflow's DATABASE_URL in a failover test,
+#                          so its address does not change when the primary does
+#                          (like a managed service's endpoint)
+#   PG_DIR_NAME=postgres   the primary's directory under .local/; the standby's is
+#                          <that>-replica, the proxy's files <that>-proxy.*
+# Why socat for the proxy: Debian packages it (installed here with apt-get when
+# missing), one process forwards TCP with no configuration file, and switching
+# the target is a restart of that process, which also cuts the connections to
+# the old primary, as a managed endpoint's failover does. HAProxy could switch
+# without a restart but needs a configuration and its runtime API for it; a
+# tiny Rust proxy would need a build before the services start.
 #
 # What `up` guarantees (the contract `make services` / `make test` rely on):
 #   Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)
@@ -71,6 +106,9 @@
 #   .local/postgres/           the PostgreSQL cluster (data/ and server.log),
 #                              owned by the `postgres` user, or see below
 #   .local/postgres.location   which directory holds the cluster
+#   .local/postgres-replica/   the standby (data/, server.log), beside the primary's
+#                              directory (also under /var/lib/postgresql when that is)
+#   .local/postgres-proxy.pid  the proxy's pid; .local/postgres-proxy.target its target port
 #
 # Everything runs as root (the machine's only user); PostgreSQL refuses to, so
 # its programs run as `postgres` through runuser. The cluster is a plain
@@ -83,7 +121,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 LOCAL="$ROOT/.local"
 
 PG_HOST=127.0.0.1
-PG_PORT=5432
+PG_PORT=${PG_PORT:-5432}
+PG_REPLICA=${PG_REPLICA:-0}
+PG_REPLICA_PORT=${PG_REPLICA_PORT:-5433}
+PG_PROXY_PORT=${PG_PROXY_PORT:-5434}
+PG_DIR_NAME=${PG_DIR_NAME:-postgres}
+REPLICATION_USER=replicator
+REPLICATION_PASSWORD=replicator # DEVELOPMENT ONLY
+PG_LOCATION_FILE="$LOCAL/$PG_DIR_NAME.location"
 PG_SOCKET_DIR=/var/run/postgresql # Debian's compiled-in default: plain `psql` finds it
 APP_USER=connectflow
 APP_PASSWORD=connectflow # DEVELOPMENT ONLY
@@ -232,6 +277,7 @@ pg_home_fallback() {
   local h
   h=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
   printf '/var/lib/postgresql/connectflow-%s' "$h"
+  [[ $PG_DIR_NAME == postgres ]] || printf -- '-%s' "$PG_DIR_NAME"
 }
 postgres_can_use_repo() {
   id -u postgres >/dev/null 2>&1 || return 1
@@ -239,12 +285,12 @@ postgres_can_use_repo() {
 }
 resolve_pg_home() { # no side effects: for status/down and before the first init
   local recorded=
-  [[ -s $LOCAL/postgres.location ]] && recorded=$(<"$LOCAL/postgres.location")
+  [[ -s $PG_LOCATION_FILE ]] && recorded=$(<"$PG_LOCATION_FILE")
   # (a recorded path from before the clone was moved is ignored)
-  if [[ -n $recorded && ($recorded == "$LOCAL/postgres" || $recorded == "$(pg_home_fallback)") ]]; then
+  if [[ -n $recorded && ($recorded == "$LOCAL/$PG_DIR_NAME" || $recorded == "$(pg_home_fallback)") ]]; then
     PG_HOME=$recorded
   elif postgres_can_use_repo; then
-    PG_HOME=$LOCAL/postgres
+    PG_HOME=$LOCAL/$PG_DIR_NAME
   else
     PG_HOME=$(pg_home_fallback)
   fi
@@ -306,17 +352,17 @@ prune_orphan_clusters() {
 }
 
 init_pg_cluster() {
-  if [[ $(cat "$LOCAL/postgres.location" 2>/dev/null) != "$PG_HOME" ]]; then
-    if postgres_can_use_repo && install -d -o postgres -g postgres -m 700 "$LOCAL/postgres" &&
-      runuser -u postgres -- test -w "$LOCAL/postgres" 2>/dev/null; then
-      PG_HOME=$LOCAL/postgres
+  if [[ $(cat "$PG_LOCATION_FILE" 2>/dev/null) != "$PG_HOME" ]]; then
+    if postgres_can_use_repo && install -d -o postgres -g postgres -m 700 "$LOCAL/$PG_DIR_NAME" &&
+      runuser -u postgres -- test -w "$LOCAL/$PG_DIR_NAME" 2>/dev/null; then
+      PG_HOME=$LOCAL/$PG_DIR_NAME
     else
       PG_HOME=$(pg_home_fallback)
       say "postgres: user postgres cannot reach $ROOT, so the cluster goes to $PG_HOME"
     fi
   fi
   install -d -o postgres -g postgres -m 700 "$PG_HOME"
-  if [[ $PG_HOME != "$LOCAL/postgres" ]]; then
+  if [[ $PG_HOME != "$LOCAL/$PG_DIR_NAME" ]]; then
     [[ -f $PG_HOME/connectflow-repo ]] || printf '%s\n' "$ROOT" >"$PG_HOME/connectflow-repo"
     prune_orphan_clusters
   fi
@@ -339,7 +385,7 @@ shared_buffers = 256MB
 EOF
     say "postgres: created cluster at $PG_HOME/data ($("$PG_BIN/postgres" --version | awk '{print $3}'))"
   fi
-  printf '%s\n' "$PG_HOME" >"$LOCAL/postgres.location"
+  printf '%s\n' "$PG_HOME" >"$PG_LOCATION_FILE"
 }
 
 start_pg_cluster() {
@@ -511,6 +557,252 @@ postgres_start_cmd() {
     die "postgres: no cluster at $PG_HOME/data yet; run: bash deploy/services.sh up"
   [[ -n $PG_BIN ]] || die "postgres: server binaries missing; run: bash deploy/services.sh up"
   start_pg_cluster
+}
+
+# ------------------------------------------------- PostgreSQL standby, proxy
+
+# The standby lives beside the primary's directory: <PG_HOME>-replica.
+REPLICA_HOME=
+resolve_replica_home() {
+  resolve_pg_home
+  REPLICA_HOME="$PG_HOME-replica"
+}
+PROXY_PID_FILE="$LOCAL/$PG_DIR_NAME-proxy.pid"
+PROXY_TARGET_FILE="$LOCAL/$PG_DIR_NAME-proxy.target"
+PROXY_LOG="$LOCAL/$PG_DIR_NAME-proxy.log"
+
+# pid of the standby's postmaster when it runs, else nothing.
+our_replica_pid() {
+  local pidfile="$REPLICA_HOME/data/postmaster.pid" pid
+  [[ -r $pidfile ]] || return 1
+  pid=$(head -n 1 "$pidfile" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] && pid_alive "$pid" && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == postgres ]] || return 1
+  printf '%s' "$pid"
+}
+
+psql_at() { # psql_at <port> <sql>: one value, as the postgres superuser over the socket
+  as_postgres "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$1" -d postgres -At -c "$2"
+}
+
+wait_port_ready() { # wait_port_ready <port> <seconds> <log>
+  local deadline=$((SECONDS + $2))
+  until "$PG_BIN/pg_isready" -q -h "$PG_HOST" -p "$1" -t 2 >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      show_tail "$3"
+      die "postgres: no answer on $PG_HOST:$1 after $2 s"
+    fi
+    sleep 0.2
+  done
+}
+
+# The primary accepts the standby: a replication role, and `host replication`
+# in pg_hba.conf (initdb's default already allows 127.0.0.1 with a password).
+ensure_replication_role() {
+  local has
+  has=$(psql_at "$PG_PORT" "select rolreplication from pg_roles where rolname = '$REPLICATION_USER'")
+  case $has in
+  t) ;;
+  f) psql_at "$PG_PORT" "alter role $REPLICATION_USER replication login" >/dev/null ;;
+  *)
+    psql_at "$PG_PORT" "create role $REPLICATION_USER replication login password '$REPLICATION_PASSWORD'" >/dev/null
+    say "postgres: created role $REPLICATION_USER (REPLICATION) for the standby"
+    ;;
+  esac
+}
+
+# Clones the primary into <PG_HOME>-replica with pg_basebackup (-R writes
+# standby.signal and primary_conninfo), then gives it its own port. No
+# synchronous_standby_names on the primary: replication stays asynchronous, so
+# a kill -9 of the primary can lose what it committed but had not sent yet.
+create_replica() {
+  our_pg_pid >/dev/null || die "postgres: the primary of $PG_HOME does not run; the standby is cloned from it"
+  ensure_replication_role
+  install -d -o postgres -g postgres -m 700 "$REPLICA_HOME"
+  rm -rf "$REPLICA_HOME/data"
+  local t0
+  t0=$(now_ms)
+  as_postgres env PGPASSWORD="$REPLICATION_PASSWORD" "$PG_BIN/pg_basebackup" -h "$PG_HOST" -p "$PG_PORT" \
+    -U "$REPLICATION_USER" -D "$REPLICA_HOME/data" -R -X stream -c fast \
+    >"$REPLICA_HOME/basebackup.log" 2>&1 || {
+    show_tail "$REPLICA_HOME/basebackup.log"
+    die "postgres: pg_basebackup from $PG_HOST:$PG_PORT failed"
+  }
+  cat >>"$REPLICA_HOME/data/postgresql.conf" <<EOF
+
+# ---- connectflow: deploy/services.sh, the standby of $PG_HOST:$PG_PORT
+port = $PG_REPLICA_PORT
+hot_standby = on
+hot_standby_feedback = on
+EOF
+  say "postgres: cloned the primary into $REPLICA_HOME/data ($(elapsed "$t0")s)"
+}
+
+start_replica() {
+  local log="$REPLICA_HOME/server.log" t0
+  t0=$(now_ms)
+  as_postgres "$PG_BIN/pg_ctl" -D "$REPLICA_HOME/data" -l "$log" -w -t 60 start >"$REPLICA_HOME/pg_ctl.log" 2>&1 || {
+    show_tail "$REPLICA_HOME/pg_ctl.log" "$log"
+    die "postgres: the standby at $REPLICA_HOME/data did not start"
+  }
+  wait_port_ready "$PG_REPLICA_PORT" 30 "$log"
+  say "postgres: standby on $PG_HOST:$PG_REPLICA_PORT started (pid $(our_replica_pid), $(elapsed "$t0")s), streaming from :$PG_PORT"
+}
+
+stop_replica() {
+  local pid
+  pid=$(our_replica_pid) || return 0
+  as_postgres "$PG_BIN/pg_ctl" -D "$REPLICA_HOME/data" -m fast -w -t 60 stop >"$REPLICA_HOME/pg_ctl.log" 2>&1 || {
+    show_tail "$REPLICA_HOME/pg_ctl.log"
+    die "postgres: stopping the standby failed"
+  }
+  say "postgres: stopped the standby (pid $pid)"
+}
+
+replica_up() {
+  resolve_replica_home
+  local pid
+  if pid=$(our_replica_pid); then
+    say "postgres: standby at $REPLICA_HOME/data already running (pid $pid, $PG_HOST:$PG_REPLICA_PORT)"
+  else
+    [[ -s $REPLICA_HOME/data/PG_VERSION ]] || create_replica
+    start_replica
+  fi
+  proxy_up
+}
+
+replica_reset_cmd() {
+  resolve_replica_home
+  find_pg_bin || die "postgres: binaries missing"
+  stop_replica
+  create_replica
+  start_replica
+  stop_proxy
+  start_proxy "$PG_PORT"
+}
+
+primary_kill_cmd() {
+  resolve_pg_home
+  local pid
+  pid=$(our_pg_pid) || die "postgres: the primary of $PG_HOME does not run"
+  kill -KILL "$pid"
+  say "postgres: killed the primary (pid $pid, kill -9)"
+}
+
+replica_promote_cmd() {
+  resolve_replica_home
+  find_pg_bin || die "postgres: binaries missing"
+  our_replica_pid >/dev/null || die "postgres: the standby of $REPLICA_HOME does not run"
+  local t0
+  t0=$(now_ms)
+  as_postgres "$PG_BIN/pg_ctl" -D "$REPLICA_HOME/data" -w -t 60 promote >"$REPLICA_HOME/pg_ctl.log" 2>&1 || {
+    show_tail "$REPLICA_HOME/pg_ctl.log" "$REPLICA_HOME/server.log"
+    die "postgres: promoting the standby failed"
+  }
+  [[ $(psql_at "$PG_REPLICA_PORT" "select pg_is_in_recovery()") == f ]] || die "postgres: the standby is still in recovery"
+  say "postgres: promoted the standby on $PG_HOST:$PG_REPLICA_PORT to primary ($(elapsed "$t0")s)"
+}
+
+# Stops the standby's WAL receiver (primary_conninfo emptied, reloaded): what
+# the primary commits from now on never reaches it, so a failover test can
+# make the window of lost transactions as wide as it wants. replica-reset
+# clones afresh (primary_conninfo included).
+replica_detach_cmd() {
+  resolve_replica_home
+  find_pg_bin || die "postgres: binaries missing"
+  our_replica_pid >/dev/null || die "postgres: the standby of $REPLICA_HOME does not run"
+  psql_at "$PG_REPLICA_PORT" "alter system set primary_conninfo = ''" >/dev/null
+  psql_at "$PG_REPLICA_PORT" "select pg_reload_conf()" >/dev/null
+  say "postgres: the standby on $PG_HOST:$PG_REPLICA_PORT no longer receives WAL (replayed up to $(psql_at "$PG_REPLICA_PORT" "select pg_last_wal_replay_lsn()"))"
+}
+
+# "<primary's pg_current_wal_lsn> <standby's pg_last_wal_replay_lsn>", "-" for
+# a server that does not answer.
+wal_positions_cmd() {
+  resolve_replica_home
+  find_pg_bin || die "postgres: binaries missing"
+  local primary replica
+  primary=$(psql_at "$PG_PORT" "select pg_current_wal_lsn()" 2>/dev/null) || primary=-
+  replica=$(psql_at "$PG_REPLICA_PORT" "select pg_last_wal_replay_lsn()" 2>/dev/null) || replica=-
+  printf '%s %s\n' "${primary:--}" "${replica:--}"
+}
+
+ensure_socat() {
+  command -v socat >/dev/null && return 0
+  say "proxy: socat missing, installing Debian's socat"
+  apt_install socat
+}
+
+our_proxy_pid() {
+  local pid
+  [[ -s $PROXY_PID_FILE ]] || return 1
+  pid=$(<"$PROXY_PID_FILE")
+  [[ $pid =~ ^[0-9]+$ ]] && pid_alive "$pid" && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == socat ]] || return 1
+  printf '%s' "$pid"
+}
+
+# start_proxy <target port>: socat on PG_PROXY_PORT forwarding to the target,
+# a process per connection (fork).
+start_proxy() {
+  ensure_socat
+  nohup socat "TCP-LISTEN:$PG_PROXY_PORT,bind=$PG_HOST,reuseaddr,fork" "TCP:$PG_HOST:$1" \
+    >>"$PROXY_LOG" 2>&1 9>&- &
+  printf '%s\n' $! >"$PROXY_PID_FILE"
+  printf '%s\n' "$1" >"$PROXY_TARGET_FILE"
+  local i
+  for i in $(seq 50); do
+    timeout 1 bash -c ": </dev/tcp/$PG_HOST/$PG_PROXY_PORT" 2>/dev/null && break
+    sleep 0.1
+  done
+  say "proxy: $PG_HOST:$PG_PROXY_PORT -> $PG_HOST:$1 (socat pid $(<"$PROXY_PID_FILE"))"
+}
+
+# Stops the proxy and the connections it forwards (its forked children).
+stop_proxy() {
+  local pid
+  pid=$(our_proxy_pid) || return 0
+  pkill -KILL -P "$pid" socat 2>/dev/null || true
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do
+    pid_alive "$pid" || break
+    sleep 0.1
+  done
+  rm -f "$PROXY_PID_FILE"
+}
+
+proxy_up() {
+  local pid
+  if pid=$(our_proxy_pid); then
+    say "proxy: already running (pid $pid, $PG_HOST:$PG_PROXY_PORT -> :$(cat "$PROXY_TARGET_FILE" 2>/dev/null))"
+    return 0
+  fi
+  start_proxy "$PG_PORT"
+}
+
+proxy_switch_cmd() {
+  [[ ${1:-} =~ ^[0-9]+$ ]] || die "proxy-switch needs the new target's port"
+  stop_proxy
+  start_proxy "$1"
+}
+
+replica_down() {
+  resolve_replica_home
+  stop_proxy
+  find_pg_bin || return 0
+  stop_replica
+}
+
+replica_status() {
+  resolve_replica_home
+  find_pg_bin || return 0
+  local pid
+  if pid=$(our_replica_pid); then
+    say "postgres standby: $PG_HOST:$PG_REPLICA_PORT, pid $pid, in recovery: $(psql_at "$PG_REPLICA_PORT" "select pg_is_in_recovery()" 2>/dev/null || echo '?') ($REPLICA_HOME/data)"
+  elif [[ -d $REPLICA_HOME/data ]]; then
+    say "postgres standby: not running ($REPLICA_HOME/data)"
+  fi
+  if pid=$(our_proxy_pid); then
+    say "proxy: $PG_HOST:$PG_PROXY_PORT -> :$(cat "$PROXY_TARGET_FILE" 2>/dev/null) (socat pid $pid)"
+  fi
 }
 
 # --------------------------------------------------------------------- Kafka
@@ -1226,6 +1518,7 @@ node-start | node-stop | node-pid)
   [[ $# == 2 ]] || usage
   check_node_arg "$2"
   ;;
+proxy-switch) [[ $# == 2 ]] || usage ;;
 *) [[ $# == 1 ]] || usage ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (it installs packages and runs PostgreSQL through runuser)"
@@ -1258,14 +1551,32 @@ up)
     ;;
   *) die "KAFKA_NODES must be 1 (the single broker on $KAFKA_HOST:$KAFKA_PORT) or 3 (the cluster on $(cluster_bootstrap)), not '$KAFKA_NODES'" ;;
   esac
+  [[ $PG_REPLICA != 1 ]] || replica_up
+  ;;
+postgres-up)
+  ensure_pg_installed
+  postgres_up
+  [[ $PG_REPLICA != 1 ]] || replica_up
   ;;
 down)
   kafka_down
   cluster_down
+  replica_down
   postgres_down
   ;;
+postgres-down)
+  replica_down
+  postgres_down
+  ;;
+primary-kill) primary_kill_cmd ;;
+replica-promote) replica_promote_cmd ;;
+replica-reset) replica_reset_cmd ;;
+proxy-switch) proxy_switch_cmd "$2" ;;
+wal-positions) wal_positions_cmd ;;
+replica-detach) replica_detach_cmd ;;
 status)
   postgres_status
+  replica_status
   kafka_status
   cluster_status
   ;;

@@ -117,6 +117,41 @@ fn api_pool(pool: &PgPool, settings: &HttpSettings) -> PgPool {
         .connect_lazy_with(options)
 }
 
+/// The read replica's pool (`CONNECTFLOW_DATABASE_READ_URL`), with the
+/// limits of the API's own pool: its size and `statement_timeout`.
+fn replica_pool(url: &crate::secret::Secret, settings: &HttpSettings) -> anyhow::Result<PgPool> {
+    let timeout_ms = settings.api_statement_timeout.as_millis().to_string();
+    let options = crate::store::connect_options(url.expose())
+        .context("CONNECTFLOW_DATABASE_READ_URL is not a valid Postgres URL")?
+        .options([("statement_timeout", timeout_ms.as_str())]);
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(settings.api_max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// How often the read replica's lag is measured for
+/// `connectflow_database_replica_lag_seconds`.
+const REPLICA_LAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Measures the read replica's lag into its gauge until `stop`.
+async fn watch_replica_lag(replica: PgPool, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(REPLICA_LAG_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match crate::store::replica_lag_seconds(&replica).await {
+            Ok(lag) => {
+                metrics.replica_lag_seconds.set(lag);
+            }
+            Err(err) => tracing::warn!(error = %err, "measuring the read replica's lag failed"),
+        }
+    }
+}
+
 /// The HTTP server, bound and ready to run.
 #[derive(Debug)]
 pub struct HttpServer {
@@ -124,6 +159,8 @@ pub struct HttpServer {
     receiver: Arc<Receiver>,
     api: Arc<ApiState>,
     pool: PgPool,
+    /// The read replica's pool, when configured.
+    replica: Option<PgPool>,
     metrics: Arc<Metrics>,
     consumer: Option<Arc<ConsumerHealth>>,
     access_log: AccessLogWriter,
@@ -162,8 +199,14 @@ impl HttpServer {
             log_limiter: Arc::default(),
         });
         let (access_log, access_log_writer) = access_log(pool.clone(), settings.access_log_queue, metrics.clone());
+        let api_pool = api_pool(&pool, &settings);
+        let replica = settings.database_read_url.as_ref().map(|url| replica_pool(url, &settings)).transpose()?;
+        if replica.is_some() {
+            tracing::info!("the query API and statistics read from CONNECTFLOW_DATABASE_READ_URL");
+        }
         let api = Arc::new(ApiState {
-            pool: api_pool(&pool, &settings),
+            read_pool: replica.clone().unwrap_or_else(|| api_pool.clone()),
+            pool: api_pool,
             auth: ApiAuth::new(&settings.api_tokens),
             programs: settings.programs.clone(),
             publisher,
@@ -175,7 +218,7 @@ impl HttpServer {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding CONNECTFLOW_LISTEN={}", settings.listen))?;
-        Ok(Self { listener, receiver, api, pool, metrics, consumer, access_log: access_log_writer, settings })
+        Ok(Self { listener, receiver, api, pool, replica, metrics, consumer, access_log: access_log_writer, settings })
     }
 
     /// The address actually bound (the port when 0 was asked for).
@@ -188,10 +231,14 @@ impl HttpServer {
     /// API token refresher (which writes the tokens' last uses) and flushes
     /// the producer so nothing acknowledged is left in memory.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, receiver, api, pool, metrics, consumer, access_log, settings } = self;
+        let Self { listener, receiver, api, pool, replica, metrics, consumer, access_log, settings } = self;
         let publisher = receiver.publisher.clone();
+        let lag_stop = shutdown.child_token();
+        let lag_watch =
+            replica.clone().map(|replica| tokio::spawn(watch_replica_lag(replica, metrics.clone(), lag_stop.clone())));
         let ops = Arc::new(health::OpsState {
             pool,
+            replica,
             publisher: publisher.clone(),
             metrics,
             // `all` consumes too; `serve` takes webhooks with Kafka alone.
@@ -226,6 +273,10 @@ impl HttpServer {
         }
         refresher_stop.cancel();
         refresher.await.context("the API token refresher")?;
+        lag_stop.cancel();
+        if let Some(lag_watch) = lag_watch {
+            lag_watch.await.context("the replica lag gauge")?;
+        }
         writer_stop.cancel();
         writer.await.context("the access log's writer")?;
         tokio::task::spawn_blocking(move || publisher.flush(grace)).await.context("flushing the producer")?;

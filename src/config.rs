@@ -295,6 +295,16 @@ pub struct HttpArgs {
     #[arg(long = "stats-cache-seconds", env = "CONNECTFLOW_STATS_CACHE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=86_400))]
     pub stats_cache_seconds: u32,
 
+    /// Postgres URL of a read replica (a streaming standby of DATABASE_URL)
+    /// for the query API's reads and the statistics: lookups, listings,
+    /// events, changes, exports, the access log and the funnel. Writes
+    /// (revocations, erasures, API tokens' last use, the access log) and
+    /// the consumer stay on DATABASE_URL. Answers from the replica lag the
+    /// primary by its replay lag (`connectflow_database_replica_lag_seconds`).
+    /// Unset: everything on DATABASE_URL.
+    #[arg(long = "database-read-url", env = "CONNECTFLOW_DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<Secret>,
+
     /// The top-level `webhookData` keys the receiver keeps, comma-separated
     /// (e.g. `ref,program`); every other key is dropped before the event is
     /// published, so it never reaches Kafka or Postgres (data minimisation:
@@ -650,6 +660,8 @@ pub struct HttpSettings {
     pub stats_cache_ttl: Duration,
     /// The top-level `webhookData` keys kept; `None`: all of them.
     pub webhook_data_keys: Option<Arc<[String]>>,
+    /// The read replica's URL, when the API reads from one.
+    pub database_read_url: Option<Secret>,
 }
 
 impl HttpArgs {
@@ -680,6 +692,7 @@ impl HttpArgs {
             stats_concurrency: self.stats_concurrency()?,
             stats_cache_ttl: Duration::from_secs(u64::from(self.stats_cache_seconds)),
             webhook_data_keys: self.webhook_data_keys.as_deref().map(Arc::from),
+            database_read_url: self.database_read_url.clone(),
         })
     }
 }

@@ -28,6 +28,10 @@ use crate::publish::Publisher;
 pub struct OpsState {
     /// Postgres, for readiness.
     pub pool: PgPool,
+    /// The read replica the query API reads from, when configured: its
+    /// state and lag are reported by `/readyz`, which it does not fail (see
+    /// [`readyz`]).
+    pub replica: Option<PgPool>,
     /// A Kafka client that knows the events topic, for readiness.
     pub publisher: Publisher,
     /// The process's metrics.
@@ -49,7 +53,27 @@ pub const READINESS_TTL: Duration = Duration::from_secs(1);
 
 /// The last readiness result and when it was taken.
 #[derive(Debug, Default)]
-pub struct ReadinessCache(tokio::sync::Mutex<Option<(Instant, Vec<&'static str>)>>);
+pub struct ReadinessCache(tokio::sync::Mutex<Option<(Instant, Readiness)>>);
+
+/// What a readiness check found.
+#[derive(Debug, Clone)]
+struct Readiness {
+    /// The dependencies that do not answer.
+    failing: Vec<&'static str>,
+    /// The read replica, when configured: its lag in seconds, or `None`
+    /// when it does not answer.
+    replica: Option<Option<f64>>,
+}
+
+impl Readiness {
+    /// The replica's part of the answer, when there is one.
+    fn replica_json(&self) -> Option<serde_json::Value> {
+        self.replica.map(|lag| match lag {
+            Some(lag) => json!({"status": "ok", "lag_seconds": lag}),
+            None => json!({"status": "unavailable"}),
+        })
+    }
+}
 
 /// `/livez`, `/readyz` and `/metrics`, documented.
 pub fn routes(state: Arc<OpsState>) -> OpenApiRouter {
@@ -107,36 +131,69 @@ pub async fn livez(State(state): State<Arc<OpsState>>) -> Response {
 /// events topic and the producer has not failed fatally, and (for the
 /// consumer) Postgres answers; else 503 naming each failing dependency.
 /// Results are reused for a second.
+///
+/// With a read replica (`CONNECTFLOW_DATABASE_READ_URL`) the answer
+/// includes `replica`: `status` (`ok` or `unavailable`) and `lag_seconds`.
+/// A replica that does not answer does not make the process unready: the
+/// receiver must keep taking webhooks, and the query API answers 503 by
+/// itself, as it does while the primary is away.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Kafka (and, for the consumer, Postgres) answer"),
     (status = 503, description = "A dependency is unavailable; `failing` names it", body = crate::error::ErrorBody),
 ))]
 pub async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
-    let failing = {
+    let readiness = {
         // Concurrent probes wait for one check instead of each running one.
         let mut cached = state.readiness.0.lock().await;
         match cached.as_ref() {
-            Some((at, failing)) if at.elapsed() < READINESS_TTL => failing.clone(),
+            Some((at, readiness)) if at.elapsed() < READINESS_TTL => readiness.clone(),
             _ => {
-                let failing = check_dependencies(&state).await;
-                *cached = Some((Instant::now(), failing.clone()));
-                failing
+                let readiness = check_dependencies(&state).await;
+                *cached = Some((Instant::now(), readiness.clone()));
+                readiness
             }
         }
     };
-    if failing.is_empty() {
-        return Json(json!({"status": "ready"})).into_response();
+    let replica = readiness.replica_json();
+    if readiness.failing.is_empty() {
+        let mut body = json!({"status": "ready"});
+        if let Some(replica) = replica {
+            body["replica"] = replica;
+        }
+        return Json(body).into_response();
     }
-    let message = format!("not ready: {} unavailable", failing.join(", "));
-    let body = json!({
+    let message = format!("not ready: {} unavailable", readiness.failing.join(", "));
+    let mut body = json!({
         "error": {"code": "not_ready", "message": message},
-        "failing": failing,
+        "failing": readiness.failing,
     });
+    if let Some(replica) = replica {
+        body["replica"] = replica;
+    }
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-/// The names of the dependencies that do not answer now.
-async fn check_dependencies(state: &OpsState) -> Vec<&'static str> {
+/// The read replica's lag, or `None` when it does not answer in time (also
+/// sets the lag gauge).
+async fn check_replica(replica: &PgPool, metrics: &Metrics) -> Option<f64> {
+    match tokio::time::timeout(CHECK_TIMEOUT, crate::store::replica_lag_seconds(replica)).await {
+        Ok(Ok(lag)) => {
+            metrics.replica_lag_seconds.set(lag);
+            Some(lag)
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "the read replica does not answer; the query API's reads fail until it does");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("the read replica did not answer in time");
+            None
+        }
+    }
+}
+
+/// The dependencies that do not answer now, and the replica's state.
+async fn check_dependencies(state: &OpsState) -> Readiness {
     let postgres = async {
         if !state.readiness_needs_postgres {
             return Ok(());
@@ -149,7 +206,13 @@ async fn check_dependencies(state: &OpsState) -> Vec<&'static str> {
         }
     };
     let kafka = state.publisher.check_topic(CHECK_TIMEOUT);
-    let (postgres, kafka) = tokio::join!(postgres, kafka);
+    let replica = async {
+        match &state.replica {
+            Some(replica) => Some(check_replica(replica, &state.metrics).await),
+            None => None,
+        }
+    };
+    let (postgres, kafka, replica) = tokio::join!(postgres, kafka, replica);
     let mut failing = Vec::new();
     for (name, result) in [("postgres", postgres), ("kafka", kafka)] {
         if let Err(cause) = result {
@@ -157,7 +220,7 @@ async fn check_dependencies(state: &OpsState) -> Vec<&'static str> {
             failing.push(name);
         }
     }
-    failing
+    Readiness { failing, replica }
 }
 
 /// `GET /metrics`: Prometheus text exposition.

@@ -144,6 +144,14 @@ pub struct Metrics {
     pub history_events_folded: Counter,
     /// Published lifecycle changes deleted for their age (history retention).
     pub history_changes_pruned: Counter,
+    /// How far the read replica (`CONNECTFLOW_DATABASE_READ_URL`) is behind
+    /// its primary, in seconds; 0 when it has replayed all it received or
+    /// is not in recovery. Only set by a process with a read replica.
+    pub replica_lag_seconds: Gauge<f64, AtomicU64>,
+    /// Partitions read again from the position stored in Postgres because
+    /// it was behind what the consumer had applied (a failover lost
+    /// transactions).
+    pub rewinds: Counter,
 }
 
 impl Metrics {
@@ -310,6 +318,18 @@ impl Metrics {
             "Published lifecycle changes older than the history retention deleted",
             history_changes_pruned.clone(),
         );
+        let replica_lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "database_replica_lag_seconds",
+            "How far the read replica is behind its primary (0 when caught up or not a standby)",
+            replica_lag_seconds.clone(),
+        );
+        let rewinds = Counter::default();
+        registry.register(
+            "consumer_rewinds",
+            "Partitions read again from the position stored in Postgres after it lost applied transactions (a failover)",
+            rewinds.clone(),
+        );
         Arc::new(Self {
             registry,
             webhooks,
@@ -346,6 +366,8 @@ impl Metrics {
             consumer_lag,
             history_events_folded,
             history_changes_pruned,
+            replica_lag_seconds,
+            rewinds,
         })
     }
 

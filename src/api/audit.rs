@@ -96,7 +96,7 @@ pub async fn get_audit(
             id.parse::<i64>().map(|id| (at, id)).map_err(|_| ApiError::BadRequest("malformed cursor".into()))
         })
         .transpose()?;
-    let (records, next) = access_log::page(&state.pool, &filter, after, limit).await?;
+    let (records, next) = access_log::page(&state.read_pool, &filter, after, limit).await?;
     let next_cursor = next.map(|(at, id)| encode_cursor(&(at, id.to_string())));
     Ok((Extension(Items(records.len())), Json(AuditPage { records, next_cursor })))
 }

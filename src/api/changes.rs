@@ -57,8 +57,8 @@ pub async fn get_changes(
     let customer_id = valid_customer_id(&customer_id)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_version_cursor).transpose()?;
-    let customer_id = known_customer(&state.pool, customer_id, &principal).await?;
-    let (changes, next) = read::changes(&state.pool, &customer_id, after, limit).await?;
+    let customer_id = known_customer(&state.read_pool, customer_id, &principal).await?;
+    let (changes, next) = read::changes(&state.read_pool, &customer_id, after, limit).await?;
     let changes = decode_changes(changes)?;
     Ok((Extension(Items(changes.len())), Json(ChangePage { changes, next_cursor: next.map(encode_version_cursor) })))
 }

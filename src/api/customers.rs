@@ -127,8 +127,9 @@ pub async fn get_lifecycle(
 ) -> Result<(Extension<Items>, Json<CustomerLifecycle>), ApiError> {
     principal.require(Scope::Read)?;
     let customer_id = valid_customer_id(&customer_id)?.to_string();
-    let Some(stored) = read::lifecycle(&state.pool, &customer_id, principal.visible(None)?.as_deref()).await? else {
-        return Err(absent_customer(&state.pool, &customer_id, &principal).await);
+    let Some(stored) = read::lifecycle(&state.read_pool, &customer_id, principal.visible(None)?.as_deref()).await?
+    else {
+        return Err(absent_customer(&state.read_pool, &customer_id, &principal).await);
     };
     let answer = lifecycle_document(&state.programs, customer_id, stored, Utc::now());
     Ok((Extension(Items(1)), Json(answer)))
@@ -168,7 +169,7 @@ pub async fn list_customers(
     };
     let limit = parse_limit(page.limit.as_deref())?;
     let after = page.cursor.as_deref().map(decode_cursor).transpose()?;
-    let (rows, next) = read::customers(&state.pool, &filter, after.as_ref(), limit).await?;
+    let (rows, next) = read::customers(&state.read_pool, &filter, after.as_ref(), limit).await?;
     let now = Utc::now();
     let customers: Vec<CustomerSummary> = rows
         .into_iter()

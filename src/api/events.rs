@@ -38,9 +38,9 @@ pub async fn get_events(
     let customer_id = valid_customer_id(&customer_id)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
-    let customer_id = known_customer(&state.pool, customer_id, &principal).await?;
-    let (events, next) = read::events(&state.pool, &customer_id, after.as_ref(), limit).await?;
-    let history_starts_at = history::history_starts_at(&state.pool, &customer_id).await?;
+    let customer_id = known_customer(&state.read_pool, customer_id, &principal).await?;
+    let (events, next) = read::events(&state.read_pool, &customer_id, after.as_ref(), limit).await?;
+    let history_starts_at = history::history_starts_at(&state.read_pool, &customer_id).await?;
     let items = Items(events.len());
     Ok((Extension(items), Json(EventPage { events, next_cursor: next.as_ref().map(encode_cursor), history_starts_at })))
 }

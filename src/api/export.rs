@@ -50,9 +50,9 @@ pub async fn get_export(
     let max_items = i64::try_from(EXPORT_MAX_ITEMS).unwrap_or(i64::MAX);
     let exported_at = Utc::now();
     let visible = principal.visible(None)?;
-    let Some(records) = export::customer_records(&state.pool, &customer_id, visible.as_deref(), max_items).await?
+    let Some(records) = export::customer_records(&state.read_pool, &customer_id, visible.as_deref(), max_items).await?
     else {
-        return Err(absent_customer(&state.pool, &customer_id, &principal).await);
+        return Err(absent_customer(&state.read_pool, &customer_id, &principal).await);
     };
     let CustomerRecords { lifecycle, snapshot, events, changes, revocations, access_log } = records;
     let (history_starts_at, snapshot) = snapshot.unzip();

@@ -43,9 +43,15 @@ use crate::publish::Publisher;
 /// What the API's handlers share.
 #[derive(Debug)]
 pub struct ApiState {
-    /// The API's own Postgres pool, every statement under
-    /// `CONNECTFLOW_API_STATEMENT_TIMEOUT_MS`.
+    /// The API's own Postgres pool on the primary, every statement under
+    /// `CONNECTFLOW_API_STATEMENT_TIMEOUT_MS`: the routes that write
+    /// (revocations, erasures) and what they read to decide.
     pub pool: PgPool,
+    /// Where the read-only routes read (lookups, listings, events, changes,
+    /// exports, statistics, the access log): the read replica's pool when
+    /// `CONNECTFLOW_DATABASE_READ_URL` is set (under the same limits), else
+    /// [`Self::pool`].
+    pub read_pool: PgPool,
     /// The accepted bearer tokens.
     pub auth: ApiAuth,
     /// The programs: how long each one's authorizations last, for the

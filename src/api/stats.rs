@@ -137,8 +137,9 @@ pub async fn get_funnel(
     let funnel = cached(&state.stats.funnel, &state, query, async {
         let Window { since, until, truncated } =
             window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
-        let counts =
-            tally(stats::funnel(&state.pool, since, until, visible.as_deref()).await?).remove(&()).unwrap_or_default();
+        let counts = tally(stats::funnel(&state.read_pool, since, until, visible.as_deref()).await?)
+            .remove(&())
+            .unwrap_or_default();
         Ok(Funnel { since, until, truncated, counts })
     })
     .await?;
@@ -212,7 +213,8 @@ pub async fn get_timeseries(
             Some(first) if too_many => *first,
             _ => since,
         };
-        let mut found = tally(stats::timeseries(&state.pool, since, until, bucket.length(), visible.as_deref()).await?);
+        let mut found =
+            tally(stats::timeseries(&state.read_pool, since, until, bucket.length(), visible.as_deref()).await?);
         let buckets: Vec<BucketFunnel> = starts
             .into_iter()
             .map(|start| BucketFunnel { start, counts: found.remove(&start).unwrap_or_default() })
@@ -270,7 +272,7 @@ pub async fn get_institutions(
         let Window { since, until, truncated } =
             window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
         let mut institutions: Vec<InstitutionFunnel> =
-            tally(stats::institutions(&state.pool, since, until, limit, visible.as_deref()).await?)
+            tally(stats::institutions(&state.read_pool, since, until, limit, visible.as_deref()).await?)
                 .into_iter()
                 .map(|(institution_id, counts)| InstitutionFunnel::new(institution_id, counts))
                 .collect();

@@ -170,6 +170,7 @@ impl ConsumeProcess {
                     TcpListener::bind(listen).await.with_context(|| format!("binding CONNECTFLOW_LISTEN={listen}"))?;
                 let state = Arc::new(OpsState {
                     pool,
+                    replica: None,
                     publisher: Publisher::new(kafka, Duration::from_secs(5))?,
                     metrics,
                     consumer: Some(consumer.health()),

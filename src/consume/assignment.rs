@@ -86,6 +86,20 @@ impl Assignment {
         drop(guard);
     }
 
+    /// Gives an owned partition a new generation, so that the records
+    /// polled before are no longer current (a rewind: the partition is read
+    /// again from an earlier offset). False when the partition is not owned.
+    pub fn renew(&self, topic: &str, partition: i32) -> bool {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.owned().get_mut(&(topic.to_owned(), partition)) {
+            Some(current) => {
+                *current = generation;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The generation of the partition's current assignment, if owned.
     pub fn generation(&self, topic: &str, partition: i32) -> Option<u64> {
         self.owned().get(&(topic.to_owned(), partition)).copied()

@@ -1,7 +1,7 @@
 //! A lane: batches the records of its partitions, applies them, isolates and
 //! parks what cannot be stored, stores offsets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,19 +15,22 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::record::{Decoded, NEWER_SCHEMA, decode, header_event_id, header_schema_version, key_text};
-use super::{Assignment, Callbacks, Queued};
+use super::{Assignment, Callbacks, Queued, Rewind};
 use crate::backoff::Backoff;
 use crate::dead_letter::{DeadLetters, ParkError, ParkedAs};
 use crate::health::consumer::ConsumerHealth;
 use crate::metrics::{Metrics, SuppressedLabels};
 use crate::store::apply::{Published, apply_published};
 use crate::store::error::StoreError;
+use crate::store::positions::{self, Position, PositionGap, Positions};
 
 /// What every lane shares.
 pub(super) struct Shared {
     pub consumer: Arc<BaseConsumer<Callbacks>>,
     pub dead_letters: DeadLetters,
     pub pool: PgPool,
+    /// The consumer group, whose positions are recorded with each batch.
+    pub group: String,
     pub metrics: Arc<Metrics>,
     pub health: Arc<ConsumerHealth>,
     pub assignment: Arc<Assignment>,
@@ -39,7 +42,18 @@ pub(super) struct Shared {
     pub lanes: usize,
     /// Notified after a batch recorded changes (wakes this process's relay).
     pub changes_recorded: Arc<tokio::sync::Notify>,
+    /// Asks the poll thread to read a partition again from an offset.
+    pub rewind: mpsc::UnboundedSender<Rewind>,
+    /// The offset each partition was last rewound to: a batch that still
+    /// starts after it once read again from there is not a loss but a gap
+    /// in the topic's offsets (records deleted by the retention), and is
+    /// applied rather than rewound again.
+    pub rewound: std::sync::Mutex<HashMap<(String, i32), i64>>,
 }
+
+/// Partitions whose gap between the stored position and the batch is
+/// accepted (see [`Shared::rewound`]).
+type Accepted = HashSet<(String, i32)>;
 
 /// The dead-letter reason of an event for a customer of another program
 /// (docs/operations.md, "Programs").
@@ -66,6 +80,9 @@ enum Failure {
     /// A customer's stored state is in the way: stall on the batch (never
     /// park its events), retrying until it is resolved.
     StoredState(StoreError),
+    /// The stored positions are behind the batch: Postgres lost what this
+    /// consumer applied (a failover). Read those partitions again.
+    Rewind(Vec<PositionGap>),
     /// Shutdown.
     Stop(ParkError),
 }
@@ -150,6 +167,7 @@ impl Shared {
         let mut items: Vec<Item> = Vec::with_capacity(batch.len());
         let mut decoded = false;
         let mut backoff = Backoff::default();
+        let mut accepted = Accepted::new();
         loop {
             // Held while applying and storing offsets: a revocation waits
             // for it, so offsets of a revoked partition are never stored
@@ -179,7 +197,7 @@ impl Shared {
                 items = self.decode_all(lane, &batch, stop).await?;
                 decoded = true;
             }
-            match self.apply_isolating(lane, &batch, &mut items, stop).await {
+            match self.apply_isolating(lane, &batch, &mut items, &accepted, stop).await {
                 Ok(()) => {
                     self.store_offsets(&batch);
                     drop(applying);
@@ -188,6 +206,14 @@ impl Shared {
                     return Ok(());
                 }
                 Err(Failure::Stop(err)) => return Err(err),
+                Err(Failure::Rewind(gaps)) => {
+                    drop(applying);
+                    // The records of the rewound partitions are dropped at
+                    // the top of the loop (no longer current) and read again.
+                    if !self.rewind(lane, gaps, &mut accepted, stop).await? && !backoff.wait(stop).await {
+                        return Err(ParkError::Interrupted);
+                    }
+                }
                 Err(Failure::Transient(err)) => {
                     drop(applying);
                     tracing::warn!(lane, error = %err, retry_in = ?backoff.delay(), "applying a batch failed; retrying");
@@ -215,6 +241,50 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Has the poll thread read the gapped partitions again from their
+    /// stored positions, except those already read again from there (then
+    /// the gap is accepted: see [`Shared::rewound`]). False when a rewind
+    /// failed (the caller backs off and retries the batch).
+    async fn rewind(
+        &self,
+        lane: usize,
+        gaps: Vec<PositionGap>,
+        accepted: &mut Accepted,
+        stop: &CancellationToken,
+    ) -> Result<bool, ParkError> {
+        let mut all_done = true;
+        for gap in gaps {
+            let key = (gap.topic.clone(), gap.partition);
+            let again = self.rewound.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).copied();
+            if again == Some(gap.stored) {
+                tracing::warn!(
+                    lane,
+                    %gap,
+                    "read again from the stored position, the partition still starts later: records there were deleted (retention); applying from here"
+                );
+                accepted.insert(key);
+                continue;
+            }
+            tracing::warn!(lane, %gap, "Postgres lost transactions this consumer applied (a failover?); reading them again");
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let request = Rewind { topic: gap.topic, partition: gap.partition, offset: gap.stored, done };
+            if self.rewind.send(request).is_err() {
+                return Err(ParkError::Interrupted);
+            }
+            let rewound = tokio::select! {
+                answer = answer => answer.unwrap_or(false),
+                () = stop.cancelled() => return Err(ParkError::Interrupted),
+            };
+            if rewound {
+                self.metrics.rewinds.inc();
+                self.rewound.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, gap.stored);
+            } else {
+                all_done = false;
+            }
+        }
+        Ok(all_done)
     }
 
     /// Decodes every record, parking the poison ones.
@@ -257,13 +327,24 @@ impl Shared {
     /// the part is split in halves, down to single events, and each event
     /// it refuses alone is parked: a bad record costs its neighbours about
     /// 2·log2(batch) extra transactions, never a stall.
+    ///
+    /// Each part's transaction records the group's positions after the
+    /// part's last record: parts are applied in order, so every record
+    /// before it is settled. Records settled without such a transaction
+    /// (parked ones, after the last one that recorded positions) get their
+    /// positions in a transaction of their own at the end, once parked.
     async fn apply_isolating(
         &self,
         lane: usize,
         batch: &[Queued],
         items: &mut [Item],
+        accepted: &Accepted,
         stop: &CancellationToken,
     ) -> Result<(), Failure> {
+        // The position stored before this batch must be its first offset,
+        // and after each of its transactions where that one left it.
+        let mut recorded: HashMap<(&str, i32), i64> =
+            offset_ranges(batch).into_iter().map(|(key, (first, _))| (key, first)).collect();
         let mut parts: Vec<Range<usize>> = Vec::new();
         parts.push(0..items.len());
         while let Some(part) = parts.pop() {
@@ -284,8 +365,14 @@ impl Shared {
             if events.is_empty() {
                 continue;
             }
-            match apply_published(&self.pool, events).await {
+            let positions = self.positions(&batch[part.clone()], accepted, &recorded);
+            match apply_published(&self.pool, events, &positions).await {
                 Ok(outcome) => {
+                    if outcome.positions_recorded {
+                        for p in &positions.partitions {
+                            recorded.insert((p.topic, p.partition), p.next_offset);
+                        }
+                    }
                     // Events for a customer of another program were neither
                     // recorded nor applied: parked, they settle too.
                     for conflict in &outcome.conflicts {
@@ -327,6 +414,7 @@ impl Shared {
                     }
                     self.health.progressed(lane);
                 }
+                Err(StoreError::PositionsBehind { gaps }) => return Err(Failure::Rewind(gaps)),
                 Err(err) if err.is_transient() => return Err(Failure::Transient(err)),
                 Err(err) if err.is_stored_state() => return Err(Failure::StoredState(err)),
                 Err(err) if pending.len() == 1 => {
@@ -354,17 +442,51 @@ impl Shared {
                 }
             }
         }
+        let mut rest = self.positions(batch, accepted, &recorded);
+        rest.partitions.retain(|p| recorded.get(&(p.topic, p.partition)).is_none_or(|&at| at < p.next_offset));
+        if !rest.is_empty() {
+            // Rare: parked records. Failing here retries the batch, whose
+            // records are all settled by now.
+            positions::record_alone(&self.pool, &rest).await.map_err(|err| match err {
+                StoreError::PositionsBehind { gaps } => Failure::Rewind(gaps),
+                err => Failure::Transient(err),
+            })?;
+        }
         Ok(())
     }
 
-    /// Stores, per partition, the offset after the batch's last record.
-    fn store_offsets(&self, batch: &[Queued]) {
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        for queued in batch {
-            let message = &queued.message;
-            let entry = next.entry((message.topic(), message.partition())).or_insert(0);
-            *entry = (*entry).max(message.offset() + 1);
+    /// The group's positions after these records: per partition, the
+    /// offset after the last one, and the offset the stored position must
+    /// not be behind: `recorded` (the batch's first offset, or where its
+    /// earlier transactions left the position), else the first record's;
+    /// none for an `accepted` gap.
+    fn positions<'a>(
+        &'a self,
+        records: &'a [Queued],
+        accepted: &Accepted,
+        recorded: &HashMap<(&str, i32), i64>,
+    ) -> Positions<'a> {
+        Positions {
+            group: &self.group,
+            partitions: offset_ranges(records)
+                .into_iter()
+                .map(|((topic, partition), (first, next_offset))| {
+                    let first_offset = if accepted.contains(&(topic.to_owned(), partition)) {
+                        0
+                    } else {
+                        recorded.get(&(topic, partition)).copied().unwrap_or(first)
+                    };
+                    Position { topic, partition, first_offset, next_offset }
+                })
+                .collect(),
         }
+    }
+
+    /// Stores, per partition, the offset after the batch's last record (in
+    /// librdkafka, which commits it to Kafka: for lag monitoring and tools;
+    /// the consumer resumes from the positions in Postgres).
+    fn store_offsets(&self, batch: &[Queued]) {
+        let next = next_offsets(batch);
         let mut offsets = TopicPartitionList::with_capacity(next.len());
         for ((topic, partition), offset) in next {
             if let Err(err) = offsets.add_partition_offset(topic, partition, Offset::Offset(offset)) {
@@ -378,6 +500,25 @@ impl Shared {
             tracing::info!(error = %err, "storing offsets failed (partition revoked?)");
         }
     }
+}
+
+/// Per partition, the offset after the last of these records.
+fn next_offsets(records: &[Queued]) -> HashMap<(&str, i32), i64> {
+    offset_ranges(records).into_iter().map(|(key, (_, next))| (key, next)).collect()
+}
+
+/// Per partition, the offset of the first of these records and the offset
+/// after the last one.
+fn offset_ranges(records: &[Queued]) -> HashMap<(&str, i32), (i64, i64)> {
+    let mut ranges: HashMap<(&str, i32), (i64, i64)> = HashMap::new();
+    for queued in records {
+        let message = &queued.message;
+        let offset = message.offset();
+        let entry = ranges.entry((message.topic(), message.partition())).or_insert((offset, offset + 1));
+        entry.0 = entry.0.min(offset);
+        entry.1 = entry.1.max(offset + 1);
+    }
+    ranges
 }
 
 /// Counts a lane in `connectflow_consumer_stalled_on_stored_state` while it

@@ -16,7 +16,12 @@
 //! - Each lane batches records, applies them in one transaction and only
 //!   then stores their offsets (`enable.auto.offset.store=false`);
 //!   librdkafka commits stored offsets periodically, on revocation, and
-//!   (explicitly, here) on shutdown.
+//!   (explicitly, here) on shutdown. The same transaction records the
+//!   group's position per partition in Postgres
+//!   ([`crate::store::positions`]), and a newly assigned partition starts
+//!   there ([`resume`]): after a Postgres failover that lost the last
+//!   transactions, the consumer re-reads what the new primary lacks, where
+//!   Kafka's committed offset would skip it.
 //! - A record that cannot become an event (poison) is parked on the
 //!   dead-letter topic ([`crate::dead_letter`]), and so is a record written
 //!   by a newer connectflow (`newer_schema`: a higher `schema_version`
@@ -43,6 +48,7 @@
 pub(crate) mod assignment;
 mod lane;
 pub(crate) mod record;
+mod resume;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +69,7 @@ use crate::kafka::client_config;
 use crate::metrics::{Metrics, PartitionLabels};
 use assignment::Assignment;
 use lane::Lanes;
+use resume::Resume;
 
 /// Bookkeeping bytes counted per queued record on top of its key, value and
 /// headers.
@@ -71,10 +78,11 @@ const RECORD_OVERHEAD_BYTES: usize = 256;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// librdkafka's callbacks: statistics into the lag gauges, rebalances into
-/// the [`Assignment`].
+/// the [`Assignment`], new partitions to their stored positions.
 struct Callbacks {
     metrics: Arc<Metrics>,
     assignment: Arc<Assignment>,
+    resume: Resume,
 }
 
 impl ClientContext for Callbacks {
@@ -97,9 +105,15 @@ impl ClientContext for Callbacks {
 
 impl ConsumerContext for Callbacks {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(partitions = %describe(partitions), "partitions revoked; draining lanes");
-            self.assignment.revoke(partitions);
+        match rebalance {
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions revoked; draining lanes");
+                self.assignment.revoke(partitions);
+            }
+            // Before librdkafka takes the list: the offsets set here are
+            // where it starts fetching.
+            Rebalance::Assign(partitions) => self.resume.seek_to_stored(partitions),
+            Rebalance::Error(_) => {}
         }
     }
 
@@ -120,6 +134,17 @@ fn describe(partitions: &TopicPartitionList) -> String {
     ids.join(",")
 }
 
+/// A lane's request to the poll thread: read a partition again from
+/// `offset`, because Postgres lost what this consumer applied after it.
+pub(crate) struct Rewind {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    /// Told whether the partition was rewound (false: not owned any more,
+    /// or the seek failed).
+    done: tokio::sync::oneshot::Sender<bool>,
+}
+
 /// A record on its way to a lane.
 pub(crate) struct Queued {
     message: OwnedMessage,
@@ -138,6 +163,11 @@ pub struct LifecycleConsumer {
     assignment: Arc<Assignment>,
     health: Arc<ConsumerHealth>,
     queue_bytes: usize,
+    /// The lanes' rewind requests, served by the poll thread.
+    rewinds: mpsc::UnboundedReceiver<Rewind>,
+    /// Cancelled when `run` stops (ends a stored-position lookup waiting
+    /// for Postgres in the assignment callback).
+    closing: CancellationToken,
 }
 
 impl std::fmt::Debug for LifecycleConsumer {
@@ -158,6 +188,13 @@ impl LifecycleConsumer {
         changes_recorded: Arc<Notify>,
     ) -> anyhow::Result<Self> {
         let assignment = Arc::new(Assignment::new(tokio::runtime::Handle::current()));
+        let closing = CancellationToken::new();
+        let resume = Resume {
+            pool: pool.clone(),
+            group: args.group.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            closing: closing.clone(),
+        };
         let consumer: BaseConsumer<Callbacks> = client_config(
             kafka,
             &[
@@ -169,17 +206,19 @@ impl LifecycleConsumer {
                 ("partition.assignment.strategy", "cooperative-sticky"),
             ],
         )
-        .create_with_context(Callbacks { metrics: metrics.clone(), assignment: assignment.clone() })
+        .create_with_context(Callbacks { metrics: metrics.clone(), assignment: assignment.clone(), resume })
         .context("creating the Kafka consumer")?;
         consumer.subscribe(&[&kafka.events_topic]).context("subscribing to the events topic")?;
         let consumer = Arc::new(consumer);
         let lane_count = usize::try_from(args.parallelism).unwrap_or(1).max(1);
         let health = Arc::new(ConsumerHealth::new(lane_count, Duration::from_secs(args.stall_seconds)));
         let dead_letters = DeadLetters::new(kafka, metrics.clone())?;
+        let (rewind, rewinds) = mpsc::unbounded_channel();
         let lanes = Lanes::new(lane::Shared {
             consumer: consumer.clone(),
             dead_letters,
             pool,
+            group: args.group.clone(),
             metrics,
             health: health.clone(),
             assignment: assignment.clone(),
@@ -188,9 +227,11 @@ impl LifecycleConsumer {
             linger: Duration::from_millis(args.linger_ms),
             lanes: lane_count,
             changes_recorded,
+            rewind,
+            rewound: std::sync::Mutex::default(),
         });
         let queue_bytes = usize::try_from(args.queue_bytes).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
-        Ok(Self { consumer, lanes, assignment, health, queue_bytes })
+        Ok(Self { consumer, lanes, assignment, health, queue_bytes, rewinds, closing })
     }
 
     /// The lanes' health, for the `/livez` and `/metrics` that report it.
@@ -202,8 +243,15 @@ impl LifecycleConsumer {
     /// batch it applies, queued records are left for the next owner, and the
     /// stored offsets are committed so a restart resumes exactly there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, lanes, assignment, health: _, queue_bytes } = self;
+        let Self { consumer, lanes, assignment, health: _, queue_bytes, mut rewinds, closing } = self;
         let stop = shutdown.child_token();
+        let _closing_on_stop = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                closing.cancel();
+            })
+        };
         // Dropping this future (a caller that gave up on it) stops the poll
         // thread too, so no orphaned member stays in the group.
         let _stop_on_drop = stop.clone().drop_guard();
@@ -216,7 +264,10 @@ impl LifecycleConsumer {
             let runtime = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name("connectflow-poll".into())
-                .spawn(move || poll(&consumer, &senders, &assignment, &budget, queue_bytes, &runtime, &stop))
+                .spawn(move || {
+                    let lanes = Polled { senders: &senders, budget: &budget, budget_max: queue_bytes };
+                    poll(&consumer, &lanes, &assignment, &mut rewinds, &runtime, &stop)
+                })
                 .context("starting the Kafka poll thread")?
         };
 
@@ -262,18 +313,55 @@ impl LifecycleConsumer {
     }
 }
 
+/// Where the poll thread hands records: the lanes' queues and their byte
+/// budget.
+struct Polled<'a> {
+    senders: &'a [mpsc::UnboundedSender<Queued>],
+    budget: &'a Arc<Semaphore>,
+    budget_max: usize,
+}
+
+/// Serves a lane's rewind on the poll thread, between two polls, so that no
+/// record is stamped while it happens: a new generation for the partition
+/// (what was polled before is dropped unapplied), then a seek (librdkafka
+/// discards what it fetched before it).
+fn rewind(consumer: &BaseConsumer<Callbacks>, assignment: &Assignment, request: Rewind) {
+    let Rewind { topic, partition, offset, done } = request;
+    let rewound = assignment.renew(&topic, partition)
+        && match consumer.seek(&topic, partition, rdkafka::Offset::Offset(offset), Duration::from_secs(10)) {
+            Ok(()) => {
+                tracing::warn!(
+                    partition,
+                    offset,
+                    "Postgres lacks records this consumer applied (a failover lost them): reading the partition again from its stored position"
+                );
+                true
+            }
+            Err(err) => {
+                tracing::error!(partition, offset, error = %err, "seeking back to the stored position failed; the lane retries");
+                false
+            }
+        };
+    // The lane may have stopped waiting (shutdown).
+    let _ = done.send(rewound);
+}
+
 /// The poll thread: reads records and hands each to its partition's lane
-/// until `stop`. Rebalance callbacks run inside `consumer.poll`, here.
+/// until `stop`, and serves the lanes' rewinds. Rebalance callbacks run
+/// inside `consumer.poll`, here.
 fn poll(
     consumer: &BaseConsumer<Callbacks>,
-    lanes: &[mpsc::UnboundedSender<Queued>],
+    lanes: &Polled<'_>,
     assignment: &Assignment,
-    budget: &Arc<Semaphore>,
-    budget_max: usize,
+    rewinds: &mut mpsc::UnboundedReceiver<Rewind>,
     runtime: &tokio::runtime::Handle,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let Polled { senders, budget, budget_max } = *lanes;
     while !stop.is_cancelled() {
+        while let Ok(request) = rewinds.try_recv() {
+            rewind(consumer, assignment, request);
+        }
         let message = match consumer.poll(POLL_INTERVAL) {
             None => continue,
             Some(Err(err)) => {
@@ -289,16 +377,27 @@ fn poll(
         };
         let size = record_size(&message).min(budget_max);
         let permits = u32::try_from(size).unwrap_or(u32::MAX);
+        // While it waits for room, rewinds are still served: the lane that
+        // asked holds records, and so room, until it is answered.
         let acquired = runtime.block_on(async {
-            tokio::select! {
-                permit = budget.clone().acquire_many_owned(permits) => permit.ok(),
-                () = stop.cancelled() => None,
+            let acquire = budget.clone().acquire_many_owned(permits);
+            tokio::pin!(acquire);
+            loop {
+                tokio::select! {
+                    permit = &mut acquire => return permit.ok(),
+                    Some(request) = rewinds.recv() => rewind(consumer, assignment, request),
+                    () = stop.cancelled() => return None,
+                }
             }
         });
         let Some(bytes) = acquired else { break };
-        let lane = usize::try_from(message.partition()).unwrap_or(0) % lanes.len();
+        // A rewind served meanwhile may have made this record stale.
+        if !assignment.is_current(message.topic(), message.partition(), generation) {
+            continue;
+        }
+        let lane = usize::try_from(message.partition()).unwrap_or(0) % senders.len();
         let queued = Queued { message, generation, polled_at: Instant::now(), _bytes: bytes };
-        if lanes[lane].send(queued).is_err() {
+        if senders[lane].send(queued).is_err() {
             // The lane stopped: shutdown or a fatal error, reported by run.
             break;
         }

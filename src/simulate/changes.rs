@@ -8,7 +8,11 @@
 //! Kafka's confirmation and its commit leaves the versions unmarked, and the
 //! next relay publishes them again, from the first unmarked one on: so a
 //! record may *repeat* an earlier version (the same `change_id`, the same
-//! content), but no record ever skips ahead of the one before it.
+//! content), but no record ever skips ahead of the one before it. After a
+//! Postgres failover that lost published changes, their events are applied
+//! again and the changes recorded again: a repeat then differs in
+//! `recorded_at` alone (counted as re-recorded; docs/event-schema.md,
+//! "After a Postgres failover").
 //!
 //! [`ChangesReader`] reads the topic (blocking: from `spawn_blocking`);
 //! [`TopicAudit`] is the pure check of one customer's records, which
@@ -119,6 +123,12 @@ pub struct TopicAudit {
     /// Kafka's confirmation and its commit): allowed, subscribers
     /// de-duplicate by `change_id`.
     pub duplicates: u64,
+    /// Runs of versions recorded again after a Postgres failover lost the
+    /// first ones: each starts with a repeated version recorded later than
+    /// every record before it, and replaces the versions from there on
+    /// (whose steps may be grouped otherwise). Also repeats that differ
+    /// from the original in a later `recorded_at` alone.
+    pub rerecorded: u64,
     /// Tombstones (null values) seen, each right after an erased change.
     pub tombstones: u64,
     /// The highest version seen; 0 when none.
@@ -138,6 +148,8 @@ impl TopicAudit {
         let mut partition = None;
         // The version of the record before, 0 before the first.
         let mut previous = 0;
+        // The latest `recorded_at` of the records before.
+        let mut latest_recorded = None;
         for record in records {
             audit.records += 1;
             let at = format!("partition {} offset {}", record.partition, record.offset);
@@ -178,6 +190,20 @@ impl TopicAudit {
                 // starts again after a crash.
                 audit.problems.push(format!("{at}: version {version} follows version {previous}"));
             }
+            let recorded_later = latest_recorded.is_some_and(|latest| change.recorded_at > latest);
+            latest_recorded = latest_recorded.max(Some(change.recorded_at));
+            if version <= previous && recorded_later {
+                // Recorded again after a Postgres failover lost the versions
+                // from this one on: a new run, whose steps may be grouped
+                // otherwise than the lost ones (docs/event-schema.md).
+                audit.duplicates += 1;
+                audit.rerecorded += 1;
+                audit.seen.retain(|&v, _| v < version);
+                audit.seen.insert(version, change.clone());
+                audit.highest = version;
+                previous = version;
+                continue;
+            }
             match audit.seen.get(&version) {
                 None => {
                     audit.seen.insert(version, change.clone());
@@ -185,7 +211,12 @@ impl TopicAudit {
                 }
                 Some(original) => {
                     audit.duplicates += 1;
-                    if original != change {
+                    let rerecorded = LifecycleChange { recorded_at: change.recorded_at, ..original.clone() };
+                    if original == change {
+                        // A relay's crash replay.
+                    } else if original.recorded_at < change.recorded_at && rerecorded == *change {
+                        audit.rerecorded += 1;
+                    } else {
                         audit.problems.push(format!("{at}: version {version} published again with other content"));
                     }
                 }
@@ -376,6 +407,7 @@ pub async fn verify_changes(
         let audit = TopicAudit::of(&expectation.customer_id, records);
         verification.records += audit.records;
         verification.duplicates += audit.duplicates;
+        verification.rerecorded += audit.rerecorded;
         match expectation.compare(&audit) {
             None => verification.matched += 1,
             Some(problem) => verification.mismatches.push(Mismatch {
@@ -511,6 +543,49 @@ mod tests {
         recs.push(record(2, change(1, ConsentState::Revoked, AuthState::Failed)));
         let problem = expectation(2).compare(&TopicAudit::of(CUSTOMER, &recs)).expect("a different repeat");
         assert!(problem.contains("version 1 published again with other content"), "{problem}");
+    }
+
+    #[test]
+    fn changes_recorded_again_after_a_failover_start_a_new_run() {
+        let mut recs = records(&[1, 2]);
+        let mut again = change(1, ConsentState::None, AuthState::InProgress);
+        again.recorded_at = at() + chrono::Duration::seconds(5);
+        recs.push(record(2, again.clone()));
+        let mut last = change(2, ConsentState::Granted, AuthState::Authenticated);
+        last.recorded_at = again.recorded_at;
+        recs.push(record(3, last));
+        let audit = TopicAudit::of(CUSTOMER, &recs);
+        // The first repeat starts the new run; what follows it is that
+        // run's versions.
+        assert_eq!((audit.duplicates, audit.rerecorded, audit.highest), (1, 1, 2));
+        assert_eq!(expectation(2).compare(&audit), None, "{:?}", audit.problems);
+
+        // Recorded again with the steps grouped otherwise, ending lower:
+        // the new run counts.
+        let mut recs = records(&[1, 2, 3]);
+        for (offset, version) in [(3, 1), (4, 2)] {
+            let mut again = if version == 2 {
+                change(2, ConsentState::Granted, AuthState::Authenticated)
+            } else {
+                change(1, ConsentState::Revoked, AuthState::InProgress)
+            };
+            again.recorded_at = at() + chrono::Duration::seconds(5);
+            recs.push(record(offset, again));
+        }
+        let audit = TopicAudit::of(CUSTOMER, &recs);
+        assert_eq!((audit.highest, audit.rerecorded), (2, 1), "{:?}", audit.problems);
+        assert_eq!(expectation(2).compare(&audit), None);
+
+        // Earlier, or with other content: not a re-recording.
+        let mut recs = records(&[1, 2]);
+        let mut earlier = change(1, ConsentState::None, AuthState::InProgress);
+        earlier.recorded_at = at() - chrono::Duration::seconds(5);
+        recs.push(record(2, earlier));
+        let mut other = change(2, ConsentState::Revoked, AuthState::Authenticated);
+        other.recorded_at = at() + chrono::Duration::seconds(5);
+        recs.push(record(3, other));
+        let audit = TopicAudit::of(CUSTOMER, &recs);
+        assert_eq!(audit.problems.len(), 2, "{:?}", audit.problems);
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub struct ChangesVerification {
     /// Of those, records that repeat a change already read (allowed: a
     /// relay published them again after a crash).
     pub duplicates: u64,
+    /// Runs of versions recorded again after a Postgres failover lost them
+    /// (`TopicAudit::rerecorded`).
+    pub rerecorded: u64,
     /// Every checked customer whose changes are not as they should be.
     pub mismatches: Vec<Mismatch>,
     /// How long the check took.
@@ -206,12 +209,17 @@ impl fmt::Display for ChangesVerification {
         }
         write!(
             f,
-            "verify-changes: {} of {} customers with every version in order on {} ({} records, {} duplicates) after {:.1} s{}",
+            "verify-changes: {} of {} customers with every version in order on {} ({} records, {} duplicates{}) after {:.1} s{}",
             self.matched,
             self.checked,
             self.topic,
             self.records,
             self.duplicates,
+            if self.rerecorded > 0 {
+                format!(", {} runs recorded again after a failover", self.rerecorded)
+            } else {
+                String::new()
+            },
             self.elapsed.as_secs_f64(),
             interrupted(self.interrupted)
         )?;

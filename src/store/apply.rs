@@ -23,6 +23,7 @@ use crate::store::changes::{Announce, record_changes};
 use crate::store::erasure::{self, Erasure, Tombstone};
 use crate::store::error::{StoreError, StoreResultExt};
 use crate::store::history::load_snapshots;
+use crate::store::positions::{self, Positions};
 
 /// What a batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +44,11 @@ pub struct BatchOutcome {
     /// Events dropped unrecorded because they occurred at or before their
     /// customer's erasure.
     pub suppressed: u64,
+    /// Whether the consumer's positions given with the batch were recorded
+    /// in its transaction: not when events are to be parked for a program
+    /// conflict, because they are parked after the commit (the caller
+    /// records the positions once they are).
+    pub positions_recorded: bool,
 }
 
 /// What the batch's transaction knows of its customers, which an erasure
@@ -152,16 +158,18 @@ pub struct Published<'a> {
 }
 
 /// Records and applies `events` in one transaction, keeping no published
-/// bytes ([`apply_published`] does).
+/// bytes and no consumer positions ([`apply_published`] does).
 pub async fn apply_batch<'a>(
     pool: &PgPool,
     events: impl IntoIterator<Item = &'a ConnectEvent>,
 ) -> Result<BatchOutcome, StoreError> {
-    apply_published(pool, events.into_iter().map(|event| Published { event, bytes: None })).await
+    apply_published(pool, events.into_iter().map(|event| Published { event, bytes: None }), &Positions::default()).await
 }
 
 /// Records and applies `events` in one transaction, each recorded with the
-/// bytes it was published as, when given.
+/// bytes it was published as, when given, and records the consumer's
+/// `positions` in the same transaction (unless some events are for a
+/// customer of another program: see [`BatchOutcome::positions_recorded`]).
 ///
 /// Fails [transiently](StoreError::is_transient) when Postgres does,
 /// permanently when a record cannot be stored (the caller splits the batch to
@@ -173,6 +181,7 @@ pub async fn apply_batch<'a>(
 pub async fn apply_published<'a>(
     pool: &PgPool,
     events: impl IntoIterator<Item = Published<'a>>,
+    positions: &Positions<'_>,
 ) -> Result<BatchOutcome, StoreError> {
     let mut published: HashMap<&str, &str> = HashMap::new();
     let events: Vec<&ConnectEvent> = events
@@ -200,6 +209,11 @@ pub async fn apply_published<'a>(
         programs.entry(customer_id.clone()).or_insert_with(|| tombstone.program_id.clone());
     }
     let (events, conflicts) = split_program_conflicts(events, &programs);
+    // With the batch, so a failover loses both or neither.
+    let positions_recorded = conflicts.is_empty() && !positions.is_empty();
+    if positions_recorded {
+        positions::record(&mut tx, positions).await?;
+    }
     let (erasures, events): (Vec<&ConnectEvent>, Vec<&ConnectEvent>) = events.into_iter().partition(|e| e.is_erasure());
     let recorded_at = Utc::now();
     let mut changes: Vec<LifecycleChange> = Vec::new();
@@ -232,6 +246,7 @@ pub async fn apply_published<'a>(
         conflicts,
         erased: erased.applied,
         suppressed: suppressed.len() as u64,
+        positions_recorded,
     };
     if new_events.is_empty() {
         outcome.changes = changes.len() as u64;

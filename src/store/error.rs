@@ -43,6 +43,22 @@ pub enum StoreError {
         /// Why (never a stored value).
         reason: String,
     },
+    /// The group's stored position in a partition is behind the first
+    /// record of the batch: Postgres lost transactions this consumer had
+    /// applied (a failover). Nothing was written; the consumer reads the
+    /// partitions again from the stored positions.
+    #[error(
+        "the stored consumer positions are behind the batch (Postgres lost applied transactions): {}",
+        describe_gaps(gaps)
+    )]
+    PositionsBehind {
+        /// The partitions, their stored positions and the batch's first offsets.
+        gaps: Vec<crate::store::positions::PositionGap>,
+    },
+}
+
+fn describe_gaps(gaps: &[crate::store::positions::PositionGap]) -> String {
+    gaps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 impl StoreError {

@@ -20,13 +20,35 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 /// fast, and a generic plan cached while they were empty (a sequential scan)
 /// would otherwise stay in use long after an index scan became right.
 pub fn pool(database: &DatabaseArgs) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(database.url.expose())
-        .context("DATABASE_URL is not a valid Postgres URL")?
-        .options([("plan_cache_mode", "force_custom_plan")]);
+    let options = connect_options(database.url.expose()).context("DATABASE_URL is not a valid Postgres URL")?;
     Ok(PgPoolOptions::new()
         .max_connections(database.pool_size())
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(options))
+}
+
+/// The connection options of a Postgres URL, with the session settings
+/// every connectflow connection uses (see [`pool`]).
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]))
+}
+
+/// How far a read replica is behind its primary, in seconds: the age of the
+/// last transaction it replayed while it has received WAL it has not
+/// replayed yet; 0 when it has replayed everything it received (an idle
+/// primary writes no transactions to age by), or when it is not a standby.
+pub async fn replica_lag_seconds(replica: &PgPool) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT greatest(0, CASE
+            WHEN NOT pg_is_in_recovery() THEN 0
+            WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
+            ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
+        END)::float8 AS "lag!"
+        "#
+    )
+    .fetch_one(replica)
+    .await
 }
 
 /// Applies every migration not yet applied. Safe to run concurrently from
@@ -44,6 +66,7 @@ pub(crate) mod error;
 pub mod expiry;
 pub(crate) mod export;
 pub mod history;
+pub mod positions;
 pub(crate) mod read;
 pub mod reproject;
 pub(crate) mod revocations;

@@ -218,6 +218,7 @@ pub fn http_settings() -> HttpSettings {
         // `api_limits` turns it on to test it.
         stats_cache_seconds: 0,
         webhook_data_keys: None,
+        database_read_url: None,
     }
     .settings(&lifecycle_args())
     .expect("complete test settings")

@@ -15,7 +15,7 @@ fn start() -> DateTime<Utc> {
 }
 
 /// The normalised events of a flow, as the receiver would publish them.
-fn flow_events(name: &str, customer_id: &str, seed: u64) -> Vec<ConnectEvent> {
+pub(crate) fn flow_events(name: &str, customer_id: &str, seed: u64) -> Vec<ConnectEvent> {
     bodies(flow(name).expect("flow"), customer_id, start(), seed)
         .iter()
         .map(|body| {
