@@ -38,7 +38,7 @@ pub struct Decoded {
     /// own `record` would not (a field this consumer does not know, another
     /// layout). Not when they are exactly what this consumer writes for the
     /// event itself (what the same release's receiver publishes): `record`
-    /// holds all of it then, and storing both would double every event's
+    /// holds all of it then, and storing both would nearly double every event's
     /// row. Never for a record of an older receiver that still held text to
     /// minimise: it is stored as the consumer cleaned it only.
     pub keep_published: bool,
