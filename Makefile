@@ -63,8 +63,8 @@ bench: services ## Build release and measure receiver, consumer, query API and e
 	cargo build --release --bin connectflow --example bench
 	./target/release/examples/bench all
 
-chaos: ## Faults on a 3-node Kafka cluster and Postgres while webhooks flow; checks nothing is lost (about 5 minutes)
-	KAFKA_NODES=3 bash deploy/services.sh up
+chaos: ## Faults on a 3-node Kafka cluster and Postgres (a failover included) while webhooks flow; checks nothing is lost (about 5 minutes)
+	KAFKA_NODES=3 PG_REPLICA=1 bash deploy/services.sh up
 	cargo build --bin connectflow --example chaos
 	CONNECTFLOW_BIN=target/debug/connectflow ./target/debug/examples/chaos
 

@@ -7,17 +7,21 @@
 //!
 //! The run (about 3 to 5 minutes):
 //! 1. a fresh database and topics (replication factor 3, `min.insync.replicas`
-//!    2) on the cluster `KAFKA_NODES=3 bash deploy/services.sh up` starts;
+//!    2) on the cluster, standby and proxy that
+//!    `KAFKA_NODES=3 PG_REPLICA=1 bash deploy/services.sh up` starts;
 //! 2. two `serve` and three `consume` processes of `target/debug/connectflow`;
 //! 3. senders post shuffled, duplicated connect flows to both receivers at a
 //!    steady rate, retrying every non-2xx or timeout with backoff (as
 //!    Finicity does, compressed);
 //! 4. faults, one after another: `kill -9` of the leader of an events
 //!    partition (restarted later); `kill -9` of one consumer, SIGTERM of
-//!    another, a new one started; Postgres stopped and started; `reproject`
-//!    run beside the consumers; and, between the broker's restart and the
-//!    consumers' faults, a few customers erased through the API while their
-//!    events are still being sent (`erase.rs`);
+//!    another, a new one started; Postgres stopped and started; a Postgres
+//!    failover (`failover.rs`: the standby detached for a wide loss window,
+//!    the primary killed with `kill -9`, the standby promoted, the proxy that
+//!    is connectflow's `DATABASE_URL` switched to it); `reproject` run beside
+//!    the consumers; and, between the broker's restart and the consumers'
+//!    faults, a few customers erased through the API while their events are
+//!    still being sent (`erase.rs`);
 //! 5. when sending is done and the consumers have drained, the checks; then,
 //!    once the relays have emptied the outbox, the consumers are stopped and
 //!    the changes topic is read whole and held against Postgres.
@@ -30,6 +34,7 @@
 //! `CONNECTFLOW_CHAOS_SECONDS` (sending time, default 150).
 
 mod erase;
+mod failover;
 #[allow(dead_code)]
 #[path = "../bench/procs.rs"]
 mod procs;
@@ -167,8 +172,19 @@ async fn main() -> anyhow::Result<()> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let events_topic = format!("cf-chaos-{id}.events");
     let database = fresh_database("chaos").await?;
+    // With the standby and proxy of `PG_REPLICA=1` (as `make chaos` starts
+    // them), connectflow reaches Postgres through the proxy, which the
+    // failover points at the promoted standby.
+    let pg_failover = match failover::Failover::detect(&database).await {
+        Ok(failover) => Some(failover),
+        Err(err) => {
+            println!("chaos: no Postgres standby and proxy ({err:#}): the failover will be SKIPPED");
+            None
+        }
+    };
+    let database_url = pg_failover.as_ref().map_or_else(|| database.clone(), |f| f.proxy_url.clone());
     let env: Vec<(String, String)> = vec![
-        ("DATABASE_URL".into(), database.clone()),
+        ("DATABASE_URL".into(), database_url.clone()),
         ("KAFKA_BROKERS".into(), brokers.clone()),
         ("CONNECTFLOW_EVENTS_TOPIC".into(), events_topic.clone()),
         ("CONNECTFLOW_DLQ_TOPIC".into(), format!("cf-chaos-{id}.dlq")),
@@ -261,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
     faults.push(Fault::new("consumers: kill -9, SIGTERM, join", fault_at, t0));
 
     // 3. Postgres stopped for ten seconds.
-    tokio::time::sleep_until(at(85).into()).await;
+    tokio::time::sleep_until(at(75).into()).await;
     let fault_at = Instant::now();
     match services(&["postgres-stop"]) {
         Ok(_) => {
@@ -280,8 +296,40 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    // 4. reproject beside the consumers.
-    tokio::time::sleep_until(at(110).into()).await;
+    // 4. A failover, asynchronous replication: the standby stops receiving
+    // WAL, the consumers apply for ten more seconds on the primary, which
+    // is then killed; the standby is promoted and the proxy switched to it.
+    tokio::time::sleep_until(at(92).into()).await;
+    let mut discarded = None;
+    let mut failover_tried = false;
+    if let Some(pg) = &pg_failover {
+        failover_tried = true;
+        let fault_at = Instant::now();
+        match pg.run(Duration::from_secs(10) * u32::try_from(seconds).unwrap_or(150) / 150).await {
+            Ok(lost) => {
+                println!(
+                    "chaos: t={:.0}s Postgres failover: primary killed, standby promoted, proxy switched after {:.1}s; \
+                     discarded {} transactions, {} bytes of WAL, {} applied events",
+                    t0.elapsed().as_secs_f64(),
+                    lost.switched_after.as_secs_f64(),
+                    lost.transactions,
+                    lost.wal_bytes,
+                    lost.events
+                );
+                discarded = Some(lost);
+                faults.push(Fault::new("Postgres failover (detach, kill -9, promote, proxy)", fault_at, t0));
+            }
+            Err(err) => {
+                println!("chaos: the Postgres failover FAILED: {err:#}");
+                faults.push(Fault::new("Postgres failover FAILED", fault_at, t0));
+            }
+        }
+    } else {
+        faults.push(Fault::new("Postgres failover SKIPPED (no standby: PG_REPLICA=1)", Instant::now(), t0));
+    }
+
+    // 5. reproject beside the consumers.
+    tokio::time::sleep_until(at(115).into()).await;
     let fault_at = Instant::now();
     let reproject_env = env.clone();
     let reproject = tokio::task::spawn_blocking(move || run_connectflow(&["reproject"], &reproject_env));
@@ -297,7 +345,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Drain: every acknowledged event recorded.
     let pool = connectflow::store::pool(&connectflow::config::DatabaseArgs {
-        url: database.clone().into(),
+        url: database_url.clone().into(),
         max_connections: Some(2),
     })?;
     // The erased customers' events are not kept (suppressed, or deleted
@@ -383,16 +431,32 @@ async fn main() -> anyhow::Result<()> {
     for problem in &erasures.problems {
         println!("chaos: erasure: {problem}");
     }
-    let passed = report.passed() && changes.passed() && erasures.passed();
+    // A failover that discarded nothing applied proved nothing.
+    let failover_passed = !failover_tried || discarded.is_some_and(|d| d.events > 0);
+    let passed = report.passed() && changes.passed() && erasures.passed() && failover_passed;
     let mut summary = report.json();
     summary["passed"] = json!(passed);
     summary["lifecycle_changes"] = changes.json();
     summary["erasures"] = erasures.json();
+    summary["postgres_failover"] = match (&pg_failover, discarded) {
+        (None, _) => json!({"ran": false}),
+        (Some(_), None) => json!({"ran": false, "failed": true}),
+        (Some(_), Some(lost)) => {
+            let mut entry = lost.json();
+            entry["ran"] = json!(true);
+            entry["partitions_read_again_by_running_consumers"] = json!(rewinds());
+            entry["passed"] = json!(lost.events > 0);
+            entry
+        }
+    };
     print_summary(&summary, passed);
     std::fs::create_dir_all("target/chaos")?;
     std::fs::write("target/chaos/summary.json", serde_json::to_string_pretty(&summary)?)?;
     println!("wrote target/chaos/summary.json");
     drop(receivers);
+    if failover_tried && let Err(err) = failover::Failover::restore() {
+        println!("chaos: restoring the primary and standby failed: {err:#}");
+    }
     procs::drop_database(&database).await;
     if !passed {
         bail!("chaos: a promise was broken (see above)");
@@ -418,6 +482,9 @@ struct ChangesCheck {
     /// Records repeating a change already read (a relay died between
     /// Kafka's confirmation and its commit): allowed.
     duplicates: u64,
+    /// Of the duplicates, versions recorded again after the failover lost
+    /// them (a new run from a repeated version, recorded later).
+    rerecorded: u64,
     /// Customers with a stored row.
     customers_checked: u64,
     /// Of those, customers with at least one problem.
@@ -457,6 +524,7 @@ impl ChangesCheck {
             "topic": self.topic,
             "changes_read": self.records,
             "duplicates": self.duplicates,
+            "rerecorded_after_failover": self.rerecorded,
             "customers_checked": self.customers_checked,
             "customers_with_problems": self.customers_failed,
             "records_of_unknown_customers": self.records_unknown,
@@ -535,6 +603,7 @@ async fn check_changes(
         let records = by_customer.remove(&Some(customer_id.clone())).unwrap_or_default();
         let audit = TopicAudit::of(customer_id, &records);
         check.duplicates += audit.duplicates;
+        check.rerecorded += audit.rerecorded;
         // With changes left in the outbox, the versions from the first of
         // them on may or may not have been published.
         let published_to = match outbox.get(customer_id) {
@@ -575,9 +644,10 @@ async fn check_changes(
         }
     }
     println!(
-        "chaos: changes topic: {} records ({} duplicates) for {} customers, {} with problems{}",
+        "chaos: changes topic: {} records ({} duplicates, {} of them recorded again after the failover) for {} customers, {} with problems{}",
         check.records,
         check.duplicates,
+        check.rerecorded,
         check.customers_checked,
         check.customers_failed,
         check.read_error.as_ref().map(|e| format!("; NOT READ: {e}")).unwrap_or_default()
@@ -586,6 +656,17 @@ async fn check_changes(
         println!("chaos: changes: {problem}");
     }
     Ok(check)
+}
+
+/// How many times the consumers' logs say a consumer found Postgres behind
+/// what it had applied and read its partition again (a failover lost it).
+fn rewinds() -> usize {
+    let Ok(dir) = std::fs::read_dir("target/chaos/logs") else { return 0 };
+    dir.flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("consume-"))
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .map(|log| log.matches("reading the partition again from its stored position").count())
+        .sum()
 }
 
 fn plan_spec(plan: &Plan) -> PlanSpec {
