@@ -32,6 +32,8 @@
 #   bash deploy/services.sh replica-detach     stop the standby receiving WAL: everything the
 #                                              primary commits afterwards is lost at the next
 #                                              failover (a wide, deliberate loss window)
+#   bash deploy/services.sh replica-down       stop the proxy and the standby (data kept; use
+#                                              replica-reset to start a fresh one)
 #   bash deploy/services.sh wal-positions      print the primary's current WAL position and
 #                                              the standby's replayed one ("- -" when down)
 # Ports and directories (environment; the defaults are what `make` uses):
@@ -1574,6 +1576,7 @@ replica-reset) replica_reset_cmd ;;
 proxy-switch) proxy_switch_cmd "$2" ;;
 wal-positions) wal_positions_cmd ;;
 replica-detach) replica_detach_cmd ;;
+replica-down) replica_down ;;
 status)
   postgres_status
   replica_status

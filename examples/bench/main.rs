@@ -1,10 +1,11 @@
-//! connectflow's benchmarks: `cargo run --release --example bench -- [all|receiver|consumer|api|e2e]`
+//! connectflow's benchmarks: `cargo run --release --example bench -- [all|receiver|consumer|api|e2e|replica]`
 //! (`make bench` builds and runs `all`). Each figure comes with a baseline
 //! measured in the same run on the same machine; nothing here asserts a
 //! speed. Results print as a table and go to `target/bench/summary.json`.
 
 mod load;
 mod procs;
+mod replica;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -246,23 +247,9 @@ async fn count_events(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM connect_events").fetch_one(pool).await.unwrap_or(0)
 }
 
-async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
+/// Produces `events` to `topic`, keyed by customer, and waits for Kafka.
+fn fill_topic(topic: &str, events: &[ConnectEvent]) -> anyhow::Result<()> {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-
-    let events = normalised(&customer_flows(customers, 1_000_000));
-    let mut figures = ConsumerFigures { events: events.len(), ..Default::default() };
-    eprintln!("consumer: {} events over {customers} customers", events.len());
-
-    // Fill the topic.
-    let (events_topic, dlq_topic) = topics("consumer");
-    let database = fresh_database("consumer").await?;
-    let env = service_env(&database, events_topic.clone(), dlq_topic);
-    let status = std::process::Command::new(connectflow_bin()?)
-        .arg("migrate")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "warn")
-        .status()?;
-    anyhow::ensure!(status.success(), "connectflow migrate failed");
     let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
         .set("linger.ms", "20")
@@ -270,10 +257,9 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let fill_started = Instant::now();
-    for event in &events {
+    for event in events {
         let value = serde_json::to_vec(event)?;
-        let mut record =
-            BaseRecord::<[u8], [u8]>::to(&events_topic).key(event.customer_id.as_str().as_bytes()).payload(&value);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(event.customer_id.as_str().as_bytes()).payload(&value);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -285,22 +271,27 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
         }
     }
     producer.flush(Duration::from_secs(120))?;
-    eprintln!("consumer: topic filled in {:.1}s", fill_started.elapsed().as_secs_f64());
+    eprintln!("bench: topic filled in {:.1}s", fill_started.elapsed().as_secs_f64());
 
-    // Drain it with the release consumer. Progress comes from its own
-    // counter on /metrics: polling count(*) over the growing table would
-    // take a good share of the CPU the consumer and Postgres compete for.
-    let pool = sqlx::PgPool::connect(&database).await?;
-    let metrics_addr = free_addr()?;
-    let consumer = spawn_connectflow(
-        "consume",
-        &[env.as_slice(), &[("CONNECTFLOW_NO_MIGRATE", "true".into())]].concat(),
-        Some(metrics_addr),
-    )?;
+    Ok(())
+}
+
+/// What a consumer applied, from its first applied event to the last
+/// sample, with the CPU it and Postgres spent meanwhile.
+struct Drained {
+    applied: f64,
+    seconds: f64,
+    consumer_ticks: u64,
+    postgres_ticks: u64,
+}
+
+/// Follows a consumer (its own counter on /metrics: polling count(*) over
+/// the growing table would take a good share of the CPU the consumer and
+/// Postgres compete for) until it applied `total` events or ten minutes
+/// passed.
+async fn drain(consumer: &Proc, metrics_addr: std::net::SocketAddr, total: u64) -> Option<Drained> {
     let client = reqwest::Client::new();
     let metrics_url = format!("http://{metrics_addr}/metrics");
-    let ticks_per_s = clock_ticks();
-    let total = events.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(600);
     // (when, events applied, consumer CPU ticks, Postgres CPU ticks)
     let mut first: Option<(Instant, u64, u64, u64)> = None;
@@ -317,13 +308,46 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    if let Some((t0, n0, c0, p0)) = first
-        && last.1 > n0
-    {
-        let applied = (last.1 - n0) as f64;
-        figures.applied_per_s = Some(applied / (last.0 - t0).as_secs_f64());
-        figures.cpu_us_per_event = us_per(last.2.saturating_sub(c0), applied, ticks_per_s);
-        figures.postgres_cpu_us_per_event = us_per(last.3.saturating_sub(p0), applied, ticks_per_s);
+    let (t0, n0, c0, p0) = first?;
+    (last.1 > n0).then(|| Drained {
+        applied: (last.1 - n0) as f64,
+        seconds: (last.0 - t0).as_secs_f64(),
+        consumer_ticks: last.2.saturating_sub(c0),
+        postgres_ticks: last.3.saturating_sub(p0),
+    })
+}
+
+async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
+    let events = normalised(&customer_flows(customers, 1_000_000));
+    let mut figures = ConsumerFigures { events: events.len(), ..Default::default() };
+    eprintln!("consumer: {} events over {customers} customers", events.len());
+
+    // Fill the topic.
+    let (events_topic, dlq_topic) = topics("consumer");
+    let database = fresh_database("consumer").await?;
+    let env = service_env(&database, events_topic.clone(), dlq_topic);
+    let status = std::process::Command::new(connectflow_bin()?)
+        .arg("migrate")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .status()?;
+    anyhow::ensure!(status.success(), "connectflow migrate failed");
+    fill_topic(&events_topic, &events)?;
+
+    // Drain it with the release consumer.
+    let pool = sqlx::PgPool::connect(&database).await?;
+    let total = events.len() as u64;
+    let ticks_per_s = clock_ticks();
+    let metrics_addr = free_addr()?;
+    let consumer = spawn_connectflow(
+        "consume",
+        &[env.as_slice(), &[("CONNECTFLOW_NO_MIGRATE", "true".into())]].concat(),
+        Some(metrics_addr),
+    )?;
+    if let Some(drained) = drain(&consumer, metrics_addr, total).await {
+        figures.applied_per_s = Some(drained.applied / drained.seconds);
+        figures.cpu_us_per_event = us_per(drained.consumer_ticks, drained.applied, ticks_per_s);
+        figures.postgres_cpu_us_per_event = us_per(drained.postgres_ticks, drained.applied, ticks_per_s);
     }
     let recorded = count_events(&pool).await;
     if recorded < total as i64 {
@@ -466,15 +490,16 @@ async fn bench_stats(addr: std::net::SocketAddr, requests: usize) -> anyhow::Res
     })
 }
 
-async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
-    let database = fresh_database("api").await?;
-    let pool = sqlx::PgPool::connect(&database).await?;
-    connectflow::store::migrate(&pool).await?;
+/// Stores `customers` customers (ids from 8000000001 on) with one realistic
+/// lifecycle each, their funnel columns cycling through the flows' outcomes,
+/// first events spread evenly over SEEDED_DAYS and institutions over
+/// SEEDED_INSTITUTIONS (each institution with every flow); then
+/// `VACUUM ANALYZE`, as autovacuum leaves a table whose rows have settled.
+async fn seed_customers(pool: &sqlx::PgPool, customers: i64) -> anyhow::Result<()> {
     // One realistic lifecycle, stored for every customer.
     let flows = customer_flows(1, 0);
     let state = connectflow::lifecycle::fold(&normalised(&flows));
     let document = serde_json::to_value(&state)?;
-    let seeded = Instant::now();
     // The funnel columns the statistics count cycle through the flows'
     // outcomes; first events spread evenly over SEEDED_DAYS, institutions
     // over SEEDED_INSTITUTIONS, each institution with every flow (the
@@ -500,11 +525,20 @@ async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
     .bind(&consent)
     .bind(SEEDED_DAYS as f64)
     .bind(SEEDED_INSTITUTIONS)
-    .execute(&pool)
+    .execute(pool)
     .await?;
     // As autovacuum leaves a table whose rows have settled: the visibility
     // map lets the statistics' index-only scans skip the rows.
-    sqlx::query("VACUUM ANALYZE customers").execute(&pool).await?;
+    sqlx::query("VACUUM ANALYZE customers").execute(pool).await?;
+    Ok(())
+}
+
+async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
+    let database = fresh_database("api").await?;
+    let pool = sqlx::PgPool::connect(&database).await?;
+    connectflow::store::migrate(&pool).await?;
+    let seeded = Instant::now();
+    seed_customers(&pool, customers).await?;
     eprintln!("api: seeded {customers} customers in {:.1}s", seeded.elapsed().as_secs_f64());
     pool.close().await;
 
@@ -849,6 +883,17 @@ async fn main() -> anyhow::Result<()> {
         E2eFigures::default()
     };
 
+    let replica = if run("replica") {
+        replica::bench_replica(
+            if quick { 50_000 } else { 300_000 },
+            if quick { 3_000 } else { 30_000 },
+            if quick { 1 } else { RUNS },
+        )
+        .await
+    } else {
+        replica::ReplicaFigures { skipped: Some("not run".into()), ..Default::default() }
+    };
+
     println!();
     println!("{:<44} {:>12} {:>12}   target", "measure", "value", "baseline");
     let rows = [
@@ -882,6 +927,10 @@ async fn main() -> anyhow::Result<()> {
         ("end to end p99 ms at 2,000/s", e2e.p99_ms, None, "<= 250"),
         ("200 to change on topic p50 ms at 2,000/s", e2e.change_p50_ms, None, ""),
         ("200 to change on topic p99 ms at 2,000/s", e2e.change_p99_ms, None, "<= 250"),
+        ("consumer events/s, statistics on the primary", replica.stats_on_primary_per_s, replica.alone_per_s, ""),
+        ("consumer events/s, statistics on the standby", replica.stats_on_replica_per_s, replica.alone_per_s, ""),
+        ("statistics answered/s, on the primary", replica.primary_stats_per_s, None, ""),
+        ("statistics answered/s, on the standby", replica.replica_stats_per_s, None, ""),
     ];
     for (name, value, baseline, target) in rows {
         let baseline = baseline.map(|b| fmt(Some(b))).unwrap_or_default();
@@ -896,6 +945,16 @@ async fn main() -> anyhow::Result<()> {
         e2e.change_samples,
         e2e.sent_per_s.unwrap_or(0.0)
     );
+    match &replica.skipped {
+        Some(why) => println!("(replica: {why})"),
+        None => println!(
+            "(replica: baseline the consumer alone; {} events, {} customers seeded, statistics from {} clients without pause; medians of {})",
+            replica.events,
+            replica.customers,
+            replica::STATS_CLIENTS,
+            replica.runs
+        ),
+    }
 
     let summary = json!({
         "receiver_accepted_per_s": round(receiver.accepted_per_s),
@@ -920,6 +979,11 @@ async fn main() -> anyhow::Result<()> {
         "stats_timeseries_hour_p95_ms": round(api.stats.timeseries_hour_p95_ms),
         "stats_institutions_p95_ms": round(api.stats.institutions_p95_ms),
         "failing_customers_p95_ms": round(api.stats.failing_customers_p95_ms),
+        "consumer_alone_per_s": round(replica.alone_per_s),
+        "consumer_with_stats_on_primary_per_s": round(replica.stats_on_primary_per_s),
+        "consumer_with_stats_on_replica_per_s": round(replica.stats_on_replica_per_s),
+        "stats_answered_on_primary_per_s": round(replica.primary_stats_per_s),
+        "stats_answered_on_replica_per_s": round(replica.replica_stats_per_s),
         "machine": machine(),
         "git_commit": git_commit(),
     });
