@@ -162,6 +162,36 @@ pub async fn fresh_database(tag: &str) -> anyhow::Result<String> {
     Ok(format!("{prefix}/{name}"))
 }
 
+/// A port of deploy/services.sh's Postgres set from its variable
+/// (`PG_REPLICA_PORT`, default 5433; `PG_PROXY_PORT`, 5434).
+pub fn pg_port(variable: &str, default: u16) -> u16 {
+    std::env::var(variable).ok().and_then(|p| p.parse().ok()).unwrap_or(default)
+}
+
+/// `url` with another port.
+pub fn with_port(url: &str, port: u16) -> anyhow::Result<String> {
+    let (prefix, name) = url.rsplit_once('/').context("database URL has no database name")?;
+    let (host, _) = prefix.rsplit_once(':').context("database URL has no port")?;
+    Ok(format!("{host}:{port}/{name}"))
+}
+
+/// A connection to a streaming standby, checked to be in recovery. Tries for
+/// `within`: a database just created on the primary takes the standby a
+/// moment to replay.
+pub async fn connect_standby(options: &PgConnectOptions, within: Duration) -> anyhow::Result<sqlx::PgConnection> {
+    let deadline = Instant::now() + within;
+    let mut conn = loop {
+        match options.connect().await {
+            Ok(conn) => break conn,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(err) => return Err(err).context("no standby (PG_REPLICA=1 bash deploy/services.sh up)"),
+        }
+    };
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await?;
+    anyhow::ensure!(standby, "the server on port {} is not a standby", options.get_port());
+    Ok(conn)
+}
+
 /// Drops a bench database.
 pub async fn drop_database(url: &str) {
     let Some((_, name)) = url.rsplit_once('/') else { return };

@@ -64,21 +64,9 @@ fn services(args: &[&str]) -> anyhow::Result<()> {
 /// The standby's URL for a database on the primary, when a standby replays
 /// the primary's WAL on `PG_REPLICA_PORT` (default 5433).
 async fn standby_of(database: &str) -> anyhow::Result<String> {
-    let port = std::env::var("PG_REPLICA_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5433u16);
-    let options = database.parse::<PgConnectOptions>()?.port(port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut conn = loop {
-        match options.connect().await {
-            Ok(conn) => break conn,
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-            Err(err) => return Err(err).context("no standby (make bench starts one: PG_REPLICA=1)"),
-        }
-    };
-    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await?;
-    anyhow::ensure!(standby, "the server on port {port} is not a standby");
-    let (prefix, name) = database.rsplit_once('/').context("database URL has no database name")?;
-    let (host, _) = prefix.rsplit_once(':').context("database URL has no port")?;
-    Ok(format!("{host}:{port}/{name}"))
+    let port = pg_port("PG_REPLICA_PORT", 5433);
+    connect_standby(&database.parse::<PgConnectOptions>()?.port(port), Duration::from_secs(30)).await?;
+    with_port(database, port)
 }
 
 /// One run: a fresh database with `customers` seeded, the topic filled with

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
+use crate::procs::{connect_standby, pg_port, with_port};
 use crate::services;
 
 /// The run's database on the primary, on the standby and through the proxy.
@@ -61,31 +62,14 @@ impl Failover {
     /// standby replays the primary's WAL; `database` is the run's database
     /// on the primary.
     pub async fn detect(database: &str) -> anyhow::Result<Self> {
-        let port =
-            |name: &str, default: u16| std::env::var(name).ok().and_then(|p| p.parse::<u16>().ok()).unwrap_or(default);
         let primary = PgConnectOptions::from_str(database)?;
-        let standby = primary.clone().port(port("PG_REPLICA_PORT", 5433));
-        let proxy = primary.clone().port(port("PG_PROXY_PORT", 5434));
-        // The run's database was just created on the primary: the standby
-        // may not have replayed it yet.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut conn = loop {
-            match standby.connect().await {
-                Ok(conn) => break conn,
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-                Err(err) => return Err(err).context("connecting to the standby (PG_REPLICA=1 services?)"),
-            }
-        };
-        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await?;
-        anyhow::ensure!(in_recovery, "the server on the standby's port is not a standby");
+        let standby = primary.clone().port(pg_port("PG_REPLICA_PORT", 5433));
+        let proxy = primary.clone().port(pg_port("PG_PROXY_PORT", 5434));
+        connect_standby(&standby, Duration::from_secs(15)).await?;
         let mut conn = proxy.connect().await.context("connecting through the proxy")?;
         let through_proxy: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await?;
         anyhow::ensure!(!through_proxy, "the proxy does not lead to the primary");
-        let proxy_url = {
-            let (prefix, name) = database.rsplit_once('/').context("database URL has no database name")?;
-            let (before_port, _) = prefix.rsplit_once(':').context("database URL has no port")?;
-            format!("{before_port}:{}/{name}", proxy.get_port())
-        };
+        let proxy_url = with_port(database, proxy.get_port())?;
         Ok(Self { primary, standby, proxy_url })
     }
 
