@@ -79,24 +79,26 @@ pub async fn insert(pool: &PgPool, records: &[AccessRecord]) -> Result<(), Store
     }
     let mut tx = pool.begin().await.store("beginning an access-log write")?;
     // An erased customer (not back since) is named by their erasure
-    // (`erased:<event id>`), here or, when the erasure commits first, by the erasure itself. The
-    // customers' locks, shared, in a statement of their own, order this
-    // write against an erasure (which holds them exclusively): whichever
-    // comes second sees what the other committed.
+    // (`erased:<event id>`), here or, when the erasure commits first, by the
+    // erasure itself. The customers' erasure locks, shared, in a statement
+    // of their own, order this write against an erasure (which holds them
+    // exclusively, `erasure::erase`): whichever comes second sees what the
+    // other committed. They are not the customers' own locks, so this write
+    // never waits for, nor holds up, the consumer's ordinary batches.
     let mut named: Vec<&str> = customer.iter().flatten().copied().collect();
     named.sort_unstable();
     named.dedup();
     if !named.is_empty() {
         sqlx::query!(
             r#"
-            SELECT count(pg_advisory_xact_lock_shared(hashtextextended(id, 0))) AS "locked!"
+            SELECT count(pg_advisory_xact_lock_shared(hashtextextended('connectflow.erasure:' || id, 0))) AS "locked!"
             FROM (SELECT id FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n) AS ordered
             "#,
             &named as &[&str]
         )
         .fetch_one(&mut *tx)
         .await
-        .store("locking the customers an access names")?;
+        .store("locking the erasures of the customers an access names")?;
     }
     sqlx::query!(
         r#"

@@ -118,6 +118,23 @@ pub async fn erase(tx: &mut Transaction<'_, Postgres>, erasures: &[Erasure<'_>])
         revoked.push(consent.and_then(|c| c.revocation.as_ref()).map(|r| r.revoked_at));
         versions.push(erasure.version);
     }
+    // The customers' erasure locks, in a statement of their own (sorted, so
+    // two writers cannot deadlock on them): an access-log write takes them
+    // shared (`access_log::insert`), and whichever of the two comes second
+    // sees what the other committed.
+    let mut locked = ids.clone();
+    locked.sort_unstable();
+    locked.dedup();
+    sqlx::query!(
+        r#"
+        SELECT count(pg_advisory_xact_lock(hashtextextended('connectflow.erasure:' || id, 0))) AS "locked!"
+        FROM (SELECT id FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n) AS ordered
+        "#,
+        &locked as &[&str]
+    )
+    .fetch_one(&mut **tx)
+    .await
+    .store("taking the erasure locks")?;
     // One statement: data-modifying CTEs all run, on distinct tables.
     sqlx::query!(
         r#"

@@ -305,3 +305,79 @@ async fn the_compliance_record_is_purged_when_its_time_is_up() {
     assert_eq!(app.api_get(&format!("/v1/customers/{kept}/lifecycle")).await.status(), 410);
     app.stop().await;
 }
+
+fn access_naming(customer: &str) -> connectflow::store::access_log::AccessRecord {
+    connectflow::store::access_log::AccessRecord {
+        at: Utc::now(),
+        token_id: "bootstrap-test".into(),
+        programs: None,
+        method: "GET".into(),
+        route: "/v1/customers/{customer_id}/lifecycle".into(),
+        customer_id: Some(customer.into()),
+        status: 200,
+        items: Some(1),
+    }
+}
+
+async fn migrated_pool() -> PgPool {
+    let url = crate::helpers::fresh_database().await;
+    let pool = connectflow::store::pool(&crate::helpers::database_args(&url)).expect("pool");
+    connectflow::store::migrate(&pool).await.expect("migrate");
+    pool
+}
+
+#[tokio::test]
+async fn an_access_log_write_does_not_wait_for_a_batch_writing_the_customer() {
+    // Arrange: a consumer batch in flight holds the customer's lock.
+    let pool = migrated_pool().await;
+    let customer = connectflow::event::CustomerId::try_from("8700000001".to_owned()).expect("id");
+    let mut batch = pool.begin().await.expect("begin");
+    connectflow::store::apply::lock_customers(&mut batch, &[&customer]).await.expect("lock");
+
+    // Act: the access log records a read of that customer meanwhile.
+    let records = [access_naming("8700000001")];
+    let write = connectflow::store::access_log::insert(&pool, &records);
+    let written = tokio::time::timeout(Duration::from_secs(10), write).await;
+
+    // Assert: written without waiting for the batch (which would never end
+    // here: it waits for nothing but this test).
+    assert!(matches!(written, Ok(Ok(()))), "the access log waited for the batch: {written:?}");
+    batch.rollback().await.expect("rollback");
+}
+
+#[tokio::test]
+async fn an_access_log_write_during_an_erasure_waits_for_it_and_names_the_customer_by_it() {
+    // Arrange: an erasure in flight, its transaction not committed yet.
+    let pool = migrated_pool().await;
+    let customer = connectflow::event::CustomerId::try_from("8700000002".to_owned()).expect("id");
+    let program = connectflow::event::ProgramId::default();
+    let event = connectflow::event::ConnectEvent::requested(
+        connectflow::event::EventType::CustomerErased,
+        "connectflow-erasure-test-8700000002".into(),
+        customer.clone(),
+        program.clone(),
+        Utc::now(),
+        connectflow::event::TokenRef { token_id: "bootstrap-test".into(), token_name: "test".into() },
+    );
+    let mut erasing = pool.begin().await.expect("begin");
+    let erasure =
+        connectflow::store::erasure::Erasure { event: &event, program_id: &program, lifecycle: None, version: 1 };
+    connectflow::store::erasure::erase(&mut erasing, &[erasure]).await.expect("erase");
+
+    // Act: a read of the customer is logged meanwhile.
+    let write = tokio::spawn({
+        let pool = pool.clone();
+        async move { connectflow::store::access_log::insert(&pool, &[access_naming("8700000002")]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waited = !write.is_finished();
+    erasing.commit().await.expect("commit the erasure");
+    write.await.expect("join").expect("access-log write");
+
+    // Assert: the write waited for the erasure, and the record names the
+    // customer by it, not by the erased id.
+    assert!(waited, "the access-log write did not wait for the erasure in flight");
+    let named: Vec<String> =
+        sqlx::query_scalar("SELECT customer_id FROM api_access_log").fetch_all(&pool).await.expect("read");
+    assert_eq!(named, vec!["erased:connectflow-erasure-test-8700000002".to_owned()]);
+}
