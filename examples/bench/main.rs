@@ -847,6 +847,7 @@ async fn main() -> anyhow::Result<()> {
         return bench_normalise();
     }
     let quick = std::env::var("CONNECTFLOW_BENCH_QUICK").is_ok();
+    find_postmaster().await;
     let seconds = if quick { 3 } else { 8 };
     let run = |name: &str| what == "all" || what == name;
 

@@ -232,16 +232,48 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// CPU ticks used so far by every running process named `postgres` (the
-/// server's backends and its background workers). Processes that exit in
-/// between are not counted, so measure across a window in which the
-/// connections that do the work stay open.
+/// The postmaster of the server the bench's databases are on, once
+/// [`find_postmaster`] has found it.
+static POSTMASTER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// A process's parent, from `/proc/<pid>/stat`.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Finds the postmaster of the server at [`database_url`] (the parent of a
+/// backend), so that [`postgres_cpu_ticks`] counts that server alone and
+/// not, say, a streaming standby replaying its WAL on the same machine.
+pub async fn find_postmaster() {
+    let Ok(options) = PgConnectOptions::from_str(&database_url()) else { return };
+    let Ok(mut conn) = options.connect().await else { return };
+    let backend: Result<i32, _> = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await;
+    match backend.ok().and_then(|pid| parent_pid(u32::try_from(pid).ok()?)) {
+        Some(postmaster) => {
+            eprintln!("bench: Postgres CPU is that of postmaster {postmaster} and its children");
+            let _ = POSTMASTER.set(postmaster);
+        }
+        None => eprintln!("bench: the server's postmaster not found: Postgres CPU counts every process named postgres"),
+    }
+    conn.close().await.ok();
+}
+
+/// CPU ticks used so far by the server's running processes (its backends
+/// and background workers): the children of the postmaster
+/// [`find_postmaster`] found, or, before that or when it could not, every
+/// process named `postgres`. Processes that exit in between are not
+/// counted, so measure across a window in which the connections that do the
+/// work stay open.
 pub fn postgres_cpu_ticks() -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let postmaster = POSTMASTER.get().copied();
     entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "postgres"))
+        .filter(|&pid| postmaster.is_none_or(|postmaster| pid == postmaster || parent_pid(pid) == Some(postmaster)))
         .filter_map(cpu_ticks)
         .sum()
 }
