@@ -106,6 +106,16 @@ pub struct KafkaArgs {
     #[arg(long = "changes-topic", env = "CONNECTFLOW_CHANGES_TOPIC", default_value = "finicity.connect.lifecycle.v1")]
     pub changes_topic: String,
 
+    /// Topic of institution status changes: one record per change of an
+    /// institution's health (`connectflow.institution_status.v1`), keyed by
+    /// the institution id.
+    #[arg(
+        long = "institutions-topic",
+        env = "CONNECTFLOW_INSTITUTIONS_TOPIC",
+        default_value = "finicity.connect.institutions.v1"
+    )]
+    pub institutions_topic: String,
+
     /// Topic where records the consumer cannot read are parked.
     #[arg(long = "dlq-topic", env = "CONNECTFLOW_DLQ_TOPIC", default_value = "finicity.connect.events.v1.dlq")]
     pub dlq_topic: String,
@@ -387,6 +397,108 @@ pub struct ConsumerArgs {
     pub history_retention_days: u32,
 }
 
+/// Connection health (`consume`, `all`): the warnings before authorizations
+/// lapse and the institutions' status, evaluated on one beat.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// How often `consume` announces lapsed and lapsing authorizations and
+    /// evaluates the institutions' health, in seconds (one process evaluates
+    /// at a time; the others skip that beat).
+    #[arg(long = "health-interval-seconds", env = "CONNECTFLOW_HEALTH_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub interval_seconds: u64,
+
+    /// Days before an authorization lapses at which a warning is announced
+    /// (a lifecycle change with `reason: "authorization_expiring"`), comma
+    /// separated; each at most once per authorization, and only the nearest
+    /// threshold already reached. Empty: no warnings.
+    #[arg(long = "authorization-warn-days", env = "CONNECTFLOW_AUTHORIZATION_WARN_DAYS", default_value = "30,7")]
+    pub authorization_warn_days: WarnDays,
+
+    /// The sliding window of Connect sessions an institution's health is
+    /// computed over, in minutes.
+    #[arg(long = "institution-window-minutes", env = "CONNECTFLOW_INSTITUTION_WINDOW_MINUTES", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=10_080))]
+    pub institution_window_minutes: u32,
+
+    /// Fewest sessions in the window for an institution to have a status;
+    /// below it, `unknown`.
+    #[arg(long = "institution-min-sessions", env = "CONNECTFLOW_INSTITUTION_MIN_SESSIONS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub institution_min_sessions: u32,
+
+    /// Institution-side failure rate, in percent of the window's sessions,
+    /// at or above which an institution is `degraded`.
+    #[arg(long = "institution-degraded-percent", env = "CONNECTFLOW_INSTITUTION_DEGRADED_PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub institution_degraded_percent: u32,
+
+    /// Institution-side failure rate, in percent, at or above which an
+    /// institution is `down` (at least the degraded threshold).
+    #[arg(long = "institution-down-percent", env = "CONNECTFLOW_INSTITUTION_DOWN_PERCENT", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub institution_down_percent: u32,
+
+    /// Hysteresis, in percentage points: a `down` or `degraded` institution
+    /// improves only after two evaluations in a row below its threshold
+    /// minus this many points.
+    #[arg(long = "institution-hysteresis-points", env = "CONNECTFLOW_INSTITUTION_HYSTERESIS_POINTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub institution_hysteresis_points: u32,
+}
+
+impl HealthArgs {
+    /// The beat of the expiry and institution health jobs.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_seconds)
+    }
+
+    /// The institution health settings, checked: the down threshold must not
+    /// be below the degraded one.
+    pub fn institution_settings(&self) -> Result<crate::institution::HealthSettings, ConfigError> {
+        if self.institution_down_percent < self.institution_degraded_percent {
+            return Err(ConfigError {
+                variable: "CONNECTFLOW_INSTITUTION_DOWN_PERCENT",
+                problem: format!(
+                    "{} is below CONNECTFLOW_INSTITUTION_DEGRADED_PERCENT ({})",
+                    self.institution_down_percent, self.institution_degraded_percent
+                ),
+            });
+        }
+        Ok(crate::institution::HealthSettings {
+            window: chrono::Duration::minutes(i64::from(self.institution_window_minutes)),
+            min_sessions: self.institution_min_sessions,
+            degraded_percent: self.institution_degraded_percent,
+            down_percent: self.institution_down_percent,
+            hysteresis_points: self.institution_hysteresis_points,
+        })
+    }
+}
+
+/// `CONNECTFLOW_AUTHORIZATION_WARN_DAYS`: thresholds in days, sorted from the
+/// nearest, without repeats; empty for none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WarnDays(Vec<u32>);
+
+impl WarnDays {
+    /// The thresholds, nearest (smallest) first.
+    pub fn days(&self) -> &[u32] {
+        &self.0
+    }
+}
+
+impl FromStr for WarnDays {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut days = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let day: u32 = part.parse().map_err(|_| format!("`{part}` is not a whole number of days"))?;
+            if !(1..=36_500).contains(&day) {
+                return Err(format!("{day} is outside 1..=36500 days"));
+            }
+            days.push(day);
+        }
+        days.sort_unstable();
+        days.dedup();
+        Ok(Self(days))
+    }
+}
+
 /// Connections a consumer needs beside its lanes' at the same time: the
 /// relay's claims and settling, the authorization expiry job and readiness
 /// (`/readyz`). The hourly jobs wait for one of these.
@@ -502,6 +614,9 @@ pub struct ConsumeArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub database: DatabaseArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -523,6 +638,9 @@ pub struct AllArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub health: HealthArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub database: DatabaseArgs,

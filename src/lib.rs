@@ -25,6 +25,7 @@ pub mod event;
 mod expiry;
 mod health;
 mod history;
+pub mod institution;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;

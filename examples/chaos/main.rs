@@ -572,6 +572,7 @@ async fn check_changes(
         events_topic: String::new(),
         changes_topic: topic.to_owned(),
         dlq_topic: String::new(),
+        institutions_topic: String::new(),
         properties: KafkaProperties::default(),
     };
     let read = tokio::task::spawn_blocking(move || {

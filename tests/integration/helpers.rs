@@ -140,6 +140,7 @@ pub fn unique_kafka_args(brokers: &str) -> KafkaArgs {
         events_topic: format!("cf-test-{id}.events"),
         changes_topic: format!("cf-test-{id}.changes"),
         dlq_topic: format!("cf-test-{id}.dlq"),
+        institutions_topic: format!("cf-test-{id}.institutions"),
         properties: KafkaProperties::default(),
     }
 }
