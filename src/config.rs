@@ -172,7 +172,8 @@ pub struct MigrationArgs {
     #[arg(long = "events-retention-ms", env = "CONNECTFLOW_EVENTS_RETENTION_MS", default_value_t = 604_800_000, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub events_retention_ms: i64,
 
-    /// `retention.ms` of the changes topic(s) when created (default 30 days;
+    /// `retention.ms` of the changes topic(s) and of the institutions topic
+    /// when created (default 30 days;
     /// -1: forever): how far behind a subscriber may fall and still catch up
     /// from the topic; one further behind rebuilds from the query API
     /// (docs/operations.md, "Topic retention"). `migrate` warns about an
@@ -395,6 +396,10 @@ pub struct ConsumerArgs {
     /// recorded before it. The lifecycle does not change.
     #[arg(long = "history-retention-days", env = "CONNECTFLOW_HISTORY_RETENTION_DAYS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500))]
     pub history_retention_days: u32,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub health: HealthArgs,
 }
 
 /// Connection health (`consume`, `all`): the warnings before authorizations
@@ -439,6 +444,21 @@ pub struct HealthArgs {
     /// minus this many points.
     #[arg(long = "institution-hysteresis-points", env = "CONNECTFLOW_INSTITUTION_HYSTERESIS_POINTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub institution_hysteresis_points: u32,
+}
+
+impl Default for HealthArgs {
+    /// The defaults `--help` shows.
+    fn default() -> Self {
+        Self {
+            interval_seconds: 60,
+            authorization_warn_days: WarnDays(vec![7, 30]),
+            institution_window_minutes: 60,
+            institution_min_sessions: 20,
+            institution_degraded_percent: 20,
+            institution_down_percent: 60,
+            institution_hysteresis_points: 5,
+        }
+    }
 }
 
 impl HealthArgs {
@@ -614,9 +634,6 @@ pub struct ConsumeArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub health: HealthArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
     pub database: DatabaseArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -638,9 +655,6 @@ pub struct AllArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub consumer: ConsumerArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub health: HealthArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub database: DatabaseArgs,
@@ -919,6 +933,29 @@ mod tests {
         let refused = sized(&explicit, "5", 0).expect_err("one short");
         assert_eq!(refused.variable, "CONNECTFLOW_DATABASE_MAX_CONNECTIONS");
         assert!(refused.problem.contains("CONNECTFLOW_CONSUMER_PARALLELISM=5"), "{refused}");
+    }
+
+    #[test]
+    fn the_health_defaults_are_the_documented_ones_and_warning_days_parse() {
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(["connectflow", "consume"]).expect("parses");
+        let crate::cli::Command::Consume(args) = cli.command else { unreachable!("parsed consume") };
+        let parsed = args.consumer.health;
+        let default = HealthArgs::default();
+        assert_eq!(
+            (parsed.interval(), parsed.authorization_warn_days.days(), parsed.institution_settings().ok()),
+            (default.interval(), default.authorization_warn_days.days(), default.institution_settings().ok())
+        );
+        assert_eq!(parsed.institution_settings().ok(), Some(crate::institution::HealthSettings::default()));
+        assert_eq!("30,7".parse::<WarnDays>().map(|d| d.days().to_vec()), Ok(vec![7, 30]));
+        assert_eq!(" 7 , 7,30 ".parse::<WarnDays>().map(|d| d.days().to_vec()), Ok(vec![7, 30]));
+        assert_eq!("".parse::<WarnDays>().map(|d| d.days().to_vec()), Ok(vec![]));
+        assert!("0".parse::<WarnDays>().is_err());
+        assert!("seven".parse::<WarnDays>().is_err());
+        let inverted = HealthArgs { institution_down_percent: 10, ..HealthArgs::default() };
+        assert_eq!(
+            inverted.institution_settings().map_err(|e| e.variable),
+            Err("CONNECTFLOW_INSTITUTION_DOWN_PERCENT")
+        );
     }
 
     #[test]

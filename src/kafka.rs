@@ -61,7 +61,7 @@ struct TopicSpec<'a> {
     retention_ms: i64,
 }
 
-/// Creates the events, changes and dead-letter topics when they are missing, with
+/// Creates the events, changes, institutions and dead-letter topics when they are missing, with
 /// the configured replication factor, `min.insync.replicas` and retention.
 /// Existing topics are left as they are (their partition count included),
 /// but every setting weaker than configured is reported as a warning and
@@ -94,6 +94,13 @@ pub async fn ensure_topics(
             retention_ms: migration.dlq_retention_ms,
         },
     ];
+    specs.push(TopicSpec {
+        name: &kafka.institutions_topic,
+        partitions: migration.topic_partitions,
+        replication_factor: migration.topic_replication_factor,
+        min_insync_replicas: migration.topic_min_insync_replicas,
+        retention_ms: migration.changes_retention_ms,
+    });
     specs.extend(changes_topics.iter().map(|name| TopicSpec {
         name,
         partitions: migration.topic_partitions,

@@ -26,6 +26,7 @@ mod expiry;
 mod health;
 mod history;
 pub mod institution;
+pub mod institution_health;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;

@@ -56,6 +56,13 @@ pub struct PartitionLabels {
     pub partition: i32,
 }
 
+/// Labels of the institutions gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstitutionStatusLabels {
+    /// `unknown`, `healthy`, `degraded` or `down`.
+    pub status: &'static str,
+}
+
 /// Labels per consumer lane.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LaneLabels {
@@ -152,6 +159,11 @@ pub struct Metrics {
     /// it was behind what the consumer had applied (a failover lost
     /// transactions).
     pub rewinds: Counter,
+    /// Institutions per health status, as the latest evaluation left them
+    /// (every `consume` process reads them each beat).
+    pub institutions: Family<InstitutionStatusLabels, Gauge>,
+    /// Institution status changes published to the institutions topic.
+    pub institution_changes_published: Counter,
 }
 
 impl Metrics {
@@ -330,6 +342,18 @@ impl Metrics {
             "Partitions read again from the position stored in Postgres after it lost applied transactions (a failover)",
             rewinds.clone(),
         );
+        let institutions = Family::<InstitutionStatusLabels, Gauge>::default();
+        registry.register(
+            "institutions",
+            "Institutions per health status, as the latest evaluation left them",
+            institutions.clone(),
+        );
+        let institution_changes_published = Counter::default();
+        registry.register(
+            "institution_changes_published",
+            "Institution status changes published to the institutions topic",
+            institution_changes_published.clone(),
+        );
         Arc::new(Self {
             registry,
             webhooks,
@@ -368,6 +392,8 @@ impl Metrics {
             history_changes_pruned,
             replica_lag_seconds,
             rewinds,
+            institutions,
+            institution_changes_published,
         })
     }
 

@@ -53,6 +53,7 @@ fn service_env(database: &str, events_topic: String, dlq_topic: String) -> Vec<(
         ("DATABASE_URL", database.to_owned()),
         ("KAFKA_BROKERS", kafka_brokers()),
         ("CONNECTFLOW_CHANGES_TOPIC", events_topic.replace(".events", ".changes")),
+        ("CONNECTFLOW_INSTITUTIONS_TOPIC", events_topic.replace(".events", ".institutions")),
         ("CONNECTFLOW_EVENTS_TOPIC", events_topic),
         ("CONNECTFLOW_DLQ_TOPIC", dlq_topic),
         ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR", "1".into()),

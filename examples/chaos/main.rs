@@ -189,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         ("CONNECTFLOW_EVENTS_TOPIC".into(), events_topic.clone()),
         ("CONNECTFLOW_DLQ_TOPIC".into(), format!("cf-chaos-{id}.dlq")),
         ("CONNECTFLOW_CHANGES_TOPIC".into(), format!("cf-chaos-{id}.changes")),
+        ("CONNECTFLOW_INSTITUTIONS_TOPIC".into(), format!("cf-chaos-{id}.institutions")),
         ("CONNECTFLOW_CONSUMER_GROUP".into(), format!("cf-chaos-{id}")),
         ("CONNECTFLOW_TOPIC_PARTITIONS".into(), "6".into()),
         ("CONNECTFLOW_TOPIC_REPLICATION_FACTOR".into(), "3".into()),

@@ -19,6 +19,7 @@ mod customers;
 mod erasures;
 mod events;
 mod export;
+pub mod institutions;
 mod me;
 pub mod model;
 pub mod params;
@@ -112,6 +113,8 @@ fn documented_routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(stats::get_funnel))
         .routes(routes!(stats::get_timeseries))
         .routes(routes!(stats::get_institutions))
+        .routes(routes!(institutions::list_institutions))
+        .routes(routes!(institutions::get_institution))
         .routes(routes!(audit::get_audit))
         .routes(routes!(me::get_me));
     responses::describe_shared(routes.get_openapi_mut());

@@ -29,6 +29,7 @@ use crate::expiry::ExpiryJob;
 use crate::health::consumer::ConsumerHealth;
 use crate::health::{OpsState, ReadinessCache};
 use crate::history::HistoryJob;
+use crate::institution_health::InstitutionHealthJob;
 use crate::metrics::Metrics;
 use crate::outbox::Relay;
 use crate::program::{Programs, Secrets};
@@ -126,7 +127,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 /// What `connectflow consume` runs (and `all`, beside the HTTP server): the
 /// lifecycle consumer, the outbox relay its lanes wake, the authorization
-/// expiry job, the access log's pruning, the erasure records' purging, the
+/// expiry job, the institution health job, the access log's pruning, the erasure records' purging, the
 /// history retention job, and the operations listener when
 /// given an address. Each part lives in its own room; this only puts them
 /// together, built once from the configuration, and stops them together.
@@ -134,6 +135,7 @@ pub struct ConsumeProcess {
     consumer: LifecycleConsumer,
     relay: Relay,
     expiry: ExpiryJob,
+    institutions: InstitutionHealthJob,
     prune: PruneJob,
     purge: PruneJob,
     history: HistoryJob,
@@ -161,6 +163,7 @@ impl ConsumeProcess {
         let relay = Relay::new(kafka, pool.clone(), metrics.clone())?;
         let consumer = LifecycleConsumer::build(args, kafka, pool.clone(), metrics.clone(), relay.waker()).await?;
         let expiry = ExpiryJob::new(pool.clone(), programs, relay.waker());
+        let institutions = InstitutionHealthJob::new(kafka, pool.clone(), &args.health, metrics.clone())?;
         let prune = PruneJob::new(pool.clone(), Pruned::AccessLog, args.audit_retention_days, metrics.clone());
         let purge = PruneJob::new(pool.clone(), Pruned::ErasureRecords, args.erasure_record_days, metrics.clone());
         let history = HistoryJob::new(pool.clone(), args.history_retention_days, metrics.clone());
@@ -181,7 +184,7 @@ impl ConsumeProcess {
             }
             None => None,
         };
-        Ok(Self { consumer, relay, expiry, prune, purge, history, ops })
+        Ok(Self { consumer, relay, expiry, institutions, prune, purge, history, ops })
     }
 
     /// The consumer's lanes' health, for a `/livez` served elsewhere
@@ -199,12 +202,13 @@ impl ConsumeProcess {
     /// for good; then stops the others, once the consumer has committed its
     /// offsets.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, relay, expiry, prune, purge, history, ops } = self;
+        let Self { consumer, relay, expiry, institutions, prune, purge, history, ops } = self;
         let stop = shutdown.child_token();
         // Dropping this future (a caller that gave up on it) stops every part.
         let _stop_on_drop = stop.clone().drop_guard();
         let ops_task = ops.map(|(listener, state)| tokio::spawn(crate::health::serve(listener, state, stop.clone())));
         let expiry_task = tokio::spawn(expiry.run(stop.clone()));
+        let institutions_task = tokio::spawn(institutions.run(stop.clone()));
         let prune_task = tokio::spawn(prune.run(stop.clone()));
         let purge_task = tokio::spawn(purge.run(stop.clone()));
         let history_task = tokio::spawn(history.run(stop.clone()));
@@ -213,6 +217,7 @@ impl ConsumeProcess {
         stop.cancel();
         relay_task.await.context("the lifecycle-change relay")??;
         expiry_task.await.context("the authorization expiry job")?;
+        institutions_task.await.context("the institution health job")?;
         prune_task.await.context("the access-log pruning job")?;
         purge_task.await.context("the erasure records' purging job")?;
         history_task.await.context("the history retention job")?;

@@ -68,9 +68,28 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a ConnectEvent>) -> Lifecycle
 /// The events must not include any already folded into `snapshot`: the
 /// store keeps their ids and drops such a copy before it gets here.
 pub fn fold_from<'a>(snapshot: &Lifecycle, events: impl IntoIterator<Item = &'a ConnectEvent>) -> Lifecycle {
+    fold_from_watching(snapshot, events, |_| false, |_, _, _| {})
+}
+
+/// [`fold_from`], telling `on_event` what each event `watched` accepts did:
+/// it is called after such an event is applied with the event, the state
+/// before it and the state after it, in fold order. The state is copied
+/// only before a watched event.
+pub fn fold_from_watching<'a>(
+    snapshot: &Lifecycle,
+    events: impl IntoIterator<Item = &'a ConnectEvent>,
+    watched: impl Fn(&ConnectEvent) -> bool,
+    mut on_event: impl FnMut(&'a ConnectEvent, &Lifecycle, &Lifecycle),
+) -> Lifecycle {
     let mut state = snapshot.clone();
     for event in distinct_in_order(events) {
-        apply_at_horizon(&mut state, event);
+        if watched(event) {
+            let before = state.clone();
+            apply_at_horizon(&mut state, event);
+            on_event(event, &before, &state);
+        } else {
+            apply_at_horizon(&mut state, event);
+        }
     }
     state
 }

@@ -17,12 +17,14 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::change::{LifecycleChange, Versioner};
 use crate::event::{ConnectEvent, CustomerId};
+use crate::institution::session_outcome;
 use crate::lifecycle::{self, Account, Advance, AuthReason, InstitutionLogin, Lifecycle};
 use crate::program::ProgramId;
 use crate::store::changes::{Announce, record_changes};
 use crate::store::erasure::{self, Erasure, Tombstone};
 use crate::store::error::{StoreError, StoreResultExt};
 use crate::store::history::load_snapshots;
+use crate::store::institutions::{self, EndedSession};
 use crate::store::positions::{self, Positions};
 
 /// What a batch did.
@@ -271,6 +273,9 @@ pub async fn apply_published<'a>(
     // late event makes the customer be recomputed, and that is one change.
     let mut after: Vec<Projected> = Vec::with_capacity(customer_ids.len());
     let mut recompute: Vec<&CustomerId> = Vec::new();
+    // The Connect sessions the new events ended, for the institutions'
+    // health (`advance` calls back only when it applies the events).
+    let mut sessions: Vec<EndedSession> = Vec::new();
     for (customer_id, events) in &by_customer {
         if undecodable.contains_key(*customer_id) {
             recompute.push(customer_id);
@@ -289,6 +294,7 @@ pub async fn apply_published<'a>(
         let mut versioner = Versioner::new(customer_id, &program_id, version, stored.is_some(), recorded_at);
         let advanced = lifecycle::advance(&mut state, events.iter().copied(), |event, before, after| {
             versioner.observe(before, after, &[event], false, false);
+            sessions.extend(ended_session(before, after, event));
         });
         match advanced {
             Advance::Applied => {
@@ -305,7 +311,11 @@ pub async fn apply_published<'a>(
     }
     if !recompute.is_empty() {
         outcome.recomputed = recompute.len() as u64;
-        for (customer_id, state) in recompute_from_history(&mut tx, &recompute).await? {
+        let new_ids: HashSet<&str> =
+            recompute.iter().flat_map(|id| &by_customer[*id]).map(|event| event.event_id.as_str()).collect();
+        let (recomputed, ended) = recompute_watching(&mut tx, &recompute, &new_ids).await?;
+        sessions.extend(ended);
+        for (customer_id, state) in recomputed {
             let stored = states.get(&customer_id);
             let version = stored
                 .map(|s| s.version)
@@ -339,6 +349,7 @@ pub async fn apply_published<'a>(
         })
         .collect();
     write_accounts(&mut tx, &projections).await?;
+    institutions::record_sessions(&mut tx, &sessions).await?;
     outcome.changes = changes.len() as u64;
     record_changes(&mut tx, &changes, Announce::InProcess).await.map_err(|err| changes_in_the_way(err, &changes))?;
     tx.commit().await.store("committing the batch")?;
@@ -570,6 +581,26 @@ pub async fn recompute_from_history(
     tx: &mut Transaction<'_, Postgres>,
     customer_ids: &[&CustomerId],
 ) -> Result<Vec<(CustomerId, Lifecycle)>, StoreError> {
+    Ok(recompute_watching(tx, customer_ids, &HashSet::new()).await?.0)
+}
+
+/// The session ended by `event`, as the institutions' health records it.
+fn ended_session(before: &Lifecycle, after: &Lifecycle, event: &ConnectEvent) -> Option<EndedSession> {
+    session_outcome(before, after, event).map(|session| EndedSession {
+        institution_id: session.institution_id,
+        occurred_at: event.occurred_at,
+        outcome: session.outcome,
+    })
+}
+
+/// [`recompute_from_history`], with the sessions ended by the events
+/// `new_ids` names, each classified against the lifecycle before it in fold
+/// order.
+async fn recompute_watching(
+    tx: &mut Transaction<'_, Postgres>,
+    customer_ids: &[&CustomerId],
+    new_ids: &HashSet<&str>,
+) -> Result<(Vec<(CustomerId, Lifecycle)>, Vec<EndedSession>), StoreError> {
     let snapshots = load_snapshots(tx, customer_ids).await?;
     let ids: Vec<&str> = customer_ids.iter().map(|id| id.as_str()).collect();
     let rows = sqlx::query!(
@@ -592,16 +623,21 @@ pub async fn recompute_from_history(
         })?;
         histories.entry(event.customer_id.clone()).or_default().push(event);
     }
-    Ok(histories
+    let mut sessions = Vec::new();
+    let empty = Lifecycle::default();
+    let recomputed = histories
         .into_iter()
         .map(|(id, events)| {
-            let state = match snapshots.get(&id) {
-                Some(snapshot) => lifecycle::fold_from(snapshot, &events),
-                None => lifecycle::fold(&events),
-            };
+            let state = lifecycle::fold_from_watching(
+                snapshots.get(&id).unwrap_or(&empty),
+                &events,
+                |event| new_ids.contains(event.event_id.as_str()),
+                |event, before, after| sessions.extend(ended_session(before, after, event)),
+            );
             (id, state)
         })
-        .collect())
+        .collect();
+    Ok((recomputed, sessions))
 }
 
 /// Upserts the customers' rows.

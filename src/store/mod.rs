@@ -66,6 +66,7 @@ pub(crate) mod error;
 pub mod expiry;
 pub(crate) mod export;
 pub mod history;
+pub mod institutions;
 pub mod positions;
 pub(crate) mod read;
 pub mod reproject;

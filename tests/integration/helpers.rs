@@ -177,6 +177,7 @@ pub fn consumer_args() -> ConsumerArgs {
         audit_retention_days: 400,
         erasure_record_days: 1095,
         history_retention_days: 0,
+        health: connectflow::config::HealthArgs::default(),
     }
 }
 
@@ -449,6 +450,7 @@ pub async fn spawn_binary_with(subcommand: &str, rust_log: &str, env: &[(&str, &
         .env("CONNECTFLOW_EVENTS_TOPIC", &kafka.events_topic)
         .env("CONNECTFLOW_CHANGES_TOPIC", &kafka.changes_topic)
         .env("CONNECTFLOW_DLQ_TOPIC", &kafka.dlq_topic)
+        .env("CONNECTFLOW_INSTITUTIONS_TOPIC", &kafka.institutions_topic)
         .env("CONNECTFLOW_CONSUMER_GROUP", format!("cf-test-{}", uuid::Uuid::new_v4().simple()))
         .env("CONNECTFLOW_NO_MIGRATE", "true")
         .env("FINICITY_PARTNER_SECRETS", PARTNER_SECRET)

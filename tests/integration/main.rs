@@ -15,6 +15,7 @@ mod failover;
 mod foundations;
 mod helpers;
 mod history;
+mod institutions;
 mod isolation;
 mod kafka_util;
 mod lifecycle;
