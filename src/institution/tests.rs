@@ -174,3 +174,29 @@ fn the_record_names_the_change_and_its_window() {
     let back: InstitutionStatusChange = serde_json::from_value(json).expect("decode");
     assert_eq!(back, change);
 }
+
+/// The JSON Schema shipped for subscribers (docs/institution-status.schema.json)
+/// names exactly the record's fields, all required, and the statuses.
+#[test]
+fn the_published_json_schema_matches_the_record() {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/institution-status.schema.json")).expect("valid JSON");
+    let standing = Standing { status: InstitutionStatus::Down, since: at(12), improving: 0 };
+    let health = InstitutionHealth::new("101732".into(), &standing, &counts(11, 41, 0), Duration::minutes(60), at(12));
+    let record =
+        serde_json::to_value(InstitutionStatusChange::new(health, InstitutionStatus::Healthy, 3)).expect("json");
+    let mut fields: Vec<&str> = record.as_object().expect("object").keys().map(String::as_str).collect();
+    let mut required: Vec<&str> =
+        schema["required"].as_array().expect("required").iter().filter_map(|v| v.as_str()).collect();
+    let mut properties: Vec<&str> =
+        schema["properties"].as_object().expect("properties").keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    required.sort_unstable();
+    properties.sort_unstable();
+    assert_eq!(fields, required);
+    assert_eq!(fields, properties);
+    let statuses: Vec<&str> =
+        schema["$defs"]["status"]["enum"].as_array().expect("enum").iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(statuses, InstitutionStatus::ALL.map(InstitutionStatus::as_str));
+    assert_eq!(schema["properties"]["schema"]["const"], INSTITUTION_STATUS_SCHEMA_V1);
+}
