@@ -295,3 +295,68 @@ async fn two_consume_processes_write_one_record_per_status_change() {
         sqlx::query_scalar("SELECT count(*) FROM institution_status_outbox").fetch_one(&pool).await.expect("n");
     assert_eq!(outbox, 0);
 }
+
+#[tokio::test]
+async fn the_institutions_routes_need_the_stats_scope_and_refuse_bad_parameters() {
+    let app = crate::helpers::spawn_app().await;
+    for path in ["/v1/institutions", "/v1/institutions/101732"] {
+        assert_eq!(app.get(path).await.status(), 401, "{path}");
+    }
+    // Before any evaluation: an empty list, and no institution.
+    let empty: Value = app.api_get("/v1/institutions").await.json().await.expect("JSON");
+    assert_eq!(empty, json!({"institutions": [], "next_cursor": null}));
+    for path in ["/v1/institutions/101732", "/v1/institutions/%7F", &format!("/v1/institutions/{}", "1".repeat(65))] {
+        let response = app.api_get(path).await;
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    for (path, why) in [
+        ("/v1/institutions?status=sideways", "status is not a known state"),
+        ("/v1/institutions?limit=0", "limit must be"),
+        ("/v1/institutions?cursor=zz", "cursor is malformed"),
+    ] {
+        let response = app.api_get(path).await;
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await.expect("JSON");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(why)), "{path}: {body}");
+    }
+
+    // Pages by id, and a status filter.
+    let now = Utc::now();
+    let mut bodies = sessions(7_900_000, 20, 0, Ending::Success, "111", now);
+    bodies.extend(sessions(7_910_000, 20, 20, Ending::BankDown, "222", now));
+    bodies.extend(sessions(7_920_000, 3, 0, Ending::Success, "333", now));
+    record(&app.pool, &bodies).await;
+    let metrics = Metrics::new();
+    let health = HealthArgs { interval_seconds: 1, ..HealthArgs::default() };
+    let job = InstitutionHealthJob::new(&app.kafka, app.pool.clone(), &health, metrics.clone()).expect("job");
+    job.beat(now + chrono::Duration::seconds(1)).await.expect("beat");
+    let first: Value = app.api_get("/v1/institutions?limit=2").await.json().await.expect("JSON");
+    let ids = |page: &Value| -> Vec<String> {
+        page["institutions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["institution_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(ids(&first), ["111", "222"]);
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let second: Value =
+        app.api_get(&format!("/v1/institutions?limit=2&cursor={cursor}")).await.json().await.expect("JSON");
+    assert_eq!((ids(&second), &second["next_cursor"]), (vec!["333".to_owned()], &Value::Null));
+    let down: Value = app.api_get("/v1/institutions?status=down").await.json().await.expect("JSON");
+    assert_eq!(ids(&down), ["222"]);
+    let unknown: Value = app.api_get("/v1/institutions/333").await.json().await.expect("JSON");
+    assert_eq!((unknown["status"].as_str(), unknown["sessions"].as_u64()), (Some("unknown"), Some(3)));
+
+    // The gauge counts institutions per status.
+    let exposition = metrics.render();
+    for (status, count) in [("down", 1), ("healthy", 1), ("unknown", 1), ("degraded", 0)] {
+        let line = format!("connectflow_institutions{{status=\"{status}\"}} {count}");
+        assert!(exposition.lines().any(|l| l == line), "{line} in:\n{exposition}");
+    }
+    assert!(exposition.lines().any(|l| l == "connectflow_institution_changes_published_total 2"), "{exposition}");
+    app.stop().await;
+}
