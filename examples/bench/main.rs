@@ -1,8 +1,9 @@
-//! connectflow's benchmarks: `cargo run --release --example bench -- [all|receiver|consumer|api|e2e|replica]`
+//! connectflow's benchmarks: `cargo run --release --example bench -- [all|receiver|consumer|api|e2e|replica|health]`
 //! (`make bench` builds and runs `all`). Each figure comes with a baseline
 //! measured in the same run on the same machine; nothing here asserts a
 //! speed. Results print as a table and go to `target/bench/summary.json`.
 
+mod health;
 mod load;
 mod procs;
 mod replica;
@@ -896,6 +897,21 @@ async fn main() -> anyhow::Result<()> {
         replica::ReplicaFigures { skipped: Some("not run".into()), ..Default::default() }
     };
 
+    let health = if run("health") {
+        health::bench_health(
+            if quick { 100_000 } else { 1_000_000 },
+            if quick { 20_000 } else { 200_000 },
+            RUNS * 2 - 1,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("health bench failed: {e:#}");
+            health::HealthFigures::default()
+        })
+    } else {
+        health::HealthFigures::default()
+    };
+
     println!();
     println!("{:<44} {:>12} {:>12}   target", "measure", "value", "baseline");
     let rows = [
@@ -933,6 +949,8 @@ async fn main() -> anyhow::Result<()> {
         ("consumer events/s, statistics on the standby", replica.stats_on_replica_per_s, replica.alone_per_s, ""),
         ("statistics answered/s, on the primary", replica.primary_stats_per_s, None, ""),
         ("statistics answered/s, on the standby", replica.replica_stats_per_s, None, ""),
+        ("health: institutions evaluated, first ms", health.first_evaluation_ms, None, ""),
+        ("health: institutions evaluated, median ms", health.evaluation_ms, None, ""),
     ];
     for (name, value, baseline, target) in rows {
         let baseline = baseline.map(|b| fmt(Some(b))).unwrap_or_default();
@@ -956,6 +974,13 @@ async fn main() -> anyhow::Result<()> {
             replica::STATS_CLIENTS,
             replica.runs
         ),
+    }
+
+    if health.sessions > 0 {
+        println!(
+            "(health: {} customers, {} sessions in the window at {} institutions; median of {} evaluations after the first)",
+            health.customers, health.sessions, 2_000, health.runs
+        );
     }
 
     let summary = json!({
@@ -986,6 +1011,8 @@ async fn main() -> anyhow::Result<()> {
         "consumer_with_stats_on_replica_per_s": round(replica.stats_on_replica_per_s),
         "stats_answered_on_primary_per_s": round(replica.primary_stats_per_s),
         "stats_answered_on_replica_per_s": round(replica.replica_stats_per_s),
+        "health_first_evaluation_ms": round(health.first_evaluation_ms),
+        "health_evaluation_ms": round(health.evaluation_ms),
         "machine": machine(),
         "git_commit": git_commit(),
     });
