@@ -1,23 +1,21 @@
 //! The job that publishes a lifecycle change when a customer's authorization
-//! lapses ([`crate::store::expiry`]): at start, then every [`INTERVAL`]. It
-//! runs in every `consume` process, beside the consumer; several may run it
-//! at once, and each lapse is announced once.
+//! lapses, and the warnings before it does ([`crate::store::expiry`]): at
+//! start, then every `CONNECTFLOW_HEALTH_INTERVAL_SECONDS`. It runs in every
+//! `consume` process, beside the consumer; several may run it at once, and
+//! each lapse and each warning is announced once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::WarnDays;
 use crate::program::Programs;
 use crate::store::error::StoreError;
-use crate::store::expiry::{Customers, announce_lapsed_of};
-
-/// How often lapsed authorizations are looked for: a lapse is published at
-/// most this long after it happened (while a consumer runs).
-pub const INTERVAL: Duration = Duration::from_secs(60);
+use crate::store::expiry::{Customers, announce_expiring_of, announce_lapsed_of};
 
 /// The expiry job, built and ready to run.
 #[derive(Debug)]
@@ -25,37 +23,62 @@ pub struct ExpiryJob {
     pool: PgPool,
     programs: Arc<Programs>,
     changes_recorded: Arc<Notify>,
+    interval: Duration,
+    warn_days: WarnDays,
 }
 
 impl ExpiryJob {
-    /// Announces the lapses of each program's period in `pool`, and notifies
+    /// Announces, every `interval`, the lapses of each program's period in
+    /// `pool` and the warnings `warn_days` before them, and notifies
     /// `changes_recorded` (the relay of this process) after announcing any.
-    pub fn new(pool: PgPool, programs: Arc<Programs>, changes_recorded: Arc<Notify>) -> Self {
-        Self { pool, programs, changes_recorded }
+    /// A lapse or a warning is published at most `interval` after it is due
+    /// (while a consumer runs).
+    pub fn new(
+        pool: PgPool,
+        programs: Arc<Programs>,
+        changes_recorded: Arc<Notify>,
+        interval: Duration,
+        warn_days: WarnDays,
+    ) -> Self {
+        Self { pool, programs, changes_recorded, interval, warn_days }
     }
 
     /// Runs until `shutdown`; returns at once when authorizations never
     /// lapse (`CONNECTFLOW_AUTHORIZATION_DAYS=0` and no program with a
-    /// period of its own).
+    /// period of its own), as nothing is then ever warned about either.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { pool, programs, changes_recorded } = self;
+        let Self { pool, programs, changes_recorded, interval, warn_days } = self;
         let lapse = |policy: crate::lifecycle::AuthorizationPolicy| policy.days() > 0;
         if !programs.iter().any(|p| lapse(p.authorization)) && !lapse(programs.default_authorization()) {
             return;
         }
         loop {
-            match announce_round(&pool, &programs).await {
+            let now = Utc::now();
+            let mut recorded = false;
+            // Lapses first: an authorization that lapsed is past warning.
+            match lapse_round(&pool, &programs, now).await {
                 Ok(0) => {}
                 Ok(announced) => {
                     tracing::info!(announced, "lapsed authorizations announced");
-                    changes_recorded.notify_one();
+                    recorded = true;
                 }
                 // Retried at the next round, like the consumer waits out Postgres.
                 Err(err) => tracing::warn!(error = %err, "looking for lapsed authorizations failed"),
             }
+            match warning_round(&pool, &programs, warn_days.days(), now).await {
+                Ok(0) => {}
+                Ok(announced) => {
+                    tracing::info!(announced, "expiry warnings announced");
+                    recorded = true;
+                }
+                Err(err) => tracing::warn!(error = %err, "looking for lapsing authorizations failed"),
+            }
+            if recorded {
+                changes_recorded.notify_one();
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(INTERVAL) => {}
+                () = tokio::time::sleep(interval) => {}
             }
         }
     }
@@ -63,13 +86,34 @@ impl ExpiryJob {
 
 /// One pass over every program's customers with the program's period, then
 /// over the customers of programs no longer declared with the default one.
-async fn announce_round(pool: &PgPool, programs: &Programs) -> Result<usize, StoreError> {
-    let now = Utc::now();
+async fn lapse_round(pool: &PgPool, programs: &Programs, now: DateTime<Utc>) -> Result<usize, StoreError> {
     let mut announced = 0;
     for program in programs.iter() {
         announced += announce_lapsed_of(pool, Customers::Of(&program.id), program.authorization, now).await?;
     }
     let declared: Vec<&str> = programs.iter().map(|p| p.id.as_str()).collect();
     announced += announce_lapsed_of(pool, Customers::NoneOf(&declared), programs.default_authorization(), now).await?;
+    Ok(announced)
+}
+
+/// The same passes for the warnings at `thresholds` (none: nothing to do).
+async fn warning_round(
+    pool: &PgPool,
+    programs: &Programs,
+    thresholds: &[u32],
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    if thresholds.is_empty() {
+        return Ok(0);
+    }
+    let mut announced = 0;
+    for program in programs.iter() {
+        announced +=
+            announce_expiring_of(pool, Customers::Of(&program.id), program.authorization, thresholds, now).await?;
+    }
+    let declared: Vec<&str> = programs.iter().map(|p| p.id.as_str()).collect();
+    announced +=
+        announce_expiring_of(pool, Customers::NoneOf(&declared), programs.default_authorization(), thresholds, now)
+            .await?;
     Ok(announced)
 }

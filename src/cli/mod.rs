@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::HttpServer;
 use crate::config::{
-    ConfigError, ConsumerArgs, DEFAULT_MAX_CONNECTIONS, DatabaseArgs, DlqCommand, KafkaArgs, MigrationArgs,
+    ConfigError, ConsumerArgs, DEFAULT_MAX_CONNECTIONS, DatabaseArgs, DlqCommand, HealthArgs, KafkaArgs, MigrationArgs,
 };
 use crate::consume::LifecycleConsumer;
 use crate::event::CustomerId;
@@ -89,9 +89,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let programs = args.lifecycle.programs(Secrets::NotNeeded)?;
             let database = args.database.sized_for(&args.consumer, 0)?;
             let (pool, metrics) = prepare(&database, &args.kafka, &args.migration, &programs).await?;
-            let process =
-                ConsumeProcess::build(&args.consumer, &args.kafka, args.listen, pool, metrics, Arc::new(programs))
-                    .await?;
+            let process = ConsumeProcess::build(
+                &args.consumer,
+                &args.health,
+                &args.kafka,
+                args.listen,
+                pool,
+                metrics,
+                Arc::new(programs),
+            )
+            .await?;
             process.run(shutdown).await
         }
         Command::All(args) => {
@@ -100,6 +107,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let (pool, metrics) = prepare(&database, &args.kafka, &args.migration, &settings.programs).await?;
             let consumer = ConsumeProcess::build(
                 &args.consumer,
+                &args.health,
                 &args.kafka,
                 None,
                 pool.clone(),
@@ -149,9 +157,11 @@ impl std::fmt::Debug for ConsumeProcess {
 impl ConsumeProcess {
     /// Builds every part and (when `listen` is given) binds the operations
     /// listener (`/livez`, `/readyz`, `/metrics`). `programs` give the
-    /// periods the expiry job announces lapses by.
+    /// periods the expiry job announces lapses by, `health` its beat and the
+    /// warnings before a lapse.
     pub async fn build(
         args: &ConsumerArgs,
+        health: &HealthArgs,
         kafka: &KafkaArgs,
         listen: Option<SocketAddr>,
         pool: PgPool,
@@ -160,7 +170,13 @@ impl ConsumeProcess {
     ) -> anyhow::Result<Self> {
         let relay = Relay::new(kafka, pool.clone(), metrics.clone())?;
         let consumer = LifecycleConsumer::build(args, kafka, pool.clone(), metrics.clone(), relay.waker()).await?;
-        let expiry = ExpiryJob::new(pool.clone(), programs, relay.waker());
+        let expiry = ExpiryJob::new(
+            pool.clone(),
+            programs,
+            relay.waker(),
+            health.interval(),
+            health.authorization_warn_days.clone(),
+        );
         let prune = PruneJob::new(pool.clone(), Pruned::AccessLog, args.audit_retention_days, metrics.clone());
         let purge = PruneJob::new(pool.clone(), Pruned::ErasureRecords, args.erasure_record_days, metrics.clone());
         let history = HistoryJob::new(pool.clone(), args.history_retention_days, metrics.clone());

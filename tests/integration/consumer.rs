@@ -257,6 +257,7 @@ pub(crate) async fn start_consume_process(
 ) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let consumer = ConsumeProcess::build(
         &args,
+        &crate::helpers::health_args(),
         kafka,
         "127.0.0.1:0".parse().ok(),
         pool,

@@ -191,9 +191,22 @@ pub fn run_consumer(
 ) -> JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
         let programs = Arc::new(connectflow::program::Programs::single(AuthorizationPolicy::default(), None));
-        let consumer = connectflow::cli::ConsumeProcess::build(&args, &kafka, None, pool, metrics, programs).await?;
+        let consumer =
+            connectflow::cli::ConsumeProcess::build(&args, &health_args(), &kafka, None, pool, metrics, programs)
+                .await?;
         consumer.run(shutdown).await
     })
+}
+
+/// The health beat's settings as `consume` has them by default (a minute;
+/// warnings 30 and 7 days before a lapse).
+pub fn health_args() -> connectflow::config::HealthArgs {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        health: connectflow::config::HealthArgs,
+    }
+    <Defaults as clap::Parser>::parse_from(["connectflow"]).health
 }
 
 /// HTTP settings for tests: port 0 and the test secrets.

@@ -436,9 +436,17 @@ async fn each_program_lapses_authorizations_after_its_own_period() {
         tokio::spawn(async move {
             let args = crate::helpers::consumer_args();
             let metrics = connectflow::metrics::Metrics::new();
-            let process =
-                connectflow::cli::ConsumeProcess::build(&args, &kafka, None, pool, metrics, Arc::new(two_programs()))
-                    .await?;
+            let health = crate::helpers::health_args();
+            let process = connectflow::cli::ConsumeProcess::build(
+                &args,
+                &health,
+                &kafka,
+                None,
+                pool,
+                metrics,
+                Arc::new(two_programs()),
+            )
+            .await?;
             process.run(stop).await
         })
     };
