@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::event::{ConnectEvent, CustomerId, rfc3339_ms};
-use crate::lifecycle::{Dimension, Lifecycle, VisibleLifecycle};
+use crate::lifecycle::{Dimension, DueWarning, Lifecycle, VisibleLifecycle};
 use crate::program::ProgramId;
 
 /// The value of the `schema` field and header of every change record.
@@ -67,19 +67,35 @@ pub struct LifecycleChange {
     /// When connectflow recorded the change.
     #[serde(with = "rfc3339_ms")]
     pub recorded_at: DateTime<Utc>,
-    /// Why, when no Finicity event caused it: `authorization_expired` (the
-    /// current authorization lapsed; `before` and `after` are then the same,
-    /// and `occurred_at` is the lapse) or `erased` (the customer was erased:
+    /// Why, when no Finicity event caused it: `authorization_expiring` (the
+    /// current authorization lapses in `days_left` days, at `expires_at`: a
+    /// threshold of `CONNECTFLOW_AUTHORIZATION_WARN_DAYS` was crossed;
+    /// `before` and `after` are then the same, and `occurred_at` is when the
+    /// threshold was crossed), `authorization_expired` (the current
+    /// authorization lapsed; `before` and `after` are then the same, and
+    /// `occurred_at` is the lapse) or `erased` (the customer was erased:
     /// `after` is null, `caused_by` names the erasure event, `occurred_at` is
     /// the erasure's time). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<ChangeReason>,
+    /// On an `authorization_expiring` warning only: whole days left before
+    /// the authorization lapses (rounded down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_left: Option<i64>,
+    /// On an `authorization_expiring` warning only: when the authorization
+    /// lapses.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::lifecycle::rfc3339_ms_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Why a change happened without an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeReason {
+    /// The authorization lapses soon: a threshold of
+    /// `CONNECTFLOW_AUTHORIZATION_WARN_DAYS` was crossed.
+    AuthorizationExpiring,
     /// `authorized_at` plus `CONNECTFLOW_AUTHORIZATION_DAYS` passed.
     AuthorizationExpired,
     /// The customer was erased (`POST /v1/customers/{id}/erasures`).
@@ -156,6 +172,8 @@ impl<'a> Versioner<'a> {
             occurred_at,
             recorded_at: self.recorded_at,
             reason: None,
+            days_left: None,
+            expires_at: None,
         });
     }
 
@@ -179,6 +197,34 @@ impl<'a> Versioner<'a> {
             occurred_at: expired_at,
             recorded_at: self.recorded_at,
             reason: Some(ChangeReason::AuthorizationExpired),
+            days_left: None,
+            expires_at: None,
+        });
+    }
+
+    /// Records that the customer's current authorization crossed a warning
+    /// threshold (`warning`): a change of consent that no event caused, with
+    /// the (unchanged) visible lifecycle as `before` and `after`, occurring
+    /// when the threshold was crossed.
+    pub fn expiring(&mut self, state: &Lifecycle, warning: &DueWarning) {
+        self.version += 1;
+        let visible = VisibleLifecycle::from(state);
+        self.changes.push(LifecycleChange {
+            schema: CHANGE_SCHEMA_V1.to_owned(),
+            change_id: format!("{}:{}", self.customer_id, self.version),
+            customer_id: self.customer_id.to_string(),
+            program_id: self.program_id.clone(),
+            version: self.version,
+            before: Some(visible.clone()),
+            after: Some(visible),
+            changed: vec![Dimension::Consent],
+            caused_by: Vec::new(),
+            recomputed: false,
+            occurred_at: warning.crossed_at,
+            recorded_at: self.recorded_at,
+            reason: Some(ChangeReason::AuthorizationExpiring),
+            days_left: Some(warning.days_left),
+            expires_at: Some(warning.expires_at),
         });
     }
 
@@ -201,6 +247,50 @@ impl<'a> Versioner<'a> {
             occurred_at: erasure.occurred_at,
             recorded_at: self.recorded_at,
             reason: Some(ChangeReason::Erased),
+            days_left: None,
+            expires_at: None,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, Utc};
+
+    use super::*;
+    use crate::lifecycle::AuthorizationPolicy;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).expect("time").with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_warning_carries_the_days_left_and_the_expiry_and_nothing_else_does() {
+        let customer = CustomerId::try_from("5000000001".to_owned()).expect("id");
+        let program = ProgramId::default();
+        let now = at("2026-12-04T12:00:00.250Z");
+        let authorized = now + Duration::days(6) + Duration::hours(3) - Duration::days(365);
+        let due = AuthorizationPolicy::default().warning_due(authorized, &[30, 7], None, now).expect("due");
+        let state = Lifecycle::default();
+        let mut versioner = Versioner::new(&customer, &program, 4, true, now);
+        versioner.expiring(&state, &due);
+        versioner.expired(&state, now);
+        assert_eq!(versioner.version(), 6);
+        let warning = serde_json::to_value(&versioner.changes[0]).expect("json");
+        assert_eq!(warning["reason"], "authorization_expiring");
+        assert_eq!(warning["change_id"], "5000000001:5");
+        assert_eq!(warning["days_left"], 6);
+        assert_eq!(warning["expires_at"], "2026-12-10T15:00:00.250Z");
+        assert_eq!(warning["occurred_at"], "2026-12-03T15:00:00.250Z", "7 days before the lapse");
+        assert_eq!(warning["recorded_at"], "2026-12-04T12:00:00.250Z");
+        assert_eq!(warning["changed"], serde_json::json!(["consent"]));
+        assert_eq!(warning["caused_by"], serde_json::json!([]));
+        assert_eq!(warning["recomputed"], false);
+        assert_eq!(warning["before"], warning["after"]);
+        let back: LifecycleChange = serde_json::from_value(warning).expect("reads back");
+        assert_eq!(back, versioner.changes[0]);
+        let lapse = serde_json::to_value(&versioner.changes[1]).expect("json");
+        assert_eq!(lapse["reason"], "authorization_expired");
+        assert!(lapse.get("days_left").is_none() && lapse.get("expires_at").is_none(), "{lapse}");
     }
 }

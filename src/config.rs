@@ -43,7 +43,7 @@ pub struct DatabaseArgs {
 
     /// Largest number of Postgres connections this process opens. Default:
     /// 10 for `serve` and the commands; for `consume`, one per lane
-    /// (CONNECTFLOW_CONSUMER_PARALLELISM) plus 3 (the relay, the expiry job,
+    /// (CONNECTFLOW_CONSUMER_PARALLELISM) plus 3 (the relay, the health beat,
     /// readiness); for `all`, that plus 10. `consume` and `all` refuse to
     /// start with fewer than the consumer needs. The relay's `LISTEN`
     /// connection is its own, on top.
@@ -74,7 +74,7 @@ impl DatabaseArgs {
                     variable: "CONNECTFLOW_DATABASE_MAX_CONNECTIONS",
                     problem: format!(
                         "{size} connections cannot serve CONNECTFLOW_CONSUMER_PARALLELISM={}: the consumer needs {needed} \
-                         (one per lane, plus {CONNECTIONS_BESIDE_LANES} for the relay, the expiry job and readiness); \
+                         (one per lane, plus {CONNECTIONS_BESIDE_LANES} for the relay, the health beat and readiness); \
                          raise the pool or lower the parallelism",
                         consumer.parallelism
                     ),
@@ -520,7 +520,7 @@ impl FromStr for WarnDays {
 }
 
 /// Connections a consumer needs beside its lanes' at the same time: the
-/// relay's claims and settling, the authorization expiry job and readiness
+/// relay's claims and settling, the health beat (authorization expiry, institution health) and readiness
 /// (`/readyz`). The hourly jobs wait for one of these.
 pub const CONNECTIONS_BESIDE_LANES: u32 = 3;
 

@@ -1,23 +1,20 @@
 //! The job that publishes a lifecycle change when a customer's authorization
-//! lapses ([`crate::store::expiry`]): at start, then every [`INTERVAL`]. It
-//! runs in every `consume` process, beside the consumer; several may run it
-//! at once, and each lapse is announced once.
+//! lapses, and the warnings before it does ([`crate::store::expiry`]): on
+//! the health beat of every `consume` process (at start, then every
+//! `CONNECTFLOW_HEALTH_INTERVAL_SECONDS`, before the institutions'
+//! evaluation); several processes may run it at once, and each lapse and
+//! each warning is announced once.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
+use crate::config::WarnDays;
 use crate::program::Programs;
 use crate::store::error::StoreError;
-use crate::store::expiry::{Customers, announce_lapsed_of};
-
-/// How often lapsed authorizations are looked for: a lapse is published at
-/// most this long after it happened (while a consumer runs).
-pub const INTERVAL: Duration = Duration::from_secs(60);
+use crate::store::expiry::{Customers, announce_expiring_of, announce_lapsed_of};
 
 /// The expiry job, built and ready to run.
 #[derive(Debug)]
@@ -25,51 +22,86 @@ pub struct ExpiryJob {
     pool: PgPool,
     programs: Arc<Programs>,
     changes_recorded: Arc<Notify>,
+    warn_days: WarnDays,
 }
 
 impl ExpiryJob {
-    /// Announces the lapses of each program's period in `pool`, and notifies
-    /// `changes_recorded` (the relay of this process) after announcing any.
-    pub fn new(pool: PgPool, programs: Arc<Programs>, changes_recorded: Arc<Notify>) -> Self {
-        Self { pool, programs, changes_recorded }
+    /// Announces, each [`round`](Self::round), the lapses of each program's
+    /// period in `pool` and the warnings `warn_days` before them, and
+    /// notifies `changes_recorded` (the relay of this process) after
+    /// announcing any. Run every `CONNECTFLOW_HEALTH_INTERVAL_SECONDS`, a
+    /// lapse or a warning is published at most that long after it is due
+    /// (while a consumer runs).
+    pub fn new(pool: PgPool, programs: Arc<Programs>, changes_recorded: Arc<Notify>, warn_days: WarnDays) -> Self {
+        Self { pool, programs, changes_recorded, warn_days }
     }
 
-    /// Runs until `shutdown`; returns at once when authorizations never
-    /// lapse (`CONNECTFLOW_AUTHORIZATION_DAYS=0` and no program with a
-    /// period of its own).
-    pub async fn run(self, shutdown: CancellationToken) {
-        let Self { pool, programs, changes_recorded } = self;
+    /// One round at `now`: the lapses, then the warnings; nothing when
+    /// authorizations never lapse (`CONNECTFLOW_AUTHORIZATION_DAYS=0` and no
+    /// program with a period of its own), as nothing is then ever warned
+    /// about either. Failures are logged and retried at the next round, like
+    /// the consumer waits out Postgres. `consume` runs it on the health beat
+    /// (`crate::cli`), before the institutions' evaluation.
+    pub async fn round(&self, now: DateTime<Utc>) {
+        let Self { pool, programs, changes_recorded, warn_days } = self;
         let lapse = |policy: crate::lifecycle::AuthorizationPolicy| policy.days() > 0;
         if !programs.iter().any(|p| lapse(p.authorization)) && !lapse(programs.default_authorization()) {
             return;
         }
-        loop {
-            match announce_round(&pool, &programs).await {
-                Ok(0) => {}
-                Ok(announced) => {
-                    tracing::info!(announced, "lapsed authorizations announced");
-                    changes_recorded.notify_one();
-                }
-                // Retried at the next round, like the consumer waits out Postgres.
-                Err(err) => tracing::warn!(error = %err, "looking for lapsed authorizations failed"),
+        let mut recorded = false;
+        // Lapses first: an authorization that lapsed is past warning.
+        match lapse_round(pool, programs, now).await {
+            Ok(0) => {}
+            Ok(announced) => {
+                tracing::info!(announced, "lapsed authorizations announced");
+                recorded = true;
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(INTERVAL) => {}
+            Err(err) => tracing::warn!(error = %err, "looking for lapsed authorizations failed"),
+        }
+        match warning_round(pool, programs, warn_days.days(), now).await {
+            Ok(0) => {}
+            Ok(announced) => {
+                tracing::info!(announced, "expiry warnings announced");
+                recorded = true;
             }
+            Err(err) => tracing::warn!(error = %err, "looking for lapsing authorizations failed"),
+        }
+        if recorded {
+            changes_recorded.notify_one();
         }
     }
 }
 
 /// One pass over every program's customers with the program's period, then
 /// over the customers of programs no longer declared with the default one.
-async fn announce_round(pool: &PgPool, programs: &Programs) -> Result<usize, StoreError> {
-    let now = Utc::now();
+async fn lapse_round(pool: &PgPool, programs: &Programs, now: DateTime<Utc>) -> Result<usize, StoreError> {
     let mut announced = 0;
     for program in programs.iter() {
         announced += announce_lapsed_of(pool, Customers::Of(&program.id), program.authorization, now).await?;
     }
     let declared: Vec<&str> = programs.iter().map(|p| p.id.as_str()).collect();
     announced += announce_lapsed_of(pool, Customers::NoneOf(&declared), programs.default_authorization(), now).await?;
+    Ok(announced)
+}
+
+/// The same passes for the warnings at `thresholds` (none: nothing to do).
+async fn warning_round(
+    pool: &PgPool,
+    programs: &Programs,
+    thresholds: &[u32],
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    if thresholds.is_empty() {
+        return Ok(0);
+    }
+    let mut announced = 0;
+    for program in programs.iter() {
+        announced +=
+            announce_expiring_of(pool, Customers::Of(&program.id), program.authorization, thresholds, now).await?;
+    }
+    let declared: Vec<&str> = programs.iter().map(|p| p.id.as_str()).collect();
+    announced +=
+        announce_expiring_of(pool, Customers::NoneOf(&declared), programs.default_authorization(), thresholds, now)
+            .await?;
     Ok(announced)
 }

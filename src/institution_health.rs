@@ -13,7 +13,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, HealthArgs, KafkaArgs};
 use crate::institution::{HealthSettings, INSTITUTION_STATUS_SCHEMA_V1};
@@ -88,21 +87,20 @@ impl InstitutionHealthJob {
         })
     }
 
-    /// Runs a beat at start and then every interval, until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            match self.beat(Utc::now()).await {
-                Ok(beat) if beat.changes > 0 || beat.published > 0 => {
-                    tracing::info!(changes = beat.changes, published = beat.published, "institution health evaluated");
-                }
-                Ok(_) => {}
-                // Retried at the next beat; the outbox keeps what waits.
-                Err(err) => tracing::warn!(error = %err, "evaluating institution health failed"),
+    /// The beat's interval (`CONNECTFLOW_HEALTH_INTERVAL_SECONDS`).
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// One [`beat`](Self::beat) at `now`, its outcome logged: a failure is
+    /// retried at the next beat (the outbox keeps what waits).
+    pub async fn beat_logged(&self, now: DateTime<Utc>) {
+        match self.beat(now).await {
+            Ok(beat) if beat.changes > 0 || beat.published > 0 => {
+                tracing::info!(changes = beat.changes, published = beat.published, "institution health evaluated");
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.interval) => {}
-            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "evaluating institution health failed"),
         }
     }
 

@@ -103,8 +103,9 @@ pub(super) fn lifecycle_document(
     now: DateTime<Utc>,
 ) -> CustomerLifecycle {
     let policy = programs.authorization(&stored.program_id);
-    let read::StoredLifecycle { lifecycle, version, updated_at, program_id } = stored;
+    let read::StoredLifecycle { lifecycle, version, updated_at, program_id, expiry_warnings } = stored;
     CustomerLifecycle::new(customer_id, program_id, lifecycle, version, updated_at, policy, now)
+        .with_expiry_warnings(expiry_warnings)
 }
 
 /// A customer's lifecycle.
@@ -174,7 +175,8 @@ pub async fn list_customers(
     let customers: Vec<CustomerSummary> = rows
         .into_iter()
         .map(|listed| CustomerSummary {
-            consent: ConsentView::new(listed.lifecycle.consent, state.programs.authorization(&listed.program_id), now),
+            consent: ConsentView::new(listed.lifecycle.consent, state.programs.authorization(&listed.program_id), now)
+                .with_expiry_warnings(listed.expiry_warnings),
             customer_id: listed.customer_id,
             program_id: listed.program_id,
             authentication: listed.lifecycle.authentication,

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::change::LifecycleChange;
 use crate::event::{RevokedBy, rfc3339_ms};
 use crate::lifecycle::{
-    AuthReason, AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, FunnelProgress,
+    AuthReason, AuthState, Authentication, AuthorizationPolicy, Consent, ConsentState, ExpiryWarning, FunnelProgress,
     InstitutionLogin, LastEvent, Lifecycle, Outcome,
 };
 use crate::store::access_log::AccessRecord;
@@ -33,14 +33,24 @@ pub struct ConsentView {
     /// Whether `authorization_expires_at` has passed (at the time of the
     /// answer): the customer must reauthorize before data is collected again.
     pub expired: bool,
+    /// The warnings announced for the current authorization (lifecycle
+    /// changes with `reason: "authorization_expiring"`, one per threshold of
+    /// `CONNECTFLOW_AUTHORIZATION_WARN_DAYS` it crossed), oldest first; empty
+    /// while none was, and again after a reauthorization or a revocation.
+    pub expiry_warnings: Vec<ExpiryWarning>,
 }
 
 impl ConsentView {
-    /// The view of `consent` at `now`.
+    /// The view of `consent` at `now`, without warnings.
     pub fn new(consent: Consent, policy: AuthorizationPolicy, now: DateTime<Utc>) -> Self {
         let authorization_expires_at = policy.expires_at(consent.authorized_at);
         let expired = policy.expired(consent.authorized_at, now);
-        Self { consent, authorization_expires_at, expired }
+        Self { consent, authorization_expires_at, expired, expiry_warnings: Vec::new() }
+    }
+
+    /// The same view with the warnings sent for its authorization.
+    pub fn with_expiry_warnings(self, expiry_warnings: Vec<ExpiryWarning>) -> Self {
+        Self { expiry_warnings, ..self }
     }
 }
 
@@ -94,7 +104,7 @@ pub struct CustomerLifecycle {
 impl CustomerLifecycle {
     /// The API's answer for a stored lifecycle at `now`: everything but the
     /// fold's bookkeeping (`pending_adding`), with the expiry of each
-    /// authorization.
+    /// authorization (and no expiry warnings: [`Self::with_expiry_warnings`]).
     pub fn new(
         customer_id: String,
         program_id: String,
@@ -133,6 +143,12 @@ impl CustomerLifecycle {
             version,
             updated_at,
         }
+    }
+
+    /// The same answer with the warnings sent for the current authorization
+    /// (`consent.expiry_warnings`).
+    pub fn with_expiry_warnings(self, expiry_warnings: Vec<ExpiryWarning>) -> Self {
+        Self { consent: self.consent.with_expiry_warnings(expiry_warnings), ..self }
     }
 }
 

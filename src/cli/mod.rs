@@ -151,7 +151,9 @@ impl std::fmt::Debug for ConsumeProcess {
 impl ConsumeProcess {
     /// Builds every part and (when `listen` is given) binds the operations
     /// listener (`/livez`, `/readyz`, `/metrics`). `programs` give the
-    /// periods the expiry job announces lapses by.
+    /// periods the expiry job announces lapses by; `args.health` its beat
+    /// and the warnings before a lapse, and the institution health job's
+    /// settings.
     pub async fn build(
         args: &ConsumerArgs,
         kafka: &KafkaArgs,
@@ -162,7 +164,7 @@ impl ConsumeProcess {
     ) -> anyhow::Result<Self> {
         let relay = Relay::new(kafka, pool.clone(), metrics.clone())?;
         let consumer = LifecycleConsumer::build(args, kafka, pool.clone(), metrics.clone(), relay.waker()).await?;
-        let expiry = ExpiryJob::new(pool.clone(), programs, relay.waker());
+        let expiry = ExpiryJob::new(pool.clone(), programs, relay.waker(), args.health.authorization_warn_days.clone());
         let institutions = InstitutionHealthJob::new(kafka, pool.clone(), &args.health, metrics.clone())?;
         let prune = PruneJob::new(pool.clone(), Pruned::AccessLog, args.audit_retention_days, metrics.clone());
         let purge = PruneJob::new(pool.clone(), Pruned::ErasureRecords, args.erasure_record_days, metrics.clone());
@@ -207,8 +209,7 @@ impl ConsumeProcess {
         // Dropping this future (a caller that gave up on it) stops every part.
         let _stop_on_drop = stop.clone().drop_guard();
         let ops_task = ops.map(|(listener, state)| tokio::spawn(crate::health::serve(listener, state, stop.clone())));
-        let expiry_task = tokio::spawn(expiry.run(stop.clone()));
-        let institutions_task = tokio::spawn(institutions.run(stop.clone()));
+        let beat_task = tokio::spawn(health_beat(expiry, institutions, stop.clone()));
         let prune_task = tokio::spawn(prune.run(stop.clone()));
         let purge_task = tokio::spawn(purge.run(stop.clone()));
         let history_task = tokio::spawn(history.run(stop.clone()));
@@ -216,8 +217,7 @@ impl ConsumeProcess {
         let consumed = consumer.run(stop.clone()).await;
         stop.cancel();
         relay_task.await.context("the lifecycle-change relay")??;
-        expiry_task.await.context("the authorization expiry job")?;
-        institutions_task.await.context("the institution health job")?;
+        beat_task.await.context("the health beat (authorization expiry, institution health)")?;
         prune_task.await.context("the access-log pruning job")?;
         purge_task.await.context("the erasure records' purging job")?;
         history_task.await.context("the history retention job")?;
@@ -225,6 +225,23 @@ impl ConsumeProcess {
             ops.await.context("operations endpoints")??;
         }
         consumed
+    }
+}
+
+/// The health beat of `consume`: at start and then every
+/// `CONNECTFLOW_HEALTH_INTERVAL_SECONDS`, the lapses and warnings of the
+/// authorizations, then the institutions' evaluation, one after the other
+/// (so the two share one of the connections beside the lanes), until
+/// `shutdown`.
+async fn health_beat(expiry: ExpiryJob, institutions: InstitutionHealthJob, shutdown: CancellationToken) {
+    loop {
+        let now = chrono::Utc::now();
+        expiry.round(now).await;
+        institutions.beat_logged(now).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(institutions.interval()) => {}
+        }
     }
 }
 

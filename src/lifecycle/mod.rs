@@ -29,7 +29,7 @@ pub(crate) mod tests;
 
 use std::collections::HashSet;
 
-pub use authorization::AuthorizationPolicy;
+pub use authorization::{AuthorizationPolicy, DueWarning, ExpiryWarning, WarningWindow};
 pub use change::{Dimension, VisibleLifecycle, changed};
 pub use funnel::{FunnelProgress, Outcome, Steps};
 pub use state::{

@@ -455,6 +455,8 @@ mod tests {
             occurred_at: at(),
             recorded_at: at(),
             reason: None,
+            days_left: None,
+            expires_at: None,
         }
     }
 

@@ -1,6 +1,8 @@
 -- The customer listing (`store::read::customers`, `GET /v1/customers`): its
 -- own file so that a test EXPLAINs exactly what the store runs.
-SELECT customer_id, program_id, lifecycle, updated_at
+SELECT customer_id, program_id, lifecycle, updated_at,
+       CASE WHEN authorization_warned_for = consent_authorized_at THEN authorization_warnings ELSE '[]' END
+           AS "expiry_warnings!"
 FROM customers
 WHERE ($1::text IS NULL OR consent_state = $1)
   AND ($2::text IS NULL OR auth_state = $2)

@@ -1,6 +1,11 @@
 //! Lapsed authorizations: one lifecycle change per lapse
 //! (`reason: "authorization_expired"`), exactly once whatever the number of
-//! `consume` processes looking for them.
+//! `consume` processes looking for them; and the warnings before a lapse
+//! ([`warnings`]).
+
+mod warnings;
+
+pub use warnings::{announce_expiring, announce_expiring_of};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;

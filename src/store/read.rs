@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 
 use crate::event::rfc3339_ms;
-use crate::lifecycle::{AuthState, ConsentState, Lifecycle};
+use crate::lifecycle::{AuthState, ConsentState, ExpiryWarning, Lifecycle};
 use crate::store::error::{StoreError, StoreResultExt};
 
 /// The programs a read may see: `None` for every program. A customer of
@@ -24,6 +24,8 @@ pub struct StoredLifecycle {
     pub updated_at: DateTime<Utc>,
     /// The customer's program.
     pub program_id: String,
+    /// The expiry warnings sent for the current authorization.
+    pub expiry_warnings: Vec<ExpiryWarning>,
 }
 
 /// One customer's stored lifecycle, when the customer exists in `visible`.
@@ -35,7 +37,10 @@ pub async fn lifecycle(
 ) -> Result<Option<StoredLifecycle>, StoreError> {
     let row = sqlx::query!(
         r#"
-        SELECT lifecycle, version, updated_at, program_id FROM customers
+        SELECT lifecycle, version, updated_at, program_id,
+               CASE WHEN authorization_warned_for = consent_authorized_at THEN authorization_warnings ELSE '[]' END
+                   AS "expiry_warnings!"
+        FROM customers
         WHERE customer_id = $1 AND ($2::text[] IS NULL OR program_id = ANY($2))
         "#,
         customer_id,
@@ -47,9 +52,21 @@ pub async fn lifecycle(
     row.map(|row| {
         let lifecycle = serde_json::from_value(row.lifecycle)
             .map_err(|err| StoreError::undecodable("decoding a stored lifecycle", &err))?;
-        Ok(StoredLifecycle { lifecycle, version: row.version, updated_at: row.updated_at, program_id: row.program_id })
+        Ok(StoredLifecycle {
+            lifecycle,
+            version: row.version,
+            updated_at: row.updated_at,
+            program_id: row.program_id,
+            expiry_warnings: expiry_warnings(row.expiry_warnings)?,
+        })
     })
     .transpose()
+}
+
+/// The warnings stored for the current authorization (`expiry_warnings` of
+/// the consent document).
+fn expiry_warnings(stored: serde_json::Value) -> Result<Vec<ExpiryWarning>, StoreError> {
+    serde_json::from_value(stored).map_err(|err| StoreError::undecodable("decoding stored expiry warnings", &err))
 }
 
 /// A page of a customer's recorded lifecycle changes after `after_version`,
@@ -196,6 +213,8 @@ pub struct ListedCustomer {
     pub lifecycle: Lifecycle,
     /// When it was last updated.
     pub updated_at: DateTime<Utc>,
+    /// The expiry warnings sent for the current authorization.
+    pub expiry_warnings: Vec<ExpiryWarning>,
 }
 
 /// A page of customers after `after` (`(updated_at, customer_id)`).
@@ -242,6 +261,7 @@ pub async fn customers(
                 program_id: row.program_id,
                 lifecycle,
                 updated_at: row.updated_at,
+                expiry_warnings: expiry_warnings(row.expiry_warnings)?,
             })
         })
         .collect::<Result<_, StoreError>>()?;

@@ -10,6 +10,7 @@ mod console;
 mod console_programs;
 mod consumer;
 mod erasure;
+mod expiry_warnings;
 mod export;
 mod failover;
 mod foundations;

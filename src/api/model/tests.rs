@@ -40,7 +40,8 @@ fn no_events_shows_the_default_state() {
         api_shape(&fold([])),
         json!({
             "consent": {"state": "none", "since": null, "granted_at": null, "authorized_at": null,
-                        "revocation": null, "authorization_expires_at": null, "expired": false},
+                        "revocation": null, "authorization_expires_at": null, "expired": false,
+                        "expiry_warnings": []},
             "authentication": {"state": "not_started", "since": null, "reason": null, "error_code": null},
             "institution_logins": [],
             "funnel": {"first_event_at": null, "institution_id": null,
@@ -86,7 +87,8 @@ fn view_serialises_to_the_api_contract() {
 
     let contract = r#"{ "consent": {"state": "granted", "since": "2026-11-20T10:15:02.123Z",
                "granted_at": "2026-11-20T10:15:02.123Z", "authorized_at": "2026-11-20T10:15:02.123Z",
-               "revocation": null, "authorization_expires_at": "2027-11-20T10:15:02.123Z", "expired": false},
+               "revocation": null, "authorization_expires_at": "2027-11-20T10:15:02.123Z", "expired": false,
+               "expiry_warnings": []},
   "authentication": {"state": "authenticated", "since": "2026-11-20T10:15:02.123Z", "reason": null, "error_code": null},
   "institution_logins": [
     {"institution_login_id": "1022599285", "institution_id": "101732", "oauth": true,
@@ -115,4 +117,16 @@ fn the_fold_bookkeeping_is_not_shown() {
     let state = fold([&adding]);
     assert!(state.pending_adding.is_some());
     assert!(!serde_json::to_string(&api_answer(&state)).expect("serialisable").contains("pending_adding"));
+}
+
+#[test]
+fn the_warnings_sent_are_listed_under_consent() {
+    let sent_at = Utc.with_ymd_and_hms(2026, 11, 20, 10, 15, 2).single().expect("valid") + Duration::milliseconds(7);
+    let warning = crate::lifecycle::ExpiryWarning { days: 30, days_left: 29, sent_at };
+    let answer = api_answer(&fold([])).with_expiry_warnings(vec![warning]);
+    let value = serde_json::to_value(&answer).expect("serialisable");
+    assert_eq!(
+        value["consent"]["expiry_warnings"],
+        json!([{"days": 30, "days_left": 29, "sent_at": "2026-11-20T10:15:02.007Z"}])
+    );
 }
