@@ -24,6 +24,12 @@
   const CHANGES_PAGE = 500;
   const CHANGES_MAX_PAGES = 20;
   const INSTITUTIONS_LIMIT = 50;
+  // The institutions' health (GET /v1/institutions): pages of this size, at
+  // most this many of them for the institutions table (then the down and the
+  // degraded ones, a page each); at most this many institutions of a customer.
+  const HEALTH_PAGE = 500;
+  const HEALTH_MAX_PAGES = 4;
+  const CUSTOMER_INSTITUTIONS_MAX = 10;
 
   const STEPS = ["started", "institution_chosen", "mfa_challenged", "authenticated", "consent_granted"];
   const STEP_LABELS = {
@@ -50,6 +56,9 @@
     in_progress: "info", mfa_challenge: "info",
     revoked: "muted", deleted: "muted", none: "muted", not_started: "muted",
   };
+
+  // An institution's health status and its badge's tone.
+  const HEALTH_TONES = { healthy: "good", degraded: "warn", down: "bad", unknown: "muted" };
 
   const app = document.getElementById("app");
   const bannerSlot = document.getElementById("banner");
@@ -201,6 +210,133 @@
 
   function numCell(n, testid) {
     return h("td", { class: "num", testid }, fmtCount(n));
+  }
+
+  // ---------------------------------------------------------------------------
+  // Institution health (GET /v1/institutions)
+  // ---------------------------------------------------------------------------
+
+  // "09:12 UTC" for a time of today (UTC), "2026-12-03 09:12 UTC" for another day.
+  function fmtClock(ts) {
+    const t = String(ts || "");
+    if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}/.test(t)) return "—";
+    return t.slice(0, 10) === iso(Date.now()).slice(0, 10) ? `${t.slice(11, 16)} UTC` : `${t.slice(0, 10)} ${t.slice(11, 16)} UTC`;
+  }
+
+  // "the last hour", "the last 2 hours", "the last 90 minutes".
+  function fmtWindow(minutes) {
+    const m = Number(minutes);
+    if (!Number.isInteger(m) || m <= 0) return "the window";
+    if (m === 60) return "the last hour";
+    return m % 60 === 0 ? `the last ${m / 60} hours` : `the last ${m} minutes`;
+  }
+
+  function healthStatus(health) {
+    const status = String((health && health.status) || "");
+    return Object.prototype.hasOwnProperty.call(HEALTH_TONES, status) ? status : "unknown";
+  }
+
+  // What follows the status: " since 09:12 UTC: 41 of 52 sessions failed at
+  // the bank in the last hour" (": 5 sessions in the last hour, too few to judge").
+  function healthDetail(health) {
+    const within = fmtWindow(health.window_minutes);
+    const sessions = `${fmtCount(health.sessions)} session${health.sessions === 1 ? "" : "s"}`;
+    if (healthStatus(health) === "unknown") return `: ${sessions} in ${within}, too few to judge`;
+    return ` since ${fmtClock(health.since)}: ${fmtCount(health.institution_failures)} of ${sessions} failed at the bank in ${within}`;
+  }
+
+  // "down since 09:12 UTC: 41 of 52 sessions failed at the bank in the last hour".
+  function healthSentence(health) {
+    return healthStatus(health) + healthDetail(health);
+  }
+
+  // A pill "down" / "degraded" / "healthy" / "unknown", the sentence as its tooltip.
+  function healthBadge(id, health, testid) {
+    const status = healthStatus(health);
+    return h("span", {
+      class: `badge health tone-${HEALTH_TONES[status]}`, testid, "data-status": status,
+      title: `Institution ${id} is ${healthSentence(health)} (evaluated ${fmtTime(health.evaluated_at)})`,
+    }, status);
+  }
+
+  // Whether an institution's status deserves a notice, not a badge alone.
+  function healthAlarming(health) {
+    const status = healthStatus(health);
+    return status === "down" || status === "degraded";
+  }
+
+  // "Institution 101732 is down since 09:12 UTC: 41 of 52 sessions failed at the bank in the last hour."
+  function healthNotice(id, health) {
+    return h("div", { class: `notice health-notice health-${healthStatus(health)}`, role: "status", testid: "institution-notice" },
+      h("strong", {}, `Institution ${id} is ${healthStatus(health)}`), `${healthDetail(health)}.`);
+  }
+
+  // The line under a badge in the institutions table: "since 09:12 UTC · 41 of
+  // 52 failed at the bank" ("5 sessions" while unknown).
+  function healthLine(health) {
+    const sessions = fmtCount(health.sessions);
+    if (healthStatus(health) === "unknown") return `${sessions} session${health.sessions === 1 ? "" : "s"}`;
+    return `since ${fmtClock(health.since)} · ${fmtCount(health.institution_failures)} of ${sessions} failed at the bank`;
+  }
+
+  // Places for institutions' health badges, filled once the statuses arrive.
+  function healthSlots() {
+    const slots = [];
+    return {
+      // An empty span for `id`'s badge (none without an id); `line`: with
+      // healthLine() under it.
+      slot(id, testid = "institution-health", line = false) {
+        const el = h("span", { class: "health-slot" });
+        if (id !== null && id !== undefined && id !== "") slots.push({ id: String(id), el, testid, line });
+        return el;
+      },
+      ids() {
+        return [...new Set(slots.map((slot) => slot.id))];
+      },
+      // found: Map id -> health; an institution not in it keeps its slot empty.
+      show(found) {
+        for (const { id, el, testid, line } of slots) {
+          const health = found.get(id);
+          fill(el, health ? healthBadge(id, health, testid) : null,
+            health && line ? h("span", { class: "health-line", testid: `${testid}-line` }, healthLine(health)) : null);
+        }
+      },
+    };
+  }
+
+  // The health of the institutions `ids` (the rows of the institutions table):
+  // Map id -> health. Pages of the listing until every id is found, at most
+  // HEALTH_MAX_PAGES; should more institutions remain, the down and the
+  // degraded ones (a page each), so that a failing institution is not missed.
+  async function institutionsHealth(ids) {
+    const wanted = new Set(ids);
+    const found = new Map();
+    const take = (body) => {
+      for (const inst of Array.isArray(body.institutions) ? body.institutions : []) {
+        if (inst && wanted.has(inst.institution_id)) found.set(inst.institution_id, inst);
+      }
+      return body.next_cursor || null;
+    };
+    let cursor = null;
+    let pages = 0;
+    do {
+      cursor = take(await api(`/v1/institutions?${buildQuery({ limit: HEALTH_PAGE, cursor })}`, { quiet: true }));
+      pages += 1;
+    } while (cursor && found.size < wanted.size && pages < HEALTH_MAX_PAGES);
+    if (cursor && found.size < wanted.size) {
+      const failing = await Promise.all(["down", "degraded"].map((status) =>
+        api(`/v1/institutions?${buildQuery({ status, limit: HEALTH_PAGE })}`, { quiet: true })));
+      failing.forEach(take);
+    }
+    return found;
+  }
+
+  // The health of a customer's few institutions, one GET each: Map id ->
+  // health, without those never evaluated (404) or not answered.
+  async function customerInstitutionsHealth(ids) {
+    const answers = await Promise.all(ids.slice(0, CUSTOMER_INSTITUTIONS_MAX).map((id) =>
+      api(`/v1/institutions/${encodeURIComponent(id)}`, { quiet: true }).then((health) => [id, health], () => null)));
+    return new Map(answers.filter(Boolean));
   }
 
   // ---------------------------------------------------------------------------
@@ -670,10 +806,14 @@
     if (!isLive(gen)) return;
 
     const timelineBox = h("div", {}, loadingEl());
+    const health = healthSlots();
+    const notices = h("div", { class: "health-notices", testid: "institution-notices" });
     fill(results,
-      lifecycleCard(lifecycle),
-      accountsSection(lifecycle.institution_logins || []),
+      lifecycleCard(lifecycle, health, notices),
+      accountsSection(lifecycle.institution_logins || [], health),
       section("Timeline", timelineBox));
+    // The health of the customer's institutions needs `stats`: without it, no request and no badge.
+    if (hasScope("stats")) loadCustomerHealth(health, notices, gen);
 
     let changes;
     try {
@@ -685,6 +825,15 @@
     }
     if (!isLive(gen)) return;
     renderTimeline(base, changes, timelineBox, gen);
+  }
+
+  // A badge by each of the customer's institutions, and a notice for one
+  // down or degraded; one never evaluated (404) or not answered shows nothing.
+  async function loadCustomerHealth(health, notices, gen) {
+    const found = await customerInstitutionsHealth(health.ids());
+    if (!isLive(gen)) return;
+    health.show(found);
+    fill(notices, [...found].filter(([, doc]) => healthAlarming(doc)).map(([id, doc]) => healthNotice(id, doc)));
   }
 
   function customerLoadError(err, id) {
@@ -705,7 +854,7 @@
     return { changes, complete: false };
   }
 
-  function lifecycleCard(lc) {
+  function lifecycleCard(lc, health, notices) {
     const consent = lc.consent || {};
     const auth = lc.authentication || {};
     const funnel = lc.funnel || {};
@@ -717,6 +866,7 @@
         h("p", { class: "muted" },
           `${fmtCount(lc.event_count)} events · version ${fmtCount(lc.version)} · updated ${fmtTime(lc.updated_at)}`),
         programLine(lc.program_id)),
+      notices,
       h("div", { class: "panels" },
         consentPanel(consent),
         h("div", { class: "panel" },
@@ -732,7 +882,9 @@
           h("div", { class: "steps" }, STEPS.map((step) => stepBadge(step, steps[step] === true))),
           fields([
             ["First event", timeEl(funnel.first_event_at)],
-            ["Institution", funnel.institution_id ? h("span", { class: "mono" }, String(funnel.institution_id)) : null],
+            ["Institution", funnel.institution_id
+              ? [h("span", { class: "mono" }, String(funnel.institution_id)), health.slot(funnel.institution_id, "customer-institution-health")]
+              : null],
             ["Last event", last ? [h("span", { class: "mono" }, orDash(last.event_type)), " at ", timeEl(last.occurred_at)] : null],
           ]))));
   }
@@ -779,21 +931,21 @@
       h("span", { class: "sr-only" }, reached ? " (reached)" : " (not reached)"));
   }
 
-  function accountsSection(logins) {
+  function accountsSection(logins, health) {
     const rows = [];
     for (const login of logins) {
-      for (const account of login.accounts || []) rows.push(accountRow(login, account));
+      for (const account of login.accounts || []) rows.push(accountRow(login, account, health));
     }
     return section("Shared accounts",
       rows.length
         ? scrollTable(dataTable(["Institution", "Login id", "Account id", "Type", "Name", "Last 4", "Status"], rows))
         : h("p", { class: "muted" }, "No shared accounts."),
-      logins.length ? loginsTable(logins) : null);
+      logins.length ? loginsTable(logins, health) : null);
   }
 
-  function accountRow(login, account) {
+  function accountRow(login, account, health) {
     return h("tr", { testid: "account-row" },
-      h("td", { class: "mono" }, orDash(login.institution_id)),
+      h("td", { class: "mono" }, orDash(login.institution_id), health.slot(login.institution_id)),
       h("td", { class: "mono" }, orDash(login.institution_login_id)),
       h("td", { class: "mono" }, orDash(account.account_id)),
       h("td", {}, orDash(account.type)),
@@ -802,10 +954,10 @@
       h("td", {}, badge(account.status)));
   }
 
-  function loginsTable(logins) {
+  function loginsTable(logins, health) {
     const rows = logins.map((login) => h("tr", {},
       h("td", { class: "mono" }, orDash(login.institution_login_id)),
-      h("td", { class: "mono" }, orDash(login.institution_id)),
+      h("td", { class: "mono" }, orDash(login.institution_id), health.slot(login.institution_id)),
       h("td", {}, login.oauth === true ? "yes" : login.oauth === false ? "no" : "—"),
       h("td", {}, timeEl(login.authorized_at)),
       h("td", {}, timeEl(login.authorization_expires_at), login.expired ? [" ", badge("expired")] : null),
@@ -1031,7 +1183,7 @@
       funnel.customers === 0 ? emptyState("No customer started Connect in this window.") : null,
       h("div", { class: "grid-2" }, funnelSection(funnel), failuresSection(funnel)),
       timeseriesSection(series, win.bucket),
-      institutionsSection(institutions.institutions || [], linkRange));
+      institutionsSection(institutions.institutions || [], linkRange, gen));
   }
 
   function stat(label, value, testid) {
@@ -1176,19 +1328,40 @@
     return chart;
   }
 
-  function institutionsSection(institutions, range) {
+  function institutionsSection(institutions, range, gen) {
     if (!institutions.length) return section("Institutions", h("p", { class: "muted" }, "No institution in this window."));
     // The failing customers are a customer list: without `read`, no links, and a note saying why.
     const canList = hasScope("read");
-    const rows = institutions.map((inst) => institutionRow(inst, range, canList));
+    const health = healthSlots();
+    const healthNote = h("p", { class: "muted health-note", testid: "institution-health-note" });
+    healthNote.hidden = true;
+    const rows = institutions.map((inst) => institutionRow(inst, range, canList, health));
+    // The table is shown at once; the statuses fill their column when they arrive.
+    loadInstitutionsHealth(health, healthNote, gen);
     return section("Institutions",
-      scrollTable(dataTable(["Institution",
+      scrollTable(dataTable(["Institution", "Health",
         { label: "Customers", num: true }, { label: "Authenticated", num: true }, { label: "Consent granted", num: true },
         { label: "Failed", num: true }, { label: "Abandoned", num: true }, { label: "Conversion", num: true }, ""], rows)),
+      healthNote,
       canList ? null : missingScope("read", "the list of failing customers"));
   }
 
-  function institutionRow(inst, range, canList) {
+  // The health column: a badge per institution evaluated; without an answer
+  // (a route that failed, a token refused) the table stays as it is, with a note.
+  async function loadInstitutionsHealth(health, note, gen) {
+    let found;
+    try {
+      found = await institutionsHealth(health.ids());
+    } catch (err) {
+      if (!isLive(gen) || err.kind === "unauthorized") return;
+      fill(note, `No health statuses: ${String(err.message).replace(/\.+$/, "")}.`);
+      note.hidden = false;
+      return;
+    }
+    if (isLive(gen)) health.show(found);
+  }
+
+  function institutionRow(inst, range, canList, health) {
     const failed = (inst.failed && inst.failed.total) || 0;
     const link = canList && failed > 0
       ? h("a", {
@@ -1198,8 +1371,9 @@
         })}`,
       }, "failing customers")
       : null;
-    return h("tr", { testid: "institution-row" },
+    return h("tr", { testid: "institution-row", "data-institution-id": inst.institution_id },
       h("td", { class: "mono" }, orDash(inst.institution_id)),
+      h("td", { class: "health-cell" }, health.slot(inst.institution_id, "institution-health", true)),
       numCell(inst.customers),
       numCell(inst.authenticated),
       numCell(inst.consent_granted),

@@ -19,7 +19,7 @@ use crate::helpers::{API_TOKEN, TestApp, spawn_pipeline};
 use crate::simulate::args_for;
 
 /// A customer id from the database: the first (by id) matching `condition`.
-async fn customer_where(app: &TestApp, condition: &str) -> String {
+pub(crate) async fn customer_where(app: &TestApp, condition: &str) -> String {
     let sql = format!("SELECT customer_id FROM customers WHERE {condition} ORDER BY customer_id LIMIT 1");
     sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).fetch_one(&app.pool).await.expect("such a customer")
 }

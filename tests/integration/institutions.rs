@@ -23,7 +23,7 @@ use crate::kafka_util::read_all;
 
 /// How a simulated session ends.
 #[derive(Debug, Clone, Copy)]
-enum Ending {
+pub(crate) enum Ending {
     /// `added`.
     Success,
     /// `unableToConnect` with code 102 (the site is down).
@@ -64,7 +64,7 @@ fn session(customer: u64, institution: &str, at: DateTime<Utc>, ending: Ending) 
 /// `count` sessions at `institution` from customer `first` on, spread over
 /// the minute before `end`, `failing` of them (every n-th) ending as
 /// `failure`, the others successes.
-fn sessions(
+pub(crate) fn sessions(
     first: u64,
     count: u64,
     failing: u64,
@@ -90,7 +90,7 @@ async fn database(kafka: &KafkaArgs) -> (PgPool, String) {
 }
 
 /// Records the webhooks' events as the consumer would.
-async fn record(pool: &PgPool, bodies: &[Value]) {
+pub(crate) async fn record(pool: &PgPool, bodies: &[Value]) {
     let events = normalised(bodies, Utc::now());
     assert_eq!(events.len(), bodies.len());
     apply_batch(pool, &events).await.expect("applied");

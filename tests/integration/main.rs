@@ -7,6 +7,7 @@ mod changes;
 mod config;
 mod consent;
 mod console;
+mod console_institutions;
 mod console_programs;
 mod consumer;
 mod erasure;
