@@ -201,6 +201,34 @@ pub const API_FLOWS: &[Flow] = &[Flow {
     ..SUCCESS
 }];
 
+/// The sessions of `--scenario institution-outage` (see
+/// [`super::scenario`]): a Connect session at a chosen institution, `started`,
+/// `adding`, then how it ends, and nothing after (no `done`: a `done`
+/// delivered between the `adding` and a late ending would first end the
+/// session as abandoned, and the late ending, recomputed, end it a second
+/// time, which `--shuffle` must not cause). Each customer's institution is
+/// the scenario's, not [`Flow::institution`]. Not `--flow` values.
+pub const SESSION_FLOWS: &[Flow] = &[
+    Flow {
+        name: "session-added",
+        description: "adding, then added: the session succeeds",
+        events: &[EventType::Started, EventType::Adding, EventType::Added],
+        ..SUCCESS
+    },
+    failing(
+        "session-bank-down",
+        "adding, then unableToConnect code 102 (site down): the institution fails",
+        &[EventType::Started, EventType::Adding, EventType::UnableToConnect],
+        AuthReason::UnableToConnect,
+    ),
+    failing(
+        "session-wrong-password",
+        "adding, then invalidCredentials: the customer fails",
+        &[EventType::Started, EventType::Adding, EventType::InvalidCredentials],
+        AuthReason::InvalidCredentials,
+    ),
+];
+
 /// Every flow `simulate` knows: [`FLOWS`], then [`API_FLOWS`].
 pub fn all_flows() -> impl Iterator<Item = &'static Flow> {
     FLOWS.iter().chain(API_FLOWS)
@@ -309,9 +337,21 @@ fn payload(event_type: &EventType, session: &Session<'_>) -> Value {
 /// sends them; event `i` occurs at `start + i` seconds (less
 /// [`Flow::earlier_session_ago`] for all but the last, when set).
 pub fn bodies(flow: &Flow, customer_id: &str, start: DateTime<Utc>, seed: u64) -> Vec<Value> {
+    bodies_at(flow, None, customer_id, start, seed)
+}
+
+/// [`bodies`], at `institution` when given instead of the flow's own
+/// ([`Flow::institution`]).
+pub fn bodies_at(
+    flow: &Flow,
+    institution: Option<&str>,
+    customer_id: &str,
+    start: DateTime<Utc>,
+    seed: u64,
+) -> Vec<Value> {
     let seed_text = seed.to_string();
     let login_id: i64 = digits(&format!("{customer_id}/login/{seed}"), 9).parse::<i64>().unwrap_or(1) + 1_000_000_000;
-    let institution = flow.institution.unwrap_or(INSTITUTION);
+    let institution = institution.or(flow.institution).unwrap_or(INSTITUTION);
     let accounts = json!([
         account(customer_id, 0, login_id, institution, flow.oauth),
         account(customer_id, 1, login_id, institution, flow.oauth)
@@ -374,7 +414,7 @@ mod tests {
     fn every_flow_reaches_the_funnel_steps_it_declares() {
         use crate::receive::normalise::{Webhook, normalise};
         let start = DateTime::from_timestamp_millis(1_764_000_000_000).expect("time");
-        for flow in all_flows() {
+        for flow in all_flows().chain(SESSION_FLOWS) {
             let events: Vec<_> = bodies(flow, "1005061234", start, 7)
                 .iter()
                 .filter_map(|body| {

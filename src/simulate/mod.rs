@@ -9,12 +9,16 @@
 //! the query API; [`changes`] reads the lifecycle-change topic back
 //! (`--verify-changes`); [`summary`] counts and prints. Each simulated customer
 //! starts with the `ping` Finicity sends when a Connect URL is generated,
-//! then its flow's events ([`flows`]).
+//! then its flow's events ([`flows`]). [`scenario`] says who the customers
+//! are: the flows of `--flow`, or an institution outage whose statuses
+//! [`institutions`] then verifies.
 
 pub mod changes;
 pub mod flows;
 pub(crate) mod funnel;
+pub(crate) mod institutions;
 pub mod plan;
+pub mod scenario;
 pub(crate) mod send;
 pub mod summary;
 pub(crate) mod verify;
@@ -34,9 +38,11 @@ use crate::program::ProgramId;
 use changes::ChangesExpectation;
 use flows::Flow;
 use funnel::ExpectedFunnel;
+use institutions::{InstitutionExpectation, InstitutionVerifier};
 use plan::{Plan, PlanSpec};
+use scenario::{Scenario, ScenarioSummary};
 use send::{RetryPolicy, Sender};
-use summary::{ChangesVerification, Summary, Verification};
+use summary::{ChangesVerification, InstitutionVerification, Summary, Verification};
 use verify::{Expectation, Verifier};
 
 /// How long one webhook or API request may take before it counts as not
@@ -67,7 +73,17 @@ pub struct SimulateArgs {
     #[arg(long, env = "FINICITY_PARTNER_SECRETS", hide_env_values = true)]
     pub secret: Option<SecretList>,
 
+    /// What to rehearse. `institution-outage` prints its institutions' ids
+    /// in the summary, and with --verify polls GET /v1/institutions/{id}
+    /// (scope stats) until each shows the status its sessions imply, as
+    /// consume's default thresholds give it (consume evaluates every
+    /// CONNECTFLOW_HEALTH_INTERVAL_SECONDS: see --verify-timeout-s).
+    /// --shuffle and --duplicates apply to both.
+    #[arg(long, value_enum, default_value_t = Scenario::Flows)]
+    pub scenario: Scenario,
+
     /// Flows to run, comma-separated or repeated, or `all`. See --list-flows.
+    /// Only with --scenario flows.
     #[arg(long, value_delimiter = ',', default_value = ALL_FLOWS, value_parser = flow_names())]
     pub flow: Vec<String>,
 
@@ -76,8 +92,14 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub list_flows: bool,
 
-    /// Customers per selected flow.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    /// Customers per selected flow; with --scenario institution-outage,
+    /// sessions per institution (default 30 there, at least 20).
+    #[arg(
+        long,
+        default_value_t = 1,
+        default_value_if("scenario", "institution-outage", "30"),
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
     pub customers: u64,
 
     /// Largest number of webhook requests per second over all customers,
@@ -112,8 +134,9 @@ pub struct SimulateArgs {
     pub retries: u32,
 
     /// After sending, poll the query API until every simulated customer shows
-    /// its flow's consent and authentication states; exit non-zero on any
-    /// mismatch.
+    /// its flow's consent and authentication states (and, with --scenario
+    /// institution-outage, every institution its status); exit non-zero on
+    /// any mismatch.
     #[arg(long)]
     pub verify: bool,
 
@@ -121,13 +144,24 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "http://127.0.0.1:8080", value_parser = http_url)]
     pub api_url: String,
 
-    /// Bearer token for the query API (default: the first of CONNECTFLOW_API_TOKENS).
+    /// Bearer token for the query API (default: the first of
+    /// CONNECTFLOW_API_TOKENS): scope read for --verify, and stats too with
+    /// --scenario institution-outage (GET /v1/institutions/{id}).
     #[arg(long, env = "CONNECTFLOW_API_TOKENS", hide_env_values = true)]
     pub api_token: Option<SecretList>,
 
     /// How long --verify waits for every customer to match, in seconds
     /// (and --verify-changes, after it, for the changes to be published).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    /// With --scenario institution-outage, also for the institutions'
+    /// statuses, which consume evaluates only every
+    /// CONNECTFLOW_HEALTH_INTERVAL_SECONDS (60 by default): the wait must
+    /// exceed that interval, and is 180 by default there.
+    #[arg(
+        long,
+        default_value_t = 60,
+        default_value_if("scenario", "institution-outage", "180"),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub verify_timeout_s: u64,
 
     /// After --verify passed, read the lifecycle-change topic
@@ -152,6 +186,15 @@ impl SimulateArgs {
     /// `CONNECTFLOW_API_TOKENS`); naming such a flow without a token is an
     /// error.
     pub fn selected_flows(&self) -> anyhow::Result<Vec<&'static Flow>> {
+        if self.scenario != Scenario::Flows {
+            if self.flow.iter().any(|name| name != ALL_FLOWS) {
+                anyhow::bail!(
+                    "--flow chooses the flows of --scenario flows; --scenario {} sends its own sessions",
+                    self.scenario.as_str()
+                );
+            }
+            return Ok(Vec::new());
+        }
         if self.flow.is_empty() || self.flow.iter().any(|name| name == ALL_FLOWS) {
             let with_api = self.api_token.is_some();
             return Ok(flows::all_flows().filter(|flow| with_api || !flow.revokes_through_api).collect());
@@ -194,6 +237,7 @@ impl SimulateArgs {
     }
 
     /// The query API token: `--api-token`, else the first API token.
+    /// (`--scenario institution-outage` needs scope `stats` too.)
     pub fn verification_token(&self) -> Result<Secret, ConfigError> {
         self.api_token.as_ref().and_then(|list| list.iter().next().cloned()).ok_or(ConfigError {
             variable: "CONNECTFLOW_API_TOKENS",
@@ -214,6 +258,11 @@ pub struct Outcome {
     pub changes: Option<ChangesVerification>,
     /// The funnel the API must show for the simulated customers.
     pub funnel: Option<ExpectedFunnel>,
+    /// `--scenario institution-outage`'s institutions, as planned.
+    pub scenario: Option<ScenarioSummary>,
+    /// Their statuses, as verified (with `--verify`, when the sending was
+    /// not interrupted).
+    pub institutions: Option<InstitutionVerification>,
 }
 
 impl Outcome {
@@ -238,6 +287,16 @@ impl Outcome {
             }
             _ => {}
         }
+        match &self.institutions {
+            Some(i) if i.interrupted => anyhow::bail!("institutions verification interrupted"),
+            Some(InstitutionVerification { refused: Some(refused), .. }) => anyhow::bail!("{refused}"),
+            Some(i) if !i.passed() => anyhow::bail!(
+                "{} of {} institutions are not in their expected statuses",
+                i.institutions.len() - i.matched(),
+                i.institutions.len()
+            ),
+            _ => {}
+        }
         match &self.changes {
             Some(c) if c.interrupted => anyhow::bail!("changes verification interrupted"),
             Some(ChangesVerification { error: Some(error), .. }) => anyhow::bail!("{error}"),
@@ -255,8 +314,14 @@ impl Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.summary)?;
+        if let Some(scenario) = &self.scenario {
+            write!(f, "\n{scenario}")?;
+        }
         if let Some(verification) = &self.verification {
             write!(f, "\n{verification}")?;
+        }
+        if let Some(institutions) = &self.institutions {
+            write!(f, "\n{institutions}")?;
         }
         if let Some(changes) = &self.changes {
             write!(f, "\n{changes}")?;
@@ -273,7 +338,7 @@ impl fmt::Display for Outcome {
 /// customer did not verify, or the run was interrupted.
 pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     if args.list_flows {
-        print!("{}", flow_table());
+        print!("{}{}", flow_table(), scenario::scenario_table());
         return Ok(());
     }
     let outcome = simulate(&args, &shutdown).await?;
@@ -306,7 +371,13 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
         seed: args.seed.unwrap_or_else(rand::random),
         now: chrono::Utc::now(),
     };
-    let plan = Plan::build(&spec)?;
+    let (plan, planned_institutions) = match args.scenario {
+        Scenario::Flows => (Plan::build(&spec)?, Vec::new()),
+        Scenario::InstitutionOutage => {
+            let outage = scenario::plan(args.customers, &spec)?;
+            (outage.plan, outage.institutions)
+        }
+    };
     let client = reqwest::Client::builder()
         .user_agent(concat!("connectflow-simulate/", env!("CARGO_PKG_VERSION")))
         .timeout(REQUEST_TIMEOUT)
@@ -322,7 +393,7 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
     let sent = sender.send(&plan, args.concurrency, &progress, shutdown).await;
     progress.finish_and_clear();
 
-    let verification = match token {
+    let (verification, institutions) = match token {
         Some(token) if !sent.summary.interrupted => {
             let expectations: Vec<Expectation> = plan
                 .customers
@@ -333,13 +404,35 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
                 .collect();
             let skipped = plan.customers.len() as u64 - expectations.len() as u64;
             let progress = progress_bar(expectations.len() as u64, "customers verified");
-            let verifier = Verifier::new(client, &args.api_url, token, args.concurrency);
             let timeout = Duration::from_secs(args.verify_timeout_s);
-            let verification = verifier.verify(expectations, skipped, timeout, &progress, shutdown).await;
+            let institutions = async {
+                if planned_institutions.is_empty() {
+                    return None;
+                }
+                let expectations = planned_institutions
+                    .iter()
+                    .map(|institution| {
+                        let accepted = plan
+                            .customers
+                            .iter()
+                            .zip(&sent.all_accepted)
+                            .filter(|(customer, all_accepted)| {
+                                **all_accepted && customer.institution.as_ref() == Some(&institution.institution_id)
+                            })
+                            .count() as u64;
+                        InstitutionExpectation::of(institution, accepted)
+                    })
+                    .collect();
+                let verifier = InstitutionVerifier::new(client.clone(), &args.api_url, token.clone());
+                Some(verifier.verify(expectations, timeout, shutdown).await)
+            };
+            let verifier = Verifier::new(client.clone(), &args.api_url, token.clone(), args.concurrency);
+            let lifecycles = verifier.verify(expectations, skipped, timeout, &progress, shutdown);
+            let (verification, institutions) = tokio::join!(lifecycles, institutions);
             progress.finish_and_clear();
-            Some(verification)
+            (Some(verification), institutions)
         }
-        _ => None,
+        _ => (None, None),
     };
     let changes = match &verification {
         Some(verification) if verify_changes && verification.passed() => {
@@ -359,7 +452,14 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
         }
         _ => None,
     };
-    Ok(Outcome { summary: sent.summary, verification, changes, funnel: ExpectedFunnel::of(&plan.customers) })
+    Ok(Outcome {
+        summary: sent.summary,
+        verification,
+        changes,
+        funnel: ExpectedFunnel::of(&plan.customers),
+        scenario: (!planned_institutions.is_empty()).then_some(ScenarioSummary { institutions: planned_institutions }),
+        institutions,
+    })
 }
 
 /// The `--list-flows` table: each flow, the states it should end in, and

@@ -68,6 +68,13 @@ pub enum PlanError {
     /// The duplicate share is outside 0..=1.
     #[error("the duplicate share must be a number from 0 to 1, not {0}")]
     BadDuplicateShare(f64),
+    /// Fewer sessions per institution than a status needs.
+    #[error(
+        "--scenario institution-outage needs at least {min} sessions per institution (--customers), the fewest \
+         before an institution's status is other than unknown; {0} asked",
+        min = super::scenario::MIN_SESSIONS
+    )]
+    TooFewSessions(u64),
 }
 
 /// One place in a customer's send order.
@@ -86,6 +93,17 @@ pub enum Slot {
     },
 }
 
+/// One customer to plan: the flow it goes through, and the institution it
+/// chooses when not the flow's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Casting {
+    /// The flow.
+    pub flow: &'static Flow,
+    /// The institution instead of [`Flow::institution`] (`--scenario
+    /// institution-outage`'s), or `None`.
+    pub institution: Option<String>,
+}
+
 /// One simulated customer: its id, its flow and its send order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedCustomer {
@@ -93,6 +111,8 @@ pub struct PlannedCustomer {
     pub customer_id: String,
     /// The flow the customer goes through.
     pub flow: &'static Flow,
+    /// The institution its session goes to instead of the flow's own, or `None`.
+    pub institution: Option<String>,
     /// When the flow's first event occurs (later steps one second apart).
     pub start: DateTime<Utc>,
     /// The plan's seed (it also shapes the event ids' hex part).
@@ -118,7 +138,7 @@ pub struct Delivery {
 impl PlannedCustomer {
     /// The flow's bodies for this customer, in Finicity's order.
     pub fn bodies(&self) -> Vec<Value> {
-        flows::bodies(self.flow, &self.customer_id, self.start, self.seed)
+        flows::bodies_at(self.flow, self.institution.as_deref(), &self.customer_id, self.start, self.seed)
     }
 
     /// The webhooks in send order, bodies serialised once.
@@ -192,27 +212,42 @@ impl Plan {
         if total > u128::from(MAX_CUSTOMERS) {
             return Err(PlanError::TooManyCustomers(total));
         }
+        let cast = (0..spec.customers_per_flow)
+            .flat_map(|_| spec.flows.iter().map(|&flow| Casting { flow, institution: None }));
+        Self::build_cast(cast, spec)
+    }
+
+    /// A plan of `cast`'s customers, in that order, drawn with `spec`'s
+    /// duplicate share, shuffle, seed and time (its flows and customers per
+    /// flow are [`build`](Self::build)'s, not used here): what a scenario
+    /// that chooses its customers itself plans.
+    pub fn build_cast(cast: impl IntoIterator<Item = Casting>, spec: &PlanSpec) -> Result<Self, PlanError> {
         if !(0.0..=1.0).contains(&spec.duplicates) {
             return Err(PlanError::BadDuplicateShare(spec.duplicates));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
         let prefix = customer_id_prefix(spec.seed);
         let start = spec.now - LEAD;
-        // Step counts do not depend on the customer: ask the flow once.
-        let steps: Vec<usize> = spec.flows.iter().map(|f| flows::bodies(f, "0", start, spec.seed).len()).collect();
 
-        let mut customers = Vec::with_capacity(total as usize);
-        for _ in 0..spec.customers_per_flow {
-            for (flow, &step_count) in spec.flows.iter().zip(&steps) {
-                let serial = customers.len();
-                customers.push(PlannedCustomer {
-                    customer_id: format!("{prefix}{serial:0width$}", width = SERIAL_DIGITS),
-                    flow,
-                    start,
-                    seed: spec.seed,
-                    order: (0..step_count).map(|step| Slot::Event { step, duplicate: false }).collect(),
-                });
+        let cast = cast.into_iter();
+        let mut customers = Vec::with_capacity(cast.size_hint().0.min(MAX_CUSTOMERS as usize));
+        for Casting { flow, institution } in cast {
+            let serial = customers.len();
+            if serial as u64 >= MAX_CUSTOMERS {
+                return Err(PlanError::TooManyCustomers(serial as u128 + 1));
             }
+            customers.push(PlannedCustomer {
+                customer_id: format!("{prefix}{serial:0width$}", width = SERIAL_DIGITS),
+                flow,
+                institution,
+                start,
+                seed: spec.seed,
+                // One body per event of the flow.
+                order: (0..flow.events.len()).map(|step| Slot::Event { step, duplicate: false }).collect(),
+            });
+        }
+        if customers.is_empty() {
+            return Err(PlanError::NoCustomers);
         }
 
         // Exactly round(share x events) duplicates, spread uniformly over

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::time::Duration;
+
+use crate::institution::{InstitutionHealth, InstitutionStatus};
 
 /// What the sending did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -155,6 +158,121 @@ impl fmt::Display for Verification {
         }
         for m in &self.mismatches {
             write!(f, "\n  MISMATCH customer {} ({}): {}", m.customer_id, m.flow, m.problem)?;
+        }
+        Ok(())
+    }
+}
+
+/// One institution of `--scenario institution-outage`, as verified: the
+/// status its sessions imply against what `GET /v1/institutions/{id}`
+/// showed last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstitutionCheck {
+    /// The institution.
+    pub institution_id: String,
+    /// Its role in the scenario (`outage`, `healthy-a`, ...).
+    pub role: &'static str,
+    /// The status its sessions imply.
+    pub expected: InstitutionStatus,
+    /// The sessions the window must count: at least the sessions whose
+    /// webhooks were all accepted, at most every planned one.
+    pub sessions: RangeInclusive<u64>,
+    /// The planned share of sessions the bank failed, 0 to 1.
+    pub institution_failure_rate: f64,
+    /// The planned share the customer failed, 0 to 1.
+    pub customer_failure_rate: f64,
+    /// The API's latest answer, once it had one.
+    pub seen: Option<InstitutionHealth>,
+    /// What differs, or `None` when it matched.
+    pub problem: Option<String>,
+}
+
+/// What `--verify` found at `GET /v1/institutions/{id}` for the scenario's
+/// institutions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstitutionVerification {
+    /// Every institution, in the scenario's order.
+    pub institutions: Vec<InstitutionCheck>,
+    /// How long the verification took.
+    pub elapsed: Duration,
+    /// Whether a shutdown signal stopped it early.
+    pub interrupted: bool,
+    /// Why the API could not be asked at all (it refused the token).
+    pub refused: Option<String>,
+}
+
+impl InstitutionVerification {
+    /// Institutions in their expected statuses.
+    pub fn matched(&self) -> usize {
+        self.institutions.iter().filter(|i| i.problem.is_none()).count()
+    }
+
+    /// Whether every institution is in its expected status.
+    pub fn passed(&self) -> bool {
+        !self.interrupted && self.refused.is_none() && self.matched() == self.institutions.len()
+    }
+}
+
+/// `sessions, rates` of an institution.
+fn window(sessions: impl fmt::Display, institution_rate: Option<f64>, customer_rate: Option<f64>) -> String {
+    let percent = |rate: Option<f64>| rate.map_or_else(|| "-".to_owned(), |rate| format!("{:.1} %", rate * 100.0));
+    format!(
+        "{sessions} sessions, {} bank failures, {} customer failures",
+        percent(institution_rate),
+        percent(customer_rate)
+    )
+}
+
+impl fmt::Display for InstitutionVerification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(refused) = &self.refused {
+            return write!(f, "verify-institutions: {refused}");
+        }
+        write!(
+            f,
+            "verify-institutions: {} of {} institutions in their expected statuses after {:.1} s{}",
+            self.matched(),
+            self.institutions.len(),
+            self.elapsed.as_secs_f64(),
+            interrupted(self.interrupted)
+        )?;
+        for i in &self.institutions {
+            let (least, most) = (i.sessions.start(), i.sessions.end());
+            let expected_sessions = if least == most { least.to_string() } else { format!("{least} to {most}") };
+            let seen = match &i.seen {
+                Some(seen) => format!(
+                    "{} since {}, {}",
+                    seen.status.as_str(),
+                    crate::event::rfc3339_ms::format(&seen.since),
+                    window(seen.sessions, seen.institution_failure_rate, seen.customer_failure_rate)
+                ),
+                None => "nothing".to_owned(),
+            };
+            write!(
+                f,
+                "\n  institution {} {:<15} expected {} ({}); seen {}",
+                i.institution_id,
+                i.role,
+                i.expected.as_str(),
+                window(expected_sessions, Some(i.institution_failure_rate), Some(i.customer_failure_rate)),
+                seen
+            )?;
+        }
+        for i in self.institutions.iter().filter(|i| i.problem.is_some()) {
+            write!(
+                f,
+                "\n  MISMATCH institution {} ({}): {}",
+                i.institution_id,
+                i.role,
+                i.problem.as_deref().unwrap_or_default()
+            )?;
+        }
+        if !self.passed() {
+            write!(
+                f,
+                "\n  (consume evaluates the institutions every CONNECTFLOW_HEALTH_INTERVAL_SECONDS, 60 s by default: \
+                 --verify-timeout-s must exceed it)"
+            )?;
         }
         Ok(())
     }

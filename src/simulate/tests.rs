@@ -30,6 +30,7 @@ fn defaults_match_the_contract() {
     assert_eq!(args.retries, 5);
     assert_eq!(args.api_url, "http://127.0.0.1:8080");
     assert_eq!(args.verify_timeout_s, 60);
+    assert_eq!(args.scenario, Scenario::Flows);
     assert!(!args.verify_changes);
     assert_eq!(args.kafka.changes_topic, "finicity.connect.lifecycle.v1");
 }
@@ -110,13 +111,22 @@ fn flows_that_revoke_through_the_api_need_a_token() {
 #[test]
 fn the_outcome_fails_on_anything_not_accepted_or_not_verified() {
     let sent = Summary { planned: 4, sent: 4, accepted: 4, ..Summary::default() };
-    let ok = Outcome { summary: sent.clone(), verification: None, changes: None, funnel: None };
+    let ok = Outcome {
+        summary: sent.clone(),
+        verification: None,
+        changes: None,
+        funnel: None,
+        scenario: None,
+        institutions: None,
+    };
     assert!(ok.check().is_ok());
     let revocation_refused = Outcome {
         summary: Summary { revocations_failed: 1, ..sent.clone() },
         verification: None,
         changes: None,
         funnel: None,
+        scenario: None,
+        institutions: None,
     };
     assert!(revocation_refused.check().is_err());
     let rejected = Outcome {
@@ -124,6 +134,8 @@ fn the_outcome_fails_on_anything_not_accepted_or_not_verified() {
         verification: None,
         changes: None,
         funnel: None,
+        scenario: None,
+        institutions: None,
     };
     assert_eq!(rejected.check().expect_err("not accepted").to_string(), "3 of 4 webhooks were not accepted");
     let unverified = Outcome {
@@ -131,12 +143,20 @@ fn the_outcome_fails_on_anything_not_accepted_or_not_verified() {
         verification: Some(Verification { checked: 2, matched: 1, ..Verification::default() }),
         changes: None,
         funnel: None,
+        scenario: None,
+        institutions: None,
     };
     assert!(unverified.check().is_err());
     let verified = Some(Verification { checked: 2, matched: 2, ..Verification::default() });
     let changes = ChangesVerification { topic: "t".into(), checked: 2, matched: 2, ..ChangesVerification::default() };
-    let published =
-        Outcome { summary: sent.clone(), verification: verified.clone(), changes: Some(changes.clone()), funnel: None };
+    let published = Outcome {
+        summary: sent.clone(),
+        verification: verified.clone(),
+        changes: Some(changes.clone()),
+        funnel: None,
+        scenario: None,
+        institutions: None,
+    };
     assert!(published.check().is_ok());
     let gap = Mismatch { customer_id: "1".into(), flow: "revoked", problem: "versions 2 of 1..=3 missing".into() };
     let gapped = Outcome {
@@ -144,8 +164,66 @@ fn the_outcome_fails_on_anything_not_accepted_or_not_verified() {
         verification: verified,
         changes: Some(ChangesVerification { matched: 1, mismatches: vec![gap], ..changes }),
         funnel: None,
+        scenario: None,
+        institutions: None,
     };
     let err = gapped.check().expect_err("a gap fails the run");
     assert_eq!(err.to_string(), "1 of 2 customers' changes on t are not their lifecycle's versions in order");
     assert!(gapped.to_string().contains("MISMATCH customer 1 (revoked): versions 2 of 1..=3 missing"), "{gapped}");
+}
+
+#[test]
+fn the_outage_scenario_sends_more_sessions_and_waits_longer_by_default() {
+    let args = parse(&["--scenario", "institution-outage"]).expect("parses");
+    assert_eq!(args.scenario, Scenario::InstitutionOutage);
+    assert_eq!((args.customers, args.verify_timeout_s), (30, 180));
+    assert!(args.selected_flows().expect("no flows to choose").is_empty());
+    let chosen =
+        parse(&["--scenario", "institution-outage", "--customers", "25", "--verify-timeout-s", "90"]).expect("parses");
+    assert_eq!((chosen.customers, chosen.verify_timeout_s), (25, 90));
+    let with_flow = parse(&["--scenario", "institution-outage", "--flow", "revoked"]).expect("parses");
+    let err = with_flow.selected_flows().expect_err("--flow is the flows scenario's");
+    assert!(err.to_string().contains("--scenario institution-outage sends its own sessions"), "{err}");
+    let flows = parse(&["--scenario", "flows", "--customers", "2"]).expect("parses");
+    assert_eq!((flows.customers, flows.verify_timeout_s), (2, 60));
+    assert!(parse(&["--scenario", "no-such-scenario"]).is_err());
+}
+
+#[test]
+fn the_outcome_fails_on_an_institution_not_in_its_expected_status() {
+    use crate::institution::InstitutionStatus;
+    use summary::InstitutionCheck;
+
+    let sent = Summary { planned: 4, sent: 4, accepted: 4, ..Summary::default() };
+    let check = |problem: Option<&str>| InstitutionCheck {
+        institution_id: "99123456781".into(),
+        role: "outage",
+        expected: InstitutionStatus::Down,
+        sessions: 20..=20,
+        institution_failure_rate: 0.8,
+        customer_failure_rate: 0.0,
+        seen: None,
+        problem: problem.map(str::to_owned),
+    };
+    let outcome = |checks: Vec<InstitutionCheck>| Outcome {
+        summary: sent.clone(),
+        verification: Some(Verification { checked: 4, matched: 4, ..Verification::default() }),
+        changes: None,
+        funnel: None,
+        scenario: None,
+        institutions: Some(InstitutionVerification { institutions: checks, ..InstitutionVerification::default() }),
+    };
+    assert!(outcome(vec![check(None)]).check().is_ok());
+    let failed = outcome(vec![check(None), check(Some("status unknown (expected down)"))]);
+    let err = failed.check().expect_err("a mismatch fails the run");
+    assert_eq!(err.to_string(), "1 of 2 institutions are not in their expected statuses");
+    let text = failed.to_string();
+    assert!(text.contains("verify-institutions: 1 of 2 institutions in their expected statuses"), "{text}");
+    assert!(text.contains("MISMATCH institution 99123456781 (outage): status unknown (expected down)"), "{text}");
+    assert!(text.contains("CONNECTFLOW_HEALTH_INTERVAL_SECONDS"), "{text}");
+    let mut refused = outcome(vec![check(Some("query API answered 403 Forbidden"))]);
+    if let Some(institutions) = refused.institutions.as_mut() {
+        institutions.refused = Some("the query API refused the token: scope stats".into());
+    }
+    assert_eq!(refused.check().expect_err("refused").to_string(), "the query API refused the token: scope stats");
 }

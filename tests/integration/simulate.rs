@@ -7,9 +7,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
+use connectflow::config::HealthArgs;
 use connectflow::config::SecretList;
+use connectflow::institution::InstitutionStatus;
+use connectflow::institution_health::InstitutionHealthJob;
+use connectflow::metrics::Metrics;
 use connectflow::receive::signature::sign;
 use connectflow::simulate::flows::{FLOWS, bodies, flow};
+use connectflow::simulate::scenario::{Scenario, institutions};
 use connectflow::simulate::summary::Verification;
 use connectflow::simulate::{Outcome, SimulateArgs, simulate};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +39,7 @@ fn args_for_url(url: &str) -> SimulateArgs {
         url: url.to_owned(),
         program: None,
         secret: SecretList::new([PARTNER_SECRET]),
+        scenario: Scenario::Flows,
         flow: FLOWS.iter().map(|flow| flow.name.to_owned()).collect(),
         list_flows: false,
         customers: 2,
@@ -303,4 +309,103 @@ async fn a_customer_revokes_through_the_issuer_and_it_verifies_on_the_api_and_th
             .await
             .expect("count");
     assert_eq!(revocations, 2, "one revocation event per revoking customer");
+}
+
+/// The institution health job beating every second on `app`'s database
+/// (the pipeline's own beats every 60 s), until the token is cancelled.
+fn beat_every_second(app: &TestApp) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let health = HealthArgs { interval_seconds: 1, ..HealthArgs::default() };
+    let job = InstitutionHealthJob::new(&app.kafka, app.pool.clone(), &health, Metrics::new()).expect("job");
+    let stop = CancellationToken::new();
+    (stop.clone(), tokio::spawn(job.run(stop)))
+}
+
+#[tokio::test]
+async fn the_institution_outage_verifies_the_statuses_it_implies() {
+    let app = spawn_pipeline().await;
+    let (stop, beats) = beat_every_second(&app);
+    let seed = 20_260_026;
+    // 20 sessions at each of the four institutions, shuffled, a third of
+    // the events sent twice; the lifecycles, the changes topic and the
+    // statuses verified.
+    let args = SimulateArgs {
+        scenario: Scenario::InstitutionOutage,
+        flow: vec!["all".to_owned()],
+        customers: 20,
+        shuffle: true,
+        duplicates: 0.3,
+        seed: Some(seed),
+        ..args_for(&app)
+    };
+
+    let outcome = run(&args).await;
+
+    outcome.check().unwrap_or_else(|err| panic!("{err}\n{outcome}"));
+    assert_eq!(outcome.summary.customers, 80, "one customer per session");
+    assert_eq!(outcome.verification.as_ref().map(|v| v.matched), Some(80), "{outcome}");
+    assert_eq!(outcome.changes.as_ref().map(|c| c.matched), Some(80), "{outcome}");
+    let verified = outcome.institutions.as_ref().expect("the institutions verified");
+    assert!(verified.passed(), "{outcome}");
+    let planned = institutions(seed, 20);
+    let text = outcome.to_string();
+    assert!(text.contains("verify-institutions: 4 of 4 institutions in their expected statuses"), "{text}");
+    let expected = [
+        ("outage", InstitutionStatus::Down, 16, 0),
+        ("healthy-a", InstitutionStatus::Healthy, 1, 2),
+        ("healthy-b", InstitutionStatus::Healthy, 1, 1),
+        ("wrong-passwords", InstitutionStatus::Healthy, 0, 14),
+    ];
+    for ((institution, check), (role, status, bank_down, wrong_passwords)) in
+        planned.iter().zip(&verified.institutions).zip(expected)
+    {
+        assert_eq!((check.institution_id.as_str(), check.role), (institution.institution_id.as_str(), role));
+        assert!(text.contains(&format!("institution {} {role}", institution.institution_id)), "{text}");
+        let seen = check.seen.as_ref().expect("seen");
+        assert_eq!(
+            (seen.status, seen.sessions, seen.institution_failures, seen.customer_failures),
+            (status, 20, bank_down, wrong_passwords),
+            "{role}: each session counted once, whatever the order and the resends"
+        );
+        // The API answers the same.
+        let answer: serde_json::Value =
+            app.api_get(&format!("/v1/institutions/{}", institution.institution_id)).await.json().await.expect("JSON");
+        assert_eq!(answer["status"], status.as_str(), "{answer}");
+        assert_eq!(answer["sessions"], 20, "{answer}");
+    }
+    stop.cancel();
+    beats.await.expect("the job stops");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn institutions_never_evaluated_fail_the_outage_scenario() {
+    // The receiver accepts, but no consumer records the sessions and no job
+    // evaluates them: every institution stays unknown to the API (404).
+    let app = spawn_app().await;
+    let args = SimulateArgs {
+        scenario: Scenario::InstitutionOutage,
+        flow: vec!["all".to_owned()],
+        customers: 20,
+        verify_timeout_s: 2,
+        verify_changes: false,
+        ..args_for(&app)
+    };
+
+    let outcome = run(&args).await;
+
+    assert!(outcome.summary.all_accepted(), "{outcome}");
+    let verified = outcome.institutions.as_ref().expect("the institutions verified");
+    assert_eq!((verified.institutions.len(), verified.matched()), (4, 0), "{outcome}");
+    assert!(
+        verified
+            .institutions
+            .iter()
+            .all(|i| i.seen.is_none() && i.problem.as_deref().is_some_and(|p| p.contains("not evaluated yet"))),
+        "{outcome}"
+    );
+    assert!(outcome.check().is_err());
+    let text = outcome.to_string();
+    assert!(text.contains("verify-institutions: 0 of 4 institutions"), "{text}");
+    assert!(text.contains("CONNECTFLOW_HEALTH_INTERVAL_SECONDS"), "{text}");
+    app.stop().await;
 }
