@@ -317,7 +317,17 @@ fn beat_every_second(app: &TestApp) -> (CancellationToken, tokio::task::JoinHand
     let health = HealthArgs { interval_seconds: 1, ..HealthArgs::default() };
     let job = InstitutionHealthJob::new(&app.kafka, app.pool.clone(), &health, Metrics::new()).expect("job");
     let stop = CancellationToken::new();
-    (stop.clone(), tokio::spawn(job.run(stop)))
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        while !token.is_cancelled() {
+            job.beat_logged(chrono::Utc::now()).await;
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = tokio::time::sleep(job.interval()) => {}
+            }
+        }
+    });
+    (stop, task)
 }
 
 #[tokio::test]
