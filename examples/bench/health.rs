@@ -1,6 +1,8 @@
 //! `bench health`: what the health beat of `consume` costs at a million
 //! customers: the institutions' evaluation over a busy window of sessions,
-//! and the expiry warnings' and lapses' look at every authorization. The
+//! and the lapses' and expiry warnings' look at every authorization (the
+//! first round, which warns every authorization already near its lapse, and
+//! the steady rounds with nothing due). The
 //! job's own functions run in this process against a seeded database, as
 //! `consume` runs them; the figures are the beat's wall time.
 
@@ -8,7 +10,8 @@ use std::time::Instant;
 
 use chrono::Utc;
 use connectflow::institution::HealthSettings;
-use connectflow::store::institutions;
+use connectflow::lifecycle::AuthorizationPolicy;
+use connectflow::store::{expiry, institutions};
 
 use super::procs::{drop_database, fresh_database};
 use super::{median, seed_customers};
@@ -29,7 +32,18 @@ pub struct HealthFigures {
     pub evaluation_ms: Option<f64>,
     /// Evaluations measured after the first.
     pub runs: usize,
+    /// Warnings the first expiry round announced (every authorization
+    /// already within 30 days of its lapse: switching warnings on).
+    pub first_warnings: usize,
+    /// That first round (lapses and warnings).
+    pub first_expiry_ms: Option<f64>,
+    /// Median of the later rounds, nothing due: the steady beat's look at
+    /// every authorization.
+    pub expiry_ms: Option<f64>,
 }
+
+/// The warning thresholds measured (the default `30,7`).
+const WARN_DAYS: [u32; 2] = [7, 30];
 
 /// Seeds `customers` customers and `sessions` sessions ending over the last
 /// hour at [`INSTITUTIONS`] institutions (one in ten failing at the bank, a
@@ -53,6 +67,15 @@ pub async fn bench_health(customers: i64, sessions: i64, runs: usize) -> anyhow:
     .execute(&pool)
     .await?;
     sqlx::query("VACUUM ANALYZE institution_sessions").execute(&pool).await?;
+    // Every customer authorized once in the last year, evenly: a twelfth
+    // within a month of the lapse.
+    sqlx::query(
+        "UPDATE customers SET consent_authorized_at = \
+           now() - make_interval(days => (customer_id::bigint % 365)::int) - interval '1 hour'",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query("VACUUM ANALYZE customers").execute(&pool).await?;
     eprintln!("health: seeded {customers} customers and {sessions} sessions in {:.1}s", seeded.elapsed().as_secs_f64());
 
     let settings = HealthSettings::default();
@@ -65,9 +88,30 @@ pub async fn bench_health(customers: i64, sessions: i64, runs: usize) -> anyhow:
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(evaluation.is_some(), "evaluation {run} was skipped");
     }
+
+    let policy = AuthorizationPolicy::default();
+    let mut expiry_times = Vec::with_capacity(runs + 1);
+    let mut first_warnings = 0;
+    for run in 0..=runs {
+        let now = Utc::now();
+        let started = Instant::now();
+        let lapsed = expiry::announce_lapsed(&pool, policy, now).await?;
+        let warned = expiry::announce_expiring(&pool, policy, &WARN_DAYS, now).await?;
+        expiry_times.push(started.elapsed().as_secs_f64() * 1000.0);
+        if run == 0 {
+            first_warnings = lapsed + warned;
+            // As autovacuum would after the catch-up's writes.
+            sqlx::query("VACUUM ANALYZE customers").execute(&pool).await?;
+        } else {
+            anyhow::ensure!(lapsed + warned == 0, "round {run} announced {} more", lapsed + warned);
+        }
+    }
     pool.close().await;
     drop_database(&database).await;
     Ok(HealthFigures {
+        first_warnings,
+        first_expiry_ms: expiry_times.first().copied(),
+        expiry_ms: median(expiry_times[1..].to_vec()),
         customers,
         sessions,
         first_evaluation_ms: times.first().copied(),

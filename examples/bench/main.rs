@@ -951,6 +951,8 @@ async fn main() -> anyhow::Result<()> {
         ("statistics answered/s, on the standby", replica.replica_stats_per_s, None, ""),
         ("health: institutions evaluated, first ms", health.first_evaluation_ms, None, ""),
         ("health: institutions evaluated, median ms", health.evaluation_ms, None, ""),
+        ("health: lapses and warnings, first round ms", health.first_expiry_ms, None, ""),
+        ("health: lapses and warnings, steady ms", health.expiry_ms, None, ""),
     ];
     for (name, value, baseline, target) in rows {
         let baseline = baseline.map(|b| fmt(Some(b))).unwrap_or_default();
@@ -1013,6 +1015,8 @@ async fn main() -> anyhow::Result<()> {
         "stats_answered_on_replica_per_s": round(replica.replica_stats_per_s),
         "health_first_evaluation_ms": round(health.first_evaluation_ms),
         "health_evaluation_ms": round(health.evaluation_ms),
+        "health_first_expiry_ms": round(health.first_expiry_ms),
+        "health_expiry_ms": round(health.expiry_ms),
         "machine": machine(),
         "git_commit": git_commit(),
     });

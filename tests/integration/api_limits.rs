@@ -58,7 +58,7 @@ async fn waiting(pool: &PgPool, fragment: &str) -> i64 {
 
 /// A statement of the statistics routes, and of the customer lookup.
 const STATS_STATEMENT: &str = "funnel_steps";
-const LOOKUP_STATEMENT: &str = "SELECT lifecycle, version, updated_at, program_id FROM customers";
+const LOOKUP_STATEMENT: &str = "SELECT lifecycle, version, updated_at, program_id,";
 
 #[tokio::test]
 async fn a_statement_past_the_timeout_answers_503_timeout() {
