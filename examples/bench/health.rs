@@ -17,7 +17,7 @@ use super::procs::{drop_database, fresh_database};
 use super::{median, seed_customers};
 
 /// Institutions the sessions are spread over.
-const INSTITUTIONS: i64 = 2_000;
+pub const INSTITUTIONS: i64 = 2_000;
 
 /// The health beat's figures.
 #[derive(Debug, Default)]

@@ -980,8 +980,12 @@ async fn main() -> anyhow::Result<()> {
 
     if health.sessions > 0 {
         println!(
-            "(health: {} customers, {} sessions in the window at {} institutions; median of {} evaluations after the first)",
-            health.customers, health.sessions, 2_000, health.runs
+            "(health: {} customers authorized over a year, {} sessions in the window at {} institutions; the first expiry round announced {} warnings; medians of the {} rounds after the first)",
+            health.customers,
+            health.sessions,
+            health::INSTITUTIONS,
+            health.first_warnings,
+            health.runs
         );
     }
 
