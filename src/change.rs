@@ -181,25 +181,7 @@ impl<'a> Versioner<'a> {
     /// `expired_at`: a change of consent that no event caused, with the
     /// (unchanged) visible lifecycle as `before` and `after`.
     pub fn expired(&mut self, state: &Lifecycle, expired_at: DateTime<Utc>) {
-        self.version += 1;
-        let visible = VisibleLifecycle::from(state);
-        self.changes.push(LifecycleChange {
-            schema: CHANGE_SCHEMA_V1.to_owned(),
-            change_id: format!("{}:{}", self.customer_id, self.version),
-            customer_id: self.customer_id.to_string(),
-            program_id: self.program_id.clone(),
-            version: self.version,
-            before: Some(visible.clone()),
-            after: Some(visible),
-            changed: vec![Dimension::Consent],
-            caused_by: Vec::new(),
-            recomputed: false,
-            occurred_at: expired_at,
-            recorded_at: self.recorded_at,
-            reason: Some(ChangeReason::AuthorizationExpired),
-            days_left: None,
-            expires_at: None,
-        });
+        self.consent_unchanged(state, expired_at, ChangeReason::AuthorizationExpired, None);
     }
 
     /// Records that the customer's current authorization crossed a warning
@@ -207,6 +189,24 @@ impl<'a> Versioner<'a> {
     /// the (unchanged) visible lifecycle as `before` and `after`, occurring
     /// when the threshold was crossed.
     pub fn expiring(&mut self, state: &Lifecycle, warning: &DueWarning) {
+        self.consent_unchanged(
+            state,
+            warning.crossed_at,
+            ChangeReason::AuthorizationExpiring,
+            Some((warning.days_left, warning.expires_at)),
+        );
+    }
+
+    /// A change of consent for `reason` that no event caused and that leaves
+    /// the visible lifecycle as it was: a lapse, or a warning before one
+    /// (with its days left and the lapse's time).
+    fn consent_unchanged(
+        &mut self,
+        state: &Lifecycle,
+        occurred_at: DateTime<Utc>,
+        reason: ChangeReason,
+        warning: Option<(i64, DateTime<Utc>)>,
+    ) {
         self.version += 1;
         let visible = VisibleLifecycle::from(state);
         self.changes.push(LifecycleChange {
@@ -220,11 +220,11 @@ impl<'a> Versioner<'a> {
             changed: vec![Dimension::Consent],
             caused_by: Vec::new(),
             recomputed: false,
-            occurred_at: warning.crossed_at,
+            occurred_at,
             recorded_at: self.recorded_at,
-            reason: Some(ChangeReason::AuthorizationExpiring),
-            days_left: Some(warning.days_left),
-            expires_at: Some(warning.expires_at),
+            reason: Some(reason),
+            days_left: warning.map(|(days_left, _)| days_left),
+            expires_at: warning.map(|(_, expires_at)| expires_at),
         });
     }
 

@@ -16,14 +16,15 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-async fn send(app: &TestApp, bodies: &[Value]) {
+pub(crate) async fn send(app: &TestApp, bodies: &[Value]) {
     for body in bodies {
         let response = app.post_webhook(&serde_json::to_vec(body).expect("json")).await;
         assert_eq!(response.status(), 200, "{body}");
     }
 }
 
-async fn lifecycle(app: &TestApp, customer: &str, event_count: usize) -> Value {
+/// The customer's lifecycle once it counts `event_count` events.
+pub(crate) async fn lifecycle(app: &TestApp, customer: &str, event_count: usize) -> Value {
     eventually(Duration::from_secs(30), || async {
         let body: Value = app.api_get(&format!("/v1/customers/{customer}/lifecycle")).await.json().await.ok()?;
         (body["event_count"].as_u64() == Some(event_count as u64)).then_some(body)

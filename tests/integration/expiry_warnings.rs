@@ -19,6 +19,8 @@ use connectflow::store::expiry::announce_expiring;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::consent::{lifecycle, send};
+
 use crate::helpers::{
     API_TOKEN, AppOptions, TestApp, consumer_args, eventually, http_settings, services, spawn_app_with, spawn_consumer,
     spawn_pipeline, unique_kafka_args,
@@ -71,24 +73,8 @@ async fn authorize(app: &TestApp, customer: &str, authorized_at: DateTime<Utc>) 
     let flow_bodies = bodies(flow("oauth-success").expect("flow"), customer, start, 1);
     assert_eq!(flow_bodies.len(), FLOW_EVENTS);
     send(app, &flow_bodies).await;
-    wait_for_events(app, customer, FLOW_EVENTS).await;
+    lifecycle(app, customer, FLOW_EVENTS).await;
     DateTime::from_timestamp_millis(authorized_at.timestamp_millis()).expect("time")
-}
-
-async fn send(app: &TestApp, bodies: &[Value]) {
-    for body in bodies {
-        let response = app.post_webhook(&serde_json::to_vec(body).expect("json")).await;
-        assert_eq!(response.status(), 200, "{body}");
-    }
-}
-
-async fn wait_for_events(app: &TestApp, customer: &str, event_count: usize) -> Value {
-    eventually(Duration::from_secs(30), || async {
-        let body: Value = app.api_get(&format!("/v1/customers/{customer}/lifecycle")).await.json().await.ok()?;
-        (body["event_count"].as_u64() == Some(event_count as u64)).then_some(body)
-    })
-    .await
-    .unwrap_or_else(|| panic!("{customer} never reached {event_count} events"))
 }
 
 /// The customer's `authorization_expiring` changes, in version order.
@@ -194,7 +180,7 @@ async fn expiry_warnings_start_again_after_a_reauthorization_and_skip_a_revoked_
         .await
         .expect("POST");
     assert_eq!(response.status(), 202);
-    let state = wait_for_events(&app, revoked, FLOW_EVENTS + 1).await;
+    let state = lifecycle(&app, revoked, FLOW_EVENTS + 1).await;
     assert_eq!(state["consent"]["authorized_at"], Value::Null, "{state}");
 
     assert_eq!(two_passes(&app, Utc::now()).await, 1, "the revoked authorization gets none");
@@ -209,7 +195,7 @@ async fn expiry_warnings_start_again_after_a_reauthorization_and_skip_a_revoked_
         .find(|body| body["eventType"] == "added")
         .expect("an added");
     send(&app, &[added]).await;
-    let state = wait_for_events(&app, renewed, FLOW_EVENTS + 1).await;
+    let state = lifecycle(&app, renewed, FLOW_EVENTS + 1).await;
     let reauthorized =
         DateTime::from_timestamp_millis((fix_at + chrono::Duration::seconds(2)).timestamp_millis()).expect("time");
     assert_eq!(state["consent"]["authorized_at"], rfc3339(reauthorized).as_str(), "{state}");
