@@ -142,18 +142,7 @@ pub async fn livez(State(state): State<Arc<OpsState>>) -> Response {
     (status = 503, description = "A dependency is unavailable; `failing` names it", body = crate::error::ErrorBody),
 ))]
 pub async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
-    let readiness = {
-        // Concurrent probes wait for one check instead of each running one.
-        let mut cached = state.readiness.0.lock().await;
-        match cached.as_ref() {
-            Some((at, readiness)) if at.elapsed() < READINESS_TTL => readiness.clone(),
-            _ => {
-                let readiness = check_dependencies(&state).await;
-                *cached = Some((Instant::now(), readiness.clone()));
-                readiness
-            }
-        }
-    };
+    let readiness = readiness(&state).await;
     let replica = readiness.replica_json();
     if readiness.failing.is_empty() {
         let mut body = json!({"status": "ready"});
@@ -171,6 +160,24 @@ pub async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
         body["replica"] = replica;
     }
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// The readiness of the process, checked at most once per
+/// [`READINESS_TTL`] (concurrent callers wait for one check instead of each
+/// running one), and the readiness gauges set from it.
+async fn readiness(state: &OpsState) -> Readiness {
+    let mut cached = state.readiness.0.lock().await;
+    match cached.as_ref() {
+        Some((at, readiness)) if at.elapsed() < READINESS_TTL => readiness.clone(),
+        _ => {
+            let readiness = check_dependencies(state).await;
+            let metrics = &state.metrics;
+            metrics.ready.set(i64::from(readiness.failing.is_empty()));
+            metrics.producer_fatal.set(i64::from(state.publisher.fatal_error().is_some()));
+            *cached = Some((Instant::now(), readiness.clone()));
+            readiness
+        }
+    }
 }
 
 /// The read replica's lag, or `None` when it does not answer in time (also
@@ -223,11 +230,16 @@ async fn check_dependencies(state: &OpsState) -> Readiness {
     Readiness { failing, replica }
 }
 
-/// `GET /metrics`: Prometheus text exposition.
+/// `GET /metrics`: Prometheus text exposition. It refreshes the readiness
+/// gauges (`connectflow_ready`, `connectflow_producer_fatal`) first, from
+/// the same cached check as `/readyz`.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses(
     (status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text"),
 ))]
 pub async fn metrics(State(state): State<Arc<OpsState>>) -> Response {
+    // The readiness gauges as of this scrape (at most a second old), so
+    // that an alert on them needs no prober.
+    readiness(&state).await;
     if let Some(consumer) = &state.consumer {
         for (lane, age) in consumer.oldest_unapplied().into_iter().enumerate() {
             let lane = u32::try_from(lane).unwrap_or(u32::MAX);

@@ -164,6 +164,12 @@ pub struct Metrics {
     pub institutions: Family<InstitutionStatusLabels, Gauge>,
     /// Institution status changes published to the institutions topic.
     pub institution_changes_published: Counter,
+    /// 1 while the process is ready (what `/readyz` answers: Kafka, and for
+    /// a consumer Postgres, answer), 0 while not; refreshed at each scrape.
+    pub ready: Gauge,
+    /// 1 once the idempotent producer has failed fatally (it refuses every
+    /// write until the process restarts), else 0; refreshed at each scrape.
+    pub producer_fatal: Gauge,
 }
 
 impl Metrics {
@@ -354,6 +360,18 @@ impl Metrics {
             "Institution status changes published to the institutions topic",
             institution_changes_published.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the process is ready (Kafka, and for a consumer Postgres, answer), else 0",
+            ready.clone(),
+        );
+        let producer_fatal = Gauge::default();
+        registry.register(
+            "producer_fatal",
+            "1 once the idempotent Kafka producer failed fatally (restart the process), else 0",
+            producer_fatal.clone(),
+        );
         Arc::new(Self {
             registry,
             webhooks,
@@ -394,6 +412,8 @@ impl Metrics {
             rewinds,
             institutions,
             institution_changes_published,
+            ready,
+            producer_fatal,
         })
     }
 

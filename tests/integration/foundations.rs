@@ -21,6 +21,10 @@ async fn readyz_is_200_when_postgres_and_kafka_answer() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["status"], "ready");
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    for line in ["connectflow_ready 1", "connectflow_producer_fatal 0"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     app.stop().await;
 }
 
@@ -35,6 +39,10 @@ async fn readyz_is_503_naming_kafka_when_the_broker_is_unreachable() {
     assert_eq!(body["error"]["code"], "not_ready");
     assert_eq!(body["failing"], serde_json::json!(["kafka"]), "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("kafka")), "{body}");
+    // The scrape says so too, without anyone probing `/readyz` (an alert's
+    // `connectflow_ready == 0`).
+    let scraped = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(scraped.lines().any(|l| l == "connectflow_ready 0"), "{scraped}");
 }
 
 #[tokio::test]
