@@ -241,6 +241,19 @@ ensure_browser_installed() {
   say "browser: installed $(/usr/bin/chromium --version 2>/dev/null || echo chromium)"
 }
 
+# ---------------------------------------------------------------- Prometheus
+
+# The alert rules are checked and unit-tested with `promtool`
+# (deploy/prometheus/), which comes with Debian's prometheus package. The
+# package's own service is never started (apt_install's policy-rc.d).
+ensure_promtool_installed() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  say "prometheus: promtool missing, installing Debian's prometheus package"
+  apt_install prometheus
+  command -v promtool >/dev/null 2>&1 || die "prometheus installed but promtool is missing"
+  say "prometheus: installed $(promtool --version 2>/dev/null | head -n 1)"
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 
 PG_BIN=
@@ -1541,6 +1554,7 @@ up)
   1)
     ensure_pg_installed
     ensure_browser_installed
+    ensure_promtool_installed
     kafka_up_start
     postgres_up
     kafka_up_wait
