@@ -22,7 +22,7 @@ PG_REPLICA ?= 0
 DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
 DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
 
-.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos contract failover
+.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos contract failover observe observe-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ run: services ## Run `connectflow all` locally with development credentials
 	FINICITY_PARTNER_SECRETS='$(DEV_PARTNER_SECRET)' CONNECTFLOW_API_TOKENS='$(DEV_API_TOKEN)' \
 	DATABASE_URL='$(LOCAL_DATABASE_URL)' KAFKA_BROKERS='$(LOCAL_KAFKA_BROKERS)' \
 	exec ./target/debug/connectflow all
+
+observe: services ## A real Prometheus (port 9095, data in .local/prometheus) scraping `make run` (127.0.0.1:8080) with the alert rules; OBSERVE_TARGETS="host:port ..." for others
+	bash deploy/observe.sh up $(OBSERVE_TARGETS)
+
+observe-down: ## Stop the Prometheus of `make observe`
+	bash deploy/observe.sh down
 
 test: services ## Unit and integration tests on the real local Postgres and Kafka
 	CONNECTFLOW_TEST_DATABASE_URL='$(LOCAL_DATABASE_URL)' CONNECTFLOW_TEST_KAFKA_BROKERS='$(LOCAL_KAFKA_BROKERS)' \

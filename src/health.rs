@@ -230,16 +230,21 @@ async fn check_dependencies(state: &OpsState) -> Readiness {
     Readiness { failing, replica }
 }
 
-/// `GET /metrics`: Prometheus text exposition. It refreshes the readiness
-/// gauges (`connectflow_ready`, `connectflow_producer_fatal`) first, from
-/// the same cached check as `/readyz`.
+/// `GET /metrics`: Prometheus text exposition. It also starts a refresh of
+/// the readiness gauges (`connectflow_ready`, `connectflow_producer_fatal`)
+/// from the same cached check as `/readyz`, without waiting for it.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses(
     (status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text"),
 ))]
 pub async fn metrics(State(state): State<Arc<OpsState>>) -> Response {
-    // The readiness gauges as of this scrape (at most a second old), so
-    // that an alert on them needs no prober.
-    readiness(&state).await;
+    // The readiness gauges are refreshed in the background when a second
+    // old, so that an alert on them needs no prober, and a scrape never
+    // waits for a dependency that does not answer: it shows the latest
+    // check, made at most a scrape earlier.
+    let checking = state.clone();
+    tokio::spawn(async move {
+        readiness(&checking).await;
+    });
     if let Some(consumer) = &state.consumer {
         for (lane, age) in consumer.oldest_unapplied().into_iter().enumerate() {
             let lane = u32::try_from(lane).unwrap_or(u32::MAX);

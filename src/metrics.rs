@@ -170,6 +170,10 @@ pub struct Metrics {
     /// 1 once the idempotent producer has failed fatally (it refuses every
     /// write until the process restarts), else 0; refreshed at each scrape.
     pub producer_fatal: Gauge,
+    /// `CONNECTFLOW_CONSUMER_STALL_SECONDS` of this consumer (0 in a process
+    /// without one): the stall alert compares the lanes' oldest unapplied
+    /// record with it.
+    pub consumer_stall_seconds: Gauge,
 }
 
 impl Metrics {
@@ -372,6 +376,12 @@ impl Metrics {
             "1 once the idempotent Kafka producer failed fatally (restart the process), else 0",
             producer_fatal.clone(),
         );
+        let consumer_stall_seconds = Gauge::default();
+        registry.register(
+            "consumer_stall_seconds",
+            "The consumer's CONNECTFLOW_CONSUMER_STALL_SECONDS (0 without a consumer)",
+            consumer_stall_seconds.clone(),
+        );
         Arc::new(Self {
             registry,
             webhooks,
@@ -414,6 +424,7 @@ impl Metrics {
             institution_changes_published,
             ready,
             producer_fatal,
+            consumer_stall_seconds,
         })
     }
 

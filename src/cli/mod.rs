@@ -162,6 +162,7 @@ impl ConsumeProcess {
         metrics: Arc<Metrics>,
         programs: Arc<Programs>,
     ) -> anyhow::Result<Self> {
+        metrics.consumer_stall_seconds.set(i64::try_from(args.stall_seconds).unwrap_or(i64::MAX));
         let relay = Relay::new(kafka, pool.clone(), metrics.clone())?;
         let consumer = LifecycleConsumer::build(args, kafka, pool.clone(), metrics.clone(), relay.waker()).await?;
         let expiry = ExpiryJob::new(pool.clone(), programs, relay.waker(), args.health.authorization_warn_days.clone());

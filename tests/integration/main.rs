@@ -1,5 +1,6 @@
 //! Integration tests on real Postgres and real Kafka (see helpers.rs).
 
+mod alerts;
 mod api_limits;
 mod audit;
 mod browser;
