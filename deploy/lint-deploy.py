@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import re
 import shlex
@@ -635,7 +636,13 @@ def selects(selector: dict, labels: dict) -> bool:
 def check_stream(label: str, docs: list[dict], binary: Binary, image: Image, routes: set[str],
                  runs: list[Container], probes: set[str], rendered: bool) -> None:
     section(f"kubernetes: {label}" + ("" if rendered else " (resources only: patches NOT applied)"))
-    config_maps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d.get("kind") == "ConfigMap"}
+    # ConfigMaps of environment variables; a dashboard's (labelled for
+    # Grafana's sidecar) is for Grafana, checked by check_dashboard.
+    config_maps = {
+        d["metadata"]["name"]: d.get("data") or {}
+        for d in docs
+        if d.get("kind") == "ConfigMap" and "grafana_dashboard" not in (d["metadata"].get("labels") or {})
+    }
     imported: set[str] = set()
     has_migrate_job = False
     workloads = [d for d in docs if pod_spec(d) is not None]
@@ -1094,26 +1101,116 @@ def check_alerts() -> None:
     # A family with labels shows on /metrics once it has a sample (not with
     # Kafka and Postgres away, as here): those are taken from the registry's
     # source, the others from the running binary's scrape.
-    scraped = set(re.findall(r"^# TYPE (connectflow_[a-z0-9_]+) ", SCRAPED.get("metrics", ""), re.MULTILINE))
-    if not scraped:
+    exported = exported_metrics()
+    if not exported:
         problem("no /metrics scrape of the running binary to check the alerts' metrics against")
-    registered = {
-        f"connectflow_{name}"
-        for name in re.findall(r'registry\.register\(\s*"([a-z0-9_]+)"', (ROOT / "src/metrics.rs").read_text(encoding="utf-8"))
-    }
-    exported = scraped | registered if scraped else set()
     for rule in alerts:
         for metric in sorted(set(re.findall(r"\bconnectflow_[a-z0-9_]+", rule["expr"]))):
-            family = re.sub(r"_(total|bucket|sum|count)$", "", metric)
-            if exported and family not in exported:
+            if exported and metric_family(metric) not in exported:
                 problem(f"alert {rule['alert']} uses {metric}, which the binary does not export")
     if exported:
-        ok(f"every metric the alerts use is exported ({len(scraped)} families on a scrape, {len(registered)} registered)")
+        ok(f"every metric the alerts use is exported ({len(exported)} families)")
+    # docs/operations.md's table of alerts says what the rules say.
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    stale = []
+    for rule in alerts:
+        expr = " ".join(rule["expr"].split()).replace("|", "\\|")
+        row = (f"| `{rule['alert']}` | {rule['labels'].get('severity')} | `{expr}` for {rule.get('for', 'at once')} | "
+               f"{rule.get('annotations', {}).get('description', '')} |")
+        if row not in operations.splitlines():
+            stale.append(rule["alert"])
+    if stale:
+        problem(f"docs/operations.md's alerts table differs from the rules for {', '.join(stale)}")
+    else:
+        ok("docs/operations.md's alerts table says what the rules say")
     shipped = yaml.safe_load(PROMETHEUS_RULE.read_text(encoding="utf-8"))
     if shipped.get("kind") != "PrometheusRule" or shipped.get("spec") != groups:
         problem(f"{PROMETHEUS_RULE.relative_to(ROOT)} does not carry the groups of {ALERTS.relative_to(ROOT)}")
     else:
         ok(f"{PROMETHEUS_RULE.relative_to(ROOT)} carries the same groups")
+
+
+DASHBOARD = ROOT / "deploy" / "kubernetes" / "base" / "dashboards" / "connectflow.json"
+# Grafana's variables in the panels' queries, replaced by what Grafana would
+# put there so that promtool can parse the query.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
+def exported_metrics() -> set[str]:
+    """The metric families the binary exports: those on the scrape of the
+    running binary, and those registered in src/metrics.rs (a family with
+    labels shows on /metrics only once it has a sample; the integration
+    test `dashboard` sees them on a busy service)."""
+    scraped = set(re.findall(r"^# TYPE (connectflow_[a-z0-9_]+) ", SCRAPED.get("metrics", ""), re.MULTILINE))
+    if not scraped:
+        return set()
+    registered = {
+        f"connectflow_{name}"
+        for name in re.findall(r'registry\.register\(\s*"([a-z0-9_]+)"', (ROOT / "src/metrics.rs").read_text(encoding="utf-8"))
+    }
+    return scraped | registered
+
+
+def metric_family(metric: str) -> str:
+    return re.sub(r"_(total|bucket|sum|count)$", "", metric)
+
+
+def check_dashboard(renderer: list[str] | None) -> None:
+    """Every panel's query parses (promtool, as recording rules of a
+    temporary file), names only metrics the binary exports, and the
+    Kubernetes base ships the dashboard as a ConfigMap, unchanged."""
+    section(f"dashboard: {DASHBOARD.relative_to(ROOT)}")
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    targets = [(panel["title"], target) for panel in dashboard.get("panels", []) for target in panel.get("targets", [])]
+    if not targets:
+        problem("the dashboard has no panel with a query")
+        return
+    exprs = []
+    for title, target in targets:
+        expr = target.get("expr", "")
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        if "$" in expr:
+            problem(f"dashboard panel {title!r}: {expr!r} uses a variable this check does not know")
+        exprs.append((title, expr))
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        problem("promtool is missing: `make services` installs Debian's prometheus package, which has it")
+    else:
+        rules = {"groups": [{"name": "dashboard", "rules": [
+            {"record": f"dashboard:query_{index}", "expr": expr} for index, (_, expr) in enumerate(exprs)
+        ]}]}
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
+            yaml.safe_dump(rules, file)
+        try:
+            run = subprocess.run([promtool, "check", "rules", file.name], capture_output=True, text=True)
+        finally:
+            os.unlink(file.name)
+        if run.returncode != 0:
+            problem(f"a dashboard query does not parse:\n{run.stdout}{run.stderr}")
+        else:
+            ok(f"{len(exprs)} queries of {len(dashboard['panels'])} panels parse (promtool check rules)")
+    exported = exported_metrics()
+    if not exported:
+        problem("no /metrics scrape of the running binary to check the dashboard's metrics against")
+    else:
+        named = set()
+        for title, expr in exprs:
+            for metric in sorted(set(re.findall(r"\bconnectflow_[a-z0-9_]+", expr))):
+                named.add(metric)
+                if metric_family(metric) not in exported:
+                    problem(f"dashboard panel {title!r} uses {metric}, which the binary does not export")
+        ok(f"the dashboard's {len(named)} metrics are all exported")
+    if renderer:
+        docs = render(K8S / "base", renderer) or []
+        shipped = [
+            d for d in docs
+            if d.get("kind") == "ConfigMap" and DASHBOARD.name in (d.get("data") or {})
+        ]
+        if len(shipped) != 1 or json.loads(shipped[0]["data"][DASHBOARD.name]) != dashboard:
+            problem(f"kubernetes/base does not ship {DASHBOARD.name} unchanged as one ConfigMap")
+        else:
+            ok(f"kubernetes/base ships it as ConfigMap/{shipped[0]['metadata']['name']}")
 
 
 def markdown_anchors(path: Path) -> set[str]:
@@ -1161,6 +1258,7 @@ def main() -> int:
     check_values_with_binary(binary, runs)
     check_routes_live(binary, probes)
     check_alerts()
+    check_dashboard(renderer)
 
     took = time.monotonic() - started
     if problems:

@@ -214,6 +214,7 @@ impl HttpServer {
             idempotency_key_ttl: settings.idempotency_key_ttl,
             stats_max_window: chrono::Duration::days(i64::from(settings.stats_max_window_days)),
             stats: StatsCost::new(settings.stats_concurrency, settings.api_statement_timeout, settings.stats_cache_ttl),
+            metrics: metrics.clone(),
         });
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -63,6 +63,16 @@ pub struct InstitutionStatusLabels {
     pub status: &'static str,
 }
 
+/// Labels of the API's request-duration histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// The route's template (`/v1/customers/{customer_id}`), never the
+    /// path asked for: bounded by the routes, and no customer id in a label.
+    pub route: String,
+    /// The answer's status class: `2xx`, `3xx`, `4xx` or `5xx`.
+    pub class: &'static str,
+}
+
 /// Labels per consumer lane.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LaneLabels {
@@ -174,6 +184,9 @@ pub struct Metrics {
     /// without one): the stall alert compares the lanes' oldest unapplied
     /// record with it.
     pub consumer_stall_seconds: Gauge,
+    /// Seconds to answer a `/v1` request (bearer check, access log and
+    /// handler), by route and status class.
+    pub api_request_seconds: Family<ApiRequestLabels, Histogram>,
 }
 
 impl Metrics {
@@ -382,6 +395,24 @@ impl Metrics {
             "The consumer's CONNECTFLOW_CONSUMER_STALL_SECONDS (0 without a consumer)",
             consumer_stall_seconds.clone(),
         );
+        let api_request_seconds = Family::<ApiRequestLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register(
+            "api_request_seconds",
+            "Time to answer a /v1 request (bearer check, access log, handler), by route and status class",
+            api_request_seconds.clone(),
+        );
+        // Counters with a known, bounded set of labels start at 0, so that
+        // `increase()` sees their first step (a series born at 1 shows no
+        // increase) and dashboards show a zero rather than nothing.
+        for reason in ["concurrency", "body_bytes"] {
+            let _ = webhooks_shed.get_or_create(&ShedLabels { reason });
+        }
+        let _ = events_suppressed.get_or_create(&SuppressedLabels { reason: "erased" });
+        for reason in ["too_large", "invalid"] {
+            let _ = changes_parked.get_or_create(&ParkedChangeLabels { reason });
+        }
         Arc::new(Self {
             registry,
             webhooks,
@@ -425,6 +456,7 @@ impl Metrics {
             ready,
             producer_fatal,
             consumer_stall_seconds,
+            api_request_seconds,
         })
     }
 

@@ -38,6 +38,7 @@ pub use auth::{ApiAuth, Principal, ProgramAccess, Scope, Scopes, UnknownScope};
 pub use stats_cost::StatsCost;
 
 use crate::access_log::AccessLog;
+use crate::metrics::{ApiRequestLabels, Metrics};
 use crate::program::Programs;
 use crate::publish::Publisher;
 
@@ -68,6 +69,8 @@ pub struct ApiState {
     pub stats_max_window: chrono::Duration,
     /// The statistics routes' share of the pool and their cached answers.
     pub stats: StatsCost,
+    /// Where each request's duration is counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Every `/v1` route, each behind the bearer check, documented.
@@ -75,13 +78,38 @@ pub fn routes(state: Arc<ApiState>) -> OpenApiRouter {
     // Layers wrap what is already there: the bearer check runs first, then
     // the access log, then the handler in a span naming its route; every
     // answer, a refusal of the bearer check included, is marked not to be
-    // stored by any cache.
+    // stored by any cache, and timed.
     documented_routes()
         .route_layer(axum::middleware::from_fn(in_route_span))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::log_access))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .route_layer(axum::middleware::map_response(no_store))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), timed))
         .with_state(state)
+}
+
+/// Counts the request's duration in `connectflow_api_request_seconds`, by
+/// its route's template and the answer's status class.
+async fn timed(
+    axum::extract::State(state): axum::extract::State<Arc<ApiState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("", |path| path.as_str()).to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let class = match response.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    state
+        .metrics
+        .api_request_seconds
+        .get_or_create(&ApiRequestLabels { route, class })
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Runs the handler in a span naming its route (the template, never the

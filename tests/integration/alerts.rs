@@ -17,7 +17,7 @@ use connectflow::metrics::Metrics;
 
 /// A Prometheus of deploy/observe.sh with its own port and directory,
 /// stopped when dropped.
-struct Prometheus {
+pub(crate) struct Prometheus {
     url: String,
     dir: std::path::PathBuf,
 }
@@ -25,13 +25,19 @@ struct Prometheus {
 impl Prometheus {
     /// Scrapes `target` every `interval` and evaluates the alert rules with
     /// every `for:` shortened to `alert_for`.
-    fn start(target: std::net::SocketAddr, interval: &str, alert_for: &str) -> Self {
+    pub(crate) fn start(target: std::net::SocketAddr, interval: &str, alert_for: &str) -> Self {
+        Self::scraping(&[target], interval, alert_for)
+    }
+
+    /// The same, scraping every one of `targets`.
+    pub(crate) fn scraping(targets: &[std::net::SocketAddr], interval: &str, alert_for: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("cf-prometheus-{}", uuid::Uuid::new_v4().simple()));
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
         let root = env!("CARGO_MANIFEST_DIR");
         let status = std::process::Command::new("bash")
             .arg(format!("{root}/deploy/observe.sh"))
-            .args(["up", &target.to_string()])
+            .arg("up")
+            .args(targets.iter().map(ToString::to_string))
             .env("OBSERVE_PORT", port.to_string())
             .env("OBSERVE_DIR", &dir)
             .env("OBSERVE_INTERVAL", interval)
@@ -56,11 +62,16 @@ impl Prometheus {
     }
 
     /// The value of an instant query's first sample.
-    async fn query(&self, promql: &str) -> Option<f64> {
-        let url = reqwest::Url::parse_with_params(&format!("{}/api/v1/query", self.url), [("query", promql)]).ok()?;
-        let response = reqwest::get(url).await.ok()?;
-        let body: Value = response.json().await.ok()?;
+    pub(crate) async fn query(&self, promql: &str) -> Option<f64> {
+        let body = self.answer(promql).await?;
         body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Prometheus's whole answer to an instant query (`status` is `error`
+    /// for a query that does not parse).
+    pub(crate) async fn answer(&self, promql: &str) -> Option<Value> {
+        let url = reqwest::Url::parse_with_params(&format!("{}/api/v1/query", self.url), [("query", promql)]).ok()?;
+        reqwest::get(url).await.ok()?.json().await.ok()
     }
 }
 

@@ -11,6 +11,7 @@ mod console;
 mod console_institutions;
 mod console_programs;
 mod consumer;
+mod dashboard;
 mod erasure;
 mod expiry_warnings;
 mod export;
