@@ -26,6 +26,8 @@ pub struct Prepared {
 pub struct LoadResult {
     pub ok: u64,
     pub failed: u64,
+    /// Answers that were not 2xx, by status.
+    pub failed_statuses: std::collections::BTreeMap<u16, u64>,
     pub elapsed: Duration,
     /// Latencies of successful requests, microseconds.
     pub latencies_us: Vec<u32>,
@@ -116,6 +118,7 @@ pub async fn drive(
                             result.latencies_us.push(send_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         } else {
                             result.failed += 1;
+                            *result.failed_statuses.entry(status.as_u16()).or_default() += 1;
                         }
                     }
                     Err(_) => {
@@ -135,6 +138,9 @@ pub async fn drive(
         if let Ok(result) = worker.await {
             total.ok += result.ok;
             total.failed += result.failed;
+            for (status, count) in result.failed_statuses {
+                *total.failed_statuses.entry(status).or_default() += count;
+            }
             total.latencies_us.extend(result.latencies_us);
         }
     }

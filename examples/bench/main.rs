@@ -7,6 +7,7 @@ mod health;
 mod load;
 mod procs;
 mod replica;
+mod runs;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +23,7 @@ use serde_json::{Value, json};
 
 use load::{Prepared, drive, percentile_ms};
 use procs::*;
-
-const RUNS: usize = 3;
+use runs::{Bound, Runs, Target, bench_runs, put};
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
     values.retain(|v| v.is_finite());
@@ -76,78 +76,64 @@ fn signed_webhook(body: &Value) -> Prepared {
 
 #[derive(Debug, Default)]
 struct ReceiverFigures {
-    accepted_per_s: Option<f64>,
-    p50_ms: Option<f64>,
-    p99_ms: Option<f64>,
-    p99_ms_at_5k: Option<f64>,
-    rss_mib: Option<f64>,
-    cpu_us_per_webhook: Option<f64>,
-    baseline_cpu_us_per_request: Option<f64>,
-    baseline_per_s: Option<f64>,
-    baseline_p99_ms: Option<f64>,
+    accepted_per_s: Runs,
+    p50_ms: Runs,
+    p99_ms: Runs,
+    p99_ms_at_5k: Runs,
+    rss_mib: Runs,
+    cpu_us_per_webhook: Runs,
+    baseline_cpu_us_per_request: Runs,
+    baseline_per_s: Runs,
+    baseline_p99_ms: Runs,
 }
 
-async fn bench_receiver(seconds: u64) -> anyhow::Result<ReceiverFigures> {
+/// The receiver and its floor (a bare endpoint that only verifies the
+/// HMAC), both started once and driven in turn, `runs` times.
+async fn bench_receiver(seconds: u64, runs: usize) -> anyhow::Result<ReceiverFigures> {
     let requests: Arc<Vec<Prepared>> =
         Arc::new(customer_flows(6_000, 0).iter().flat_map(|(_, b)| b.iter().map(signed_webhook)).collect());
     let duration = Duration::from_secs(seconds);
     let connections = std::env::var("CONNECTFLOW_BENCH_CONNECTIONS").ok().and_then(|c| c.parse().ok()).unwrap_or(256);
     let mut figures = ReceiverFigures::default();
-
-    // Baseline: a bare endpoint that only verifies the HMAC.
-    let addr = free_addr()?;
-    let baseline = spawn_baseline(addr)?;
-    wait_for_port(addr, Duration::from_secs(10)).await?;
-    drive(addr, requests.clone(), connections, Duration::from_secs(1), None).await;
-    let mut rates = Vec::new();
-    let mut p99s = Vec::new();
-    let mut cpu = Vec::new();
     let ticks_per_s = clock_ticks();
-    for _ in 0..RUNS {
-        let before = cpu_ticks(baseline.pid());
-        let result = drive(addr, requests.clone(), connections, duration, None).await;
-        let used = before.zip(cpu_ticks(baseline.pid())).map(|(b, a)| a.saturating_sub(b));
-        cpu.extend(used.and_then(|t| us_per(t, result.ok as f64, ticks_per_s)));
-        rates.push(result.per_second());
-        p99s.push(result.percentile_ms(99.0));
-    }
-    figures.baseline_cpu_us_per_request = median(cpu);
-    figures.baseline_per_s = median(rates);
-    figures.baseline_p99_ms = median(p99s);
-    baseline.stop();
 
-    // The release receiver on real Kafka.
+    let baseline_addr = free_addr()?;
+    let baseline = spawn_baseline(baseline_addr)?;
+    wait_for_port(baseline_addr, Duration::from_secs(10)).await?;
     let (events_topic, dlq_topic) = topics("receiver");
     let database = fresh_database("receiver").await?;
     let addr = free_addr()?;
     let receiver = spawn_connectflow("serve", &service_env(&database, events_topic, dlq_topic), Some(addr))?;
     wait_for(&format!("http://{addr}/readyz"), Duration::from_secs(60)).await?;
+    drive(baseline_addr, requests.clone(), connections, Duration::from_secs(1), None).await;
     drive(addr, requests.clone(), connections, Duration::from_secs(2), None).await;
-    let (mut rates, mut p50s, mut p99s, mut steady, mut cpu) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..RUNS {
+
+    for _ in 0..runs {
+        let before = cpu_ticks(baseline.pid());
+        let result = drive(baseline_addr, requests.clone(), connections, duration, None).await;
+        let used = before.zip(cpu_ticks(baseline.pid())).map(|(b, a)| a.saturating_sub(b));
+        figures.baseline_cpu_us_per_request.add(used.and_then(|t| us_per(t, result.ok as f64, ticks_per_s)));
+        figures.baseline_per_s.push(result.per_second());
+        figures.baseline_p99_ms.push(result.percentile_ms(99.0));
+
         let before = cpu_ticks(receiver.pid());
         let result = drive(addr, requests.clone(), connections, duration, None).await;
         let used = before.zip(cpu_ticks(receiver.pid())).map(|(b, a)| a.saturating_sub(b));
-        cpu.extend(used.and_then(|t| us_per(t, result.ok as f64, ticks_per_s)));
+        figures.cpu_us_per_webhook.add(used.and_then(|t| us_per(t, result.ok as f64, ticks_per_s)));
         if result.failed > 0 {
             eprintln!("receiver: {} requests failed at full speed", result.failed);
         }
-        rates.push(result.per_second());
-        p50s.push(result.percentile_ms(50.0));
-        p99s.push(result.percentile_ms(99.0));
+        figures.accepted_per_s.push(result.per_second());
+        figures.p50_ms.push(result.percentile_ms(50.0));
+        figures.p99_ms.push(result.percentile_ms(99.0));
         let result = drive(addr, requests.clone(), 32, duration, Some(5_000.0)).await;
         if result.failed > 0 {
             eprintln!("receiver: {} requests failed at 5,000/s", result.failed);
         }
-        steady.push(result.percentile_ms(99.0));
+        figures.p99_ms_at_5k.push(result.percentile_ms(99.0));
     }
-    figures.accepted_per_s = median(rates);
-    figures.p50_ms = median(p50s);
-    figures.p99_ms = median(p99s);
-    figures.p99_ms_at_5k = median(steady);
-    figures.cpu_us_per_webhook = median(cpu);
-    figures.rss_mib = receiver.peak_rss_mib();
+    figures.rss_mib.add(receiver.peak_rss_mib());
+    baseline.stop();
     receiver.stop();
     drop_database(&database).await;
     Ok(figures)
@@ -219,11 +205,11 @@ fn bench_normalise() -> anyhow::Result<()> {
 #[derive(Debug, Default)]
 struct ConsumerFigures {
     events: usize,
-    applied_per_s: Option<f64>,
-    baseline_per_s: Option<f64>,
-    cpu_us_per_event: Option<f64>,
-    postgres_cpu_us_per_event: Option<f64>,
-    baseline_postgres_cpu_us_per_event: Option<f64>,
+    applied_per_s: Runs,
+    baseline_per_s: Runs,
+    cpu_us_per_event: Runs,
+    postgres_cpu_us_per_event: Runs,
+    baseline_postgres_cpu_us_per_event: Runs,
 }
 
 fn normalised(flows: &[(String, Vec<Value>)]) -> Vec<ConnectEvent> {
@@ -319,12 +305,24 @@ async fn drain(consumer: &Proc, metrics_addr: std::net::SocketAddr, total: u64) 
     })
 }
 
-async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
+/// The release consumer draining a topic of the events into a fresh
+/// database, and its floor (the same rows with plain batched `INSERT`s and
+/// no logic), interleaved `runs` times.
+async fn bench_consumer(customers: usize, runs: usize) -> anyhow::Result<ConsumerFigures> {
     let events = normalised(&customer_flows(customers, 1_000_000));
     let mut figures = ConsumerFigures { events: events.len(), ..Default::default() };
-    eprintln!("consumer: {} events over {customers} customers", events.len());
+    eprintln!("consumer: {} events over {customers} customers, {runs} runs", events.len());
+    for _ in 0..runs {
+        let (per_s, baseline_postgres) = baseline_insert(&events).await?;
+        figures.baseline_per_s.push(per_s);
+        figures.baseline_postgres_cpu_us_per_event.add(baseline_postgres);
+        consume_once(&events, &mut figures).await?;
+    }
+    Ok(figures)
+}
 
-    // Fill the topic.
+/// One drain of a topic filled with `events` by the release consumer.
+async fn consume_once(events: &[ConnectEvent], figures: &mut ConsumerFigures) -> anyhow::Result<()> {
     let (events_topic, dlq_topic) = topics("consumer");
     let database = fresh_database("consumer").await?;
     let env = service_env(&database, events_topic.clone(), dlq_topic);
@@ -334,9 +332,8 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
         .env("RUST_LOG", "warn")
         .status()?;
     anyhow::ensure!(status.success(), "connectflow migrate failed");
-    fill_topic(&events_topic, &events)?;
+    fill_topic(&events_topic, events)?;
 
-    // Drain it with the release consumer.
     let pool = sqlx::PgPool::connect(&database).await?;
     let total = events.len() as u64;
     let ticks_per_s = clock_ticks();
@@ -346,24 +343,29 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
         &[env.as_slice(), &[("CONNECTFLOW_NO_MIGRATE", "true".into())]].concat(),
         Some(metrics_addr),
     )?;
-    if let Some(drained) = drain(&consumer, metrics_addr, total).await {
-        figures.applied_per_s = Some(drained.applied / drained.seconds);
-        figures.cpu_us_per_event = us_per(drained.consumer_ticks, drained.applied, ticks_per_s);
-        figures.postgres_cpu_us_per_event = us_per(drained.postgres_ticks, drained.applied, ticks_per_s);
-    }
+    let drained = drain(&consumer, metrics_addr, total).await;
     let recorded = count_events(&pool).await;
-    if recorded < total as i64 {
-        eprintln!("consumer: only {recorded} of {total} events recorded before the deadline");
-        figures.applied_per_s = None;
+    match drained {
+        Some(drained) if recorded >= total as i64 => {
+            figures.applied_per_s.push(drained.applied / drained.seconds);
+            figures.cpu_us_per_event.add(us_per(drained.consumer_ticks, drained.applied, ticks_per_s));
+            figures.postgres_cpu_us_per_event.add(us_per(drained.postgres_ticks, drained.applied, ticks_per_s));
+        }
+        _ => eprintln!("consumer: only {recorded} of {total} events recorded before the deadline"),
     }
     consumer.stop();
     pool.close().await;
     drop_database(&database).await;
+    Ok(())
+}
 
-    // Baseline: the same rows with plain batched INSERTs and no logic.
+/// The consumer's floor: the same rows with plain batched `INSERT`s and no
+/// logic; rows per second and Postgres's CPU per row.
+async fn baseline_insert(events: &[ConnectEvent]) -> anyhow::Result<(f64, Option<f64>)> {
     let database = fresh_database("baseline").await?;
     let pool = sqlx::PgPool::connect(&database).await?;
     connectflow::store::migrate(&pool).await?;
+    let ticks_per_s = clock_ticks();
     let started = Instant::now();
     let postgres_before = postgres_cpu_ticks();
     for chunk in events.chunks(500) {
@@ -381,12 +383,11 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
         .execute(&pool)
         .await?;
     }
-    figures.baseline_per_s = Some(events.len() as f64 / started.elapsed().as_secs_f64());
-    figures.baseline_postgres_cpu_us_per_event =
-        us_per(postgres_cpu_ticks().saturating_sub(postgres_before), events.len() as f64, ticks_per_s);
+    let per_s = events.len() as f64 / started.elapsed().as_secs_f64();
+    let postgres = us_per(postgres_cpu_ticks().saturating_sub(postgres_before), events.len() as f64, ticks_per_s);
     pool.close().await;
     drop_database(&database).await;
-    Ok(figures)
+    Ok((per_s, postgres))
 }
 
 // ---------------------------------------------------------------- query API
@@ -394,21 +395,42 @@ async fn bench_consumer(customers: usize) -> anyhow::Result<ConsumerFigures> {
 #[derive(Debug, Default)]
 struct ApiFigures {
     customers: i64,
-    lookups_per_s: Option<f64>,
-    p99_ms: Option<f64>,
+    lookups_per_s: Runs,
+    p99_ms: Runs,
+    /// The floor: the same primary-key `SELECT` through a plain pool at the
+    /// same concurrency, without HTTP, bearer check or access log.
+    baseline_point_select_per_s: Runs,
     /// p95 of each `/v1/stats` route over the whole seeded window.
     stats: StatsFigures,
 }
 
 #[derive(Debug, Default)]
 struct StatsFigures {
-    funnel_p95_ms: Option<f64>,
-    timeseries_day_p95_ms: Option<f64>,
-    timeseries_hour_p95_ms: Option<f64>,
-    institutions_p95_ms: Option<f64>,
+    funnel_p95_ms: Runs,
+    timeseries_day_p95_ms: Runs,
+    timeseries_hour_p95_ms: Runs,
+    institutions_p95_ms: Runs,
     /// `/v1/customers` filtered as the console's "failing customers" link.
-    failing_customers_p95_ms: Option<f64>,
+    failing_customers_p95_ms: Runs,
     requests: usize,
+}
+
+impl StatsFigures {
+    /// The slowest route's p95 in each run.
+    fn worst_p95_ms(&self) -> Runs {
+        let routes = [
+            &self.funnel_p95_ms,
+            &self.timeseries_day_p95_ms,
+            &self.timeseries_hour_p95_ms,
+            &self.institutions_p95_ms,
+            &self.failing_customers_p95_ms,
+        ];
+        let mut worst = Runs::default();
+        for run in 0..self.funnel_p95_ms.values().len() {
+            worst.add(routes.iter().filter_map(|route| route.values().get(run).copied()).reduce(f64::max));
+        }
+        worst
+    }
 }
 
 /// Days of first events the seeded customers spread over.
@@ -434,7 +456,9 @@ fn flow_outcomes() -> (Vec<i16>, Vec<String>, Vec<Option<String>>, Vec<String>) 
 /// Sequential requests to each `/v1/stats` route over the whole seeded
 /// window (every customer counted: the worst case), as the console's
 /// funnel screen makes them; p95 of each.
-async fn bench_stats(addr: std::net::SocketAddr, requests: usize) -> anyhow::Result<StatsFigures> {
+/// One run of `requests` sequential requests per statistics route; adds
+/// each route's p95 to `figures`.
+async fn bench_stats(addr: std::net::SocketAddr, requests: usize, figures: &mut StatsFigures) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let until = Utc::now() + chrono::Duration::hours(1);
     let since = until - chrono::Duration::days(SEEDED_DAYS + 1);
@@ -465,7 +489,7 @@ async fn bench_stats(addr: std::net::SocketAddr, requests: usize) -> anyhow::Res
             anyhow::ensure!(response.status().is_success(), "{path}: {}", response.status());
             let body = response.bytes().await?;
             let elapsed = started.elapsed();
-            if i == 0 {
+            if i == 0 && figures.requests == 0 {
                 let answer: Value = serde_json::from_slice(&body)?;
                 let customers = answer["customers"]
                     .as_i64()
@@ -482,14 +506,13 @@ async fn bench_stats(addr: std::net::SocketAddr, requests: usize) -> anyhow::Res
         }
         p95.push(percentile_ms(&latencies_us, 95.0));
     }
-    Ok(StatsFigures {
-        funnel_p95_ms: Some(p95[0]),
-        timeseries_day_p95_ms: Some(p95[1]),
-        timeseries_hour_p95_ms: Some(p95[2]),
-        institutions_p95_ms: Some(p95[3]),
-        failing_customers_p95_ms: Some(p95[4]),
-        requests,
-    })
+    figures.funnel_p95_ms.push(p95[0]);
+    figures.timeseries_day_p95_ms.push(p95[1]);
+    figures.timeseries_hour_p95_ms.push(p95[2]);
+    figures.institutions_p95_ms.push(p95[3]);
+    figures.failing_customers_p95_ms.push(p95[4]);
+    figures.requests = requests;
+    Ok(())
 }
 
 /// Stores `customers` customers (ids from 8000000001 on) with one realistic
@@ -535,7 +558,7 @@ async fn seed_customers(pool: &sqlx::PgPool, customers: i64) -> anyhow::Result<(
     Ok(())
 }
 
-async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
+async fn bench_api(customers: i64, seconds: u64, runs: usize) -> anyhow::Result<ApiFigures> {
     let database = fresh_database("api").await?;
     let pool = sqlx::PgPool::connect(&database).await?;
     connectflow::store::migrate(&pool).await?;
@@ -556,42 +579,89 @@ async fn bench_api(customers: i64, seconds: u64) -> anyhow::Result<ApiFigures> {
     let server = spawn_connectflow("serve", &env, Some(addr))?;
     wait_for(&format!("http://{addr}/livez"), Duration::from_secs(30)).await?;
     // A pseudo-random spread of ids over the whole table.
+    let ids: Arc<Vec<String>> =
+        Arc::new((0..100_000u64).map(|i| (8_000_000_000 + 1 + (i * 7_919 % customers as u64)).to_string()).collect());
     let requests: Arc<Vec<Prepared>> = Arc::new(
-        (0..100_000u64)
-            .map(|i| {
-                let id = 8_000_000_000 + 1 + (i * 7_919 % customers as u64);
-                Prepared {
-                    method: hyper::Method::GET,
-                    path: format!("/v1/customers/{id}/lifecycle"),
-                    headers: vec![("authorization", format!("Bearer {TOKEN}"))],
-                    body: Bytes::new(),
-                }
+        ids.iter()
+            .map(|id| Prepared {
+                method: hyper::Method::GET,
+                path: format!("/v1/customers/{id}/lifecycle"),
+                headers: vec![("authorization", format!("Bearer {TOKEN}"))],
+                body: Bytes::new(),
             })
             .collect(),
     );
-    drive(addr, requests.clone(), 32, Duration::from_secs(2), None).await;
-    let (mut rates, mut p99s) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        let result = drive(addr, requests.clone(), 32, Duration::from_secs(seconds), None).await;
+    let plain = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&database).await?;
+    drive(addr, requests.clone(), API_CONCURRENCY, Duration::from_secs(2), None).await;
+    point_selects(&plain, ids.clone(), Duration::from_secs(2)).await;
+    let mut figures = ApiFigures { customers, ..Default::default() };
+    for _ in 0..runs {
+        figures
+            .baseline_point_select_per_s
+            .push(point_selects(&plain, ids.clone(), Duration::from_secs(seconds)).await);
+        let result = drive(addr, requests.clone(), API_CONCURRENCY, Duration::from_secs(seconds), None).await;
         if result.failed > 0 {
-            eprintln!("api: {} lookups failed", result.failed);
+            eprintln!("api: {} lookups failed (answers by status: {:?})", result.failed, result.failed_statuses);
         }
-        rates.push(result.per_second());
-        p99s.push(result.percentile_ms(99.0));
+        figures.lookups_per_s.push(result.per_second());
+        figures.p99_ms.push(result.percentile_ms(99.0));
+        if let Err(e) = bench_stats(addr, 40, &mut figures.stats).await {
+            eprintln!("stats bench failed: {e:#}");
+        }
     }
-    let stats = bench_stats(addr, 40).await.unwrap_or_else(|e| {
-        eprintln!("stats bench failed: {e:#}");
-        StatsFigures::default()
-    });
+    plain.close().await;
     server.stop();
     drop_database(&database).await;
-    Ok(ApiFigures { customers, lookups_per_s: median(rates), p99_ms: median(p99s), stats })
+    Ok(figures)
+}
+
+/// What the lookup reads of a customer's row: lifecycle, version,
+/// updated_at, program.
+type LookupRow = (Value, i64, chrono::DateTime<Utc>, String);
+
+/// Concurrent lookups of the API bench, on both sides.
+const API_CONCURRENCY: usize = 32;
+
+/// The API lookup's floor: the row the lookup reads, by primary key,
+/// through a plain pool from `API_CONCURRENCY` tasks for `duration`;
+/// lookups per second.
+async fn point_selects(pool: &sqlx::PgPool, ids: Arc<Vec<String>>, duration: Duration) -> f64 {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..API_CONCURRENCY)
+        .map(|_| {
+            let (pool, ids, next) = (pool.clone(), ids.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let id = &ids[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ids.len()];
+                    let row: Result<Option<LookupRow>, _> = sqlx::query_as(
+                        "SELECT lifecycle, version, updated_at, program_id FROM customers WHERE customer_id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await;
+                    if matches!(row, Ok(Some(_))) {
+                        done += 1;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    for task in tasks {
+        total += task.await.unwrap_or(0);
+    }
+    total as f64 / started.elapsed().as_secs_f64()
 }
 
 // ---------------------------------------------------------------- end to end
 
+/// One end-to-end run.
 #[derive(Debug, Default)]
-struct E2eFigures {
+struct E2eRun {
     sampled: usize,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
@@ -599,6 +669,48 @@ struct E2eFigures {
     change_samples: usize,
     change_p50_ms: Option<f64>,
     change_p99_ms: Option<f64>,
+}
+
+/// Every end-to-end run, at `rate` webhooks/s: `E2E_SHARE` of the
+/// receiver's capacity measured in the same bench.
+#[derive(Debug, Default)]
+struct E2eFigures {
+    rate: f64,
+    sampled: usize,
+    change_samples: usize,
+    p50_ms: Runs,
+    p99_ms: Runs,
+    sent_per_s: Runs,
+    change_p50_ms: Runs,
+    change_p99_ms: Runs,
+}
+
+/// The end-to-end rate's share of the receiver's measured capacity
+/// (`BENCH_E2E_SHARE`, default 0.10): a load the service should carry with
+/// room to spare on any machine, not a fixed figure that is light on one
+/// machine and near capacity on another.
+fn e2e_share() -> f64 {
+    std::env::var("BENCH_E2E_SHARE").ok().and_then(|v| v.parse().ok()).filter(|v: &f64| *v > 0.0).unwrap_or(0.10)
+}
+
+/// `runs` end-to-end runs at `rate`, each on a fresh database and topics.
+async fn bench_e2e(rate: f64, seconds: u64, runs: usize) -> E2eFigures {
+    let mut figures = E2eFigures { rate, ..Default::default() };
+    for _ in 0..runs {
+        match e2e_once(rate, seconds).await {
+            Ok(run) => {
+                figures.sampled += run.sampled;
+                figures.change_samples += run.change_samples;
+                figures.p50_ms.add(run.p50_ms);
+                figures.p99_ms.add(run.p99_ms);
+                figures.sent_per_s.add(run.sent_per_s);
+                figures.change_p50_ms.add(run.change_p50_ms);
+                figures.change_p99_ms.add(run.change_p99_ms);
+            }
+            Err(e) => eprintln!("e2e run failed: {e:#}"),
+        }
+    }
+    figures
 }
 
 /// Reads the lifecycle-changes topic from the start until `stop`, noting
@@ -747,7 +859,7 @@ async fn vacuum_analyze(database: &str) -> anyhow::Result<()> {
 
 /// At a steady `rate` webhooks/s for `seconds`, the time from the receiver's
 /// 200 for a customer's last event to the lifecycle API showing it.
-async fn bench_e2e(rate: f64, seconds: u64) -> anyhow::Result<E2eFigures> {
+async fn e2e_once(rate: f64, seconds: u64) -> anyhow::Result<E2eRun> {
     let database = fresh_database("e2e").await?;
     let (events_topic, dlq_topic) = topics("e2e");
     let addr = free_addr()?;
@@ -796,7 +908,7 @@ async fn bench_e2e(rate: f64, seconds: u64) -> anyhow::Result<E2eFigures> {
             Some(readable.saturating_duration_since(*answered).as_micros().min(u32::MAX as u128) as u32)
         })
         .collect();
-    Ok(E2eFigures {
+    Ok(E2eRun {
         sampled: latencies.len(),
         p50_ms: Some(percentile_ms(&latencies, 50.0)).filter(|v| v.is_finite()),
         p99_ms: Some(percentile_ms(&latencies, 99.0)).filter(|v| v.is_finite()),
@@ -830,8 +942,10 @@ fn git_commit() -> Option<String> {
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// A figure for the table: `n/a` when it was not run or failed (the
+/// failure is on stderr).
 fn fmt(value: Option<f64>) -> String {
-    value.map_or_else(|| "failed".to_owned(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") })
+    value.map_or_else(|| "n/a".to_owned(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") })
 }
 
 fn round(value: Option<f64>) -> Value {
@@ -849,12 +963,18 @@ async fn main() -> anyhow::Result<()> {
         return bench_normalise();
     }
     let quick = std::env::var("CONNECTFLOW_BENCH_QUICK").is_ok();
+    let runs = bench_runs();
     find_postmaster().await;
     let seconds = if quick { 3 } else { 8 };
     let run = |name: &str| what == "all" || what == name;
+    if let Err(e) = warm_up().await {
+        eprintln!("warm-up failed: {e:#}");
+    }
 
-    let receiver = if run("receiver") {
-        bench_receiver(seconds).await.unwrap_or_else(|e| {
+    let receiver = if run("receiver") || run("e2e") {
+        // `bench e2e` alone still needs the capacity it takes a share of.
+        let (seconds, runs) = if run("receiver") { (seconds, runs) } else { (3, 1) };
+        bench_receiver(seconds, runs).await.unwrap_or_else(|e| {
             eprintln!("receiver bench failed: {e:#}");
             ReceiverFigures::default()
         })
@@ -862,7 +982,7 @@ async fn main() -> anyhow::Result<()> {
         ReceiverFigures::default()
     };
     let consumer = if run("consumer") {
-        bench_consumer(if quick { 10_000 } else { 100_000 }).await.unwrap_or_else(|e| {
+        bench_consumer(if quick { 10_000 } else { 100_000 }, runs).await.unwrap_or_else(|e| {
             eprintln!("consumer bench failed: {e:#}");
             ConsumerFigures::default()
         })
@@ -870,27 +990,27 @@ async fn main() -> anyhow::Result<()> {
         ConsumerFigures::default()
     };
     let api = if run("api") {
-        bench_api(if quick { 100_000 } else { 1_000_000 }, seconds).await.unwrap_or_else(|e| {
+        bench_api(if quick { 100_000 } else { 1_000_000 }, seconds, runs).await.unwrap_or_else(|e| {
             eprintln!("api bench failed: {e:#}");
             ApiFigures::default()
         })
     } else {
         ApiFigures::default()
     };
-    let e2e = if run("e2e") {
-        bench_e2e(2_000.0, if quick { 10 } else { 30 }).await.unwrap_or_else(|e| {
-            eprintln!("e2e bench failed: {e:#}");
+    let e2e = match receiver.accepted_per_s.median() {
+        Some(capacity) if run("e2e") => bench_e2e(capacity * e2e_share(), if quick { 10 } else { 30 }, runs).await,
+        None if run("e2e") => {
+            eprintln!("e2e bench skipped: no receiver capacity measured to take its rate from");
             E2eFigures::default()
-        })
-    } else {
-        E2eFigures::default()
+        }
+        _ => E2eFigures::default(),
     };
 
     let replica = if run("replica") {
         replica::bench_replica(
             if quick { 50_000 } else { 300_000 },
             if quick { 3_000 } else { 30_000 },
-            if quick { 1 } else { RUNS },
+            if quick { 1 } else { runs },
         )
         .await
     } else {
@@ -901,7 +1021,7 @@ async fn main() -> anyhow::Result<()> {
         health::bench_health(
             if quick { 100_000 } else { 1_000_000 },
             if quick { 20_000 } else { 200_000 },
-            RUNS * 2 - 1,
+            runs * 2 - 1,
         )
         .await
         .unwrap_or_else(|e| {
@@ -912,72 +1032,79 @@ async fn main() -> anyhow::Result<()> {
         health::HealthFigures::default()
     };
 
+    let rate = e2e.rate;
     println!();
-    println!("{:<44} {:>12} {:>12}   target", "measure", "value", "baseline");
-    let rows = [
-        ("receiver accepted webhooks/s (256 conns)", receiver.accepted_per_s, receiver.baseline_per_s, ">= 25000"),
-        ("receiver p50 ms (full speed)", receiver.p50_ms, None, ""),
-        ("receiver p99 ms (full speed)", receiver.p99_ms, receiver.baseline_p99_ms, ""),
-        ("receiver p99 ms at a steady 5,000/s", receiver.p99_ms_at_5k, None, "<= 25"),
-        ("receiver peak RSS MiB", receiver.rss_mib, None, "<= 100"),
+    println!("{:<46} {:>10} {:>18} {:>10}", "measure (median of runs)", "value", "runs min..max", "baseline");
+    let rows: Vec<(String, &Runs, Option<&Runs>)> = vec![
+        ("receiver accepted webhooks/s (256 conns)".into(), &receiver.accepted_per_s, Some(&receiver.baseline_per_s)),
+        ("receiver p50 ms (full speed)".into(), &receiver.p50_ms, None),
+        ("receiver p99 ms (full speed)".into(), &receiver.p99_ms, Some(&receiver.baseline_p99_ms)),
+        ("receiver p99 ms at a steady 5,000/s".into(), &receiver.p99_ms_at_5k, None),
+        ("receiver peak RSS MiB".into(), &receiver.rss_mib, None),
         (
-            "receiver CPU us per webhook (full speed)",
-            receiver.cpu_us_per_webhook,
-            receiver.baseline_cpu_us_per_request,
-            "<= 25",
+            "receiver CPU us per webhook (full speed)".into(),
+            &receiver.cpu_us_per_webhook,
+            Some(&receiver.baseline_cpu_us_per_request),
         ),
-        ("consumer events applied/s", consumer.applied_per_s, consumer.baseline_per_s, ">= 25000 and >= baseline/2"),
-        ("consumer CPU us per event", consumer.cpu_us_per_event, None, ""),
+        ("consumer events applied/s".into(), &consumer.applied_per_s, Some(&consumer.baseline_per_s)),
+        ("consumer CPU us per event".into(), &consumer.cpu_us_per_event, None),
         (
-            "postgres CPU us per event (consumer run)",
-            consumer.postgres_cpu_us_per_event,
-            consumer.baseline_postgres_cpu_us_per_event,
-            "",
+            "postgres CPU us per event (consumer run)".into(),
+            &consumer.postgres_cpu_us_per_event,
+            Some(&consumer.baseline_postgres_cpu_us_per_event),
         ),
-        ("api lookups/s (32 conns)", api.lookups_per_s, None, ">= 10000"),
-        ("api p99 ms", api.p99_ms, None, "<= 10"),
-        ("stats funnel p95 ms (all customers)", api.stats.funnel_p95_ms, None, "<= 500"),
-        ("stats timeseries p95 ms (by day)", api.stats.timeseries_day_p95_ms, None, "<= 500"),
-        ("stats timeseries p95 ms (by hour)", api.stats.timeseries_hour_p95_ms, None, "<= 500"),
-        ("stats institutions p95 ms", api.stats.institutions_p95_ms, None, "<= 500"),
-        ("an institution's failing customers p95 ms", api.stats.failing_customers_p95_ms, None, ""),
-        ("end to end p50 ms at 2,000/s", e2e.p50_ms, None, ""),
-        ("end to end p99 ms at 2,000/s", e2e.p99_ms, None, "<= 250"),
-        ("200 to change on topic p50 ms at 2,000/s", e2e.change_p50_ms, None, ""),
-        ("200 to change on topic p99 ms at 2,000/s", e2e.change_p99_ms, None, "<= 250"),
-        ("consumer events/s, statistics on the primary", replica.stats_on_primary_per_s, replica.alone_per_s, ""),
-        ("consumer events/s, statistics on the standby", replica.stats_on_replica_per_s, replica.alone_per_s, ""),
-        ("statistics answered/s, on the primary", replica.primary_stats_per_s, None, ""),
-        ("statistics answered/s, on the standby", replica.replica_stats_per_s, None, ""),
-        ("health: institutions evaluated, first ms", health.first_evaluation_ms, None, ""),
-        ("health: institutions evaluated, median ms", health.evaluation_ms, None, ""),
-        ("health: lapses and warnings, first round ms", health.first_expiry_ms, None, ""),
-        ("health: lapses and warnings, steady ms", health.expiry_ms, None, ""),
+        ("api lookups/s (32 conns)".into(), &api.lookups_per_s, Some(&api.baseline_point_select_per_s)),
+        ("api p99 ms".into(), &api.p99_ms, None),
+        ("stats funnel p95 ms (all customers)".into(), &api.stats.funnel_p95_ms, None),
+        ("stats timeseries p95 ms (by day)".into(), &api.stats.timeseries_day_p95_ms, None),
+        ("stats timeseries p95 ms (by hour)".into(), &api.stats.timeseries_hour_p95_ms, None),
+        ("stats institutions p95 ms".into(), &api.stats.institutions_p95_ms, None),
+        ("an institution's failing customers p95 ms".into(), &api.stats.failing_customers_p95_ms, None),
+        (format!("end to end p50 ms at {rate:.0}/s"), &e2e.p50_ms, None),
+        (format!("end to end p99 ms at {rate:.0}/s"), &e2e.p99_ms, None),
+        (format!("200 to change on topic p50 ms at {rate:.0}/s"), &e2e.change_p50_ms, None),
+        (format!("200 to change on topic p99 ms at {rate:.0}/s"), &e2e.change_p99_ms, None),
+        (
+            "consumer events/s, statistics on the primary".into(),
+            &replica.stats_on_primary_per_s,
+            Some(&replica.alone_per_s),
+        ),
+        (
+            "consumer events/s, statistics on the standby".into(),
+            &replica.stats_on_replica_per_s,
+            Some(&replica.alone_per_s),
+        ),
+        ("statistics answered/s, on the primary".into(), &replica.primary_stats_per_s, None),
+        ("statistics answered/s, on the standby".into(), &replica.replica_stats_per_s, None),
+        ("health: institutions evaluated, first ms".into(), &health.first_evaluation_ms, None),
+        ("health: institutions evaluated, median ms".into(), &health.evaluation_ms, None),
+        ("health: lapses and warnings, first round ms".into(), &health.first_expiry_ms, None),
+        ("health: lapses and warnings, steady ms".into(), &health.expiry_ms, None),
     ];
-    for (name, value, baseline, target) in rows {
-        let baseline = baseline.map(|b| fmt(Some(b))).unwrap_or_default();
-        println!("{name:<44} {:>12} {baseline:>12}   {target}", fmt(value));
+    for (name, value, baseline) in &rows {
+        let baseline = baseline.and_then(Runs::median).map(|b| fmt(Some(b))).unwrap_or_default();
+        println!("{name:<46} {:>10} {:>18} {baseline:>10}", fmt(value.median()), value.spread());
     }
     println!(
-        "(receiver and api: median of {RUNS} runs of {seconds}s; consumer: {} events; api: {} customers, stats: {} sequential requests per route over all of them; e2e: {} sampled, {} changes, {:.0} webhooks/s sent)",
+        "(medians of {runs} runs, each measure interleaved with its baseline; receiver and api runs of {seconds}s; consumer: {} events a run; api: {} customers, stats: {} sequential requests per route a run; e2e: {:.0} webhooks/s = {:.0} % of the receiver's capacity, {} sampled, {} changes)",
         consumer.events,
         api.customers,
         api.stats.requests,
+        rate,
+        e2e_share() * 100.0,
         e2e.sampled,
         e2e.change_samples,
-        e2e.sent_per_s.unwrap_or(0.0)
     );
     match &replica.skipped {
         Some(why) => println!("(replica: {why})"),
         None => println!(
-            "(replica: baseline the consumer alone; {} events, {} customers seeded, statistics from {} clients without pause; medians of {})",
+            "(replica: baseline the consumer alone; {} events, {} customers seeded, statistics from {} clients without pause; {} runs)",
             replica.events,
             replica.customers,
             replica::STATS_CLIENTS,
             replica.runs
         ),
     }
-
     if health.sessions > 0 {
         println!(
             "(health: {} customers authorized over a year, {} sessions in the window at {} institutions; the first expiry round announced {} warnings; medians of the {} rounds after the first)",
@@ -989,43 +1116,119 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let summary = json!({
-        "receiver_accepted_per_s": round(receiver.accepted_per_s),
-        "receiver_p99_ms_at_5k": round(receiver.p99_ms_at_5k),
-        "receiver_rss_mib": round(receiver.rss_mib),
-        "baseline_hmac_http_per_s": round(receiver.baseline_per_s),
-        "consumer_applied_per_s": round(consumer.applied_per_s),
-        "baseline_pg_batch_insert_per_s": round(consumer.baseline_per_s),
-        "receiver_cpu_us_per_webhook": round(receiver.cpu_us_per_webhook),
-        "baseline_hmac_cpu_us_per_request": round(receiver.baseline_cpu_us_per_request),
-        "consumer_cpu_us_per_event": round(consumer.cpu_us_per_event),
-        "postgres_cpu_us_per_event": round(consumer.postgres_cpu_us_per_event),
-        "baseline_pg_batch_insert_postgres_cpu_us_per_event": round(consumer.baseline_postgres_cpu_us_per_event),
-        "e2e_p50_ms": round(e2e.p50_ms),
-        "e2e_p99_ms": round(e2e.p99_ms),
-        "change_p50_ms": round(e2e.change_p50_ms),
-        "change_p99_ms": round(e2e.change_p99_ms),
-        "api_lookups_per_s": round(api.lookups_per_s),
-        "api_p99_ms": round(api.p99_ms),
-        "stats_funnel_p95_ms": round(api.stats.funnel_p95_ms),
-        "stats_timeseries_day_p95_ms": round(api.stats.timeseries_day_p95_ms),
-        "stats_timeseries_hour_p95_ms": round(api.stats.timeseries_hour_p95_ms),
-        "stats_institutions_p95_ms": round(api.stats.institutions_p95_ms),
-        "failing_customers_p95_ms": round(api.stats.failing_customers_p95_ms),
-        "consumer_alone_per_s": round(replica.alone_per_s),
-        "consumer_with_stats_on_primary_per_s": round(replica.stats_on_primary_per_s),
-        "consumer_with_stats_on_replica_per_s": round(replica.stats_on_replica_per_s),
-        "stats_answered_on_primary_per_s": round(replica.primary_stats_per_s),
-        "stats_answered_on_replica_per_s": round(replica.replica_stats_per_s),
-        "health_first_evaluation_ms": round(health.first_evaluation_ms),
-        "health_evaluation_ms": round(health.evaluation_ms),
-        "health_first_expiry_ms": round(health.first_expiry_ms),
-        "health_expiry_ms": round(health.expiry_ms),
-        "machine": machine(),
-        "git_commit": git_commit(),
-    });
+    // The targets: ratios to a baseline of the same run, or latencies at a
+    // rate taken from one (docs/benchmarks.md says why each floor).
+    let targets = [
+        Target {
+            name: "receiver CPU per webhook / HMAC-only floor",
+            figure: receiver.cpu_us_per_webhook.ratios(&receiver.baseline_cpu_us_per_request),
+            bound: Bound::AtMost(2.0),
+        },
+        Target {
+            name: "consumer applied/s / plain batched insert",
+            figure: consumer.applied_per_s.ratios(&consumer.baseline_per_s),
+            bound: Bound::AtLeast(0.7),
+        },
+        Target {
+            name: "api lookups/s / plain point select",
+            figure: api.lookups_per_s.ratios(&api.baseline_point_select_per_s),
+            bound: Bound::AtLeast(0.5),
+        },
+        Target { name: "e2e p99 ms at 10 % of capacity", figure: e2e.p99_ms.clone(), bound: Bound::AtMost(100.0) },
+        Target {
+            name: "200 to change p99 ms at 10 % of capacity",
+            figure: e2e.change_p99_ms.clone(),
+            bound: Bound::AtMost(100.0),
+        },
+        Target {
+            name: "statistics p95 ms, slowest route",
+            figure: api.stats.worst_p95_ms(),
+            bound: Bound::AtMost(250.0),
+        },
+    ];
+    println!();
+    println!("{:<46} {:>10} {:>18} {:>10}   ", "target", "median", "runs min..max", "bound");
+    for target in &targets {
+        let verdict = match target.met() {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        println!(
+            "{:<46} {:>10} {:>18} {:>10}   {verdict}",
+            target.name,
+            fmt(target.figure.median()),
+            target.figure.spread(),
+            target.bound_text()
+        );
+    }
+
+    let mut summary = serde_json::Map::new();
+    for (name, figure) in [
+        ("receiver_accepted_per_s", &receiver.accepted_per_s),
+        ("receiver_p50_ms", &receiver.p50_ms),
+        ("receiver_p99_ms", &receiver.p99_ms),
+        ("receiver_p99_ms_at_5k", &receiver.p99_ms_at_5k),
+        ("receiver_rss_mib", &receiver.rss_mib),
+        ("baseline_hmac_http_per_s", &receiver.baseline_per_s),
+        ("baseline_hmac_http_p99_ms", &receiver.baseline_p99_ms),
+        ("receiver_cpu_us_per_webhook", &receiver.cpu_us_per_webhook),
+        ("baseline_hmac_cpu_us_per_request", &receiver.baseline_cpu_us_per_request),
+        ("consumer_applied_per_s", &consumer.applied_per_s),
+        ("baseline_pg_batch_insert_per_s", &consumer.baseline_per_s),
+        ("consumer_cpu_us_per_event", &consumer.cpu_us_per_event),
+        ("postgres_cpu_us_per_event", &consumer.postgres_cpu_us_per_event),
+        ("baseline_pg_batch_insert_postgres_cpu_us_per_event", &consumer.baseline_postgres_cpu_us_per_event),
+        ("api_lookups_per_s", &api.lookups_per_s),
+        ("api_p99_ms", &api.p99_ms),
+        ("baseline_pg_point_select_per_s", &api.baseline_point_select_per_s),
+        ("stats_funnel_p95_ms", &api.stats.funnel_p95_ms),
+        ("stats_timeseries_day_p95_ms", &api.stats.timeseries_day_p95_ms),
+        ("stats_timeseries_hour_p95_ms", &api.stats.timeseries_hour_p95_ms),
+        ("stats_institutions_p95_ms", &api.stats.institutions_p95_ms),
+        ("failing_customers_p95_ms", &api.stats.failing_customers_p95_ms),
+        ("e2e_p50_ms", &e2e.p50_ms),
+        ("e2e_p99_ms", &e2e.p99_ms),
+        ("e2e_sent_per_s", &e2e.sent_per_s),
+        ("change_p50_ms", &e2e.change_p50_ms),
+        ("change_p99_ms", &e2e.change_p99_ms),
+        ("consumer_alone_per_s", &replica.alone_per_s),
+        ("consumer_with_stats_on_primary_per_s", &replica.stats_on_primary_per_s),
+        ("consumer_with_stats_on_replica_per_s", &replica.stats_on_replica_per_s),
+        ("stats_answered_on_primary_per_s", &replica.primary_stats_per_s),
+        ("stats_answered_on_replica_per_s", &replica.replica_stats_per_s),
+        ("health_first_evaluation_ms", &health.first_evaluation_ms),
+        ("health_evaluation_ms", &health.evaluation_ms),
+        ("health_first_expiry_ms", &health.first_expiry_ms),
+        ("health_expiry_ms", &health.expiry_ms),
+    ] {
+        put(&mut summary, name, figure);
+    }
+    summary.insert("e2e_rate_per_s".into(), round(Some(rate)));
+    summary.insert("e2e_share_of_capacity".into(), json!(e2e_share()));
+    summary.insert("runs".into(), json!(runs));
+    summary.insert(
+        "targets".into(),
+        Value::Object(targets.iter().map(|target| (target.name.to_owned(), target.json())).collect()),
+    );
+    summary.insert("machine".into(), machine());
+    summary.insert("git_commit".into(), json!(git_commit()));
     std::fs::create_dir_all("target/bench")?;
-    std::fs::write("target/bench/summary.json", serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write("target/bench/summary.json", serde_json::to_string_pretty(&Value::Object(summary))?)?;
     println!("wrote target/bench/summary.json");
+    Ok(())
+}
+
+/// Before the first run: Kafka's log and page cache, Postgres's buffers
+/// and WAL, and the first connections warmed by a small round of the
+/// consumer's work, so that the first measured run is not always the
+/// slowest (as it was right after `make services`).
+async fn warm_up() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let events = normalised(&customer_flows(2_000, 5_000_000));
+    let (topic, _) = topics("warm-up");
+    fill_topic(&topic, &events)?;
+    baseline_insert(&events).await?;
+    eprintln!("bench: warmed up Kafka and Postgres in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }

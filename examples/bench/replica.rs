@@ -26,17 +26,17 @@ pub const STATS_CLIENTS: usize = 4;
 pub struct ReplicaFigures {
     pub customers: i64,
     pub events: usize,
-    /// Interleaved runs of the three, medians of which are given.
+    /// Interleaved runs of the three, each figure's runs kept.
     pub runs: usize,
     /// Consumer events applied/s with nothing else running.
-    pub alone_per_s: Option<f64>,
+    pub alone_per_s: crate::runs::Runs,
     /// ... while the statistics read the primary.
-    pub stats_on_primary_per_s: Option<f64>,
+    pub stats_on_primary_per_s: crate::runs::Runs,
     /// ... while the statistics read the standby.
-    pub stats_on_replica_per_s: Option<f64>,
+    pub stats_on_replica_per_s: crate::runs::Runs,
     /// Statistics answered/s meanwhile, on the primary and on the standby.
-    pub primary_stats_per_s: Option<f64>,
-    pub replica_stats_per_s: Option<f64>,
+    pub primary_stats_per_s: crate::runs::Runs,
+    pub replica_stats_per_s: crate::runs::Runs,
     /// Why the measure did not run.
     pub skipped: Option<String>,
 }
@@ -214,10 +214,10 @@ pub async fn bench_replica(customers: i64, event_customers: usize, runs: usize) 
     if started_standby {
         let _ = services(&["replica-down"]);
     }
-    figures.alone_per_s = crate::median(alone);
-    figures.stats_on_primary_per_s = crate::median(primary);
-    figures.stats_on_replica_per_s = crate::median(replica);
-    figures.primary_stats_per_s = crate::median(primary_stats);
-    figures.replica_stats_per_s = crate::median(replica_stats);
+    figures.alone_per_s = alone.into();
+    figures.stats_on_primary_per_s = primary.into();
+    figures.stats_on_replica_per_s = replica.into();
+    figures.primary_stats_per_s = primary_stats.into();
+    figures.replica_stats_per_s = replica_stats.into();
     figures
 }
