@@ -15,8 +15,8 @@
 #     the image with `podman build` from deploy/Dockerfile, whose runtime stage
 #     is the one that ships: it runs its own `apt-get install libssl3
 #     ca-certificates` against deb.debian.org, adds the user 10001 and copies
-#     the binary in (BINARY_FROM=prebuilt: see "Why the binary is built on the
-#     host" below);
+#     the binary in (`--build-context build=<dir>` stands in for the build
+#     stage: see "Why the binary is built on the host" below);
 #  4. runs it as the manifests do: --user 10001:10001, a read-only root
 #     filesystem with a 16 MiB tmpfs on /tmp (the emptyDir), every capability
 #     dropped, no-new-privileges, podman's default seccomp profile, the
@@ -87,6 +87,7 @@ SERVE_PORT=${IMAGE_TEST_SERVE_PORT:-18080}
 CONSUME_PORT=${IMAGE_TEST_CONSUME_PORT:-18081}
 TAG=${IMAGE_TEST_TAG:-localhost/connectflow:image-test}
 BASE_TAG=localhost/debian:bookworm-slim
+BUILD_TAG=localhost/rust:$(rustc --version | awk '{print $2}')-bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 PG_SUPER_URL=${PG_SUPER_URL:-postgres://connectflow:connectflow@127.0.0.1:5432/connectflow}
@@ -94,6 +95,8 @@ BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
 K8S=deploy/kubernetes/base
 CACHE=.local/image
 BASE_TAR=$CACHE/debian-bookworm-slim.tar
+BUILD_WHERE=${IMAGE_TEST_BUILD:-host}
+BUILD_TAR=$CACHE/rust-bookworm.tar
 OUT=target/image-test
 # Test credentials, for this run's scratch database only.
 PARTNER_SECRET=image-test-partner-secret
@@ -253,26 +256,84 @@ ensure_base_image() {
 
 # ----------------------------------------------------------------- build
 
-build_image() {
-  local t bin="$TARGET_DIR/release/connectflow" rust
+# The build base for IMAGE_TEST_BUILD=container, a stand-in for
+# rust:<version>-bookworm: debootstrap's minbase with the C toolchain the build
+# stage needs (gcc, make, libc and zlib headers; the stage itself installs
+# libssl-dev and pkg-config), the host's Rust toolchain (the same version,
+# without its documentation) in /usr/local/rust, and the host's extra CA
+# certificates (/usr/local/share/ca-certificates), so that cargo inside the
+# container reaches crates.io as the host does.
+make_build_base() {
+  local rootfs=$WORK/build-rootfs t sysroot
   t=$(now_ms)
-  say "build: cargo build --release --locked --bin connectflow (on the host, $(rustc --version))"
-  cargo build --release --locked --bin connectflow >"$OUT/cargo.log" 2>&1 || {
-    tail -n 30 "$OUT/cargo.log" >&2
-    die "cargo build --release failed (log: $OUT/cargo.log)"
+  sysroot=$(rustc --print sysroot)
+  say "build base: debootstrap --variant=minbase bookworm with gcc, make, libc6-dev, zlib1g-dev (about two minutes)"
+  debootstrap --variant=minbase --include=ca-certificates,gcc,libc6-dev,make,zlib1g-dev \
+    bookworm "$rootfs" "$MIRROR" >"$OUT/debootstrap-build.log" 2>&1 || {
+    tail -n 20 "$OUT/debootstrap-build.log" >&2
+    die "debootstrap of the build base failed (log: $OUT/debootstrap-build.log)"
   }
-  say "build: binary ready in $(seconds_since "$t")s"
-  mkdir -p "$WORK/binary"
-  cp "$bin" "$WORK/binary/connectflow"
+  printf 'deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian bookworm-updates main\ndeb http://deb.debian.org/debian-security bookworm-security main\n' \
+    >"$rootfs/etc/apt/sources.list"
+  mkdir -p "$rootfs/usr/local/rust" "$rootfs/usr/local/cargo"
+  tar -C "$sysroot" --exclude=./share/doc -cf - . | tar -C "$rootfs/usr/local/rust" -xf -
+  if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
+    chroot "$rootfs" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates in the build base failed"
+  fi
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" --numeric-owner -cf "$BUILD_TAR.tmp" .
+  mv -f "$BUILD_TAR.tmp" "$BUILD_TAR"
+  rm -rf "$rootfs"
+  say "build base: $BUILD_TAR made in $(seconds_since "$t")s"
+}
+
+ensure_build_base() {
+  local stamp="$CACHE/build-image.id"
+  [[ ${IMAGE_TEST_REFRESH_BASE:-0} != 1 ]] || rm -f "$BUILD_TAR"
+  if [[ -s $BUILD_TAR && -s $stamp ]] && podman image exists "$BUILD_TAG" &&
+    [[ $(podman image inspect --format '{{.Id}}' "$BUILD_TAG") == "$(<"$stamp")" ]]; then
+    say "build base: $BUILD_TAG already imported from $BUILD_TAR"
+    return 0
+  fi
+  [[ -s $BUILD_TAR ]] || make_build_base
+  podman import -q \
+    --change 'ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    "$BUILD_TAR" "$BUILD_TAG" >/dev/null
+  podman image inspect --format '{{.Id}}' "$BUILD_TAG" >"$stamp"
+  say "build base: imported $BUILD_TAR as $BUILD_TAG"
+}
+
+build_image() {
+  local t bin="$TARGET_DIR/release/connectflow" rust from=()
   rust=$(rustc --version | awk '{print $2}')
+  case $BUILD_WHERE in
+  host)
+    t=$(now_ms)
+    say "build: cargo build --release --locked --bin connectflow (on the host, $(rustc --version))"
+    cargo build --release --locked --bin connectflow >"$OUT/cargo.log" 2>&1 || {
+      tail -n 30 "$OUT/cargo.log" >&2
+      die "cargo build --release failed (log: $OUT/cargo.log)"
+    }
+    say "build: binary ready in $(seconds_since "$t")s"
+    # The build context named `build` replaces the Dockerfile's build stage.
+    mkdir -p "$WORK/binary/out"
+    cp "$bin" "$WORK/binary/out/connectflow"
+    from=(--build-context build="$WORK/binary")
+    ;;
+  container)
+    ensure_build_base
+    from=(--build-arg BUILD_IMAGE="$BUILD_TAG")
+    ;;
+  *) die "IMAGE_TEST_BUILD must be host or container, not '$BUILD_WHERE'" ;;
+  esac
   t=$(now_ms)
-  say "build: podman build -f deploy/Dockerfile (runtime base $BASE_TAG, binary from the host)"
+  say "build: podman build -f deploy/Dockerfile (runtime base $BASE_TAG, binary from the $BUILD_WHERE$([[ $BUILD_WHERE == host ]] || echo "'s build stage on $BUILD_TAG"))"
   podman build "${PODMAN_COMMON[@]}" --network host --pull=never --layers \
     -f deploy/Dockerfile -t "$TAG" \
     --build-arg RUST_VERSION="$rust" \
     --build-arg RUNTIME_IMAGE="$BASE_TAG" \
-    --build-arg BINARY_FROM=prebuilt \
-    --build-context prebuilt-binary="$WORK/binary" \
+    "${from[@]}" \
     . >"$OUT/podman-build.log" 2>&1 || {
     tail -n 30 "$OUT/podman-build.log" >&2
     die "podman build failed (log: $OUT/podman-build.log)"
