@@ -33,11 +33,15 @@
 #     webhook signed with the partner secret (hex HMAC-SHA256 of the body,
 #     X-Finicity-Signature) is accepted and its customer's lifecycle appears
 #     on `GET /v1/customers/{id}/lifecycle` with a bearer token; the image's
-#     own `simulate --verify` then sends a few complete flows and checks each
-#     customer's lifecycle through the API; finally `podman stop` (SIGTERM)
-#     stops each container with exit status 0 well within its
+#     own `simulate --verify --verify-changes` then sends complete flows and
+#     checks each customer's lifecycle through the API and its changes on the
+#     topic; then `podman stop` (SIGTERM) stops the receiver while signed
+#     webhooks keep arriving: every one answered 200 must reach Postgres
+#     through the consumer (drained and flushed), the others get no answer;
+#     then the consumer. Each exits 0 well within its
 #     terminationGracePeriodSeconds (less the receiver's preStop sleep), and
-#     every log line is JSON, with the shutdown and the drain logged.
+#     every log line is JSON, none at ERROR, with the shutdown and the drain
+#     logged.
 # It prints the image's size and the start-to-ready times. Exit status 0 when
 # every check passed. The containers, the scratch database and the temporary
 # files are removed at the end, also on failure (the image and the cached base
@@ -54,18 +58,26 @@
 #   DATABASE_URL, FINICITY_PARTNER_SECRETS, CONNECTFLOW_API_TOKENS
 #                                 the Secret's keys: a scratch database, test values
 #
-# Why the binary is built on the host: the build stage needs a Rust toolchain
-# image (rust:1-bookworm) and crates.io from inside a container. No registry
-# is reachable here, and crates.io only through a TLS-intercepting proxy whose
-# CA the build container would have to be taught: the stage would no longer be
-# the one that ships either. The host is the same Debian release (bookworm,
-# checked) with the same glibc and libssl3, and builds with the same command
-# as the build stage (`cargo build --release --locked --bin connectflow`,
-# SQLX_OFFLINE=true); the runtime stage, what ships, is built unchanged.
+# Why the binary is built on the host by default: the build stage needs a
+# Rust toolchain image (rust:<version>-bookworm, from a registry: none is
+# reachable here) and crates.io from inside a container, which here is only
+# reachable through a TLS-intercepting proxy whose CA the container must be
+# taught. IMAGE_TEST_BUILD=container does all that: it makes a stand-in build
+# base (debootstrap, gcc, make, the host's Rust toolchain and its extra CAs)
+# and compiles in the Dockerfile's build stage; it works, but the release
+# build in the container takes about 10 minutes more on a cold cache (the
+# dependency layer, once cached, is reused until Cargo.toml/Cargo.lock
+# change). The default builds on the host instead: the same Debian release
+# (bookworm, checked), glibc and libssl3, the same command as the build stage
+# (`cargo build --release --locked --bin connectflow`, SQLX_OFFLINE=true),
+# and the same toolchain; `--build-context build=<dir>` puts that binary where
+# the build stage's would be. The runtime stage, what ships, is built
+# unchanged either way.
 #
 # Environment (defaults in brackets):
 #   IMAGE_TEST_SERVE_PORT [18080], IMAGE_TEST_CONSUME_PORT [18081]
 #   IMAGE_TEST_TAG        [localhost/connectflow:image-test] the image built
+#   IMAGE_TEST_BUILD      [host] or `container`: where the binary is compiled (above)
 #   IMAGE_TEST_REFRESH_BASE=1   make the base image again (new debootstrap)
 #   DEBIAN_MIRROR         [http://deb.debian.org/debian] for debootstrap
 #   CARGO_TARGET_DIR      [target] where cargo builds
@@ -104,6 +116,7 @@ API_TOKEN=image-test-api-token
 
 RUN_ID=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 DB_NAME=connectflow_image_test_$RUN_ID
+DB_URL=postgres://connectflow:connectflow@127.0.0.1:5432/$DB_NAME
 CONTAINER_PREFIX=cf-image-test-$RUN_ID
 T0=$(date +%s)
 
@@ -257,18 +270,19 @@ ensure_base_image() {
 # ----------------------------------------------------------------- build
 
 # The build base for IMAGE_TEST_BUILD=container, a stand-in for
-# rust:<version>-bookworm: debootstrap's minbase with the C toolchain the build
-# stage needs (gcc, make, libc and zlib headers; the stage itself installs
-# libssl-dev and pkg-config), the host's Rust toolchain (the same version,
-# without its documentation) in /usr/local/rust, and the host's extra CA
-# certificates (/usr/local/share/ca-certificates), so that cargo inside the
-# container reaches crates.io as the host does.
+# rust:<version>-bookworm: debootstrap's minbase with the C and C++ compilers
+# the build stage needs (librdkafka's configure wants both; the official image
+# has them), make, libc and zlib headers (the stage itself installs libssl-dev
+# and pkg-config), the host's Rust toolchain (the same version, without its
+# documentation) in /usr/local/rust, and the host's extra CA certificates
+# (/usr/local/share/ca-certificates), so that cargo inside the container
+# reaches crates.io as the host does.
 make_build_base() {
   local rootfs=$WORK/build-rootfs t sysroot
   t=$(now_ms)
   sysroot=$(rustc --print sysroot)
-  say "build base: debootstrap --variant=minbase bookworm with gcc, make, libc6-dev, zlib1g-dev (about two minutes)"
-  debootstrap --variant=minbase --include=ca-certificates,gcc,libc6-dev,make,zlib1g-dev \
+  say "build base: debootstrap --variant=minbase bookworm with gcc, g++, make, libc6-dev, zlib1g-dev (about two minutes)"
+  debootstrap --variant=minbase --include=ca-certificates,gcc,g++,libc6-dev,make,zlib1g-dev \
     bookworm "$rootfs" "$MIRROR" >"$OUT/debootstrap-build.log" 2>&1 || {
     tail -n 20 "$OUT/debootstrap-build.log" >&2
     die "debootstrap of the build base failed (log: $OUT/debootstrap-build.log)"
@@ -298,14 +312,15 @@ ensure_build_base() {
   fi
   [[ -s $BUILD_TAR ]] || make_build_base
   podman import -q \
-    --change 'ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV CARGO_HOME=/usr/local/cargo' \
+    --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     "$BUILD_TAR" "$BUILD_TAG" >/dev/null
   podman image inspect --format '{{.Id}}' "$BUILD_TAG" >"$stamp"
   say "build base: imported $BUILD_TAR as $BUILD_TAG"
 }
 
 build_image() {
-  local t bin="$TARGET_DIR/release/connectflow" rust from=()
+  local t bin="$TARGET_DIR/release/connectflow" rust from=() old
   rust=$(rustc --version | awk '{print $2}')
   case $BUILD_WHERE in
   host)
@@ -327,6 +342,7 @@ build_image() {
     ;;
   *) die "IMAGE_TEST_BUILD must be host or container, not '$BUILD_WHERE'" ;;
   esac
+  old=$(podman image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
   t=$(now_ms)
   say "build: podman build -f deploy/Dockerfile (runtime base $BASE_TAG, binary from the $BUILD_WHERE$([[ $BUILD_WHERE == host ]] || echo "'s build stage on $BUILD_TAG"))"
   podman build "${PODMAN_COMMON[@]}" --network host --pull=never --layers \
@@ -339,6 +355,11 @@ build_image() {
     die "podman build failed (log: $OUT/podman-build.log)"
   }
   say "build: $TAG built in $(seconds_since "$t")s"
+  # The image this one replaces, with the layers only it used: storage stays
+  # bounded on a machine that runs this often (the base layers are shared).
+  if [[ -n $old && $old != "$(podman image inspect --format '{{.Id}}' "$TAG")" ]]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+  fi
 }
 
 # The image's own metadata: what runAsNonRoot and the manifests rely on.
@@ -578,20 +599,31 @@ stop_service() {
   say "ok: $component stopped on SIGTERM in ${took}s with exit status 0 (grace ${GRACE}s, less preStop ${PRESTOP}s)"
 }
 
+# signed_body <customer> <event id>: an `added` webhook (docs/event-schema.md's
+# example) and, on the line after it, its X-Finicity-Signature.
+signed_body() {
+  local body
+  body=$(printf '{"customerId":"%s","consumerId":"c-%s","eventType":"added","eventId":"%s","payload":{"institutionId":"101732","oauth":true,"accounts":[{"id":"1045121390","number":"4111111111111111","realAccountNumberLast4":"1111","name":"Checking","balance":501.24,"type":"checking","status":"active","institutionId":"101732","institutionLoginId":1022599285,"aggregationStatusCode":0}]},"webhookData":{"ref":"image-test"}}' \
+    "$1" "$RUN_ID" "$2")
+  printf '%s\n' "$body"
+  printf '%s' "$body" | openssl dgst -sha256 -hmac "$PARTNER_SECRET" -hex | awk '{print $NF}'
+}
+
+# post_webhook <body> <signature> <response file>: prints the HTTP status (000: no answer).
+post_webhook() {
+  curl -sS -o "$3" -w '%{http_code}' --max-time 10 \
+    -H 'Content-Type: application/json' -H "X-Finicity-Signature: $2" \
+    --data-binary "$1" "http://127.0.0.1:$SERVE_PORT/webhooks/finicity/connect" 2>/dev/null || true
+}
+
 # A webhook signed as the partner signs it, then its customer in the API.
 webhook_through() {
   local customer="77$((16#$RUN_ID))" event body signature code deadline lifecycle
   event="$(date +%s%3N)-imagetest$RUN_ID"
-  body=$(printf '{"customerId":"%s","consumerId":"c-%s","eventType":"added","eventId":"%s","payload":{"institutionId":"101732","oauth":true,"accounts":[{"id":"1045121390","number":"4111111111111111","realAccountNumberLast4":"1111","name":"Checking","balance":501.24,"type":"checking","status":"active","institutionId":"101732","institutionLoginId":1022599285,"aggregationStatusCode":0}]},"webhookData":{"ref":"image-test"}}' \
-    "$customer" "$RUN_ID" "$event")
-  signature=$(printf '%s' "$body" | openssl dgst -sha256 -hmac "$PARTNER_SECRET" -hex | awk '{print $NF}')
-  code=$(curl -sS -o "$OUT/webhook-response.json" -w '%{http_code}' --max-time 10 \
-    -H 'Content-Type: application/json' -H "X-Finicity-Signature: $signature" \
-    --data-binary "$body" "http://127.0.0.1:$SERVE_PORT/webhooks/finicity/connect")
+  { read -r body && read -r signature; } < <(signed_body "$customer" "$event")
+  code=$(post_webhook "$body" "$signature" "$OUT/webhook-response.json")
   [[ $code == 200 ]] || die "the signed webhook was answered $code: $(cat "$OUT/webhook-response.json")"
-  code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 \
-    -H 'Content-Type: application/json' -H "X-Finicity-Signature: $(printf '%064d' 0)" \
-    --data-binary "$body" "http://127.0.0.1:$SERVE_PORT/webhooks/finicity/connect")
+  code=$(post_webhook "$body" "$(printf '%064d' 0)" /dev/null)
   [[ $code == 401 ]] || die "a webhook with a wrong signature was answered $code, not 401"
   say "ok: the signed webhook was answered 200 (and the same body with a wrong signature 401)"
   deadline=$((SECONDS + 30))
@@ -653,6 +685,50 @@ simulate_flows() {
   grep -E '^(simulate|verify|verify-changes):' "$OUT/simulate.log" | sed 's/^/    /'
 }
 
+# Signed webhooks one after another until the receiver stops answering; one
+# line per webhook: "<status> <event id>".
+webhook_burst() { # webhook_burst <customer> <output file>
+  local i=0 event body signature code
+  while :; do
+    i=$((i + 1))
+    event="$(now_ms)-burst$RUN_ID-$i"
+    { read -r body && read -r signature; } < <(signed_body "$1" "$event")
+    code=$(post_webhook "$body" "$signature" /dev/null)
+    printf '%s %s\n' "$code" "$event" >>"$2"
+    [[ $code != 000 ]] || break
+    ((i < 5000)) || break
+  done
+}
+
+# SIGTERM to the receiver while webhooks are arriving: every webhook answered
+# 200 must reach Postgres through the consumer (the receiver flushed its
+# producer before it exited); the others got no answer (refused once the
+# listener closed) and would be retried by Finicity.
+stop_serve_under_load() {
+  local customer="78$((16#$RUN_ID))" burst=$WORK/burst.txt pid accepted others recorded deadline
+  : >"$burst"
+  webhook_burst "$customer" "$burst" &
+  pid=$!
+  sleep 1.5
+  stop_service serve "shutdown requested" "HTTP server stopped" \
+    "!in-flight requests did not finish" "!producer did not flush"
+  wait "$pid" || true
+  cp "$burst" "$OUT/burst.txt"
+  accepted=$(awk '$1 == 200' "$burst" | wc -l)
+  others=$(awk '$1 != 200 && $1 != "000"' "$burst" | wc -l)
+  ((accepted > 0)) || die "no webhook was accepted before the receiver stopped (see $OUT/burst.txt)"
+  ((others == 0)) || die "$others webhooks were answered neither 200 nor not at all during the stop (see $OUT/burst.txt)"
+  deadline=$((SECONDS + 30))
+  while :; do
+    recorded=$(psql -X -At "${DB_URL}" -c "select count(*) from connect_events where customer_id = '$customer'")
+    ((recorded == accepted)) && break
+    ((recorded < accepted)) || die "$recorded events recorded for $accepted webhooks accepted"
+    ((SECONDS < deadline)) || die "only $recorded of the $accepted webhooks answered 200 during the receiver's stop reached Postgres within 30 s"
+    sleep 0.3
+  done
+  say "ok: during the receiver's stop, $accepted webhooks were answered 200 and all $recorded reached Postgres through the consumer; the next got no answer"
+}
+
 # ------------------------------------------------------------------ main
 
 ensure_base_image
@@ -663,7 +739,7 @@ check_image
 psql -X -q "$PG_SUPER_URL" -c "create database $DB_NAME" || die "could not create the scratch database $DB_NAME"
 DB_CREATED=1
 LOCAL_ENV=(
-  "DATABASE_URL=postgres://connectflow:connectflow@127.0.0.1:5432/$DB_NAME"
+  "DATABASE_URL=$DB_URL"
   "KAFKA_BROKERS=$BROKERS"
   "CONNECTFLOW_EVENTS_TOPIC=cf-image-$RUN_ID.events"
   "CONNECTFLOW_DLQ_TOPIC=cf-image-$RUN_ID.dlq"
@@ -691,8 +767,7 @@ webhook_through
 simulate_flows
 # The receiver: stops accepting, lets in-flight requests finish and flushes
 # the producer (it warns when either does not complete within its grace).
-stop_service serve "shutdown requested" "HTTP server stopped" \
-  "!in-flight requests did not finish" "!producer did not flush"
+stop_serve_under_load
 # The consumer: drains its lanes, commits and leaves the group.
 stop_service consume "shutdown requested" "draining lanes" "consumer stopped"
 
