@@ -88,8 +88,9 @@
 # podman here (a Firecracker VM, root without CAP_SYS_RESOURCE, cgroups v1 in
 # hybrid mode): crun refuses hybrid cgroups, so runc is the runtime; podman's
 # default ulimits (nofile 1048576) cannot be raised to, so every container
-# gets nofile/nproc no higher than this shell's; there are no CNI plugins, so
-# every container (and the build's RUN steps) uses the host's network.
+# gets nofile/nproc no higher than this shell's. Every container uses the
+# host's network: Kafka and Postgres listen on the host's 127.0.0.1, and
+# Kafka advertises that address (the build's RUN steps too, for simplicity).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$ROOT"

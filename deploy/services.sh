@@ -261,10 +261,9 @@ ensure_promtool_installed() {
 # `make image-test` (deploy/image-test.sh) builds the shipped image with
 # Debian's podman (its build is buildah's), on base images made with
 # debootstrap. runc is the OCI runtime: podman's first choice, crun (1.8 in
-# bookworm), refuses the cgroups v1/v2 hybrid of machines like this one. As
-# root with the kernel's overlay and host networking, nothing else is needed:
-# no rootless helpers (fuse-overlayfs, slirp4netns), no CNI plugins (every
-# container runs with --network host).
+# bookworm), refuses the cgroups v1/v2 hybrid of machines like this one.
+# podman runs as root on the kernel's overlay: no rootless helpers
+# (fuse-overlayfs, slirp4netns) are needed.
 IMAGE_TOOLS=(podman buildah runc debootstrap)
 ensure_image_tools_installed() {
   local missing=() tool
