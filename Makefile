@@ -52,7 +52,7 @@ lint-deploy: ## Check the compose file and Kubernetes manifests against the bina
 	cargo build --bin connectflow
 	bash deploy/lint-deploy.sh
 
-image-test: services ## Build deploy/Dockerfile's image with podman (base from debootstrap) and run it as the manifests do: migrate, serve and consume ready, a signed webhook to the API, SIGTERM (about 3 minutes; 6 the first time)
+image-test: services ## Build deploy/Dockerfile's image with podman (base from debootstrap) and run it as the manifests do: migrate, serve and consume ready, a signed webhook to the API, SIGTERM (about 3 minutes after a change to src/, 9 the first time)
 	bash deploy/image-test.sh
 
 lint: ## rustfmt and clippy, as CI runs them

@@ -63,16 +63,17 @@
 # reachable here) and crates.io from inside a container, which here is only
 # reachable through a TLS-intercepting proxy whose CA the container must be
 # taught. IMAGE_TEST_BUILD=container does all that: it makes a stand-in build
-# base (debootstrap, gcc, make, the host's Rust toolchain and its extra CAs)
-# and compiles in the Dockerfile's build stage; it works, but the release
-# build in the container takes about 10 minutes more on a cold cache (the
-# dependency layer, once cached, is reused until Cargo.toml/Cargo.lock
-# change). The default builds on the host instead: the same Debian release
+# base (debootstrap, gcc, g++, make, the host's Rust toolchain and its extra
+# CAs) and compiles in the Dockerfile's build stage as written. It works and
+# costs about the same here (cold 6-8 minutes, a change to src/ about 2), but
+# that base is a local stand-in, not the public image, and podman's storage
+# grows by about 2.5 GB (and keeps the layers of each change: prune it now and
+# then). The default builds on the host instead: the same Debian release
 # (bookworm, checked), glibc and libssl3, the same command as the build stage
-# (`cargo build --release --locked --bin connectflow`, SQLX_OFFLINE=true),
-# and the same toolchain; `--build-context build=<dir>` puts that binary where
-# the build stage's would be. The runtime stage, what ships, is built
-# unchanged either way.
+# (`cargo build --release --locked --bin connectflow`, SQLX_OFFLINE=true) and
+# the same toolchain; `--build-context build=<dir>` puts that binary where the
+# build stage's would be. The runtime stage, what ships, is built unchanged
+# either way.
 #
 # Environment (defaults in brackets):
 #   IMAGE_TEST_SERVE_PORT [18080], IMAGE_TEST_CONSUME_PORT [18081]
