@@ -666,7 +666,6 @@ PY
 # checked through the API.
 simulate_flows() {
   local name=$CONTAINER_PREFIX-simulate rc=0 t
-  run_args serve
   t=$(now_ms)
   CONTAINERS+=("$name")
   podman run --name "$name" "${PODMAN_COMMON[@]}" --network host --user 10001:10001 --read-only \
