@@ -22,7 +22,7 @@ PG_REPLICA ?= 0
 DEV_PARTNER_SECRET := dev-partner-secret-NOT-FOR-PRODUCTION
 DEV_API_TOKEN := dev-api-token-NOT-FOR-PRODUCTION
 
-.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos contract failover observe observe-down
+.PHONY: help services services-down run test lint lint-deploy sqlx-prepare bench chaos contract failover observe observe-down image-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ test: services ## Unit and integration tests on the real local Postgres and Kafk
 lint-deploy: ## Check the compose file and Kubernetes manifests against the binary (no Docker or cluster needed)
 	cargo build --bin connectflow
 	bash deploy/lint-deploy.sh
+
+image-test: services ## Build deploy/Dockerfile's image with podman (base from debootstrap) and run it as the manifests do: migrate, serve and consume ready, a signed webhook to the API, SIGTERM (about 3 minutes after a change to src/, 9 the first time)
+	bash deploy/image-test.sh
 
 lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --all -- --check

@@ -15,6 +15,8 @@
 #   bash deploy/services.sh postgres-start  start it again and wait until it accepts connections
 #   bash deploy/services.sh postgres-up     PostgreSQL alone (and its standby with PG_REPLICA=1)
 #   bash deploy/services.sh postgres-down   stop the proxy, the standby and PostgreSQL (not Kafka)
+#   bash deploy/services.sh image-tools     install (if needed) podman, buildah, runc and debootstrap,
+#                                           for `make image-test` (deploy/image-test.sh)
 #
 # The standby and the failover (PG_REPLICA=1; `make services PG_REPLICA=1`):
 #   PG_REPLICA=1 bash deploy/services.sh up    also a streaming standby of the
@@ -252,6 +254,29 @@ ensure_promtool_installed() {
   apt_install prometheus
   command -v promtool >/dev/null 2>&1 || die "prometheus installed but promtool is missing"
   say "prometheus: installed $(promtool --version 2>/dev/null | head -n 1)"
+}
+
+# ------------------------------------------------------------ Image tooling
+
+# `make image-test` (deploy/image-test.sh) builds the shipped image with
+# Debian's podman (its build is buildah's), on base images made with
+# debootstrap. runc is the OCI runtime: podman's first choice, crun (1.8 in
+# bookworm), refuses the cgroups v1/v2 hybrid of machines like this one.
+# podman runs as root on the kernel's overlay: no rootless helpers
+# (fuse-overlayfs, slirp4netns) are needed.
+IMAGE_TOOLS=(podman buildah runc debootstrap)
+ensure_image_tools_installed() {
+  local missing=() tool
+  for tool in "${IMAGE_TOOLS[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  say "image tools: ${missing[*]} missing, installing Debian's ${IMAGE_TOOLS[*]}"
+  apt_install "${IMAGE_TOOLS[@]}"
+  for tool in "${IMAGE_TOOLS[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || die "installed the image tools but $tool is missing"
+  done
+  say "image tools: installed $(podman --version), $(buildah --version | awk '{print $1, $2, $3}' | tr -d ,), $(runc --version | head -n 1), debootstrap $(dpkg-query -W -f '${Version}' debootstrap)"
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -1591,6 +1616,7 @@ proxy-switch) proxy_switch_cmd "$2" ;;
 wal-positions) wal_positions_cmd ;;
 replica-detach) replica_detach_cmd ;;
 replica-down) replica_down ;;
+image-tools) ensure_image_tools_installed ;;
 status)
   postgres_status
   replica_status
