@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::store::access_log::{AccessRecord, insert};
 
 /// Records written per statement, at most.
-const BATCH: usize = 500;
+const BATCH: usize = 2_000;
 
 /// The sending side, shared by the requests.
 #[derive(Debug, Clone)]

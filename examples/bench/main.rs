@@ -609,6 +609,19 @@ async fn bench_api(customers: i64, seconds: u64, runs: usize) -> anyhow::Result<
             eprintln!("stats bench failed: {e:#}");
         }
     }
+    // A 503 of a lookup is the access log's queue full (fail closed) or the
+    // API's pool exhausted: say which.
+    if let Ok(text) = reqwest::get(format!("http://{addr}/metrics")).await?.text().await {
+        for line in text.lines().filter(|line| {
+            line.starts_with("connectflow_access_log_rejected_total ")
+                || line.starts_with("connectflow_access_log_written_total ")
+                || line.starts_with(
+                    "connectflow_api_request_seconds_count{route=\"/v1/customers/{customer_id}/lifecycle\"",
+                )
+        }) {
+            eprintln!("api: {line}");
+        }
+    }
     plain.close().await;
     server.stop();
     drop_database(&database).await;
