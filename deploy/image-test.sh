@@ -248,14 +248,21 @@ EOF
   say "base: $BASE_TAR made in $(seconds_since "$t")s"
 }
 
+# Whether image TAG is still the one imported from TAR (its id noted in
+# STAMP at the import).
+still_imported() {
+  local tag=$1 tar=$2 stamp=$3
+  [[ -s $tar && -s $stamp ]] && podman image exists "$tag" &&
+    [[ $(podman image inspect --format '{{.Id}}' "$tag") == "$(<"$stamp")" ]]
+}
+
 ensure_base_image() {
   if [[ ${IMAGE_TEST_REFRESH_BASE:-0} == 1 ]]; then
     rm -f "$BASE_TAR"
     podman rmi -f "$BASE_TAG" >/dev/null 2>&1 || true
   fi
   local stamp="$CACHE/base-image.id"
-  if [[ -s $BASE_TAR && -s $stamp ]] && podman image exists "$BASE_TAG" &&
-    [[ $(podman image inspect --format '{{.Id}}' "$BASE_TAG") == "$(<"$stamp")" ]]; then
+  if still_imported "$BASE_TAG" "$BASE_TAR" "$stamp"; then
     say "base: $BASE_TAG already imported from $BASE_TAR"
     return 0
   fi
@@ -307,8 +314,7 @@ make_build_base() {
 ensure_build_base() {
   local stamp="$CACHE/build-image.id"
   [[ ${IMAGE_TEST_REFRESH_BASE:-0} != 1 ]] || rm -f "$BUILD_TAR"
-  if [[ -s $BUILD_TAR && -s $stamp ]] && podman image exists "$BUILD_TAG" &&
-    [[ $(podman image inspect --format '{{.Id}}' "$BUILD_TAG") == "$(<"$stamp")" ]]; then
+  if still_imported "$BUILD_TAG" "$BUILD_TAR" "$stamp"; then
     say "build base: $BUILD_TAG already imported from $BUILD_TAR"
     return 0
   fi

@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::consumer::{all_applied, app_database_url, send_flow, start_consume_process};
-use crate::helpers::{consumer_args, database_args, eventually, services, spawn_app};
-use crate::pg_proxy::PgProxy;
-use connectflow::metrics::Metrics;
+use crate::consumer::{all_applied, send_flow, start_consume_behind_proxy};
+use crate::helpers::{eventually, spawn_app};
 
 /// A Prometheus of deploy/observe.sh with its own port and directory,
 /// stopped when dropped.
@@ -91,13 +89,7 @@ const STALLED: &str = "ConnectflowConsumerStalled";
 #[tokio::test]
 async fn a_consumer_stalled_on_postgres_fires_the_stall_alert_in_prometheus_and_it_resolves() {
     let app = spawn_app().await;
-    let services = services().await;
-    let proxy = PgProxy::start(&services.database_url).await;
-    let proxied = proxy.url_for(&app_database_url(&app).await);
-    let pool = connectflow::store::pool(&database_args(&proxied)).expect("pool");
-    let mut args = consumer_args();
-    args.stall_seconds = 4;
-    let (ops, token, handle) = start_consume_process(pool, &app.kafka, args, Metrics::new()).await;
+    let (proxy, ops, token, handle) = start_consume_behind_proxy(&app, 4).await;
     let prometheus = Prometheus::start(ops, "1s", "3s");
 
     // Prometheus reads the consumer: its stall time, as configured.

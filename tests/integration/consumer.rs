@@ -271,6 +271,22 @@ pub(crate) async fn start_consume_process(
     (ops, token, handle)
 }
 
+/// A `consume` process (its ops listener at the returned address) on
+/// `app`'s database through a proxy the test can take away, with lanes
+/// stalled after `stall_seconds`.
+pub(crate) async fn start_consume_behind_proxy(
+    app: &TestApp,
+    stall_seconds: u64,
+) -> (PgProxy, std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let proxy = PgProxy::start(&services().await.database_url).await;
+    let proxied = proxy.url_for(&app_database_url(app).await);
+    let pool = connectflow::store::pool(&database_args(&proxied)).expect("pool");
+    let mut args = consumer_args();
+    args.stall_seconds = stall_seconds;
+    let (ops, token, handle) = start_consume_process(pool, &app.kafka, args, Metrics::new()).await;
+    (proxy, ops, token, handle)
+}
+
 /// The status `/livez` answers at `ops`.
 pub(crate) async fn livez(app: &TestApp, ops: std::net::SocketAddr) -> Option<u16> {
     app.client.get(format!("http://{ops}/livez")).send().await.ok().map(|r| r.status().as_u16())
@@ -459,13 +475,7 @@ async fn consumers_joining_and_leaving_a_group_mid_stream_lose_nothing_and_count
 #[tokio::test]
 async fn a_lane_stuck_on_postgres_fails_livez_and_recovers_by_itself_losing_nothing() {
     let app = spawn_app().await;
-    let services = services().await;
-    let proxy = PgProxy::start(&services.database_url).await;
-    let proxied = proxy.url_for(&app_database_url(&app).await);
-    let pool = connectflow::store::pool(&database_args(&proxied)).expect("pool");
-    let mut args = consumer_args();
-    args.stall_seconds = 2;
-    let (ops, token, handle) = start_consume_process(pool, &app.kafka, args, Metrics::new()).await;
+    let (proxy, ops, token, handle) = start_consume_behind_proxy(&app, 2).await;
 
     let first = send_flow(&app, "7800000001", "legacy-success", 11).await;
     all_applied(&app.pool, &[("7800000001".to_owned(), first)], Duration::from_secs(30)).await.expect("applied");
