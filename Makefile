@@ -68,7 +68,7 @@ lint: ## rustfmt and clippy, as CI runs them
 sqlx-prepare: services ## Refresh .sqlx/ (the offline query data) from the local database
 	bash deploy/sqlx-prepare.sh '$(LOCAL_DATABASE_URL)'
 
-bench: services ## Build release and measure receiver, consumer, query API, end to end, statistics on a replica, the health beat (about 10 minutes)
+bench: services ## Build release and measure receiver, consumer, query API, end to end, statistics on a replica, the health beat, each interleaved with its baseline BENCH_RUNS=3 times (about 15 minutes)
 	cargo build --release --bin connectflow --example bench
 	./target/release/examples/bench all
 
