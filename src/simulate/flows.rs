@@ -235,6 +235,18 @@ pub fn all_flows() -> impl Iterator<Item = &'static Flow> {
 }
 
 impl Flow {
+    /// The flow's line of the `--list-flows` tables: name, the states it
+    /// should end in, what it rehearses.
+    pub fn table_row(&self) -> String {
+        format!(
+            "{:<27} {:<9} {:<15} {}\n",
+            self.name,
+            self.expected_consent.as_str(),
+            self.expected_authentication.as_str(),
+            self.description
+        )
+    }
+
     /// When the first event of a customer whose flow starts at `start`
     /// occurs (see [`bodies`]).
     pub fn first_event_at(&self, start: DateTime<Utc>) -> DateTime<Utc> {

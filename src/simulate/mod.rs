@@ -467,13 +467,7 @@ pub async fn simulate(args: &SimulateArgs, shutdown: &CancellationToken) -> anyh
 pub fn flow_table() -> String {
     let mut table = format!("{:<27} {:<9} {:<15} {}\n", "FLOW", "CONSENT", "AUTHENTICATION", "WHAT HAPPENS");
     for flow in flows::all_flows() {
-        table.push_str(&format!(
-            "{:<27} {:<9} {:<15} {}\n",
-            flow.name,
-            flow.expected_consent.as_str(),
-            flow.expected_authentication.as_str(),
-            flow.description
-        ));
+        table.push_str(&flow.table_row());
     }
     table
 }

@@ -277,13 +277,7 @@ impl fmt::Display for ScenarioSummary {
 pub fn scenario_table() -> String {
     let mut table = String::from("\n--scenario institution-outage: one customer per session, each of these flows:\n");
     for flow in SESSION_FLOWS {
-        table.push_str(&format!(
-            "{:<27} {:<9} {:<15} {}\n",
-            flow.name,
-            flow.expected_consent.as_str(),
-            flow.expected_authentication.as_str(),
-            flow.description
-        ));
+        table.push_str(&flow.table_row());
     }
     table.push_str(&format!("{:<27} {:<9} {:<15} {}\n", "INSTITUTION", "STATUS", "BANK DOWN", "WRONG PASSWORD"));
     for profile in &PROFILES {

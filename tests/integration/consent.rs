@@ -123,14 +123,8 @@ async fn authorizations_are_dated_lapse_after_the_period_and_a_fix_session_renew
     assert_eq!(lapsed[0]["occurred_at"], rfc3339(expires).as_str());
     assert_eq!(lapsed[0]["after"]["consent"]["authorized_at"], rfc3339(authorized).as_str());
     let change_id = lapsed[0]["change_id"].as_str().expect("change id").to_owned();
-    let on_topic = eventually(Duration::from_secs(30), || async {
-        read_all(&app.kafka.brokers, &app.kafka.changes_topic)
-            .iter()
-            .any(|r| r.header("change_id") == Some(change_id.as_str()))
-            .then_some(())
-    })
-    .await;
-    assert!(on_topic.is_some(), "the expiry change {change_id} is on the changes topic");
+    let on_topic = change_on_topic(&app, &change_id).await;
+    assert!(on_topic, "the expiry change {change_id} is on the changes topic");
     let none_recent: Value = app.api_get(&format!("/v1/customers/{recent}/changes")).await.json().await.expect("json");
     assert!(lapses(&none_recent).is_empty(), "a current authorization does not lapse");
 
@@ -282,4 +276,16 @@ async fn revocations_through_the_api_are_applied_once_per_key_and_published() {
     })
     .await;
     assert!(published.is_some(), "both revocations are on the changes topic");
+}
+
+/// Whether the change `change_id` reaches `app`'s changes topic within 30 s.
+pub(crate) async fn change_on_topic(app: &TestApp, change_id: &str) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        read_all(&app.kafka.brokers, &app.kafka.changes_topic)
+            .iter()
+            .any(|r| r.header("change_id") == Some(change_id))
+            .then_some(())
+    })
+    .await
+    .is_some()
 }

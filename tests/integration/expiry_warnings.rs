@@ -19,13 +19,12 @@ use connectflow::store::expiry::announce_expiring;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::consent::{lifecycle, send};
+use crate::consent::{change_on_topic, lifecycle, send};
 
 use crate::helpers::{
     API_TOKEN, AppOptions, TestApp, consumer_args, eventually, http_settings, services, spawn_app_with, spawn_consumer,
     spawn_pipeline, unique_kafka_args,
 };
-use crate::kafka_util::read_all;
 
 /// A period longer than the farthest case (400 days from expiry).
 const PERIOD_DAYS: u32 = 730;
@@ -150,14 +149,8 @@ async fn expiry_warnings_announce_the_nearest_threshold_once_per_authorization()
 
     // Published like every change.
     let change_id = warning["change_id"].as_str().expect("change id").to_owned();
-    let on_topic = eventually(Duration::from_secs(30), || async {
-        read_all(&app.kafka.brokers, &app.kafka.changes_topic)
-            .iter()
-            .any(|r| r.header("change_id") == Some(change_id.as_str()))
-            .then_some(())
-    })
-    .await;
-    assert!(on_topic.is_some(), "the warning {change_id} is on the changes topic");
+    let on_topic = change_on_topic(&app, &change_id).await;
+    assert!(on_topic, "the warning {change_id} is on the changes topic");
     stop.cancel();
     app.stop().await;
 }
