@@ -5,6 +5,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use wire::{AccountEntry, Scalar, WireAccount};
 
 use crate::event::{AccountRef, ConnectEvent, CustomerId, EventType, InvalidField, SCHEMA_V1, truncate_to_millis};
 use crate::program::ProgramId;
@@ -80,41 +81,40 @@ pub fn normalise_keeping(
     program: &ProgramId,
     data_keys: Option<&[String]>,
 ) -> Result<Webhook, ParseError> {
-    let value: Value = serde_json::from_slice(raw).map_err(|_| ParseError::NotJson)?;
-    let Value::Object(envelope) = value else {
-        return Err(ParseError::NotObject);
+    let envelope = match serde_json::from_slice::<wire::Body<'_>>(raw) {
+        Ok(wire::Body(Some(envelope))) => envelope,
+        Ok(wire::Body(None)) => return Err(ParseError::NotObject),
+        Err(_) => return Err(ParseError::NotJson),
     };
-    let named = envelope.get("webhookData").and_then(|data| data.get("program"));
+    let named = envelope.webhook_data.as_ref().and_then(|data| data.get("program"));
     if named.is_some_and(|named| named.as_str() != Some(program.as_str())) {
         return Err(ParseError::ProgramMismatch);
     }
-    let event_type = match envelope.get("eventType") {
-        Some(Value::String(t)) => EventType::parse(t),
-        _ => return Err(ParseError::NoEventType),
+    let event_type = match envelope.event_type.as_ref().and_then(Scalar::as_str) {
+        Some(t) => EventType::parse(t),
+        None => return Err(ParseError::NoEventType),
     };
     if event_type == EventType::Ping {
         return Ok(Webhook::Ping);
     }
-    let customer_id = match envelope.get("customerId") {
-        Some(Value::String(c)) => CustomerId::parse(c).map_err(|_| ParseError::BadCustomerId)?,
-        _ => return Err(ParseError::NoCustomerId),
+    let customer_id = match envelope.customer_id.as_ref().and_then(Scalar::as_str) {
+        Some(c) => CustomerId::parse(c).map_err(|_| ParseError::BadCustomerId)?,
+        None => return Err(ParseError::NoCustomerId),
     };
     let received_at = truncate_to_millis(received_at);
-    let event_id = id_text(envelope.get("eventId"))
+    let event_id = id_text(envelope.event_id.as_ref())
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(raw))));
     let occurred_at = occurred_at_from_event_id(&event_id, received_at).unwrap_or(received_at);
 
-    let empty = Map::new();
-    let payload = match envelope.get("payload") {
-        Some(Value::Object(p)) => p,
-        _ => &empty,
+    let payload = envelope.payload.unwrap_or_default();
+    let wire_accounts = payload.accounts.unwrap_or_default().0;
+    let account_objects = || {
+        wire_accounts.iter().filter_map(|entry| match entry {
+            AccountEntry::Object(account) => Some(account),
+            AccountEntry::Scalar(_) => None,
+        })
     };
-    let wire_accounts: &[Value] = match payload.get("accounts") {
-        Some(Value::Array(a)) => a,
-        _ => &[],
-    };
-    let account_objects = || wire_accounts.iter().filter_map(Value::as_object);
 
     let accounts = if matches!(event_type, EventType::Added | EventType::Discovered) {
         account_objects().map(account_ref).collect()
@@ -122,15 +122,21 @@ pub fn normalise_keeping(
         Vec::new()
     };
     let deleted_account_ids = if event_type == EventType::AccountsDeleted {
-        wire_accounts.iter().filter_map(|id| id_text(Some(id))).collect()
+        wire_accounts
+            .iter()
+            .filter_map(|entry| match entry {
+                AccountEntry::Scalar(id) => id.id_text(),
+                AccountEntry::Object(_) => None,
+            })
+            .collect()
     } else {
         Vec::new()
     };
-    let institution_id = id_text(payload.get("institutionId"))
-        .or_else(|| account_objects().find_map(|a| id_text(a.get("institutionId"))));
+    let institution_id = id_text(payload.institution_id.as_ref())
+        .or_else(|| account_objects().find_map(|a| id_text(a.institution_id.as_ref())));
     let institution_login_id = account_objects()
-        .find_map(|a| id_text(a.get("institutionLoginId")))
-        .or_else(|| id_text(payload.get("institutionLoginId")));
+        .find_map(|a| id_text(a.institution_login_id.as_ref()))
+        .or_else(|| id_text(payload.institution_login_id.as_ref()));
 
     let mut event = ConnectEvent {
         schema: SCHEMA_V1.to_owned(),
@@ -138,18 +144,21 @@ pub fn normalise_keeping(
         event_type,
         customer_id,
         program_id: program.clone(),
-        consumer_id: id_text(envelope.get("consumerId")),
+        consumer_id: id_text(envelope.consumer_id.as_ref()),
         institution_id,
         institution_login_id,
-        oauth: payload.get("oauth").and_then(Value::as_bool),
-        mfa: payload.get("mfa").and_then(Value::as_bool),
+        oauth: payload.oauth.as_ref().and_then(Scalar::as_bool),
+        mfa: payload.mfa.as_ref().and_then(Scalar::as_bool),
         accounts,
         deleted_account_ids,
-        error_code: payload.get("code").and_then(Value::as_i64),
-        query: payload.get("query").and_then(Value::as_str).map(str::to_owned),
+        error_code: payload.code.as_ref().and_then(Scalar::as_i64),
+        query: text(payload.query.as_ref()),
         occurred_at,
         received_at,
-        webhook_data: envelope.get("webhookData").and_then(Value::as_object).map(|data| kept_keys(data, data_keys)),
+        webhook_data: envelope.webhook_data.and_then(|data| match data {
+            Value::Object(data) => Some(kept_keys(data, data_keys)),
+            _ => None,
+        }),
         webhook_data_dropped: false,
         source: crate::event::EventSource::Finicity,
         revoked_by: None,
@@ -163,41 +172,42 @@ pub fn normalise_keeping(
 
 /// The minimised account: identifiers, type, status, display name and the
 /// last four characters of the number. `number`, `balance`, `detail` and
-/// everything else are dropped here.
-fn account_ref(account: &Map<String, Value>) -> AccountRef {
+/// everything else were dropped by the parse.
+fn account_ref(account: &WireAccount<'_>) -> AccountRef {
     let last4 = account
-        .get("realAccountNumberLast4")
-        .and_then(Value::as_str)
-        .or_else(|| account.get("accountNumberDisplay").and_then(Value::as_str))
+        .real_last4
+        .as_ref()
+        .and_then(Scalar::as_str)
+        .or_else(|| account.number_display.as_ref().and_then(Scalar::as_str))
         .map(last_four);
     AccountRef {
-        account_id: id_text(account.get("id")),
-        institution_login_id: id_text(account.get("institutionLoginId")),
-        account_type: account.get("type").and_then(Value::as_str).map(str::to_owned),
-        status: account.get("status").and_then(Value::as_str).map(str::to_owned),
+        account_id: id_text(account.id.as_ref()),
+        institution_login_id: id_text(account.institution_login_id.as_ref()),
+        account_type: text(account.account_type.as_ref()),
+        status: text(account.status.as_ref()),
         last4,
-        name: account.get("name").and_then(Value::as_str).map(str::to_owned),
-        aggregation_status_code: account.get("aggregationStatusCode").and_then(Value::as_i64),
+        name: text(account.name.as_ref()),
+        aggregation_status_code: account.aggregation_status_code.as_ref().and_then(Scalar::as_i64),
     }
 }
 
 /// `data` with only the top-level `keys` (every key when `None`); nested
 /// values are kept whole.
-fn kept_keys(data: &Map<String, Value>, keys: Option<&[String]>) -> Value {
-    let Some(keys) = keys else {
-        return Value::Object(data.clone());
-    };
-    Value::Object(data.iter().filter(|(key, _)| keys.contains(key)).map(|(k, v)| (k.clone(), v.clone())).collect())
+fn kept_keys(mut data: Map<String, Value>, keys: Option<&[String]>) -> Value {
+    if let Some(keys) = keys {
+        data.retain(|key, _| keys.contains(key));
+    }
+    Value::Object(data)
 }
 
-/// An identifier as text: Finicity sends most ids as strings but some (the
-/// institution login id) as JSON numbers.
-fn id_text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+/// An identifier as text (a string, or a number written as JSON writes it).
+fn id_text(value: Option<&Scalar<'_>>) -> Option<String> {
+    value?.id_text()
+}
+
+/// A text field; absent when the field holds anything but a string.
+fn text(value: Option<&Scalar<'_>>) -> Option<String> {
+    value?.as_str().map(str::to_owned)
 }
 
 /// The last four characters, so even a full number sent by mistake in a
@@ -224,4 +234,7 @@ pub fn occurred_at_from_event_id(event_id: &str, received_at: DateTime<Utc>) -> 
 }
 
 #[cfg(test)]
+mod oracle;
+#[cfg(test)]
 mod tests;
+mod wire;
