@@ -147,6 +147,37 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
     }
 }
 
+/// The visitor methods of every JSON scalar (booleans, numbers, strings,
+/// null), each answering `$value`: what a value that is not the expected
+/// object or array reads as.
+macro_rules! scalars_read_as {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
 /// Implements a lenient `Deserialize` for a struct read from a JSON object:
 /// each listed key is read into its field as its type (the last occurrence
 /// wins), other keys are checked and dropped, and a value that is not an
@@ -186,29 +217,7 @@ macro_rules! object {
                         drain_seq(seq).map(|()| $name::default())
                     }
 
-                    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                        Ok($name::default())
-                    }
-
-                    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                        Ok($name::default())
-                    }
-
-                    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                        Ok($name::default())
-                    }
-
-                    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                        Ok($name::default())
-                    }
-
-                    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                        Ok($name::default())
-                    }
-
-                    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                        Ok($name::default())
-                    }
+                    scalars_read_as!($name::default());
                 }
 
                 deserializer.deserialize_any(ObjectVisitor)
@@ -335,29 +344,7 @@ impl<'de> Deserialize<'de> for Accounts<'de> {
                 drain_map(map).map(|()| Accounts::default())
             }
 
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Accounts::default())
-            }
-
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Accounts::default())
-            }
-
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Accounts::default())
-            }
-
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Accounts::default())
-            }
-
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Accounts::default())
-            }
-
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Accounts::default())
-            }
+            scalars_read_as!(Accounts::default());
         }
 
         deserializer.deserialize_any(AccountsVisitor)
@@ -387,29 +374,7 @@ impl<'de> Deserialize<'de> for Body<'de> {
                 drain_seq(seq).map(|()| Body(None))
             }
 
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Body(None))
-            }
-
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Body(None))
-            }
-
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Body(None))
-            }
-
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Body(None))
-            }
-
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Body(None))
-            }
-
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Body(None))
-            }
+            scalars_read_as!(Body(None));
         }
 
         deserializer.deserialize_any(BodyVisitor)
