@@ -35,13 +35,13 @@ pub async fn lifecycle(
     customer_id: &str,
     visible: Visible<'_>,
 ) -> Result<Option<StoredLifecycle>, StoreError> {
+    // A function (migration 20261205000001) so that the lookup's plan is
+    // cached: the connections plan every statement otherwise.
     let row = sqlx::query!(
         r#"
-        SELECT lifecycle, version, updated_at, program_id,
-               CASE WHEN authorization_warned_for = consent_authorized_at THEN authorization_warnings ELSE '[]' END
-                   AS "expiry_warnings!"
-        FROM customers
-        WHERE customer_id = $1 AND ($2::text[] IS NULL OR program_id = ANY($2))
+        SELECT lifecycle AS "lifecycle!", version AS "version!", updated_at AS "updated_at!",
+               program_id AS "program_id!", expiry_warnings AS "expiry_warnings!"
+        FROM customer_lifecycle($1, $2)
         "#,
         customer_id,
         visible,
@@ -50,14 +50,16 @@ pub async fn lifecycle(
     .await
     .store("reading a lifecycle")?;
     row.map(|row| {
-        let lifecycle = serde_json::from_value(row.lifecycle)
+        let lifecycle = serde_json::from_str(&row.lifecycle)
             .map_err(|err| StoreError::undecodable("decoding a stored lifecycle", &err))?;
+        let expiry_warnings = serde_json::from_str(&row.expiry_warnings)
+            .map_err(|err| StoreError::undecodable("decoding stored expiry warnings", &err))?;
         Ok(StoredLifecycle {
             lifecycle,
             version: row.version,
             updated_at: row.updated_at,
             program_id: row.program_id,
-            expiry_warnings: expiry_warnings(row.expiry_warnings)?,
+            expiry_warnings,
         })
     })
     .transpose()

@@ -56,9 +56,10 @@ async fn waiting(pool: &PgPool, fragment: &str) -> i64 {
     .expect("reading pg_stat_activity")
 }
 
-/// A statement of the statistics routes, and of the customer lookup.
+/// A statement of the statistics routes.
 const STATS_STATEMENT: &str = "funnel_steps";
-const LOOKUP_STATEMENT: &str = "SELECT lifecycle, version, updated_at, program_id,";
+/// The lookup of a lifecycle (`store::read::lifecycle`) calls this function.
+const LOOKUP_STATEMENT: &str = "FROM customer_lifecycle(";
 
 #[tokio::test]
 async fn a_statement_past_the_timeout_answers_503_timeout() {
