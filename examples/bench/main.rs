@@ -762,6 +762,32 @@ fn read_changes(topic: String, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<
     seen
 }
 
+/// Where in the run the changes slower than 100 ms were (`BENCH_E2E_METRICS`):
+/// per second of the run, how many changes were readable and how many of
+/// them late. Late changes bunched in a few seconds are a pause (a
+/// checkpoint, autovacuum); spread over the run, they are queueing.
+fn print_slow_changes(
+    changes: &[(Vec<String>, Instant)],
+    acked: &std::collections::HashMap<String, Instant>,
+    started: Instant,
+) {
+    let mut per_second: std::collections::BTreeMap<u64, (usize, usize, u128)> = std::collections::BTreeMap::new();
+    for (causes, readable) in changes {
+        let Some(answered) = causes.iter().filter_map(|id| acked.get(id)).max() else { continue };
+        let late = readable.saturating_duration_since(*answered).as_millis();
+        let second = readable.saturating_duration_since(started).as_secs();
+        let entry = per_second.entry(second).or_default();
+        entry.0 += 1;
+        if late > 100 {
+            entry.1 += 1;
+        }
+        entry.2 = entry.2.max(late);
+    }
+    let line: Vec<String> =
+        per_second.iter().map(|(second, (all, late, worst))| format!("{second}s:{late}/{all}<={worst}ms")).collect();
+    eprintln!("e2e changes late (>100 ms) per second of the run: {}", line.join(" "));
+}
+
 /// Event ids answered 200, with when.
 type Acked = Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>;
 
@@ -966,6 +992,9 @@ async fn e2e_once(rate: f64, seconds: u64) -> anyhow::Result<E2eRun> {
             Some(readable.saturating_duration_since(*answered).as_micros().min(u32::MAX as u128) as u32)
         })
         .collect();
+    if std::env::var_os("BENCH_E2E_METRICS").is_some() {
+        print_slow_changes(&changes, &acked, started);
+    }
     Ok(E2eRun {
         sampled: latencies.len(),
         p50_ms: Some(percentile_ms(&latencies, 50.0)).filter(|v| v.is_finite()),
