@@ -3,9 +3,12 @@
 //! one task writes the queue to Postgres in batches, off the request path.
 //!
 //! It fails closed: when the writer falls behind (Postgres slow or down) and
-//! the queue is full, a request finds no place and is answered 503 without
-//! being handled, so no read ever goes unlogged
-//! (`connectflow_access_log_rejected_total` counts them).
+//! the queue stays full for as long as a statement of the API may run, a
+//! request finds no place and is answered 503 without being handled, so no
+//! read ever goes unlogged (`connectflow_access_log_rejected_total` counts
+//! them). Until then a request waits for a place: a writer that is merely
+//! short of CPU (the API saturating the machine) slows the requests down
+//! instead of refusing them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +28,7 @@ const BATCH: usize = 2_000;
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     queue: mpsc::Sender<AccessRecord>,
+    wait: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -48,23 +52,34 @@ pub struct AccessLogWriter {
     metrics: Arc<Metrics>,
 }
 
-/// A new access log with a queue of `capacity` records (at least 1).
-pub fn access_log(pool: PgPool, capacity: usize, metrics: Arc<Metrics>) -> (AccessLog, AccessLogWriter) {
+/// A new access log with a queue of `capacity` records (at least 1), whose
+/// requests wait at most `wait` for a place in a full queue.
+pub fn access_log(
+    pool: PgPool,
+    capacity: usize,
+    wait: Duration,
+    metrics: Arc<Metrics>,
+) -> (AccessLog, AccessLogWriter) {
     let (sender, receiver) = mpsc::channel(capacity.max(1));
-    (AccessLog { queue: sender, metrics: metrics.clone() }, AccessLogWriter { pool, queue: receiver, metrics })
+    (AccessLog { queue: sender, wait, metrics: metrics.clone() }, AccessLogWriter { pool, queue: receiver, metrics })
 }
 
 impl AccessLog {
-    /// A place for one record, or `None` when the queue is full (or the
-    /// writer stopped): the request must then be refused.
-    pub fn reserve(&self) -> Option<Reserved> {
-        match self.queue.clone().try_reserve_owned() {
-            Ok(permit) => Some(Reserved(permit)),
-            Err(_) => {
-                self.metrics.access_log_rejected.inc();
-                None
+    /// A place for one record, waiting at most the access log's `wait` for
+    /// one when the queue is full; `None` when none came free in that time
+    /// (or the writer stopped): the request must then be refused.
+    pub async fn reserve(&self) -> Option<Reserved> {
+        let place = match self.queue.clone().try_reserve_owned() {
+            Ok(permit) => Some(permit),
+            Err(mpsc::error::TrySendError::Full(queue)) => {
+                tokio::time::timeout(self.wait, queue.reserve_owned()).await.ok().and_then(Result::ok)
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        };
+        if place.is_none() {
+            self.metrics.access_log_rejected.inc();
         }
+        place.map(Reserved)
     }
 }
 

@@ -198,7 +198,8 @@ impl HttpServer {
             webhook_data_keys: settings.webhook_data_keys.clone(),
             log_limiter: Arc::default(),
         });
-        let (access_log, access_log_writer) = access_log(pool.clone(), settings.access_log_queue, metrics.clone());
+        let (access_log, access_log_writer) =
+            access_log(pool.clone(), settings.access_log_queue, settings.api_statement_timeout, metrics.clone());
         let api_pool = api_pool(&pool, &settings);
         let replica = settings.database_read_url.as_ref().map(|url| replica_pool(url, &settings)).transpose()?;
         if replica.is_some() {

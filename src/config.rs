@@ -260,8 +260,10 @@ pub struct HttpArgs {
 
     /// Access-log records waiting to be written, at most. Every `/v1`
     /// request takes a place before it is handled; when the writer falls
-    /// behind (Postgres slow or down) and the queue is full, `/v1` answers
-    /// 503 with Retry-After rather than serve a read it cannot log.
+    /// behind and the queue is full, a request waits for a place, and when
+    /// none comes free within CONNECTFLOW_API_STATEMENT_TIMEOUT_MS (Postgres
+    /// slow or down), `/v1` answers 503 with Retry-After rather than serve a
+    /// read it cannot log.
     #[arg(long = "access-log-queue", env = "CONNECTFLOW_ACCESS_LOG_QUEUE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub access_log_queue: u64,
 

@@ -1,8 +1,9 @@
 //! The access log's middleware: one record per authenticated `/v1`
 //! request (time, token, programs in scope, method, route template, the
 //! customer the route names, status, items returned; never response data),
-//! queued for [`crate::access_log`]'s writer. A request that finds the
-//! queue full is answered 503 without being handled (fail closed).
+//! queued for [`crate::access_log`]'s writer. A request that finds no
+//! place in the queue within a statement's time is answered 503 without
+//! being handled (fail closed).
 
 use std::sync::Arc;
 
@@ -57,12 +58,13 @@ impl Drop for Pending {
 }
 
 /// Middleware, inside the bearer check: reserves the request's place in the
-/// access log's queue (or answers 503), runs the handler, queues the record.
+/// access log's queue (waiting for one while it is full, at most a
+/// statement's time; else answers 503), runs the handler, queues the record.
 pub async fn log_access(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
     let Some(principal) = request.extensions().get::<Principal>().cloned() else {
         return ApiError::Internal(anyhow::anyhow!("the access log runs outside require_token")).into_response();
     };
-    let Some(place) = state.access_log.reserve() else {
+    let Some(place) = state.access_log.reserve().await else {
         return ApiError::Unavailable { message: "the access log is behind; retry later", retry_after_s: 1 }
             .into_response();
     };

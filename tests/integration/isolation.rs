@@ -23,9 +23,16 @@ pub(crate) const ACME: [&str; 2] = ["7001", "7002"];
 pub(crate) const BANK_B: [&str; 3] = ["8001", "8002", "8003"];
 
 async fn spawn(access_log_queue: usize) -> TestApp {
+    spawn_waiting(access_log_queue, http_settings().api_statement_timeout).await
+}
+
+/// [`spawn`], whose requests wait at most `wait` for a place in a full
+/// access-log queue (the API's statement timeout).
+async fn spawn_waiting(access_log_queue: usize, wait: Duration) -> TestApp {
     let mut http = http_settings();
     http.programs = Arc::new(two_programs());
     http.access_log_queue = access_log_queue;
+    http.api_statement_timeout = wait;
     let services = services().await;
     spawn_app_with(AppOptions {
         http,
@@ -266,7 +273,8 @@ async fn an_auditor_of_one_program_sees_that_programs_requests_only() {
 
 #[tokio::test]
 async fn a_full_access_log_queue_fails_closed_with_503() {
-    let app = spawn(1).await;
+    // A request waits a second for a place, then is refused.
+    let app = spawn_waiting(1, Duration::from_secs(1)).await;
     seed(&app, "acme", &ACME).await;
     let path = format!("/v1/customers/{}/lifecycle", ACME[0]);
     assert_eq!(call(&app, Method::GET, &path, API_TOKEN).await.0, 200);
@@ -460,5 +468,50 @@ async fn each_program_lapses_authorizations_after_its_own_period() {
     assert_eq!(lapses(ACME[0]).await, 0, "acme's authorization has not lapsed");
     stop.cancel();
     let _ = consumer.await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_place_while_the_writer_catches_up() {
+    let app = spawn_waiting(1, Duration::from_secs(20)).await;
+    seed(&app, "acme", &ACME).await;
+    let path = format!("/v1/customers/{}/lifecycle", ACME[0]);
+    assert_eq!(call(&app, Method::GET, &path, API_TOKEN).await.0, 200);
+
+    // Hold the writer: of four requests at most two find a place (one
+    // record in the writer's hands, one queued) and the others wait.
+    let mut blocker = app.pool.begin().await.expect("transaction");
+    sqlx::query("LOCK TABLE api_access_log IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.expect("lock");
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), format!("{}{path}", app.base_url));
+            tokio::spawn(async move {
+                client.get(url).bearer_auth(API_TOKEN).send().await.map(|r| r.status().as_u16()).expect("an answer")
+            })
+        })
+        .collect();
+    let waiting = eventually(Duration::from_secs(10), || async {
+        let answered = requests.iter().filter(|r| r.is_finished()).count();
+        (answered >= 1).then_some(requests.len() - answered)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still_waiting = requests.iter().filter(|r| !r.is_finished()).count();
+    assert!(waiting.is_some() && still_waiting >= 2, "two requests wait for a place: {still_waiting} unanswered");
+
+    // Released, the writer catches up and the waiting requests are served:
+    // none refused, every one logged.
+    blocker.rollback().await.expect("release");
+    for request in requests {
+        assert_eq!(request.await.expect("a request"), 200);
+    }
+    let rows = eventually(Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM api_access_log").fetch_one(&app.pool).await.ok()?;
+        (n >= 5).then_some(n)
+    })
+    .await;
+    assert_eq!(rows, Some(5), "the first request and the four");
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(text.lines().any(|l| l == "connectflow_access_log_rejected_total 0"), "{text}");
     app.stop().await;
 }
