@@ -271,18 +271,24 @@ async fn an_auditor_of_one_program_sees_that_programs_requests_only() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_full_access_log_queue_fails_closed_with_503() {
-    // A request waits a second for a place, then is refused.
-    let app = spawn_waiting(1, Duration::from_secs(1)).await;
+/// An app whose access log has a queue of one and whose requests wait at
+/// most `wait` for a place; one lookup served (and logged), then the
+/// writer held: `api_access_log` locked by the returned transaction, so the
+/// writer's next insert waits and the queue fills. Also the lookup's path.
+async fn writer_held(wait: Duration) -> (TestApp, String, sqlx::Transaction<'static, sqlx::Postgres>) {
+    let app = spawn_waiting(1, wait).await;
     seed(&app, "acme", &ACME).await;
     let path = format!("/v1/customers/{}/lifecycle", ACME[0]);
     assert_eq!(call(&app, Method::GET, &path, API_TOKEN).await.0, 200);
-
-    // Hold the writer: the table is locked, its next insert waits, and the
-    // queue of one fills.
     let mut blocker = app.pool.begin().await.expect("transaction");
     sqlx::query("LOCK TABLE api_access_log IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.expect("lock");
+    (app, path, blocker)
+}
+
+#[tokio::test]
+async fn a_full_access_log_queue_fails_closed_with_503() {
+    // A request waits a second for a place, then is refused.
+    let (app, path, blocker) = writer_held(Duration::from_secs(1)).await;
     let mut statuses = Vec::new();
     for _ in 0..6 {
         let response =
@@ -473,15 +479,9 @@ async fn each_program_lapses_authorizations_after_its_own_period() {
 
 #[tokio::test]
 async fn a_request_waits_for_a_place_while_the_writer_catches_up() {
-    let app = spawn_waiting(1, Duration::from_secs(20)).await;
-    seed(&app, "acme", &ACME).await;
-    let path = format!("/v1/customers/{}/lifecycle", ACME[0]);
-    assert_eq!(call(&app, Method::GET, &path, API_TOKEN).await.0, 200);
-
-    // Hold the writer: of four requests at most two find a place (one
-    // record in the writer's hands, one queued) and the others wait.
-    let mut blocker = app.pool.begin().await.expect("transaction");
-    sqlx::query("LOCK TABLE api_access_log IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.expect("lock");
+    // Of four requests at most two find a place (one record in the
+    // writer's hands, one queued) and the others wait.
+    let (app, path, blocker) = writer_held(Duration::from_secs(20)).await;
     let requests: Vec<_> = (0..4)
         .map(|_| {
             let (client, url) = (app.client.clone(), format!("{}{path}", app.base_url));
