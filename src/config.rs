@@ -292,9 +292,12 @@ pub struct HttpArgs {
     #[arg(long = "api-max-connections", env = "CONNECTFLOW_API_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=10_000))]
     pub api_max_connections: u32,
 
-    /// Statistics requests (`/v1/stats/*`) computed at once, at most; the
-    /// rest of the API's pool stays for lookups, listings and revocations.
-    /// A statistics request waits for its turn at most as long as one
+    /// Connections the statistics routes (`/v1/stats/*`) hold at once, at
+    /// most; the rest of the API's pool stays for lookups, listings and
+    /// revocations. A request takes one; a time series takes a second when
+    /// one is free (none another request waits for) and counts the two
+    /// halves of its window at once. A statistics request waits for its
+    /// first at most as long as one
     /// statement may run (`CONNECTFLOW_API_STATEMENT_TIMEOUT_MS`), then is
     /// answered 503 `busy` with Retry-After. Default: half of
     /// `CONNECTFLOW_API_MAX_CONNECTIONS`; it must be below it.
@@ -788,7 +791,7 @@ pub struct HttpSettings {
     pub api_statement_timeout: Duration,
     /// Connections of the API's own pool.
     pub api_max_connections: u32,
-    /// Statistics requests computed at once; below `api_max_connections`.
+    /// Statistics connections held at once; below `api_max_connections`.
     pub stats_concurrency: usize,
     /// How long a statistics answer is reused; zero: not cached.
     pub stats_cache_ttl: Duration,

@@ -28,8 +28,9 @@ use super::model::{
     Bucket, BucketFunnel, DEFAULT_WINDOW, Funnel, FunnelCounts, InstitutionFunnel, Institutions, Timeseries,
 };
 use super::params::{Params, ProgramFilter, parse_limit, parse_time};
-use super::stats_cost::{AnswerCache, StatsQuery};
+use super::stats_cost::{AnswerCache, MOST_PARTS, StatsQuery};
 use crate::error::{ApiError, ErrorBody};
+use crate::store::error::StoreError;
 use crate::store::stats::{self, Group};
 
 /// Most buckets one time series may have (100 days of hours).
@@ -104,6 +105,32 @@ fn window(
     }
 }
 
+/// `[since, until)` cut at `middle` into two windows, when `parts` allows
+/// and `middle` is inside it; else the window whole.
+fn halves(
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    middle: DateTime<Utc>,
+    parts: usize,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    if parts >= 2 && since < middle && middle < until {
+        vec![(since, middle), (middle, until)]
+    } else {
+        vec![(since, until)]
+    }
+}
+
+/// The groups of `count` over each window of `windows`, counted at once
+/// (each on a connection of its own), all in one list: [`tally`] adds up a
+/// key's groups from different parts.
+async fn in_parts<K, F: Future<Output = Result<Vec<Group<K>>, StoreError>>>(
+    windows: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    count: impl Fn(DateTime<Utc>, DateTime<Utc>) -> F,
+) -> Result<Vec<Group<K>>, StoreError> {
+    let parts = futures::future::try_join_all(windows.into_iter().map(|(since, until)| count(since, until))).await?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
 /// The funnel of each key's customers.
 fn tally<K: Eq + Hash>(groups: Vec<Group<K>>) -> HashMap<K, FunnelCounts> {
     let mut counts: HashMap<K, FunnelCounts> = HashMap::new();
@@ -134,7 +161,7 @@ pub async fn get_funnel(
     principal.require(Scope::Stats)?;
     let visible = principal.visible(program.program_id.as_deref())?;
     let query = stats_query(&params, 0, visible.as_deref())?;
-    let funnel = cached(&state.stats.funnel, &state, query, async {
+    let funnel = cached(&state.stats.funnel, &state, query, 1, |_| async {
         let Window { since, until, truncated } =
             window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
         let counts = tally(stats::funnel(&state.read_pool, since, until, visible.as_deref()).await?)
@@ -154,24 +181,26 @@ fn stats_query(params: &WindowParams, detail: i64, visible: Option<&[String]>) -
     Ok(StatsQuery::new(since, until, detail, visible))
 }
 
-/// The answer to `query` from `cache`, or computed by `compute` in one of
-/// the statistics places (503 `busy` when none frees up in time) and then
-/// kept. Errors are not kept.
-async fn cached<V: Clone>(
+/// The answer to `query` from `cache`, or computed by `compute` in the
+/// statistics places it gets, up to `parts` (503 `busy` when none frees up
+/// in time), given in how many parts it may count, and then kept. Errors are
+/// not kept.
+async fn cached<V: Clone, F: Future<Output = Result<V, ApiError>>>(
     cache: &AnswerCache<StatsQuery, V>,
     state: &ApiState,
     query: StatsQuery,
-    compute: impl Future<Output = Result<V, ApiError>>,
+    parts: usize,
+    compute: impl FnOnce(usize) -> F,
 ) -> Result<V, ApiError> {
     if let Some(answer) = cache.get(&query) {
         return Ok(answer);
     }
-    let _place = state.stats.place().await?;
+    let places = state.stats.places(parts).await?;
     // The same query may have been answered while this one waited.
     if let Some(answer) = cache.get(&query) {
         return Ok(answer);
     }
-    let answer = compute.await?;
+    let answer = compute(places.parts()).await?;
     cache.insert(query, answer.clone());
     Ok(answer)
 }
@@ -203,7 +232,8 @@ pub async fn get_timeseries(
         Some(_) => return Err(ApiError::BadRequest("bucket must be hour or day".into())),
     };
     let query = stats_query(&params, bucket.length().num_seconds(), visible.as_deref())?;
-    let series = cached(&state.stats.timeseries, &state, query, async {
+    let state: &ApiState = &state;
+    let series = cached(&state.stats.timeseries, state, query, MOST_PARTS, |parts| async move {
         let Window { since, until, truncated: cut } =
             window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
         let (starts, too_many) = bucket_starts(since, until, bucket)?;
@@ -213,8 +243,12 @@ pub async fn get_timeseries(
             Some(first) if too_many => *first,
             _ => since,
         };
-        let mut found =
-            tally(stats::timeseries(&state.read_pool, since, until, bucket.length(), visible.as_deref()).await?);
+        // Cut between two buckets, so that no bucket is counted in both.
+        let cut = starts.get(starts.len() / 2).copied().unwrap_or(since);
+        let groups = in_parts(halves(since, until, cut, parts), |since, until| {
+            stats::timeseries(&state.read_pool, since, until, bucket.length(), visible.as_deref())
+        });
+        let mut found = tally(groups.await?);
         let buckets: Vec<BucketFunnel> = starts
             .into_iter()
             .map(|start| BucketFunnel { start, counts: found.remove(&start).unwrap_or_default() })
@@ -268,7 +302,7 @@ pub async fn get_institutions(
     let visible = principal.visible(program.program_id.as_deref())?;
     let limit = parse_limit(limit.as_deref())?;
     let query = stats_query(&params, limit, visible.as_deref())?;
-    let answer = cached(&state.stats.institutions, &state, query, async {
+    let answer = cached(&state.stats.institutions, &state, query, 1, |_| async {
         let Window { since, until, truncated } =
             window(params.since.as_deref(), params.until.as_deref(), Utc::now(), state.stats_max_window)?;
         let mut institutions: Vec<InstitutionFunnel> =
@@ -339,6 +373,18 @@ mod tests {
         assert_eq!(starts.len() as i64, MAX_BUCKETS);
         assert_eq!(starts.last().copied(), Some(at("2026-10-31T23:00:00Z")));
         assert_eq!(starts.first().copied(), Some(until - Duration::hours(MAX_BUCKETS)));
+    }
+
+    #[test]
+    fn a_window_is_cut_into_two_that_cover_it_once() {
+        let (since, until) = (at("2026-11-01T00:00:00Z"), at("2026-11-03T00:00:00.001Z"));
+        let middle = at("2026-11-02T00:00:00.000500Z");
+        // Half-open windows meeting at the cut: every instant in exactly one.
+        assert_eq!(halves(since, until, middle, 2), vec![(since, middle), (middle, until)]);
+        assert_eq!(halves(since, until, middle, 1), vec![(since, until)], "one place: one part");
+        assert_eq!(halves(since, until, since, 2), vec![(since, until)], "a cut at an end is no cut");
+        assert_eq!(halves(since, until, until, 2), vec![(since, until)]);
+        assert_eq!(halves(until, since, middle, 2), vec![(until, since)], "empty stays empty");
     }
 
     #[test]

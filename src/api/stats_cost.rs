@@ -1,7 +1,9 @@
 //! What bounds the cost of the statistics routes: a share of the API's
 //! connections (`CONNECTFLOW_STATS_CONCURRENCY` places, so that a burst of
 //! statistics requests leaves lookups, listings and revocations their
-//! connections) and a cache of recent answers
+//! connections; a time series takes one place, and a second when one is
+//! free, to count the two halves of its window at once) and a cache of recent
+//! answers
 //! (`CONNECTFLOW_STATS_CACHE_SECONDS`), so that a dashboard polling the same
 //! window computes it once per period.
 //!
@@ -97,6 +99,32 @@ impl<K: Eq + Hash, V: Clone> AnswerCache<K, V> {
     }
 }
 
+/// The places a time series takes at most: its window is counted in as many
+/// parts at once, each a statement on a connection of its own. Postgres
+/// counts the funnel and the institutions in parallel by itself (the
+/// customers' extended statistics tell it how few groups they have) but
+/// never a time series (it cannot estimate the groups of `date_bin`, so it
+/// expects one per row), so two parts take about a third less time on this
+/// machine's two cores (docs/benchmarks.md), and half on a database with
+/// cores to spare.
+pub const MOST_PARTS: usize = 2;
+
+/// The places a statistics request holds until it is answered: one, and
+/// more (up to the most it asked for) if they were free when it got the
+/// first.
+#[derive(Debug)]
+pub struct Places<'a> {
+    _first: SemaphorePermit<'a>,
+    more: Option<SemaphorePermit<'a>>,
+}
+
+impl Places<'_> {
+    /// In how many parts the request may count its window.
+    pub fn parts(&self) -> usize {
+        1 + self.more.as_ref().map_or(0, |more| more.num_permits())
+    }
+}
+
 /// The statistics routes' places and cached answers.
 #[derive(Debug)]
 pub struct StatsCost {
@@ -125,11 +153,20 @@ impl StatsCost {
         }
     }
 
-    /// A place to compute a statistics answer, held until dropped; 503
-    /// `busy` when none frees up within the wait.
-    pub async fn place(&self) -> Result<SemaphorePermit<'_>, ApiError> {
+    /// Places to compute a statistics answer, held until dropped: one,
+    /// waited for, and the `most - 1` more if they are free then (never
+    /// waited for, and never taken from a request waiting: the semaphore
+    /// hands places to its waiters first); 503 `busy` when none frees up
+    /// within the wait.
+    pub async fn places(&self, most: usize) -> Result<Places<'_>, ApiError> {
         match tokio::time::timeout(self.wait, self.places.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(first)) => {
+                let more = u32::try_from(most.saturating_sub(1))
+                    .ok()
+                    .filter(|more| *more > 0)
+                    .and_then(|more| self.places.try_acquire_many(more).ok());
+                Ok(Places { _first: first, more })
+            }
             // Timed out, or closed (never: the semaphore is not closed).
             Ok(Err(_)) | Err(_) => {
                 if let Some(suppressed) = self.refusals_log.admit("busy", Instant::now()) {
@@ -181,9 +218,42 @@ mod tests {
     #[tokio::test]
     async fn a_statistics_request_past_the_places_is_busy_after_the_wait() {
         let cost = StatsCost::new(1, Duration::from_millis(20), Duration::ZERO);
-        let held = cost.place().await.expect("the one place");
-        assert!(matches!(cost.place().await, Err(ApiError::Busy)));
+        let held = cost.places(1).await.expect("the one place");
+        assert_eq!(held.parts(), 1);
+        assert!(matches!(cost.places(MOST_PARTS).await, Err(ApiError::Busy)));
         drop(held);
-        assert!(cost.place().await.is_ok());
+        assert!(cost.places(MOST_PARTS).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_request_takes_a_second_place_only_when_one_is_free() {
+        let cost = StatsCost::new(3, Duration::from_millis(20), Duration::ZERO);
+        let first = cost.places(MOST_PARTS).await.expect("places");
+        assert_eq!(first.parts(), MOST_PARTS);
+        // One place left: the next request counts in one part, and the one
+        // after it waits, then is busy.
+        let second = cost.places(MOST_PARTS).await.expect("the last place");
+        assert_eq!(second.parts(), 1);
+        assert!(matches!(cost.places(MOST_PARTS).await, Err(ApiError::Busy)));
+        drop(first);
+        assert_eq!(cost.places(MOST_PARTS).await.expect("places again").parts(), MOST_PARTS);
+        assert_eq!(cost.places(1).await.expect("a place").parts(), 1, "a request that asks for one");
+    }
+
+    #[tokio::test]
+    async fn a_free_place_goes_to_a_waiting_request_before_a_second_part() {
+        let cost = std::sync::Arc::new(StatsCost::new(2, Duration::from_secs(5), Duration::ZERO));
+        let first = cost.places(MOST_PARTS).await.expect("places");
+        assert_eq!(first.parts(), 2);
+        let waiting = tokio::spawn({
+            let cost = cost.clone();
+            async move { cost.places(MOST_PARTS).await.map(|places| places.parts()) }
+        });
+        // The waiter is queued before the places are released.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(first);
+        let third = cost.places(MOST_PARTS).await.expect("a place");
+        assert_eq!(third.parts(), 1, "one of the two places went to the waiter");
+        assert_eq!(waiting.await.expect("the waiter").expect("a place"), 1);
     }
 }

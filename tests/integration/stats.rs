@@ -205,3 +205,68 @@ async fn a_window_longer_than_the_longest_answered_is_cut_and_flagged() {
     assert_eq!(one_month["truncated"], false, "{one_month}");
     app.stop().await;
 }
+
+/// A statistics answer is counted in two halves at once when a second place
+/// is free (the test app has five): customers at the cut, on either side of
+/// it and at the window's ends are each counted once, or not at all.
+#[tokio::test]
+async fn customers_at_the_cut_between_two_parts_are_counted_once() {
+    let app = spawn_app().await;
+    // The window's middle, and the middle of its hourly buckets, is
+    // 2026-11-02T00:00:00Z.
+    let firsts = [
+        ("9100000001", "2026-10-31T23:59:59.999999Z", "A"), // before the window
+        ("9100000002", "2026-11-01T00:00:00Z", "A"),
+        ("9100000003", "2026-11-01T23:59:59.999999Z", "A"),
+        ("9100000004", "2026-11-02T00:00:00Z", "A"), // at the cut
+        ("9100000005", "2026-11-02T00:00:00.000001Z", "B"),
+        ("9100000006", "2026-11-02T23:59:59.999999Z", "A"),
+        ("9100000007", "2026-11-03T00:00:00Z", "B"), // at `until`: after the window
+    ];
+    for (customer_id, first_event_at, institution) in firsts {
+        sqlx::query(
+            "INSERT INTO customers (customer_id, consent_state, auth_state, last_event_id, last_event_type, \
+               last_occurred_at, event_count, lifecycle, updated_at, first_event_at, funnel_steps, \
+               chosen_institution_id) \
+             VALUES ($1, 'none', 'in_progress', 'e' || $1, 'started', now(), 1, '{}', now(), $2::timestamptz, 3, $3)",
+        )
+        .bind(customer_id)
+        .bind(first_event_at)
+        .bind(institution)
+        .execute(&app.pool)
+        .await
+        .expect("a customer");
+    }
+    let window = "since=2026-11-01T00:00:00Z&until=2026-11-03T00:00:00Z";
+    let funnel = json_of(&app, &format!("/v1/stats/funnel?{window}")).await;
+    assert_eq!(funnel["customers"], 5, "{funnel}");
+
+    let series = json_of(&app, &format!("/v1/stats/timeseries?{window}&bucket=hour")).await;
+    let buckets = series["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 48);
+    let customers: Vec<(String, i64)> = buckets
+        .iter()
+        .filter(|b| b["customers"] != 0)
+        .map(|b| (b["start"].as_str().unwrap_or_default().to_owned(), b["customers"].as_i64().unwrap_or(-1)))
+        .collect();
+    let expected = [
+        ("2026-11-01T00:00:00.000Z", 1),
+        ("2026-11-01T23:00:00.000Z", 1),
+        ("2026-11-02T00:00:00.000Z", 2),
+        ("2026-11-02T23:00:00.000Z", 1),
+    ];
+    assert_eq!(customers, expected.map(|(start, n)| (start.to_owned(), n)), "{series}");
+
+    let institutions = json_of(&app, &format!("/v1/stats/institutions?{window}")).await;
+    let rows: Vec<(&str, i64)> = institutions["institutions"]
+        .as_array()
+        .expect("institutions")
+        .iter()
+        .map(|row| (row["institution_id"].as_str().unwrap_or_default(), row["customers"].as_i64().unwrap_or(-1)))
+        .collect();
+    assert_eq!(rows, [("A", 4), ("B", 1)], "{institutions}");
+    let top = json_of(&app, &format!("/v1/stats/institutions?{window}&limit=1")).await;
+    assert_eq!(top["institutions"].as_array().map(Vec::len), Some(1), "{top}");
+    assert_eq!(top["institutions"][0]["institution_id"], "A", "{top}");
+    app.stop().await;
+}
