@@ -708,6 +708,15 @@ fn e2e_share() -> f64 {
     std::env::var("BENCH_E2E_SHARE").ok().and_then(|v| v.parse().ok()).filter(|v: &f64| *v > 0.0).unwrap_or(0.10)
 }
 
+/// A fixed end-to-end rate (`BENCH_E2E_RATE`, webhooks/s) instead of a
+/// share of the capacity measured: `bench e2e` alone measures that capacity
+/// in one 3 s run, which varies by half from one start of the services to
+/// the next, so two settings of the service can only be compared at a rate
+/// given.
+fn e2e_fixed_rate() -> Option<f64> {
+    std::env::var("BENCH_E2E_RATE").ok().and_then(|v| v.parse().ok()).filter(|v: &f64| *v > 0.0)
+}
+
 /// `runs` end-to-end runs at `rate`, each on a fresh database and topics.
 async fn bench_e2e(rate: f64, seconds: u64, runs: usize) -> E2eFigures {
     let mut figures = E2eFigures { rate, ..Default::default() };
@@ -1059,7 +1068,8 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("warm-up failed: {e:#}");
     }
 
-    let receiver = if run("receiver") || run("e2e") {
+    let fixed_rate = e2e_fixed_rate();
+    let receiver = if run("receiver") || (run("e2e") && fixed_rate.is_none()) {
         // `bench e2e` alone still needs the capacity it takes a share of.
         let (seconds, runs) = if run("receiver") { (seconds, runs) } else { (3, 1) };
         bench_receiver(seconds, runs).await.unwrap_or_else(|e| {
@@ -1085,9 +1095,11 @@ async fn main() -> anyhow::Result<()> {
     } else {
         ApiFigures::default()
     };
-    let e2e = match receiver.accepted_per_s.median() {
-        Some(capacity) if run("e2e") => bench_e2e(capacity * e2e_share(), if quick { 10 } else { 30 }, runs).await,
-        None if run("e2e") => {
+    let e2e_seconds = if quick { 10 } else { 30 };
+    let e2e = match (fixed_rate, receiver.accepted_per_s.median()) {
+        (Some(rate), _) if run("e2e") => bench_e2e(rate, e2e_seconds, runs).await,
+        (None, Some(capacity)) if run("e2e") => bench_e2e(capacity * e2e_share(), e2e_seconds, runs).await,
+        (None, None) if run("e2e") => {
             eprintln!("e2e bench skipped: no receiver capacity measured to take its rate from");
             E2eFigures::default()
         }
@@ -1175,12 +1187,15 @@ async fn main() -> anyhow::Result<()> {
         println!("{name:<46} {:>10} {:>18} {baseline:>10}", fmt(value.median()), value.spread());
     }
     println!(
-        "(medians of {runs} runs, each measure interleaved with its baseline; receiver and api runs of {seconds}s; consumer: {} events a run; api: {} customers, stats: {} sequential requests per route a run; e2e: {:.0} webhooks/s = {:.0} % of the receiver's capacity, {} sampled, {} changes)",
+        "(medians of {runs} runs, each measure interleaved with its baseline; receiver and api runs of {seconds}s; consumer: {} events a run; api: {} customers, stats: {} sequential requests per route a run; e2e: {:.0} webhooks/s = {}, {} sampled, {} changes)",
         consumer.events,
         api.customers,
         api.stats.requests,
         rate,
-        e2e_share() * 100.0,
+        match e2e_fixed_rate() {
+            Some(_) => "fixed (BENCH_E2E_RATE)".to_owned(),
+            None => format!("{:.0} % of the receiver's capacity", e2e_share() * 100.0),
+        },
         e2e.sampled,
         e2e.change_samples,
     );
@@ -1295,7 +1310,8 @@ async fn main() -> anyhow::Result<()> {
         put(&mut summary, name, figure);
     }
     summary.insert("e2e_rate_per_s".into(), round(Some(rate)));
-    summary.insert("e2e_share_of_capacity".into(), json!(e2e_share()));
+    // No share when the rate was fixed (BENCH_E2E_RATE).
+    summary.insert("e2e_share_of_capacity".into(), json!(e2e_fixed_rate().is_none().then(e2e_share)));
     summary.insert("runs".into(), json!(runs));
     summary.insert(
         "targets".into(),
