@@ -797,6 +797,46 @@ fn print_slow_changes(
     eprintln!("e2e changes late (>100 ms) per second of the run: {}", line.join(" "));
 }
 
+/// A statement running too long: pid, wait event type and name, seconds,
+/// the start of its text.
+type SlowStatement = (i32, Option<String>, Option<String>, f64, String);
+
+/// Prints, once a second until `stop`, each statement on `database` that has
+/// been running for over a second, with what it waits for
+/// (`pg_stat_activity`: no wait event is CPU; `Lock` another transaction;
+/// `ClientWrite` a client not reading). So a stall leaves its evidence in the
+/// run that had it: a relay claim once took 25 s in a `make bench` and did
+/// not come back in the runs made to look at it. One cheap query a second;
+/// nothing is printed when nothing is slow.
+fn watch_slow_statements(database: String, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(pool) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&database).await else {
+            return;
+        };
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let slow: Vec<SlowStatement> = sqlx::query_as(
+                "SELECT pid, wait_event_type, wait_event, extract(epoch FROM now() - query_start)::float8, \
+                        left(regexp_replace(query, '\\s+', ' ', 'g'), 100) \
+                 FROM pg_stat_activity \
+                 WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid() \
+                   AND now() - query_start > interval '1 second'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            for (pid, wait_type, wait, seconds, query) in slow {
+                let waiting = match (wait_type, wait) {
+                    (Some(kind), Some(event)) => format!("{kind}/{event}"),
+                    _ => "nothing: on CPU".to_owned(),
+                };
+                eprintln!("e2e: a statement running for {seconds:.1}s (pid {pid}, waiting for {waiting}): {query}");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        pool.close().await;
+    })
+}
+
 /// Event ids answered 200, with when.
 type Acked = Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>;
 
@@ -970,6 +1010,8 @@ async fn e2e_once(rate: f64, seconds: u64) -> anyhow::Result<E2eRun> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     vacuum_analyze(&database).await?;
+    let stop_watching = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_slow_statements(database.clone(), stop_watching.clone());
     let started = Instant::now();
     let Sending { tasks, sent, reads } = send_at_rate(&client, &base, rate, seconds, 2_000_000, Some(acked.clone()));
     let mut latencies = Vec::new();
@@ -982,6 +1024,8 @@ async fn e2e_once(rate: f64, seconds: u64) -> anyhow::Result<E2eRun> {
     // Let the last changes through, then match them with the 200s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop_reading.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_watching.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.await;
     let changes = tokio::task::spawn_blocking(move || reader.join().unwrap_or_default()).await?;
     if std::env::var_os("BENCH_E2E_METRICS").is_some()
         && let Ok(response) = client.get(format!("{base}/metrics")).send().await
