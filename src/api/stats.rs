@@ -200,7 +200,7 @@ async fn cached<V: Clone, F: Future<Output = Result<V, ApiError>>>(
     if let Some(answer) = cache.get(&query) {
         return Ok(answer);
     }
-    let answer = compute(places.parts()).await?;
+    let answer = compute(places.num_permits()).await?;
     cache.insert(query, answer.clone());
     Ok(answer)
 }

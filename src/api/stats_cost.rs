@@ -109,22 +109,6 @@ impl<K: Eq + Hash, V: Clone> AnswerCache<K, V> {
 /// cores to spare.
 pub const MOST_PARTS: usize = 2;
 
-/// The places a statistics request holds until it is answered: one, and
-/// more (up to the most it asked for) if they were free when it got the
-/// first.
-#[derive(Debug)]
-pub struct Places<'a> {
-    _first: SemaphorePermit<'a>,
-    more: Option<SemaphorePermit<'a>>,
-}
-
-impl Places<'_> {
-    /// In how many parts the request may count its window.
-    pub fn parts(&self) -> usize {
-        1 + self.more.as_ref().map_or(0, |more| more.num_permits())
-    }
-}
-
 /// The statistics routes' places and cached answers.
 #[derive(Debug)]
 pub struct StatsCost {
@@ -153,19 +137,22 @@ impl StatsCost {
         }
     }
 
-    /// Places to compute a statistics answer, held until dropped: one,
-    /// waited for, and the `most - 1` more if they are free then (never
-    /// waited for, and never taken from a request waiting: the semaphore
-    /// hands places to its waiters first); 503 `busy` when none frees up
-    /// within the wait.
-    pub async fn places(&self, most: usize) -> Result<Places<'_>, ApiError> {
+    /// Places to compute a statistics answer, held until dropped (as many
+    /// as the permit's `num_permits`: the parts the request may count in):
+    /// one, waited for, and the `most - 1` more if they are free then
+    /// (never waited for, and never taken from a request waiting: the
+    /// semaphore hands places to its waiters first); 503 `busy` when none
+    /// frees up within the wait.
+    pub async fn places(&self, most: usize) -> Result<SemaphorePermit<'_>, ApiError> {
         match tokio::time::timeout(self.wait, self.places.acquire()).await {
-            Ok(Ok(first)) => {
-                let more = u32::try_from(most.saturating_sub(1))
-                    .ok()
-                    .filter(|more| *more > 0)
-                    .and_then(|more| self.places.try_acquire_many(more).ok());
-                Ok(Places { _first: first, more })
+            Ok(Ok(mut places)) => {
+                let more = u32::try_from(most.saturating_sub(1)).unwrap_or(0);
+                if more > 0
+                    && let Ok(more) = self.places.try_acquire_many(more)
+                {
+                    places.merge(more);
+                }
+                Ok(places)
             }
             // Timed out, or closed (never: the semaphore is not closed).
             Ok(Err(_)) | Err(_) => {
@@ -219,7 +206,7 @@ mod tests {
     async fn a_statistics_request_past_the_places_is_busy_after_the_wait() {
         let cost = StatsCost::new(1, Duration::from_millis(20), Duration::ZERO);
         let held = cost.places(1).await.expect("the one place");
-        assert_eq!(held.parts(), 1);
+        assert_eq!(held.num_permits(), 1);
         assert!(matches!(cost.places(MOST_PARTS).await, Err(ApiError::Busy)));
         drop(held);
         assert!(cost.places(MOST_PARTS).await.is_ok());
@@ -229,31 +216,31 @@ mod tests {
     async fn a_request_takes_a_second_place_only_when_one_is_free() {
         let cost = StatsCost::new(3, Duration::from_millis(20), Duration::ZERO);
         let first = cost.places(MOST_PARTS).await.expect("places");
-        assert_eq!(first.parts(), MOST_PARTS);
+        assert_eq!(first.num_permits(), MOST_PARTS);
         // One place left: the next request counts in one part, and the one
         // after it waits, then is busy.
         let second = cost.places(MOST_PARTS).await.expect("the last place");
-        assert_eq!(second.parts(), 1);
+        assert_eq!(second.num_permits(), 1);
         assert!(matches!(cost.places(MOST_PARTS).await, Err(ApiError::Busy)));
         drop(first);
-        assert_eq!(cost.places(MOST_PARTS).await.expect("places again").parts(), MOST_PARTS);
-        assert_eq!(cost.places(1).await.expect("a place").parts(), 1, "a request that asks for one");
+        assert_eq!(cost.places(MOST_PARTS).await.expect("places again").num_permits(), MOST_PARTS);
+        assert_eq!(cost.places(1).await.expect("a place").num_permits(), 1, "a request that asks for one");
     }
 
     #[tokio::test]
     async fn a_free_place_goes_to_a_waiting_request_before_a_second_part() {
         let cost = std::sync::Arc::new(StatsCost::new(2, Duration::from_secs(5), Duration::ZERO));
         let first = cost.places(MOST_PARTS).await.expect("places");
-        assert_eq!(first.parts(), 2);
+        assert_eq!(first.num_permits(), 2);
         let waiting = tokio::spawn({
             let cost = cost.clone();
-            async move { cost.places(MOST_PARTS).await.map(|places| places.parts()) }
+            async move { cost.places(MOST_PARTS).await.map(|places| places.num_permits()) }
         });
         // The waiter is queued before the places are released.
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(first);
         let third = cost.places(MOST_PARTS).await.expect("a place");
-        assert_eq!(third.parts(), 1, "one of the two places went to the waiter");
+        assert_eq!(third.num_permits(), 1, "one of the two places went to the waiter");
         assert_eq!(waiting.await.expect("the waiter").expect("a place"), 1);
     }
 }
