@@ -528,15 +528,20 @@ async fn seed_customers(pool: &sqlx::PgPool, customers: i64) -> anyhow::Result<(
     // The funnel columns the statistics count cycle through the flows'
     // outcomes; first events spread evenly over SEEDED_DAYS, institutions
     // over SEEDED_INSTITUTIONS, each institution with every flow (the
-    // lookups read the document alone).
+    // lookups read the document alone). Rows are written in the order
+    // customers arrive, first events and updates rising with the id: written
+    // newest first (until 2026-12-05), every insert split the leftmost leaf
+    // of `customers_by_first_event` and left it half full (115 MB instead
+    // of the 65 MB that customers arriving over time leave), so the
+    // statistics scanned an index no real table has.
     let (steps, auth, reason, consent) = flow_outcomes();
     sqlx::query(
         "INSERT INTO customers (customer_id, consent_state, consent_since, auth_state, auth_since, auth_reason, \
            auth_error_code, last_event_id, last_event_type, last_occurred_at, event_count, lifecycle, updated_at, \
            first_event_at, funnel_steps, chosen_institution_id) \
          SELECT (8000000000 + g)::text, f.consent, now(), f.auth, now(), f.reason, NULL, \
-                'e' || g, 'done', now(), 5, $1, now() - (g || ' ms')::interval, \
-                now() - make_interval(secs => (g * 86400.0 * $7) / $2), f.steps, \
+                'e' || g, 'done', now(), 5, $1, now() - (($2 - g) || ' ms')::interval, \
+                now() - make_interval(secs => (($2 - g) * 86400.0 * $7) / $2), f.steps, \
                 (100000 + ((g / cardinality($3::int2[])) * 7919) % $8)::text \
          FROM generate_series(1, $2::bigint) AS g \
          JOIN UNNEST($3::int2[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS f(steps, auth, reason, consent, n) \
@@ -564,7 +569,13 @@ async fn bench_api(customers: i64, seconds: u64, runs: usize) -> anyhow::Result<
     connectflow::store::migrate(&pool).await?;
     let seeded = Instant::now();
     seed_customers(&pool, customers).await?;
-    eprintln!("api: seeded {customers} customers in {:.1}s", seeded.elapsed().as_secs_f64());
+    let index_bytes: i64 =
+        sqlx::query_scalar("SELECT pg_relation_size('customers_by_first_event')").fetch_one(&pool).await.unwrap_or(-1);
+    eprintln!(
+        "api: seeded {customers} customers in {:.1}s (customers_by_first_event: {} MB)",
+        seeded.elapsed().as_secs_f64(),
+        index_bytes / 1_000_000
+    );
     pool.close().await;
 
     let addr = free_addr()?;
