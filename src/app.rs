@@ -117,6 +117,17 @@ fn api_pool(pool: &PgPool, settings: &HttpSettings) -> PgPool {
         .connect_lazy_with(options)
 }
 
+/// The lookups' pool: to the server `read_pool` reads from, under the same
+/// statement timeout, with as many connections
+/// (`CONNECTFLOW_API_MAX_CONNECTIONS`), each keeping the plans of its
+/// statements ([`crate::store::cached_plan_options`]). Opened on demand.
+fn lookup_pool(read_pool: &PgPool, settings: &HttpSettings) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(settings.api_max_connections)
+        .acquire_timeout(read_pool.options().get_acquire_timeout())
+        .connect_lazy_with(crate::store::cached_plan_options((*read_pool.connect_options()).clone()))
+}
+
 /// The read replica's pool (`CONNECTFLOW_DATABASE_READ_URL`), with the
 /// limits of the API's own pool: its size and `statement_timeout`.
 fn replica_pool(url: &crate::secret::Secret, settings: &HttpSettings) -> anyhow::Result<PgPool> {
@@ -205,8 +216,10 @@ impl HttpServer {
         if replica.is_some() {
             tracing::info!("the query API and statistics read from CONNECTFLOW_DATABASE_READ_URL");
         }
+        let read_pool = replica.clone().unwrap_or_else(|| api_pool.clone());
         let api = Arc::new(ApiState {
-            read_pool: replica.clone().unwrap_or_else(|| api_pool.clone()),
+            lookup_pool: lookup_pool(&read_pool, &settings),
+            read_pool,
             pool: api_pool,
             auth: ApiAuth::new(&settings.api_tokens),
             programs: settings.programs.clone(),
@@ -226,6 +239,12 @@ impl HttpServer {
     /// The address actually bound (the port when 0 was asked for).
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         self.listener.local_addr().context("reading the bound address")
+    }
+
+    /// The API's shared state, for tests that look at its pools.
+    #[doc(hidden)]
+    pub fn api_state(&self) -> Arc<ApiState> {
+        self.api.clone()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets

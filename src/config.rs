@@ -288,7 +288,9 @@ pub struct HttpArgs {
     /// Postgres connections of the query API's own pool, apart from the
     /// process's (`CONNECTFLOW_DATABASE_MAX_CONNECTIONS`: the consumer,
     /// readiness and the access log's writer), so that API queries never
-    /// hold those up.
+    /// hold those up. The lookup of a customer's lifecycle has a second
+    /// pool of as many connections (opened on demand), whose connections
+    /// keep the lookup's plan cached.
     #[arg(long = "api-max-connections", env = "CONNECTFLOW_API_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=10_000))]
     pub api_max_connections: u32,
 

@@ -128,7 +128,7 @@ pub async fn get_lifecycle(
 ) -> Result<(Extension<Items>, Json<CustomerLifecycle>), ApiError> {
     principal.require(Scope::Read)?;
     let customer_id = valid_customer_id(&customer_id)?.to_string();
-    let Some(stored) = read::lifecycle(&state.read_pool, &customer_id, principal.visible(None)?.as_deref()).await?
+    let Some(stored) = read::lifecycle(&state.lookup_pool, &customer_id, principal.visible(None)?.as_deref()).await?
     else {
         return Err(absent_customer(&state.read_pool, &customer_id, &principal).await);
     };

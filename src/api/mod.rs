@@ -54,6 +54,12 @@ pub struct ApiState {
     /// `CONNECTFLOW_DATABASE_READ_URL` is set (under the same limits), else
     /// [`Self::pool`].
     pub read_pool: PgPool,
+    /// Where a customer's lifecycle is looked up (`GET
+    /// /v1/customers/{id}/lifecycle`): a pool of its own to the same server
+    /// as [`Self::read_pool`], as large, whose connections keep the lookup's
+    /// plan (`store::cached_plan_options`) where the others plan every
+    /// statement; the statistics never hold its connections.
+    pub lookup_pool: PgPool,
     /// The accepted bearer tokens.
     pub auth: ApiAuth,
     /// The programs: how long each one's authorizations last, for the

@@ -30,18 +30,27 @@ pub struct StoredLifecycle {
 
 /// One customer's stored lifecycle, when the customer exists in `visible`.
 /// Takes the pool, or a transaction's connection to read in its snapshot.
+///
+/// One row by primary key, whatever the parameters: the API runs it on a
+/// pool whose statements keep a generic plan (`store::cached_plan_options`).
+/// Migration 20261205000001's function `customer_lifecycle` did the same
+/// before (a plan cached inside a PL/pgSQL function), at the cost of the
+/// function call and of planning the statement that called it; it stays
+/// for the releases that call it until a later release drops it.
 pub async fn lifecycle(
     db: impl PgExecutor<'_>,
     customer_id: &str,
     visible: Visible<'_>,
 ) -> Result<Option<StoredLifecycle>, StoreError> {
-    // A function (migration 20261205000001) so that the lookup's plan is
-    // cached: the connections plan every statement otherwise.
+    // The lifecycle and the warnings come as text: the reader decodes them
+    // straight into its types.
     let row = sqlx::query!(
         r#"
-        SELECT lifecycle AS "lifecycle!", version AS "version!", updated_at AS "updated_at!",
-               program_id AS "program_id!", expiry_warnings AS "expiry_warnings!"
-        FROM customer_lifecycle($1, $2)
+        SELECT c.lifecycle::text AS "lifecycle!", c.version, c.updated_at, c.program_id,
+               CASE WHEN c.authorization_warned_for = c.consent_authorized_at
+                    THEN c.authorization_warnings::text ELSE '[]' END AS "expiry_warnings!"
+        FROM customers c
+        WHERE c.customer_id = $1 AND ($2::text[] IS NULL OR c.program_id = ANY ($2))
         "#,
         customer_id,
         visible,

@@ -58,8 +58,8 @@ async fn waiting(pool: &PgPool, fragment: &str) -> i64 {
 
 /// A statement of the statistics routes.
 const STATS_STATEMENT: &str = "funnel_steps";
-/// The lookup of a lifecycle (`store::read::lifecycle`) calls this function.
-const LOOKUP_STATEMENT: &str = "FROM customer_lifecycle(";
+/// The lookup of a lifecycle (`store::read::lifecycle`).
+const LOOKUP_STATEMENT: &str = "WHERE c.customer_id = $1 AND";
 
 #[tokio::test]
 async fn a_statement_past_the_timeout_answers_503_timeout() {
@@ -114,8 +114,8 @@ async fn lookups_answer_while_statistics_requests_hold_their_share() {
 
     // A lookup still gets a connection: its statement reaches Postgres
     // (and waits for the same lock) while the statistics are held. Without
-    // the share, the six statistics requests take every connection and the
-    // lookup never gets one.
+    // the share, the six statistics requests would take every connection of
+    // the API's pool; the lookups have a pool of their own.
     let lookup = tokio::spawn({
         let (client, url) = (app.client.clone(), format!("{}/v1/customers/1005061234/lifecycle", app.base_url));
         async move { client.get(url).bearer_auth(API_TOKEN).send().await.map(|r| r.status().as_u16()) }

@@ -263,6 +263,8 @@ pub struct TestApp {
     pub kafka: KafkaArgs,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    /// The API's shared state (its pools).
+    pub api: Arc<connectflow::api::ApiState>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     consumer: Option<JoinHandle<anyhow::Result<()>>>,
@@ -314,6 +316,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         .await
         .expect("binding the test server");
     let addr = server.local_addr().expect("bound address");
+    let api = server.api_state();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(server.run(shutdown.clone()));
     let consumer = options
@@ -326,6 +329,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         database_url,
         kafka: options.kafka,
         metrics,
+        api,
         shutdown,
         server: Some(handle),
         consumer,
