@@ -532,7 +532,7 @@ async fn seed_customers(pool: &sqlx::PgPool, customers: i64) -> anyhow::Result<(
     // customers arrive, first events and updates rising with the id: written
     // newest first (until 2026-12-05), every insert split the leftmost leaf
     // of `customers_by_first_event` and left it half full (115 MB instead
-    // of the 65 MB that customers arriving over time leave), so the
+    // of the 70 MB that customers arriving over time leave), so the
     // statistics scanned an index no real table has.
     let (steps, auth, reason, consent) = flow_outcomes();
     sqlx::query(
