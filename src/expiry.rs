@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use crate::outbox::RelayHandle;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::Notify;
 
 use crate::config::WarnDays;
 use crate::program::Programs;
@@ -21,7 +21,7 @@ use crate::store::expiry::{Customers, announce_expiring_of, announce_lapsed_of};
 pub struct ExpiryJob {
     pool: PgPool,
     programs: Arc<Programs>,
-    changes_recorded: Arc<Notify>,
+    changes_recorded: RelayHandle,
     warn_days: WarnDays,
 }
 
@@ -32,7 +32,7 @@ impl ExpiryJob {
     /// announcing any. Run every `CONNECTFLOW_HEALTH_INTERVAL_SECONDS`, a
     /// lapse or a warning is published at most that long after it is due
     /// (while a consumer runs).
-    pub fn new(pool: PgPool, programs: Arc<Programs>, changes_recorded: Arc<Notify>, warn_days: WarnDays) -> Self {
+    pub fn new(pool: PgPool, programs: Arc<Programs>, changes_recorded: RelayHandle, warn_days: WarnDays) -> Self {
         Self { pool, programs, changes_recorded, warn_days }
     }
 
@@ -67,7 +67,7 @@ impl ExpiryJob {
             Err(err) => tracing::warn!(error = %err, "looking for lapsing authorizations failed"),
         }
         if recorded {
-            changes_recorded.notify_one();
+            changes_recorded.wake();
         }
     }
 }

@@ -142,6 +142,9 @@ pub struct Metrics {
     pub webhook_data_dropped: Counter,
     /// Lifecycle changes published to the changes topic (and marked).
     pub changes_published: Counter,
+    /// Lifecycle changes the consumer's lanes handed off to their relay
+    /// already leased (published without a claim).
+    pub changes_handed_off: Counter,
     /// Seconds from a change's recording to Kafka's confirmation of it.
     pub change_publish_seconds: Histogram,
     /// Lifecycle changes recorded but not published yet.
@@ -315,6 +318,12 @@ impl Metrics {
             "Lifecycle changes published to the changes topic",
             changes_published.clone(),
         );
+        let changes_handed_off = Counter::default();
+        registry.register(
+            "lifecycle_changes_handed_off",
+            "Lifecycle changes handed off to the relay already leased, published without a claim",
+            changes_handed_off.clone(),
+        );
         let change_publish_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "lifecycle_change_publish_seconds",
@@ -440,6 +449,7 @@ impl Metrics {
             oldest_unapplied_seconds,
             webhook_data_dropped,
             changes_published,
+            changes_handed_off,
             change_publish_seconds,
             changes_waiting,
             changes_parked,

@@ -226,8 +226,13 @@ fn normalised(flows: &[(String, Vec<Value>)]) -> Vec<ConnectEvent> {
 
 /// `connectflow_events_applied_total` from a consumer's /metrics.
 async fn applied_events(client: &reqwest::Client, url: &str) -> Option<u64> {
+    counter(client, url, "connectflow_events_applied_total").await
+}
+
+/// A counter (`name`, no labels) from a process's /metrics.
+async fn counter(client: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
     let text = client.get(url).send().await.ok()?.text().await.ok()?;
-    let line = text.lines().find(|line| line.starts_with("connectflow_events_applied_total "))?;
+    let line = text.lines().find(|line| line.split_whitespace().next() == Some(name))?;
     line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|v| v as u64)
 }
 
@@ -344,6 +349,12 @@ async fn consume_once(events: &[ConnectEvent], figures: &mut ConsumerFigures) ->
         Some(metrics_addr),
     )?;
     let drained = drain(&consumer, metrics_addr, total).await;
+    // How the relay came by the changes it published by then.
+    let client = reqwest::Client::new();
+    let url = format!("http://{metrics_addr}/metrics");
+    let published = counter(&client, &url, "connectflow_lifecycle_changes_published_total").await.unwrap_or(0);
+    let handed_off = counter(&client, &url, "connectflow_lifecycle_changes_handed_off_total").await.unwrap_or(0);
+    eprintln!("consumer: {published} changes published by the last event applied, {handed_off} of them handed off");
     let recorded = count_events(&pool).await;
     match drained {
         Some(drained) if recorded >= total as i64 => {

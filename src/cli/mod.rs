@@ -164,8 +164,9 @@ impl ConsumeProcess {
     ) -> anyhow::Result<Self> {
         metrics.consumer_stall_seconds.set(i64::try_from(args.stall_seconds).unwrap_or(i64::MAX));
         let relay = Relay::new(kafka, pool.clone(), metrics.clone())?;
-        let consumer = LifecycleConsumer::build(args, kafka, pool.clone(), metrics.clone(), relay.waker()).await?;
-        let expiry = ExpiryJob::new(pool.clone(), programs, relay.waker(), args.health.authorization_warn_days.clone());
+        let consumer = LifecycleConsumer::build(args, kafka, pool.clone(), metrics.clone(), relay.handle()).await?;
+        let expiry =
+            ExpiryJob::new(pool.clone(), programs, relay.handle(), args.health.authorization_warn_days.clone());
         let institutions = InstitutionHealthJob::new(kafka, pool.clone(), &args.health, metrics.clone())?;
         let prune = PruneJob::new(pool.clone(), Pruned::AccessLog, args.audit_retention_days, metrics.clone());
         let purge = PruneJob::new(pool.clone(), Pruned::ErasureRecords, args.erasure_record_days, metrics.clone());

@@ -20,7 +20,9 @@ use crate::backoff::Backoff;
 use crate::dead_letter::{DeadLetters, ParkError, ParkedAs};
 use crate::health::consumer::ConsumerHealth;
 use crate::metrics::{Metrics, SuppressedLabels};
+use crate::outbox::{LEASE, RelayHandle};
 use crate::store::apply::{Published, apply_published};
+use crate::store::changes::Announce;
 use crate::store::error::StoreError;
 use crate::store::positions::{self, Position, PositionGap, Positions};
 
@@ -40,8 +42,9 @@ pub(super) struct Shared {
     pub schema_version: u32,
     pub linger: Duration,
     pub lanes: usize,
-    /// Notified after a batch recorded changes (wakes this process's relay).
-    pub changes_recorded: Arc<tokio::sync::Notify>,
+    /// This process's relay: a batch's changes are handed off to it when
+    /// its queue has room, else it is woken to claim them.
+    pub changes_recorded: RelayHandle,
     /// Asks the poll thread to read a partition again from an offset.
     pub rewind: mpsc::UnboundedSender<Rewind>,
     /// The offset each partition was last rewound to: a batch that still
@@ -366,8 +369,25 @@ impl Shared {
                 continue;
             }
             let positions = self.positions(&batch[part.clone()], accepted, &recorded);
-            match apply_published(&self.pool, events, &positions).await {
-                Ok(outcome) => {
+            // A place in the relay's queue first: changes leased to it
+            // must reach it once committed.
+            let slot = self.changes_recorded.reserve();
+            let announce = match slot {
+                Some(_) => Announce::HandOff { lease: LEASE },
+                None => Announce::InProcess,
+            };
+            match apply_published(&self.pool, events, &positions, announce).await {
+                Ok(mut outcome) => {
+                    let handed_off = outcome.handed_off.take();
+                    let handed = handed_off.as_ref().map_or(0, |h| h.changes.len() as u64);
+                    if outcome.changes > handed {
+                        self.changes_recorded.wake();
+                    }
+                    // Committed: to the relay at once. After the wake-up: the relay claims again once this
+                    // hand-off settles if another came after it.
+                    if let (Some(hand_off), Some(slot)) = (handed_off, slot) {
+                        slot.send(hand_off);
+                    }
                     if outcome.positions_recorded {
                         for p in &positions.partitions {
                             recorded.insert((p.topic, p.partition), p.next_offset);
@@ -405,9 +425,6 @@ impl Shared {
                     if outcome.suppressed > 0 {
                         let erased = SuppressedLabels { reason: "erased" };
                         self.metrics.events_suppressed.get_or_create(&erased).inc_by(outcome.suppressed);
-                    }
-                    if outcome.changes > 0 {
-                        self.changes_recorded.notify_one();
                     }
                     for i in pending {
                         items[i] = Item::Settled;

@@ -59,7 +59,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use sqlx::PgPool;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConsumerArgs, KafkaArgs};
@@ -67,6 +67,7 @@ use crate::dead_letter::DeadLetters;
 use crate::health::consumer::ConsumerHealth;
 use crate::kafka::client_config;
 use crate::metrics::{Metrics, PartitionLabels};
+use crate::outbox::RelayHandle;
 use assignment::Assignment;
 use lane::Lanes;
 use resume::Resume;
@@ -177,15 +178,15 @@ impl std::fmt::Debug for LifecycleConsumer {
 }
 
 impl LifecycleConsumer {
-    /// Creates the Kafka clients and subscribes. `changes_recorded` is
-    /// notified after each batch that recorded lifecycle changes: the relay
-    /// of this process waits on it.
+    /// Creates the Kafka clients and subscribes. `changes_recorded` is the
+    /// relay of this process: each batch that recorded lifecycle changes
+    /// hands them off to it, or wakes it to claim them.
     pub async fn build(
         args: &ConsumerArgs,
         kafka: &KafkaArgs,
         pool: PgPool,
         metrics: Arc<Metrics>,
-        changes_recorded: Arc<Notify>,
+        changes_recorded: RelayHandle,
     ) -> anyhow::Result<Self> {
         let assignment = Arc::new(Assignment::new(tokio::runtime::Handle::current()));
         let closing = CancellationToken::new();

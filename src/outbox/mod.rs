@@ -12,6 +12,15 @@
 //!   relay `LISTEN`s to on a connection of its own, and it polls every
 //!   [`SAFETY_POLL`] anyway (a notification is lost while the listening
 //!   connection is down).
+//! - **The consumer's changes need no claim** ([`RelayHandle`]): a lane
+//!   with a place reserved in its relay's queue writes the rows of
+//!   customers with nothing else unpublished already leased to a token of
+//!   its own ([`crate::store::changes::Announce::HandOff`]) and hands the
+//!   records to the relay after the commit; the relay publishes and
+//!   settles them as a claimed round. A customer with a change in flight
+//!   waits for it, claimed: its rows are written unleased, and a hand-off
+//!   that held a customer another batch woke the relay for claims again
+//!   when it settles.
 //! - **No transaction open while Kafka is slow**: a round *claims* up to
 //!   1000 customers in a short transaction, leasing all of each one's
 //!   unpublished rows (`leased_until`, and a `lease_token` of the round),
@@ -48,9 +57,11 @@
 //!   deleted goes unpublished), so the erased change and its tombstone
 //!   never overtake a change in flight.
 
+mod handle;
 mod relay;
 
-pub use relay::{Relay, SAFETY_POLL};
+pub use handle::{HandOffSlot, RelayHandle};
+pub use relay::{LEASE, Relay, SAFETY_POLL};
 
 use crate::store::error::StoreError;
 

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -21,7 +22,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -30,11 +31,12 @@ use crate::config::KafkaArgs;
 use crate::dead_letter::refuses_the_record;
 use crate::kafka;
 use crate::metrics::{Metrics, ParkedChangeLabels};
-use crate::store::changes::CHANGES_CHANNEL;
+use crate::store::changes::{CHANGES_CHANNEL, HandOff};
 use crate::store::error::StoreResultExt;
 use crate::telemetry::LogLimiter;
 
 use super::RelayError;
+use super::handle::{Delivery, HAND_OFFS_QUEUED, RelayHandle};
 
 /// How often the relay looks for unpublished changes without a notification.
 pub const SAFETY_POLL: Duration = Duration::from_secs(5);
@@ -42,6 +44,10 @@ pub const SAFETY_POLL: Duration = Duration::from_secs(5);
 /// the next wake-up's for the others. Each holds a Postgres connection only
 /// while it claims or settles.
 const ROUNDS_IN_FLIGHT: usize = 2;
+/// Hand-offs one relay publishes at once, besides its claimed rounds (they
+/// never share a customer: a customer's changes are handed off only when
+/// it has no other change waiting).
+const HAND_OFFS_IN_FLIGHT: usize = 4;
 /// Longest wait to (re)open the `LISTEN` connection: the rounds in flight
 /// wait meanwhile.
 const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,8 +70,9 @@ const ROUND_BUDGET: Duration = Duration::from_secs(15);
 /// take (its budget, then the change in flight: a send, a refused change's
 /// send on its own, its dead letter and tombstone), so a lease never runs
 /// out under a relay still publishing. A relay that dies leaves its
-/// customers waiting this long.
-const LEASE: Duration = Duration::from_secs(120);
+/// customers waiting this long. The consumer's lanes lease the changes they
+/// hand off for as long.
+pub const LEASE: Duration = Duration::from_secs(120);
 /// A customer's first pause after a change Kafka did not confirm, doubled
 /// per failed attempt of that change up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -97,7 +104,10 @@ pub struct Relay {
     /// Where the changes topics' names come from.
     topic: KafkaArgs,
     metrics: Arc<Metrics>,
-    wake: Arc<Notify>,
+    /// How writers wake this relay and hand changes off to it.
+    handle: RelayHandle,
+    /// The hand-offs' queue, until [`run`](Self::run) takes it.
+    hand_offs: std::sync::Mutex<Option<mpsc::Receiver<Delivery>>>,
     /// When the backlog gauges were last measured.
     backlog_measured: std::sync::Mutex<Option<Instant>>,
     /// Outbox rows settled since the last vacuum, and when that was.
@@ -164,6 +174,16 @@ struct Round {
     retry_in: Option<Duration>,
 }
 
+/// What publishing a hand-off came to.
+#[derive(Debug, Default, Clone, Copy)]
+struct HandedRound {
+    round: Round,
+    /// Whether changes may now be claimable that no round will see: some
+    /// were released unpublished, or a wake-up came while its customers
+    /// were leased.
+    claim_again: bool,
+}
+
 impl Relay {
     /// Idempotent, `acks=all` producers for the changes topic.
     pub fn new(kafka: &KafkaArgs, pool: PgPool, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
@@ -193,6 +213,9 @@ impl Relay {
             .max_lifetime(None)
             .idle_timeout(None)
             .connect_lazy_with((*pool.connect_options()).clone());
+        let (sender, hand_offs) = mpsc::channel(HAND_OFFS_QUEUED);
+        let handle =
+            RelayHandle { wake: Arc::new(Notify::new()), wakes: Arc::new(AtomicU64::new(0)), hand_offs: sender };
         Ok(Self {
             pool,
             listen_pool,
@@ -200,32 +223,38 @@ impl Relay {
             solo,
             topic: kafka.clone(),
             metrics,
-            wake: Arc::new(Notify::new()),
+            handle,
+            hand_offs: std::sync::Mutex::new(Some(hand_offs)),
             backlog_measured: std::sync::Mutex::new(None),
             vacuum: Arc::default(),
             log_limiter: LogLimiter::default(),
         })
     }
 
-    /// A handle that wakes this relay: the consumer's lanes use it after a
-    /// batch recorded changes.
-    pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
+    /// A handle that wakes this relay and hands changes off to it: the
+    /// consumer's lanes use it for each batch that recorded changes.
+    pub fn handle(&self) -> RelayHandle {
+        self.handle.clone()
     }
 
     /// Publishes until `shutdown`: every change recorded so far, then each
     /// time a batch announces new ones, a customer's backoff ends or the
-    /// safety poll comes round. Up to [`ROUNDS_IN_FLIGHT`] rounds run at
-    /// once, so a round waiting on Kafka for one customer does not hold
-    /// back the next wake-up's round, which claims the other customers (the
-    /// leases keep rounds apart as they keep relays apart). Postgres outages
-    /// are waited out, like the consumer does; Kafka's failures hold back
-    /// only the customers whose changes failed. On shutdown the rounds in
-    /// flight finish (so their customers are not left leased).
+    /// safety poll comes round, and every hand-off as it comes. Up to
+    /// [`ROUNDS_IN_FLIGHT`] claimed rounds run at once, so a round waiting
+    /// on Kafka for one customer does not hold back the next wake-up's
+    /// round, which claims the other customers (the leases keep rounds apart
+    /// as they keep relays apart), and up to [`HAND_OFFS_IN_FLIGHT`]
+    /// hand-offs beside them. Postgres outages are waited out, like the
+    /// consumer does; Kafka's failures hold back only the customers whose
+    /// changes failed. On shutdown the rounds in flight finish and so do the
+    /// hand-offs queued (so their customers are not left leased): the
+    /// consumer's lanes have stopped by then.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut hand_offs = self.hand_offs.lock().ok().and_then(|mut queue| queue.take());
         let mut listener: Option<PgListener> = None;
         let mut backoff = Backoff::default();
         let mut rounds = FuturesUnordered::new();
+        let mut handed = FuturesUnordered::new();
         // Whether changes may be waiting that no round in flight will see.
         let mut due = true;
         let mut poll_at = tokio::time::Instant::now() + SAFETY_POLL;
@@ -233,7 +262,11 @@ impl Relay {
         let mut resume_at = tokio::time::Instant::now();
         loop {
             let stopping = shutdown.is_cancelled();
-            if stopping && rounds.is_empty() {
+            if stopping && let Some(queue) = hand_offs.as_mut() {
+                // What was queued is still received; then `None`.
+                queue.close();
+            }
+            if stopping && rounds.is_empty() && handed.is_empty() && hand_offs.is_none() {
                 return Ok(());
             }
             if listener.is_none() && !stopping {
@@ -249,30 +282,29 @@ impl Relay {
                     None => std::future::pending().await,
                 }
             };
+            let receiving = hand_offs.is_some() && handed.len() < HAND_OFFS_IN_FLIGHT;
+            let handed_off = async {
+                match hand_offs.as_mut() {
+                    Some(queue) => queue.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled(), if !stopping => {}
                 Some(result) = rounds.next(), if !rounds.is_empty() => {
-                    let now = tokio::time::Instant::now();
-                    match result {
-                        Ok(retry_in) => {
-                            backoff.reset();
-                            if let Some(retry_in) = retry_in {
-                                poll_at = poll_at.min(now + retry_in);
-                            }
-                        }
-                        Err(err) => {
-                            let pause = backoff.advance();
-                            if let Some(suppressed) = self.log_limiter.admit("round failed", Instant::now()) {
-                                tracing::warn!(error = %err, retry_in = ?pause, suppressed, "publishing lifecycle changes failed; retrying");
-                            }
-                            resume_at = now + pause;
-                            poll_at = resume_at;
-                        }
-                    }
-                    self.export_backlog().await;
-                    self.vacuum_if_due();
+                    self.round_ended(result.map(|retry_in| (retry_in, false)), &mut backoff, &mut poll_at, &mut resume_at, &mut due).await;
                 }
-                () = self.wake.notified() => due = true,
+                Some(result) = handed.next(), if !handed.is_empty() => {
+                    let result: Result<HandedRound, RelayError> = result;
+                    let result = result.map(|ended| (ended.round.retry_in, ended.claim_again));
+                    self.round_ended(result, &mut backoff, &mut poll_at, &mut resume_at, &mut due).await;
+                }
+                delivery = handed_off, if receiving => match delivery {
+                    Some(delivery) => handed.push(self.publish_handed_off(delivery)),
+                    // Closed (shutdown) and emptied, or every handle gone.
+                    None => hand_offs = None,
+                },
+                () = self.handle.wake.notified() => due = true,
                 ok = notified => {
                     due = true;
                     if !ok {
@@ -287,6 +319,38 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// What [`run`](Self::run) does when a round (claimed or handed off)
+    /// ends: `Ok` with the soonest retry and whether to claim again.
+    async fn round_ended(
+        &self,
+        result: Result<(Option<Duration>, bool), RelayError>,
+        backoff: &mut Backoff,
+        poll_at: &mut tokio::time::Instant,
+        resume_at: &mut tokio::time::Instant,
+        due: &mut bool,
+    ) {
+        let now = tokio::time::Instant::now();
+        match result {
+            Ok((retry_in, claim_again)) => {
+                backoff.reset();
+                if let Some(retry_in) = retry_in {
+                    *poll_at = (*poll_at).min(now + retry_in);
+                }
+                *due |= claim_again;
+            }
+            Err(err) => {
+                let pause = backoff.advance();
+                if let Some(suppressed) = self.log_limiter.admit("round failed", Instant::now()) {
+                    tracing::warn!(error = %err, retry_in = ?pause, suppressed, "publishing lifecycle changes failed; retrying");
+                }
+                *resume_at = now + pause;
+                *poll_at = *resume_at;
+            }
+        }
+        self.export_backlog().await;
+        self.vacuum_if_due();
     }
 
     /// A `LISTEN` on its own connection (not one of the pool's).
@@ -344,12 +408,50 @@ impl Relay {
         if rows.is_empty() {
             return Ok(Round::default());
         }
+        self.publish_leased(&token, &rows, Instant::now() + ROUND_BUDGET, end).await
+    }
+
+    /// Publishes a hand-off: changes a writer of this process leased to
+    /// this relay in its own transaction (nothing to claim), settled as a
+    /// claimed round is. Sends start until [`ROUND_BUDGET`] after they were
+    /// leased: a hand-off that waited longer in the queue is released
+    /// unpublished, for a claim, so that no send starts near the end of
+    /// its lease.
+    async fn publish_handed_off(&self, delivery: Delivery) -> Result<HandedRound, RelayError> {
+        let Delivery { hand_off: HandOff { token, leased_at, changes }, wakes_before } = delivery;
+        let rows: Vec<Pending> = changes
+            .into_iter()
+            .map(|c| Pending {
+                customer_id: c.customer_id,
+                version: c.version,
+                change: Some(c.change),
+                recorded_at: c.recorded_at,
+                program_id: c.program_id,
+                erasure: false,
+                attempts: 0,
+            })
+            .collect();
+        self.metrics.changes_handed_off.inc_by(rows.len() as u64);
+        let round = self.publish_leased(&token, &rows, leased_at + ROUND_BUDGET, End::Settle).await?;
+        let released = round.done < round.claimed;
+        let woken = self.handle.wakes.load(Ordering::SeqCst) != wakes_before;
+        Ok(HandedRound { round, claim_again: released || woken })
+    }
+
+    /// Publishes changes leased under `token`, each customer's in version
+    /// order, until `deadline`, and, as `end` says, settles the outcome.
+    async fn publish_leased(
+        &self,
+        token: &str,
+        rows: &[Pending],
+        deadline: Instant,
+        end: End,
+    ) -> Result<Round, RelayError> {
         let mut by_customer: BTreeMap<&str, Vec<&Pending>> = BTreeMap::new();
-        for row in &rows {
+        for row in rows {
             by_customer.entry(row.customer_id.as_str()).or_default().push(row);
         }
         // Customers side by side, each customer's versions one after another.
-        let deadline = Instant::now() + ROUND_BUDGET;
         let outcomes: Vec<CustomerOutcome<'_>> =
             futures::future::join_all(by_customer.values().map(|changes| self.publish_in_order(changes, deadline)))
                 .await;
@@ -362,7 +464,7 @@ impl Relay {
                 "UPDATE lifecycle_outbox SET leased_until = now() \
                  WHERE customer_id = ANY($1::text[]) AND lease_token = $2::text::uuid",
                 &claimed,
-                &token
+                token
             )
             .execute(&self.pool)
             .await
@@ -370,7 +472,7 @@ impl Relay {
             return Ok(Round { claimed: rows.len(), done: published, retry_in });
         }
         let unsettled = rows.len() - published - parked;
-        self.settle(&token, &claimed, unsettled, &outcomes).await?;
+        self.settle(token, &claimed, unsettled, &outcomes).await?;
         self.metrics.changes_published.inc_by(published as u64);
         if let Ok(mut vacuum) = self.vacuum.lock() {
             vacuum.settled_rows += published as u64;

@@ -20,7 +20,7 @@ use crate::event::{ConnectEvent, CustomerId};
 use crate::institution::session_outcome;
 use crate::lifecycle::{self, Account, Advance, AuthReason, InstitutionLogin, Lifecycle};
 use crate::program::ProgramId;
-use crate::store::changes::{Announce, record_changes};
+use crate::store::changes::{Announce, HandOff, record_changes};
 use crate::store::erasure::{self, Erasure, Tombstone};
 use crate::store::error::{StoreError, StoreResultExt};
 use crate::store::history::load_snapshots;
@@ -36,8 +36,12 @@ pub struct BatchOutcome {
     pub duplicates: u64,
     /// Customers recomputed from their whole history.
     pub recomputed: u64,
-    /// Lifecycle changes recorded in the outbox (the caller wakes its relay).
+    /// Lifecycle changes recorded in the outbox (the caller wakes its relay
+    /// for those not handed off).
     pub changes: u64,
+    /// The changes written already leased to the caller's relay
+    /// ([`Announce::HandOff`]): the caller gives them to it.
+    pub handed_off: Option<HandOff>,
     /// Events neither recorded nor applied because their customer belongs
     /// to another program: the caller parks them (`program_conflict`).
     pub conflicts: Vec<ProgramConflict>,
@@ -165,13 +169,21 @@ pub async fn apply_batch<'a>(
     pool: &PgPool,
     events: impl IntoIterator<Item = &'a ConnectEvent>,
 ) -> Result<BatchOutcome, StoreError> {
-    apply_published(pool, events.into_iter().map(|event| Published { event, bytes: None }), &Positions::default()).await
+    apply_published(
+        pool,
+        events.into_iter().map(|event| Published { event, bytes: None }),
+        &Positions::default(),
+        Announce::InProcess,
+    )
+    .await
 }
 
 /// Records and applies `events` in one transaction, each recorded with the
 /// bytes it was published as, when given, and records the consumer's
 /// `positions` in the same transaction (unless some events are for a
 /// customer of another program: see [`BatchOutcome::positions_recorded`]).
+/// The lifecycle changes are announced as `announce` says (the consumer's
+/// lanes hand them off to their relay when it has room).
 ///
 /// Fails [transiently](StoreError::is_transient) when Postgres does,
 /// permanently when a record cannot be stored (the caller splits the batch to
@@ -184,6 +196,7 @@ pub async fn apply_published<'a>(
     pool: &PgPool,
     events: impl IntoIterator<Item = Published<'a>>,
     positions: &Positions<'_>,
+    announce: Announce,
 ) -> Result<BatchOutcome, StoreError> {
     let mut published: HashMap<&str, &str> = HashMap::new();
     let events: Vec<&ConnectEvent> = events
@@ -246,6 +259,7 @@ pub async fn apply_published<'a>(
         duplicates: (received - new_events.len()) as u64 + erased.duplicates,
         recomputed: 0,
         changes: 0,
+        handed_off: None,
         conflicts,
         erased: erased.applied,
         suppressed: suppressed.len() as u64,
@@ -253,9 +267,8 @@ pub async fn apply_published<'a>(
     };
     if new_events.is_empty() {
         outcome.changes = changes.len() as u64;
-        record_changes(&mut tx, &changes, Announce::InProcess)
-            .await
-            .map_err(|err| changes_in_the_way(err, &changes))?;
+        outcome.handed_off =
+            record_changes(&mut tx, &changes, announce).await.map_err(|err| changes_in_the_way(err, &changes))?;
         tx.commit().await.store("committing the batch")?;
         return Ok(outcome);
     }
@@ -352,7 +365,8 @@ pub async fn apply_published<'a>(
     write_accounts(&mut tx, &projections).await?;
     institutions::record_sessions(&mut tx, &sessions).await?;
     outcome.changes = changes.len() as u64;
-    record_changes(&mut tx, &changes, Announce::InProcess).await.map_err(|err| changes_in_the_way(err, &changes))?;
+    outcome.handed_off =
+        record_changes(&mut tx, &changes, announce).await.map_err(|err| changes_in_the_way(err, &changes))?;
     tx.commit().await.store("committing the batch")?;
     Ok(outcome)
 }

@@ -73,7 +73,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 pub mod access_log;
 pub mod apply;
-pub(crate) mod changes;
+pub mod changes;
 pub mod erasure;
 pub(crate) mod error;
 pub mod expiry;

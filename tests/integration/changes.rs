@@ -3,13 +3,19 @@
 //! outbox, and caught up through the API.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use connectflow::event::ConnectEvent;
 use connectflow::lifecycle::{Lifecycle, VisibleLifecycle, apply, changed};
+use connectflow::metrics::Metrics;
+use connectflow::outbox::{LEASE, Relay, SAFETY_POLL};
 use connectflow::simulate::flows::{bodies, flow};
+use connectflow::store::apply::{Published, apply_published};
+use connectflow::store::changes::{Announce, HandOff};
+use connectflow::store::positions::Positions;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, eventually, spawn_app, spawn_pipeline};
 use crate::kafka_util::{Record, read_all};
@@ -193,6 +199,122 @@ async fn a_relay_crash_between_publish_and_mark_repeats_changes_but_never_leaves
     let waiting: i64 =
         sqlx::query_scalar("SELECT count(*) FROM lifecycle_outbox").fetch_one(&app.pool).await.expect("count");
     assert_eq!(waiting, 0);
+}
+
+/// Applies `events` as a consumer's lane does when its relay has room: the
+/// changes of customers with nothing else waiting come back handed off.
+async fn apply_handing_off(app: &TestApp, events: &[ConnectEvent], lease: Duration) -> Option<HandOff> {
+    let published = events.iter().map(|event| Published { event, bytes: None });
+    let outcome = apply_published(&app.pool, published, &Positions::default(), Announce::HandOff { lease })
+        .await
+        .expect("applied, changes recorded");
+    outcome.handed_off
+}
+
+async fn outbox_rows(app: &TestApp, sql: &'static str, customer: &str) -> i64 {
+    sqlx::query_scalar(sql).bind(customer).fetch_one(&app.pool).await.expect("count")
+}
+
+#[tokio::test]
+async fn changes_handed_off_are_leased_to_the_relay_and_published_in_order_without_a_claim() {
+    let app = spawn_app().await;
+    let customer = "8300000011";
+    let events = normalised(&bodies(flow("revoked").expect("flow"), customer, start(), 11));
+    let expected = expected_afters(&events).len();
+    let hand_off = apply_handing_off(&app, &events, LEASE).await.expect("handed off: nothing else waits");
+    let handed: Vec<i64> = hand_off.changes.iter().map(|c| c.version).collect();
+    assert_eq!(handed, (1..=expected as i64).collect::<Vec<_>>(), "every change, in version order");
+    let leased = "SELECT count(*) FROM lifecycle_outbox WHERE customer_id = $1 AND leased_until > now() \
+                  AND lease_token IS NOT NULL";
+    assert_eq!(outbox_rows(&app, leased, customer).await, expected as i64, "recorded already leased");
+
+    let metrics = Metrics::new();
+    let relay = Relay::new(&app.kafka, app.pool.clone(), metrics.clone()).expect("relay");
+    // A claim passes them over: they are the hand-off's.
+    relay.publish_all().await.expect("claimed nothing");
+    assert_eq!(outbox_rows(&app, leased, customer).await, expected as i64, "not claimed");
+
+    let handle = relay.handle();
+    handle.reserve().expect("room in the relay's queue").send(hand_off);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let records = changes_on_topic(&app, customer, expected).await;
+    assert_eq!(versions(&records), (1..=expected as i64).collect::<Vec<_>>(), "each once, in order");
+    let all = "SELECT count(*) FROM lifecycle_outbox WHERE customer_id = $1";
+    let settled =
+        eventually(Duration::from_secs(10), || async { (outbox_rows(&app, all, customer).await == 0).then_some(()) });
+    assert!(settled.await.is_some(), "the published changes leave the outbox");
+    assert_eq!(metrics.changes_handed_off.get(), expected as u64);
+    shutdown.cancel();
+    running.await.expect("joined").expect("relay stopped");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_customer_with_a_change_in_flight_is_not_handed_off_and_is_claimed_once_the_hand_off_settles() {
+    let app = spawn_app().await;
+    let (busy, free) = ("8300000012", "8300000013");
+    let events = normalised(&bodies(flow("revoked").expect("flow"), busy, start(), 12));
+    let expected = expected_afters(&events).len();
+    let (first, second) = events.split_at(events.len() / 2);
+    let in_flight = apply_handing_off(&app, first, LEASE).await.expect("the first half handed off");
+    let first_changes = in_flight.changes.len();
+    assert!(first_changes > 0 && first_changes < expected, "changes on both sides: {first_changes} of {expected}");
+    let others = normalised(&bodies(flow("revoked").expect("flow"), free, start(), 13));
+    let batch: Vec<ConnectEvent> = second.iter().chain(&others).cloned().collect();
+    let next = apply_handing_off(&app, &batch, LEASE).await.expect("the other customer's handed off");
+    assert!(next.changes.iter().all(|c| c.customer_id == free), "the busy customer's changes wait their turn");
+    assert_eq!(next.changes.len(), expected_afters(&others).len());
+    let waiting = "SELECT count(*) FROM lifecycle_outbox WHERE customer_id = $1 AND leased_until IS NULL";
+    assert_eq!(outbox_rows(&app, waiting, busy).await, (expected - first_changes) as i64, "recorded unleased");
+
+    // As the lanes do: the first batch's hand-off, then the second batch's
+    // wake-up for what it could not hand off, then its hand-off.
+    let relay = Relay::new(&app.kafka, app.pool.clone(), Metrics::new()).expect("relay");
+    let handle = relay.handle();
+    handle.reserve().expect("room").send(in_flight);
+    handle.wake();
+    handle.reserve().expect("room").send(next);
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    // The rounds the wake-up starts find the busy customer leased; the
+    // hand-off's settling claims again at once, long before the relay's
+    // safety poll (five seconds after it started) would.
+    let records = changes_on_topic(&app, busy, expected).await;
+    let took = started.elapsed();
+    let mut seen = versions(&records);
+    seen.dedup();
+    assert_eq!(seen, (1..=expected as i64).collect::<Vec<_>>(), "in order, no gap");
+    assert!(took < SAFETY_POLL / 2, "claimed by the safety poll, not after the hand-off: {took:?}");
+    let free_records = changes_on_topic(&app, free, expected_afters(&others).len()).await;
+    assert_eq!(versions(&free_records), (1..=expected_afters(&others).len() as i64).collect::<Vec<_>>());
+    shutdown.cancel();
+    running.await.expect("joined").expect("relay stopped");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_hand_off_lost_with_its_process_is_claimed_once_its_lease_runs_out() {
+    let app = spawn_app().await;
+    let customer = "8300000014";
+    let events = normalised(&bodies(flow("revoked").expect("flow"), customer, start(), 14));
+    let expected = expected_afters(&events).len();
+    let lost = apply_handing_off(&app, &events, Duration::from_secs(2)).await.expect("handed off");
+    // The process dies before its relay got it.
+    drop(lost);
+    let relay = connectflow::outbox::Relay::new(&app.kafka, app.pool.clone(), Metrics::new()).expect("relay");
+    relay.publish_all().await.expect("claimed nothing");
+    let all = "SELECT count(*) FROM lifecycle_outbox WHERE customer_id = $1";
+    assert_eq!(outbox_rows(&app, all, customer).await, expected as i64, "leased: not claimed yet");
+    let claimed = eventually(Duration::from_secs(20), || async {
+        relay.publish_all().await.ok()?;
+        (outbox_rows(&app, all, customer).await == 0).then_some(())
+    });
+    assert!(claimed.await.is_some(), "claimed and published once the lease ran out");
+    let records = changes_on_topic(&app, customer, expected).await;
+    assert_eq!(versions(&records), (1..=expected as i64).collect::<Vec<_>>());
+    app.stop().await;
 }
 
 #[tokio::test]

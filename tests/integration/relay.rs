@@ -218,7 +218,7 @@ async fn a_customer_waiting_on_kafka_does_not_hold_back_the_others() {
     .expect("a customer of a program without a topic");
     record_change(&app.pool, stuck, 1, r#"{"version":1}"#).await;
     let relay = Relay::new(&app.kafka, app.pool.clone(), Metrics::new()).expect("relay");
-    let wake = relay.waker();
+    let wake = relay.handle();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
     let count = |sql: &'static str, customer: &'static str| {
@@ -236,7 +236,7 @@ async fn a_customer_waiting_on_kafka_does_not_hold_back_the_others() {
     let flowing = "9700000002";
     record_change(&app.pool, flowing, 1, r#"{"version":1}"#).await;
     let recorded = Instant::now();
-    wake.notify_one();
+    wake.wake();
     let published = eventually(Duration::from_secs(30), || async {
         let gone = count("SELECT count(*) FROM lifecycle_outbox WHERE customer_id = $1", flowing).await? == 0;
         gone.then_some(recorded.elapsed())
