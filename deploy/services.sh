@@ -1073,8 +1073,25 @@ spawn_kafka() {
   [[ -s $pid_file ]]
 }
 
+# Partitions of deleted topics still on disk (`<topic>-<partition>.<id>-delete`
+# directories): the broker removes them a minute or two after the deletion
+# while it runs, but not those of a broker stopped first, and it loads each
+# at start. The local broker of a checkout that ran `make test` and `make
+# bench` for a day held 14,027 of them (15 GB; 40 minutes after its start
+# none went in a minute watched, and its heap held 9,985 partitions); it took
+# 31 s to start with them and 6 s without. They are deleted topics' data:
+# removed while the broker is stopped, before it starts.
+prune_deleted_partitions() {
+  local n
+  n=$(find "$KAFKA_DATA" -mindepth 1 -maxdepth 1 -type d -name '*-delete' | wc -l)
+  ((n > 0)) || return 0
+  find "$KAFKA_DATA" -mindepth 1 -maxdepth 1 -type d -name '*-delete' -exec rm -rf {} +
+  say "kafka: removed $n partition directories of deleted topics from $KAFKA_DATA"
+}
+
 KAFKA_STARTED_AT=
 start_kafka() {
+  prune_deleted_partitions
   printf '==== %s deploy/services.sh starts the broker\n' "$(date -Is)" >>"$KAFKA_LOGS/kafka.out"
   KAFKA_STARTED_AT=$(now_ms)
   spawn_kafka "$KAFKA_HOME" "$KAFKA_PID_FILE" "$KAFKA_LOGS" "$KAFKA_PROPS" -Xms256m -Xmx768m ||
