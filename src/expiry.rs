@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use crate::outbox::RelayHandle;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::config::WarnDays;
+use crate::outbox::RelayHandle;
 use crate::program::Programs;
 use crate::store::error::StoreError;
 use crate::store::expiry::{Customers, announce_expiring_of, announce_lapsed_of};

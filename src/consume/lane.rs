@@ -383,8 +383,8 @@ impl Shared {
                     if outcome.changes > handed {
                         self.changes_recorded.wake();
                     }
-                    // Committed: to the relay at once. After the wake-up: the relay claims again once this
-                    // hand-off settles if another came after it.
+                    // Committed: to the relay at once, after the wake-up (a
+                    // hand-off settling after a later wake-up claims again).
                     if let (Some(hand_off), Some(slot)) = (handed_off, slot) {
                         slot.send(hand_off);
                     }

@@ -177,7 +177,8 @@ struct Round {
 /// What publishing a hand-off came to.
 #[derive(Debug, Default, Clone, Copy)]
 struct HandedRound {
-    round: Round,
+    /// The soonest a customer that failed may be tried again.
+    retry_in: Option<Duration>,
     /// Whether changes may now be claimable that no round will see: some
     /// were released unpublished, or a wake-up came while its customers
     /// were leased.
@@ -296,7 +297,7 @@ impl Relay {
                 }
                 Some(result) = handed.next(), if !handed.is_empty() => {
                     let result: Result<HandedRound, RelayError> = result;
-                    let result = result.map(|ended| (ended.round.retry_in, ended.claim_again));
+                    let result = result.map(|ended| (ended.retry_in, ended.claim_again));
                     self.round_ended(result, &mut backoff, &mut poll_at, &mut resume_at, &mut due).await;
                 }
                 delivery = handed_off, if receiving => match delivery {
@@ -435,7 +436,7 @@ impl Relay {
         let round = self.publish_leased(&token, &rows, leased_at + ROUND_BUDGET, End::Settle).await?;
         let released = round.done < round.claimed;
         let woken = self.handle.wakes.load(Ordering::SeqCst) != wakes_before;
-        Ok(HandedRound { round, claim_again: released || woken })
+        Ok(HandedRound { retry_in: round.retry_in, claim_again: released || woken })
     }
 
     /// Publishes changes leased under `token`, each customer's in version
