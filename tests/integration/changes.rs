@@ -279,14 +279,17 @@ async fn a_customer_with_a_change_in_flight_is_not_handed_off_and_is_claimed_onc
     let started = Instant::now();
     let running = tokio::spawn(relay.run(shutdown.clone()));
     // The rounds the wake-up starts find the busy customer leased; the
-    // hand-off's settling claims again at once, long before the relay's
-    // safety poll (five seconds after it started) would.
+    // hand-off's settling claims again at once, before the relay's safety
+    // poll (five seconds after it started) would: without that claim the
+    // busy customer's later changes wait for the poll (measured: 6.8 s).
+    // The bound is the poll itself, not less: a broker just started can
+    // take seconds to confirm the relay's first records.
     let records = changes_on_topic(&app, busy, expected).await;
     let took = started.elapsed();
     let mut seen = versions(&records);
     seen.dedup();
     assert_eq!(seen, (1..=expected as i64).collect::<Vec<_>>(), "in order, no gap");
-    assert!(took < SAFETY_POLL / 2, "claimed by the safety poll, not after the hand-off: {took:?}");
+    assert!(took < SAFETY_POLL, "claimed by the safety poll, not after the hand-off: {took:?}");
     let free_records = changes_on_topic(&app, free, expected_afters(&others).len()).await;
     assert_eq!(versions(&free_records), (1..=expected_afters(&others).len() as i64).collect::<Vec<_>>());
     shutdown.cancel();
