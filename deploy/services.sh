@@ -458,7 +458,7 @@ start_pg_cluster() {
 # took 1 % of a core at idle). Dropped when this script has just started
 # the cluster, so no test or bench is using them.
 drop_leftover_databases() {
-  local names sql='' n=0 t0
+  local names name sql='' n=0 t0
   names=$(su_psql -c "select datname from pg_database where datname like 'cf\_test\_%' or datname like 'cf\_bench\_%'") || return 0
   while IFS= read -r name; do
     [[ $name =~ ^cf_(test|bench)_[a-z0-9_]+$ ]] || continue
