@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +23,7 @@ use crate::metrics::{Metrics, SuppressedLabels};
 use crate::outbox::{LEASE, RelayHandle};
 use crate::store::apply::{Published, apply_published};
 use crate::store::changes::Announce;
-use crate::store::error::{StoreError, StoreResultExt};
+use crate::store::error::StoreError;
 use crate::store::positions::{self, Position, PositionGap, Positions};
 
 /// What every lane shares.
@@ -131,25 +130,14 @@ impl Shared {
         mut records: mpsc::UnboundedReceiver<Queued>,
         stop: CancellationToken,
     ) -> Result<(), ParkError> {
-        let mut connection = LaneConnection::default();
         loop {
-            if stop.is_cancelled() {
-                return Ok(());
-            }
-            let first = match records.try_recv() {
-                Ok(first) => first,
-                Err(_) => {
-                    // Idle: the connection goes back to the pool meanwhile.
-                    connection.release();
-                    tokio::select! {
-                        biased;
-                        () = stop.cancelled() => return Ok(()),
-                        first = records.recv() => match first {
-                            Some(first) => first,
-                            None => return Ok(()),
-                        },
-                    }
-                }
+            let first = tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ok(()),
+                first = records.recv() => match first {
+                    Some(first) => first,
+                    None => return Ok(()),
+                },
             };
             let mut batch = Vec::with_capacity(self.batch_max.min(1024));
             batch.push(first);
@@ -161,7 +149,7 @@ impl Shared {
                 }
             }
             self.health.batch_started(index, batch[0].polled_at);
-            let settled = self.settle(index, batch, &mut connection, &stop).await;
+            let settled = self.settle(index, batch, &stop).await;
             self.health.batch_done(index);
             match settled {
                 Ok(()) => {}
@@ -175,13 +163,7 @@ impl Shared {
     /// retried with capped backoff; what was applied or parked before stays
     /// so (a re-applied event is a duplicate, a parked record is not parked
     /// twice).
-    async fn settle(
-        &self,
-        lane: usize,
-        batch: Vec<Queued>,
-        connection: &mut LaneConnection,
-        stop: &CancellationToken,
-    ) -> Result<(), ParkError> {
+    async fn settle(&self, lane: usize, batch: Vec<Queued>, stop: &CancellationToken) -> Result<(), ParkError> {
         let started = Instant::now();
         let size = batch.len();
         let mut batch = batch;
@@ -218,7 +200,7 @@ impl Shared {
                 items = self.decode_all(lane, &batch, stop).await?;
                 decoded = true;
             }
-            match self.apply_isolating(lane, &batch, &mut items, &accepted, connection, stop).await {
+            match self.apply_isolating(lane, &batch, &mut items, &accepted, stop).await {
                 Ok(()) => {
                     self.store_offsets(&batch);
                     drop(applying);
@@ -360,7 +342,6 @@ impl Shared {
         batch: &[Queued],
         items: &mut [Item],
         accepted: &Accepted,
-        connection: &mut LaneConnection,
         stop: &CancellationToken,
     ) -> Result<(), Failure> {
         // The position stored before this batch must be its first offset,
@@ -395,15 +376,7 @@ impl Shared {
                 Some(_) => Announce::HandOff { lease: LEASE },
                 None => Announce::InProcess,
             };
-            let applied = match connection.get(&self.pool).await {
-                Ok(held) => apply_published(&mut **held, events, &positions, announce).await,
-                Err(err) => Err(err),
-            };
-            if applied.is_err() {
-                // It may be broken: the retry takes one the pool has checked.
-                connection.release();
-            }
-            match applied {
+            match apply_published(&self.pool, events, &positions, announce).await {
                 Ok(mut outcome) => {
                     let handed_off = outcome.handed_off.take();
                     let handed = handed_off.as_ref().map_or(0, |h| h.changes.len() as u64);
@@ -563,37 +536,6 @@ fn offset_ranges(records: &[Queued]) -> HashMap<(&str, i32), (i64, i64)> {
         entry.1 = entry.1.max(offset + 1);
     }
     ranges
-}
-
-/// A lane's Postgres connection, kept from one batch to the next while
-/// records keep coming: taking it from the pool for each batch cost a
-/// round trip of its own (the pool checks a connection before handing it
-/// out), about 1 ms a batch when the machine is busy. It goes back to the
-/// pool when the lane has nothing queued, after any failed batch (it may
-/// be the broken part: the retry takes one the pool has checked), and
-/// after [`HOLD_AT_MOST`], so the pool's lifetime limits still apply.
-#[derive(Default)]
-struct LaneConnection(Option<(PoolConnection<Postgres>, Instant)>);
-
-/// How long a lane keeps one connection before handing it back.
-const HOLD_AT_MOST: Duration = Duration::from_secs(60);
-
-impl LaneConnection {
-    /// The held connection, or one from `pool`.
-    async fn get(&mut self, pool: &PgPool) -> Result<&mut PoolConnection<Postgres>, StoreError> {
-        if self.0.as_ref().is_some_and(|(_, since)| since.elapsed() >= HOLD_AT_MOST) {
-            self.release();
-        }
-        let held = match self.0.take() {
-            Some(held) => held,
-            None => (pool.acquire().await.store("taking a connection for the batch")?, Instant::now()),
-        };
-        Ok(&mut self.0.insert(held).0)
-    }
-
-    fn release(&mut self) {
-        self.0 = None;
-    }
 }
 
 /// Counts a lane in `connectflow_consumer_stalled_on_stored_state` while it

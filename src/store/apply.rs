@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{Acquire, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::change::{LifecycleChange, Versioner};
 use crate::event::{ConnectEvent, CustomerId};
@@ -183,8 +183,7 @@ pub async fn apply_batch<'a>(
 /// `positions` in the same transaction (unless some events are for a
 /// customer of another program: see [`BatchOutcome::positions_recorded`]).
 /// The lifecycle changes are announced as `announce` says (the consumer's
-/// lanes hand them off to their relay when it has room). `connection` is a
-/// pool or a connection (a consumer lane keeps one from batch to batch).
+/// lanes hand them off to their relay when it has room).
 ///
 /// Fails [transiently](StoreError::is_transient) when Postgres does,
 /// permanently when a record cannot be stored (the caller splits the batch to
@@ -193,8 +192,8 @@ pub async fn apply_batch<'a>(
 /// A stored lifecycle that does not decode and is not of a newer version is
 /// not an error: the customer is recomputed from their recorded events
 /// instead.
-pub async fn apply_published<'a, 'c>(
-    connection: impl Acquire<'c, Database = Postgres>,
+pub async fn apply_published<'a>(
+    pool: &PgPool,
     events: impl IntoIterator<Item = Published<'a>>,
     positions: &Positions<'_>,
     announce: Announce,
@@ -213,11 +212,12 @@ pub async fn apply_published<'a, 'c>(
     batch_customers.sort();
     batch_customers.dedup();
 
-    let mut tx = connection.begin().await.store("beginning the batch transaction")?;
+    let mut tx = pool.begin().await.store("beginning the batch transaction")?;
+    reuse_plans(&mut tx).await?;
     // Locks first, in a statement of their own: every later statement of
     // this transaction then sees what an earlier writer of these customers
     // committed (see `lock_customers`).
-    lock_batch(&mut tx, &batch_customers).await?;
+    lock_customers(&mut tx, &batch_customers).await?;
     let Loaded { mut states, mut undecodable, mut programs } = load_lifecycles(&mut tx, &batch_customers).await?;
     let mut tombstones = erasure::load(&mut tx, &batch_customers).await?;
     // An erased customer's id stays its program's while the record is kept.
@@ -501,44 +501,25 @@ async fn insert_events(
     Ok(inserted.into_iter().collect())
 }
 
-/// Takes the batch's customer locks ([`lock_customers`]) and, in the same
-/// statement (one round trip fewer each), sets how the batch's later
-/// statements are planned, until the transaction ends:
+/// Lets this transaction's statements reuse their connection's generic
+/// plans (`plan_cache_mode = auto`, until the transaction ends) instead of
+/// planning every statement again, as every connectflow connection does
+/// otherwise (see [`crate::store::pool`]).
 ///
-/// - They reuse their connection's generic plans (`plan_cache_mode =
-///   auto`) instead of planning every statement again, as every
-///   connectflow connection does otherwise (see [`crate::store::pool`]). A
-///   batch's statements are the same dozen every time, written for the
-///   plans they need whatever the parameters: rows by key from `UNNEST`ed
-///   arrays, `= ANY` on primary keys, `ON CONFLICT` on unique indexes.
-///   Planning them again was a quarter of Postgres's CPU when batches are
-///   small (the consumer keeping up with live traffic: 20 to 40 events a
-///   batch), and a generic plan made while a table was still empty is
-///   replaced as soon as autovacuum analyses the table (which invalidates
-///   the cached plans). The API's queries, whose filters are optional
-///   parameters and whose best plan depends on which are set, keep custom
-///   plans.
-/// - They read by key whatever the planner believes a table holds
-///   (`enable_seqscan = off`): the outbox probe of
-///   [`record_changes`] above all, which must look up each customer's rows
-///   by the outbox's key even when the statistics say the queue is empty
-///   (see the relay's `by_key`), and every other statement of the batch
-///   reads by key anyway. Until 2026-12-06 only the probe's statement ran
-///   under it, at the cost of a round trip of its own.
-async fn lock_batch(tx: &mut Transaction<'_, Postgres>, sorted_ids: &[&CustomerId]) -> Result<(), StoreError> {
-    let ids: Vec<&str> = sorted_ids.iter().map(|id| id.as_str()).collect();
-    sqlx::query!(
-        r#"
-        SELECT set_config('plan_cache_mode', 'auto', true) AS "plans!",
-               set_config('enable_seqscan', 'off', true) AS "by_key!",
-               (SELECT count(pg_advisory_xact_lock(hashtextextended(id, 0)))
-                FROM (SELECT id FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n) AS ordered) AS "locked!"
-        "#,
-        &ids as &[&str]
-    )
-    .fetch_one(&mut **tx)
-    .await
-    .store("locking customers")?;
+/// A batch's statements are the same dozen every time, written for the
+/// plans they need whatever the parameters: rows by key from `UNNEST`ed
+/// arrays, `= ANY` on primary keys, `ON CONFLICT` on unique indexes. Planning
+/// them again was a quarter of Postgres's CPU when batches are small (the
+/// consumer keeping up with live traffic: 20 to 40 events a batch), and a
+/// generic plan made while a table was still empty is replaced as soon as
+/// autovacuum analyses the table (which invalidates the cached plans). The
+/// API's queries, whose filters are optional parameters and whose best plan
+/// depends on which are set, keep custom plans.
+async fn reuse_plans(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    sqlx::query("SELECT set_config('plan_cache_mode', 'auto', true)")
+        .execute(&mut **tx)
+        .await
+        .store("reusing plans in the batch")?;
     Ok(())
 }
 

@@ -73,12 +73,6 @@ pub struct HandedChange {
 /// returns the changes leased to the caller's relay (for
 /// [`Announce::HandOff`], when any were).
 ///
-/// For a hand-off, each change's customer is looked up in the outbox by its
-/// key: the transaction must plan with `enable_seqscan = off`, as the
-/// consumer's batch does from its first statement (`apply::lock_batch`),
-/// whatever the planner believes the queue holds (see the relay's
-/// `by_key`).
-///
 /// Every writer of a customer's changes holds its lock
 /// (`apply::lock_customers`), so the customers found with no unpublished
 /// change here have none until the commit but what this statement writes.
@@ -117,6 +111,16 @@ pub async fn record_changes(
         changes.iter().map(|c| lease.is_some() && !erased.contains(c.customer_id.as_str())).collect();
     let token = uuid::Uuid::new_v4().to_string();
     let leased_at = Instant::now();
+    if lease.is_some() {
+        // The probe of each customer's rows below by the outbox's key,
+        // whatever the planner believes the queue holds (see the relay's
+        // `by_key`). The last statement of the transaction: nothing else
+        // runs under the setting.
+        sqlx::query("SELECT set_config('enable_seqscan', 'off', true)")
+            .execute(&mut **tx)
+            .await
+            .store("planning the outbox probe by its key")?;
+    }
     let leased = sqlx::query!(
         r#"
         WITH written AS (

@@ -498,60 +498,6 @@ async fn a_lane_stuck_on_postgres_fails_livez_and_recovers_by_itself_losing_noth
     handle.await.expect("join").expect("clean stop");
 }
 
-#[tokio::test]
-async fn a_lane_whose_kept_connection_is_cut_mid_stream_takes_a_fresh_one_and_loses_nothing() {
-    // Arrange: a backlog that one lane drains in small batches, back to
-    // back, so it keeps its Postgres connection from one to the next.
-    let app = spawn_app().await;
-    let producer: FutureProducer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", &app.kafka.brokers).create().expect("producer");
-    let (customers, each) = (60, 50);
-    let mut expected = Vec::with_capacity(customers);
-    for c in 0..customers {
-        let customer = format!("76{c:08}");
-        for e in 0..each {
-            let value =
-                serde_json::to_vec(&record(&customer, &format!("1764000{c:03}{e:03}-kept"), "started")).expect("json");
-            producer
-                .send(
-                    FutureRecord::to(&app.kafka.events_topic).key(&customer).payload(&value),
-                    Timeout::After(Duration::from_secs(10)),
-                )
-                .await
-                .expect("produced");
-        }
-        expected.push((customer, each));
-    }
-    let total = (customers * each) as i64;
-    let proxy = PgProxy::start(&services().await.database_url).await;
-    let pool = connectflow::store::pool(&database_args(&proxy.url_for(&app_database_url(&app).await))).expect("pool");
-    let mut args = consumer_args();
-    args.batch = 5;
-    args.parallelism = 1;
-    let (_ops, token, handle) = start_consume_process(pool, &app.kafka, args, Metrics::new()).await;
-    let recorded = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM connect_events").fetch_one(&app.pool).await.ok()
-    };
-    let before_cut = eventually(Duration::from_secs(60), || async { recorded().await.filter(|&n| n >= 100) })
-        .await
-        .expect("the lane got going");
-
-    // Act: every connection to Postgres cut, the kept one too, while the
-    // lane is part-way through.
-    proxy.set_up(false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.set_up(true);
-
-    // Assert: the lane gave up the broken connection and went on with a
-    // fresh one; nothing lost, nothing twice.
-    assert!(before_cut < total, "the cut came before the end of the backlog ({before_cut} of {total})");
-    all_applied(&app.pool, &expected, Duration::from_secs(60)).await.expect("every event applied after the cut");
-    assert_eq!(recorded().await, Some(total));
-    assert_projection_matches_history(&app.pool).await;
-    token.cancel();
-    handle.await.expect("join").expect("clean stop");
-}
-
 /// The URL of the app's own database.
 pub(crate) async fn app_database_url(app: &TestApp) -> String {
     let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&app.pool).await.expect("name");
